@@ -1,0 +1,1 @@
+"""The actuator: applies a WarmPlan to Kubernetes and the GPU agents, idempotently."""

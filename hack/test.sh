@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The project's whole check, as CI runs it: set-up from scratch, lint, types, layering, tests.
+# Usage: hack/test.sh [extra pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./hack/bootstrap.sh
+if [ -x hack/testenv.sh ]; then
+  ./hack/testenv.sh   # real Prometheus, kube-apiserver, etcd, kwok, helm (built once, cached)
+fi
+if [ -f hack/testenv.env ]; then
+  # shellcheck disable=SC1091
+  . hack/testenv.env
+fi
+
+echo "== ruff"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+echo "== mypy (strict)"
+.venv/bin/mypy
+echo "== import-linter"
+.venv/bin/lint-imports
+echo "== pytest"
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,5 @@
+"""``python -m prewarm`` runs the CLI."""
+
+from prewarm.cli.main import run
+
+run()

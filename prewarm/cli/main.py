@@ -1,0 +1,116 @@
+"""Entry point of the ``prewarm`` CLI.
+
+Each command lives in its own module under ``prewarm.cli`` and exposes ``register(app)``; add the
+module to ``COMMAND_MODULES`` to make it appear. Errors are turned into exit codes here and only
+here: :class:`InvalidInput` (bad input, config or trace) exits 2, any other
+:class:`PrewarmError` exits 1; both print one line starting ``prewarm: error:`` on stderr.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from common.errors import InvalidInput, PrewarmError
+from prewarm import __version__
+from prewarm.logging import configure_logging
+from prewarm.settings import Settings, load_settings
+
+COMMAND_MODULES: tuple[str, ...] = ()
+"""Modules under ``prewarm.cli`` that define ``register(app: typer.Typer) -> None``."""
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+
+app = typer.Typer(
+    name="prewarm",
+    help="Predictive pre-warming for ML model serving on Kubernetes.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@dataclass
+class CliState:
+    """What the global options decided; commands reach it through ``ctx.obj``."""
+
+    config_path: Path | None = None
+    _settings: Settings | None = field(default=None, repr=False)
+
+    def settings(self) -> Settings:
+        """The settings tree (YAML from ``--config`` plus ``PREWARM_`` env), loaded once."""
+        if self._settings is None:
+            self._settings = load_settings(self.config_path)
+        return self._settings
+
+
+def state(ctx: typer.Context) -> CliState:
+    """The :class:`CliState` of the running invocation."""
+    obj = ctx.find_root().obj
+    if not isinstance(obj, CliState):
+        obj = CliState()
+        ctx.find_root().obj = obj
+    return obj
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"prewarm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Settings YAML.", envvar="PREWARM_CONFIG"),
+    ] = None,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="debug, info, warning or error.")
+    ] = "warning",
+    log_json: Annotated[bool, typer.Option("--log-json", help="Logs as JSON lines.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print version.")
+    ] = False,
+) -> None:
+    """Predictive pre-warming for ML model serving on Kubernetes."""
+    configure_logging(log_level, json_format=log_json)
+    ctx.obj = CliState(config_path=config)
+
+
+def _register_commands() -> None:
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(name)
+        module.register(app)
+
+
+_register_commands()
+
+
+def fail(message: str, *, code: int) -> None:
+    """Print ``prewarm: error: <message>`` on stderr and exit with ``code``."""
+    sys.stderr.write(f"prewarm: error: {message}\n")
+    raise SystemExit(code)
+
+
+def run() -> None:
+    """Console-script entry point: run the app, mapping prewarm errors to exit codes."""
+    try:
+        app()
+    except InvalidInput as error:
+        fail(str(error), code=EXIT_BAD_INPUT)
+    except PrewarmError as error:
+        fail(str(error), code=EXIT_FAILURE)
+    except KeyboardInterrupt:
+        fail("interrupted", code=130)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,1 @@
+"""The .proto contracts and their generated Python modules (regenerate with protos/generate.sh)."""

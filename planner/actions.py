@@ -1,0 +1,112 @@
+"""The planner's output: a ``WarmPlan`` of frozen, typed actions, each with a reason and a value.
+
+This is the contract between the planner (which decides) and the actuator (which applies). Every
+action carries ``reason`` (one sentence a person can read in ``prewarm explain``) and ``value``
+(predicted cold-start seconds saved over the horizon by doing it; higher is more important). The
+actuator applies actions idempotently: applying the same plan twice changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TypeVar
+
+from common.ids import ModelId, NodeName, PoolName
+
+
+class Tier(enum.IntEnum):
+    """Where a model's weights can be held on a node, slowest first."""
+
+    REMOTE = 0
+    DISK = 1
+    HOST = 2
+    GPU = 3
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadRef:
+    """The serving workload of a model: a Deployment (or any object with a ``/scale``)."""
+
+    namespace: str
+    name: str
+    kind: str = "Deployment"
+    api_version: str = "apps/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCapacity:
+    """Hold ``gpus`` GPUs of placeholder capacity in ``pool`` so nodes exist before demand."""
+
+    pool: PoolName
+    gpus: int
+    reason: str
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePrepull:
+    """Pull ``image`` onto the nodes of ``pool`` before ``deadline_s`` (epoch seconds)."""
+
+    pool: PoolName
+    image: str
+    deadline_s: float
+    reason: str
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaFloor:
+    """Keep at least ``min_replicas`` replicas of ``model``'s workload until ``until_s``."""
+
+    model: ModelId
+    workload: WorkloadRef
+    min_replicas: int
+    until_s: float
+    reason: str
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class Preload:
+    """Have the GPU agent on ``node`` hold ``model``'s weights in ``tier`` by ``deadline_s``.
+
+    ``value_per_byte`` is what the agent uses to choose what to evict under memory pressure.
+    """
+
+    model: ModelId
+    node: NodeName
+    tier: Tier
+    bytes: int
+    deadline_s: float
+    value_per_byte: float
+    reason: str
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class Evict:
+    """Have the GPU agent on ``node`` drop ``model`` from ``tier`` (it stays in slower tiers)."""
+
+    model: ModelId
+    node: NodeName
+    tier: Tier
+    reason: str
+    value: float
+
+
+_A = TypeVar("_A")
+
+Action = NodeCapacity | ImagePrepull | ReplicaFloor | Preload | Evict
+
+
+@dataclass(frozen=True, slots=True)
+class WarmPlan:
+    """Everything the planner wants true at ``now_s`` (epoch seconds), as one immutable value."""
+
+    now_s: float
+    actions: tuple[Action, ...]
+
+    def of_type(self, kind: type[_A]) -> tuple[_A, ...]:
+        """The actions of one type, in plan order."""
+        return tuple(action for action in self.actions if isinstance(action, kind))

@@ -24,6 +24,7 @@ from common.errors import InvalidInput
 from forecaster.config import ForecasterConfig
 from gpu_agent.config import AgentConfig
 from planner.config import PlannerConfig
+from prewarm.daemon.config import DaemonConfig
 
 
 class LoggingConfig(BaseModel):
@@ -48,6 +49,7 @@ class Settings(BaseSettings):
     planner: PlannerConfig = Field(default_factory=PlannerConfig)
     actuator: ActuatorConfig = Field(default_factory=ActuatorConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,77 @@
+"""Settings of the daemon loop (a section of prewarm's settings tree)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class BudgetConfig(BaseModel):
+    """Per-tick caps on what one tick may start; actions over a cap wait for a later tick."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_nodes_added: int = Field(default=4, ge=0, description="Placeholder GPUs added per tick.")
+    max_prepulls: int = Field(default=8, ge=0, description="Image pre-pulls started per tick.")
+    max_gpu_bytes: int = Field(
+        default=200 * 1024**3, ge=0, description="Bytes of GPU preloads requested per tick."
+    )
+
+
+class QualityGateConfig(BaseModel):
+    """When a model's live forecast is too poor to act on, it falls back to reactive handling."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window_steps: int = Field(default=120, ge=5, description="Steps of live error history used.")
+    min_steps: int = Field(default=30, ge=1, description="Steps observed before the gate judges.")
+    max_error_ratio: float = Field(
+        default=1.0,
+        gt=0,
+        description="Mean |actual - forecast| / mean actual above which to fall back.",
+    )
+    max_under_forecast_ratio: float = Field(
+        default=0.3, gt=0, le=1, description="Share of steps above the planning quantile allowed."
+    )
+
+
+class LeaderElectionConfig(BaseModel):
+    """The Lease that makes exactly one replica act."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    lease_name: str = "prewarm-leader"
+    lease_duration_s: int = Field(default=15, ge=2)
+    retry_period_s: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _retry_shorter_than_lease(self) -> LeaderElectionConfig:
+        if self.retry_period_s >= self.lease_duration_s:
+            raise ValueError(
+                "retry_period_s must be shorter than lease_duration_s, or the lease expires "
+                "between renewals"
+            )
+        return self
+
+
+class DaemonConfig(BaseModel):
+    """The daemon loop: tick, mode, budgets, quality gate, probes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["advisory", "active"] = Field(
+        default="advisory", description="advisory publishes plans only; active applies them."
+    )
+    tick_s: float = Field(default=15.0, gt=0, description="Seconds between ticks.")
+    shutdown_grace_s: float = Field(
+        default=10.0, gt=0, description="On SIGTERM, time the current tick has to finish."
+    )
+    http_port: int = Field(default=8080, ge=0, le=65535, description="/healthz /readyz /metrics")
+    forecast_horizons_s: tuple[int, ...] = Field(
+        default=(0, 300, 900, 1800), description="Horizons published as prewarm_forecast_rps."
+    )
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    quality_gate: QualityGateConfig = Field(default_factory=QualityGateConfig)
+    leader_election: LeaderElectionConfig = Field(default_factory=LeaderElectionConfig)

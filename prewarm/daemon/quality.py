@@ -1,0 +1,111 @@
+"""Live forecast quality per model, and the gate that sends a badly forecast model back to reactive.
+
+Owns: pairing each model's one-step-ahead forecast with the actual count once that step is
+observed, rolling error and under-forecast rate over a window, and the gate's verdict. Pure: no
+clock, no I/O; the daemon feeds it forecasts and actuals keyed by step start (epoch seconds).
+
+Error measure: mean |actual - forecast mean| / mean actual over the window (a WAPE); a model with
+no traffic in the window has error 0 when the forecast was ~0 too. Under-forecast rate: the share
+of steps whose actual exceeded the planning-quantile forecast (for a calibrated p90, about 0.1).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from common.ids import ModelId
+
+
+@dataclass(frozen=True, slots=True)
+class Quality:
+    """A model's live forecast quality over the window."""
+
+    steps: int
+    error_ratio: float
+    under_forecast_ratio: float
+
+
+@dataclass(slots=True)
+class _ModelTrack:
+    pending: dict[float, tuple[float, float]] = field(default_factory=dict)
+    errors: deque[float] = field(default_factory=deque)
+    actuals: deque[float] = field(default_factory=deque)
+    under: deque[bool] = field(default_factory=deque)
+
+
+class LiveAccuracy:
+    """Tracks one-step-ahead forecast quality for every model over the last ``window_steps``."""
+
+    def __init__(self, *, window_steps: int, max_pending: int = 64) -> None:
+        self._window = window_steps
+        self._max_pending = max_pending
+        self._tracks: dict[ModelId, _ModelTrack] = {}
+
+    def record_forecast(
+        self, model: ModelId, *, step_start_s: float, mean: float, planning_quantile: float
+    ) -> None:
+        """Remember what was forecast for the step starting at ``step_start_s``."""
+        track = self._tracks.setdefault(model, _ModelTrack())
+        track.pending[step_start_s] = (mean, planning_quantile)
+        if len(track.pending) > self._max_pending:  # actuals never came (a gap): drop the oldest
+            del track.pending[min(track.pending)]
+
+    def record_actual(self, model: ModelId, *, step_start_s: float, actual: float) -> None:
+        """Score the forecast made for this step, if there was one; NaN actuals are ignored."""
+        track = self._tracks.get(model)
+        if track is None or actual != actual:
+            return
+        forecast = track.pending.pop(step_start_s, None)
+        if forecast is None:
+            return
+        mean, upper = forecast
+        track.errors.append(abs(actual - mean))
+        track.actuals.append(actual)
+        track.under.append(actual > upper)
+        while len(track.errors) > self._window:
+            track.errors.popleft()
+            track.actuals.popleft()
+            track.under.popleft()
+
+    def quality(self, model: ModelId) -> Quality:
+        """The model's quality over the window (zeros when nothing was scored yet)."""
+        track = self._tracks.get(model)
+        if track is None or not track.errors:
+            return Quality(steps=0, error_ratio=0.0, under_forecast_ratio=0.0)
+        steps = len(track.errors)
+        total_error = sum(track.errors)
+        total_actual = sum(track.actuals)
+        if total_actual > 0:
+            error_ratio = total_error / total_actual
+        else:  # an idle model: any forecast traffic counts as error, relative to one request
+            error_ratio = total_error / steps
+        return Quality(
+            steps=steps,
+            error_ratio=error_ratio,
+            under_forecast_ratio=sum(track.under) / steps,
+        )
+
+    def forget(self, model: ModelId) -> None:
+        """Drop a model that disappeared."""
+        self._tracks.pop(model, None)
+
+    def models(self) -> list[ModelId]:
+        """Models with any tracked state."""
+        return list(self._tracks)
+
+
+def passes_gate(
+    quality: Quality, *, min_steps: int, max_error_ratio: float, max_under_forecast_ratio: float
+) -> bool:
+    """True when the model's forecast may drive actions; False sends it back to reactive.
+
+    A model with fewer than ``min_steps`` scored steps passes: there is not yet evidence against
+    it, and the reactive floor holds regardless.
+    """
+    if quality.steps < min_steps:
+        return True
+    return (
+        quality.error_ratio <= max_error_ratio
+        and quality.under_forecast_ratio <= max_under_forecast_ratio
+    )

@@ -96,9 +96,22 @@ class DaemonMetrics:
         self.active_mode = Gauge(
             "prewarm_active_mode", "1 in active mode, 0 in advisory mode.", registry=r
         )
+        self.requests_warm = Counter(
+            "prewarm_requests_warm",
+            "Observed requests that arrived in a step when the model had a ready replica.",
+            ["model"],
+            registry=r,
+        )
+        self.requests_cold = Counter(
+            "prewarm_requests_cold",
+            "Observed requests that arrived in a step when the model had no ready replica.",
+            ["model"],
+            registry=r,
+        )
         self.cold_starts_avoided = Counter(
             "prewarm_cold_starts_avoided",
-            "Requests predicted cold under a reactive policy that found a warm replica.",
+            "Steps with traffic that found a replica prewarm had warmed ahead of demand (a "
+            "reactive policy would have started cold).",
             ["model"],
             registry=r,
         )

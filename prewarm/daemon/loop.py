@@ -1,0 +1,434 @@
+"""The daemon's tick: history -> forecasts -> quality gate -> plan -> budget caps -> apply.
+
+Owns: the order of one tick, what is kept between ticks (forecasts, planner state, live quality),
+and the lifecycle of the loop (stop event, a per-tick time budget on shutdown). Must not: talk to
+Prometheus, Kubernetes or the agents directly; those are the ``HistorySource``, ``ClusterObserver``
+and ``PlanApplier`` passed in (real ones in :mod:`prewarm.daemon.wiring`, test ones in tests).
+
+Failure policy: a history source that fails with :class:`TemporaryError` skips the forecast
+refresh, keeps the last good forecasts marked stale and still plans (the reactive floor comes from
+the cluster observation); an observer or applier failure skips the rest of the tick; a tick never
+raises out of :meth:`Daemon.run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import structlog
+
+from common.errors import PrewarmError, TemporaryError
+from common.ids import ModelId, PoolName
+from forecaster.types import Forecast, ForecastEngine, SeriesBatch
+from planner.actions import Action, NodeCapacity, WarmPlan
+from planner.catalog import Catalog
+from planner.config import PlannerConfig
+from planner.leadtime import Stage, StageObservation
+from planner.planner import (
+    ModelPlan,
+    ModelState,
+    NodeState,
+    PlanContext,
+    PlannerState,
+    PoolState,
+    plan,
+)
+from prewarm.daemon.budget import cap_plan
+from prewarm.daemon.config import DaemonConfig
+from prewarm.daemon.metrics import DaemonMetrics
+from prewarm.daemon.quality import LiveAccuracy, passes_gate
+
+log = structlog.get_logger(__name__)
+
+REACTIVE_IDLE_S = 300.0
+"""A reactive autoscaler scales to zero after this much idle time (KEDA's default cooldown)."""
+
+
+class HistorySource(Protocol):
+    """Where request history comes from (Prometheus in production)."""
+
+    async def fetch(self, *, now_s: float) -> SeriesBatch | None:
+        """New complete steps since the last call (None: nothing new); TemporaryError if down."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSnapshot:
+    """What the cluster looks like now, as the planner needs it."""
+
+    models: Mapping[ModelId, ModelState]
+    pools: Mapping[PoolName, PoolState]
+    nodes: tuple[NodeState, ...] = ()
+    placeholder_gpus: Mapping[PoolName, int] = field(default_factory=dict)
+    stage_observations: tuple[StageObservation, ...] = ()
+
+
+class ClusterObserver(Protocol):
+    """Reads the cluster (workload replicas, pools, agents' holdings)."""
+
+    async def observe(self, *, now_s: float, models: Sequence[ModelId]) -> ClusterSnapshot:
+        """A snapshot covering at least ``models``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ActionOutcome:
+    """The result of applying one action: ``ok``, ``dry_run`` or ``error`` (with detail)."""
+
+    action: Action
+    result: str
+    detail: str = ""
+
+
+class PlanApplier(Protocol):
+    """Applies a plan to the cluster and the agents (the actuator)."""
+
+    async def apply(self, plan: WarmPlan, *, dry_run: bool) -> Sequence[ActionOutcome]:
+        """Apply every action idempotently; one outcome per action."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class TickReport:
+    """What one tick did (for logs, tests and the control API)."""
+
+    now_s: float
+    fresh: bool
+    models: int
+    plan: WarmPlan | None
+    applied: tuple[ActionOutcome, ...]
+    deferred: int
+    gated: frozenset[ModelId]
+
+
+class Daemon:
+    """One prewarm daemon process. Also serves the control API's read side (a ``DaemonView``)."""
+
+    def __init__(
+        self,
+        config: DaemonConfig,
+        *,
+        source: HistorySource,
+        engine: ForecastEngine,
+        observer: ClusterObserver,
+        applier: PlanApplier | None,
+        catalog: Catalog,
+        planner_config: PlannerConfig,
+        horizon_s: float,
+        planning_quantile: float,
+        step_s: float,
+        metrics: DaemonMetrics | None = None,
+        is_leader: Callable[[], bool] = lambda: True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self._source = source
+        self._engine = engine
+        self._observer = observer
+        self._applier = applier
+        self._catalog = catalog
+        self._planner_config = planner_config
+        self._step_s = step_s
+        self._horizon_steps = max(1, math.ceil(horizon_s / step_s))
+        self._planning_quantile = planning_quantile
+        self._quantiles = tuple(sorted({0.1, 0.5, planning_quantile}))
+        self.metrics = metrics if metrics is not None else DaemonMetrics()
+        self._is_leader = is_leader
+        self._clock = clock
+        self._accuracy = LiveAccuracy(window_steps=config.quality_gate.window_steps)
+        self._planner_state = PlannerState()
+        self._forecasts: dict[ModelId, Forecast] = {}
+        self._model_plans: Mapping[ModelId, ModelPlan] = {}
+        self._plan: WarmPlan | None = None
+        self._observed_rps: dict[ModelId, float] = {}
+        self._last_traffic_s: dict[ModelId, float] = {}
+        self._gated: frozenset[ModelId] = frozenset()
+        self._pools_seen: set[str] = set()
+        self._ticks_ok = 0
+        self.metrics.active_mode.set(1 if config.mode == "active" else 0)
+
+    # -- read side (DaemonView) -------------------------------------------------------------
+
+    def forecasts(self) -> Mapping[ModelId, Forecast]:
+        """The latest forecast per model (stale ones marked)."""
+        return dict(self._forecasts)
+
+    def plan(self) -> WarmPlan | None:
+        """The latest plan, or None before the first tick."""
+        return self._plan
+
+    def model_plans(self) -> Mapping[ModelId, ModelPlan]:
+        """The planner's per-model numbers from the latest tick."""
+        return dict(self._model_plans)
+
+    def known_models(self) -> frozenset[ModelId]:
+        """Models seen in history or the catalog."""
+        return frozenset(self._forecasts) | frozenset(self._catalog.specs)
+
+    def gated_models(self) -> frozenset[ModelId]:
+        """Models the quality gate currently sends back to reactive handling."""
+        return self._gated
+
+    def is_leader(self) -> bool:
+        """Whether this replica may act."""
+        return self._is_leader()
+
+    def ready(self) -> bool:
+        """Ready once one tick completed (probes use this)."""
+        return self._ticks_ok > 0
+
+    # -- one tick ----------------------------------------------------------------------------
+
+    async def tick(self) -> TickReport:
+        """Run one tick. Raises only for programming errors; I/O failures are handled."""
+        started = time.perf_counter()
+        now_s = self._clock()
+        fresh = await self._refresh_forecasts(now_s)
+        gated = self._quality_gate()
+        planned_forecasts = {m: f for m, f in self._forecasts.items() if m not in gated}
+        models = sorted(set(self._forecasts) | set(self._catalog.specs))
+        try:
+            snapshot = await self._observer.observe(now_s=now_s, models=models)
+        except (PrewarmError, OSError) as error:
+            log.warning("cluster observation failed; tick skipped", error=str(error))
+            self.metrics.ticks.labels(result="skipped").inc()
+            return TickReport(now_s, fresh, len(models), None, (), 0, gated)
+        self._count_warm_requests(snapshot, now_s)
+        self._pools_seen.update(snapshot.pools)
+        state = PlannerState(
+            lead=self._planner_state.lead.observe(snapshot.stage_observations),
+            held=self._planner_state.held,
+            host_held=self._planner_state.host_held,
+            low_since=self._planner_state.low_since,
+        )
+        model_states = {
+            model: _with_rate(snapshot.models.get(model), model, self._observed_rps.get(model, 0.0))
+            for model in models
+        }
+        context = PlanContext(
+            now_s=now_s,
+            interval_s=self.config.tick_s,
+            forecasts=planned_forecasts,
+            models=model_states,
+            catalog=self._catalog,
+            config=self._planner_config,
+            pools=snapshot.pools,
+            nodes=snapshot.nodes,
+        )
+        result = plan(context, state)
+        self._planner_state = result.state
+        self._model_plans = result.models
+        self._plan = result.plan
+        capped = cap_plan(
+            result.plan, self.config.budget, current_placeholder_gpus=snapshot.placeholder_gpus
+        )
+        outcomes = await self._apply(capped.plan)
+        for action, _reason in capped.deferred:
+            self.metrics.actions.labels(type=_kind(action), result="skipped_budget").inc()
+        self._publish_plan(result.plan, state)
+        self._ticks_ok += 1
+        self.metrics.ticks.labels(result="ok").inc()
+        self.metrics.tick_seconds.observe(time.perf_counter() - started)
+        return TickReport(
+            now_s, fresh, len(models), result.plan, tuple(outcomes), len(capped.deferred), gated
+        )
+
+    async def _refresh_forecasts(self, now_s: float) -> bool:
+        try:
+            batch = await self._source.fetch(now_s=now_s)
+        except TemporaryError as error:
+            log.warning("history source unavailable; keeping stale forecasts", error=str(error))
+            self._forecasts = {m: _stale(f) for m, f in self._forecasts.items()}
+            for model in self._forecasts:
+                self.metrics.forecast_stale.labels(model=model).set(1)
+            return False
+        if batch is not None and batch.steps > 0:
+            self._engine.observe(batch)
+            self._score(batch)
+        forecasts = self._engine.forecast(
+            horizon_steps=self._horizon_steps, quantiles=self._quantiles
+        )
+        for model in set(self._forecasts) - set(forecasts):
+            self.metrics.forget_model(model)
+            self._accuracy.forget(model)
+        self._forecasts = dict(forecasts)
+        horizons = [round(h / self._step_s) for h in self.config.forecast_horizons_s]
+        for model, forecast in forecasts.items():
+            self.metrics.forecast_stale.labels(model=model).set(0)
+            levels = {"mean": forecast.mean}
+            levels.update({f"{q:g}": forecast.quantile(q) for q in forecast.quantiles})
+            self.metrics.publish_forecast(
+                model, step_s=forecast.step_s, horizons_steps=horizons, levels=levels
+            )
+            self._accuracy.record_forecast(
+                model,
+                step_start_s=forecast.start_s,
+                mean=float(forecast.mean[0]),
+                planning_quantile=float(forecast.quantile(self._planning_quantile)[0]),
+            )
+        return True
+
+    def _score(self, batch: SeriesBatch) -> None:
+        """Score earlier one-step forecasts against the batch and remember observed rates."""
+        for row, model in enumerate(batch.models):
+            series = batch.counts[row]
+            for column in np.flatnonzero(~np.isnan(series)):
+                step_start = batch.start_s + float(column) * batch.step_s
+                self._accuracy.record_actual(
+                    model, step_start_s=step_start, actual=float(series[column])
+                )
+                if series[column] > 0:
+                    self._last_traffic_s[model] = step_start
+            valid = series[~np.isnan(series)]
+            if valid.size:
+                rate = float(valid[-1]) / batch.step_s
+                self._observed_rps[model] = rate
+                self.metrics.observed_rps.labels(model=model).set(rate)
+
+    def _quality_gate(self) -> frozenset[ModelId]:
+        gate = self.config.quality_gate
+        gated = set()
+        for model in self._forecasts:
+            quality = self._accuracy.quality(model)
+            self.metrics.forecast_error.labels(model=model).set(quality.error_ratio)
+            self.metrics.under_forecast.labels(model=model).set(quality.under_forecast_ratio)
+            ok = passes_gate(
+                quality,
+                min_steps=gate.min_steps,
+                max_error_ratio=gate.max_error_ratio,
+                max_under_forecast_ratio=gate.max_under_forecast_ratio,
+            )
+            self.metrics.reactive_fallback.labels(model=model).set(0 if ok else 1)
+            if not ok:
+                gated.add(model)
+        if gated - self._gated:
+            log.warning("models fall back to reactive", models=sorted(gated - self._gated))
+        self._gated = frozenset(gated)
+        return self._gated
+
+    def _count_warm_requests(self, snapshot: ClusterSnapshot, now_s: float) -> None:
+        """Count this step's observed requests as warm or cold by the replicas seen now."""
+        for model, rate in self._observed_rps.items():
+            if rate <= 0:
+                continue
+            count = rate * self._step_s
+            state = snapshot.models.get(model)
+            warm = state is not None and state.ready_replicas > 0
+            (self.metrics.requests_warm if warm else self.metrics.requests_cold).labels(
+                model=model
+            ).inc(count)
+            last = self._last_traffic_s.get(model)
+            idle_before = last is None or now_s - last > REACTIVE_IDLE_S + self._step_s
+            if warm and idle_before:
+                self.metrics.cold_starts_avoided.labels(model=model).inc()
+
+    async def _apply(self, capped: WarmPlan) -> list[ActionOutcome]:
+        if self._applier is None:
+            return []
+        dry_run = self.config.mode != "active" or not self.is_leader()
+        try:
+            outcomes = list(await self._applier.apply(capped, dry_run=dry_run))
+        except (PrewarmError, OSError) as error:
+            log.warning("applying the plan failed; retrying next tick", error=str(error))
+            for action in capped.actions:
+                self.metrics.actions.labels(type=_kind(action), result="error").inc()
+            return []
+        for outcome in outcomes:
+            self.metrics.actions.labels(type=_kind(outcome.action), result=outcome.result).inc()
+        return outcomes
+
+    def _publish_plan(self, warm_plan: WarmPlan, state: PlannerState) -> None:
+        counts: dict[str, int] = {}
+        for action in warm_plan.actions:
+            counts[_kind(action)] = counts.get(_kind(action), 0) + 1
+        for kind in ("NodeCapacity", "ImagePrepull", "ReplicaFloor", "Preload", "Evict"):
+            self.metrics.plan_actions.labels(type=kind).set(counts.get(kind, 0))
+        # Per-stage lead: the planned (learned-quantile or default) seconds of the fixed-time
+        # stages, and the longest whole chain the planner worked with this tick.
+        stages = self._planner_config.stages
+        self.metrics.lead_time.labels(stage="node").set(
+            max(
+                [
+                    state.lead.seconds(Stage.NODE, pool, stages.node_provision_s)
+                    for pool in self._pools_seen
+                ]
+                or [stages.node_provision_s]
+            )
+        )
+        chains = [p.lead_s for p in self._model_plans.values()]
+        self.metrics.lead_time.labels(stage="chain").set(max(chains, default=0.0))
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Tick every ``tick_s`` until ``stop`` is set. On stop, the tick in flight gets
+        ``shutdown_grace_s`` to finish, then is cancelled."""
+        while not stop.is_set():
+            tick = asyncio.ensure_future(self.tick())
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({tick, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if not tick.done():
+                log.info("stop requested; finishing the tick", grace_s=self.config.shutdown_grace_s)
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(tick, timeout=self.config.shutdown_grace_s)
+            stopper.cancel()
+            if tick.done() and not tick.cancelled() and tick.exception() is not None:
+                error = tick.exception()
+                log.error("tick failed", error=repr(error))
+                self.metrics.ticks.labels(result="error").inc()
+            if stop.is_set():
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.config.tick_s)
+
+
+def _kind(action: Action) -> str:
+    return type(action).__name__
+
+
+def _stale(forecast: Forecast) -> Forecast:
+    if forecast.stale:
+        return forecast
+    return Forecast(
+        model=forecast.model,
+        start_s=forecast.start_s,
+        step_s=forecast.step_s,
+        mean=forecast.mean,
+        quantiles=forecast.quantiles,
+        values=forecast.values,
+        p_active=forecast.p_active,
+        method=forecast.method,
+        stale=True,
+        notes=forecast.notes,
+    )
+
+
+def _with_rate(state: ModelState | None, model: ModelId, rate: float) -> ModelState:
+    base = state if state is not None else ModelState(model=model)
+    return ModelState(
+        model=model,
+        ready_replicas=base.ready_replicas,
+        starting_replicas=base.starting_replicas,
+        tier=base.tier,
+        image_cached=base.image_cached,
+        observed_rps=rate,
+    )
+
+
+__all__ = [
+    "ActionOutcome",
+    "ClusterObserver",
+    "ClusterSnapshot",
+    "Daemon",
+    "HistorySource",
+    "NodeCapacity",
+    "PlanApplier",
+    "TickReport",
+]

@@ -1,8 +1,116 @@
-"""Settings of the actuator (a section of prewarm's settings tree)."""
+"""Settings of the actuator (a section of prewarm's settings tree).
+
+Owns the typed, validated knobs of how plans are applied: where prewarm-owned objects live, how
+pools are found (the node label), what placeholder and pre-pull pods look like, which pools are
+Cluster API MachineDeployments, retry/backoff of API calls and how GPU agents are reached. Must not
+do I/O; defaults are production defaults.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+_LABEL_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+
+
+class PlaceholderConfig(BaseModel):
+    """Placeholder (pause) pods that hold node capacity ahead of demand."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(
+        default="registry.k8s.io/pause:3.10", description="Image of the placeholder containers."
+    )
+    priority_class: str = Field(
+        default="prewarm-placeholder",
+        description="A PriorityClass with a negative value (the chart creates it), so every real "
+        "pod preempts the placeholders.",
+    )
+    gpus_per_pod: int = Field(
+        default=1, ge=1, description="nvidia.com/gpu requested by each placeholder pod."
+    )
+    cpu_request: str = Field(default="10m", description="CPU request of each placeholder pod.")
+    memory_request: str = Field(default="16Mi", description="Memory request of each pod.")
+
+
+class PrepullConfig(BaseModel):
+    """Image pre-pull pods: one per node of a pool, run once, then removed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    helper_image: str = Field(
+        default="busybox:1.37-musl",
+        description="Image holding a static busybox; its binary is copied into an emptyDir and run "
+        "from the target image, so the target needs no shell or binaries of its own.",
+    )
+    helper_binary: str = Field(
+        default="/bin/busybox", description="Path of the static busybox inside helper_image."
+    )
+    cpu_request: str = Field(default="1m", description="CPU request of each pre-pull pod.")
+    memory_request: str = Field(default="8Mi", description="Memory request of each pod.")
+
+
+class MachineDeploymentRef(BaseModel):
+    """A Cluster API MachineDeployment that backs a node pool (scaled through ``/scale``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    namespace: str
+    name: str
+    api_version: str = Field(
+        default="cluster.x-k8s.io/v1beta1", description="MachineDeployment apiVersion to use."
+    )
+
+
+class PoolConfig(BaseModel):
+    """Per node pool overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpus_per_node: int = Field(default=8, ge=1, description="GPUs on one node of this pool.")
+    machine_deployment: MachineDeploymentRef | None = Field(
+        default=None,
+        description="Scale this MachineDeployment directly instead of placing placeholder pods.",
+    )
+
+
+class RetryConfig(BaseModel):
+    """Retries of Kubernetes API calls that failed for a temporary reason (429, 5xx, no answer)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attempts: int = Field(default=8, ge=1, description="Tries per call, the first included.")
+    initial_backoff_s: float = Field(default=0.2, gt=0, description="First wait between tries.")
+    max_backoff_s: float = Field(default=5.0, gt=0, description="Longest wait between tries.")
+    request_timeout_s: float = Field(default=15.0, gt=0, description="Per-request timeout.")
+
+
+class AgentClientConfig(BaseModel):
+    """How the actuator reaches the GPU agent on a node."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    port: int = Field(default=50061, ge=1, le=65535, description="The agents' gRPC port.")
+    label_selector: str = Field(
+        default="app.kubernetes.io/name=prewarm-gpu-agent",
+        description="Selects the agent DaemonSet's pods; the one on a node is called at its IP.",
+    )
+    timeout_s: float = Field(
+        default=10.0, gt=0, description="Deadline of an Evict, and the least time a Preload gets."
+    )
+    token: SecretStr | None = Field(
+        default=None, description="Bearer token the agents expect (their auth.mode=token)."
+    )
+    attempts: int = Field(
+        default=4,
+        ge=1,
+        description="Tries of a call the agent answered UNAVAILABLE (or that could not reach it).",
+    )
+    max_concurrency: int = Field(default=16, ge=1, description="Agent calls in flight at once.")
 
 
 class ActuatorConfig(BaseModel):
@@ -13,3 +121,28 @@ class ActuatorConfig(BaseModel):
     namespace: str = Field(default="prewarm", description="Namespace for prewarm-owned objects.")
     field_manager: str = Field(default="prewarm", description="Server-side apply field manager.")
     dry_run: bool = Field(default=False, description="Send every write with dryRun=All.")
+    pool_label: str = Field(
+        default="prewarm.io/pool",
+        description="Node label whose value names a node's pool, e.g. karpenter.sh/nodepool or "
+        "cloud.google.com/gke-nodepool.",
+    )
+    placeholder: PlaceholderConfig = Field(default_factory=PlaceholderConfig)
+    prepull: PrepullConfig = Field(default_factory=PrepullConfig)
+    pools: dict[str, PoolConfig] = Field(
+        default_factory=dict, description="Per-pool overrides by pool name."
+    )
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    agent: AgentClientConfig = Field(default_factory=AgentClientConfig)
+
+    @field_validator("pool_label")
+    @classmethod
+    def _valid_label_key(cls, value: str) -> str:
+        if not _LABEL_KEY.match(value) or len(value.rsplit("/", 1)[-1]) > 63:
+            raise ValueError(
+                f"{value!r} is not a Kubernetes label key (e.g. 'karpenter.sh/nodepool')"
+            )
+        return value
+
+    def pool(self, name: str) -> PoolConfig:
+        """The settings of pool ``name`` (defaults when it has no entry)."""
+        return self.pools.get(name) or PoolConfig()

@@ -19,6 +19,16 @@ class PrometheusSourceConfig(BaseModel):
     step_s: int = Field(default=60, ge=1, description="Query resolution in seconds.")
     timeout_s: float = Field(default=30.0, gt=0, description="Per-request timeout.")
     retries: int = Field(default=3, ge=0, description="Retries per request, with backoff.")
+    backoff_initial_s: float = Field(
+        default=0.5, ge=0, description="First retry delay; doubles per retry (with jitter)."
+    )
+    backoff_max_s: float = Field(default=10.0, ge=0, description="Longest retry delay.")
+    max_points_per_query: int = Field(
+        default=10_000,
+        ge=2,
+        le=11_000,
+        description="Points per series in one range query (Prometheus refuses more than 11,000).",
+    )
     bearer_token: SecretStr | None = Field(default=None, description="Sent as Authorization.")
 
 

@@ -139,6 +139,72 @@ class Forecast:
         return float(1.0 - np.prod(1.0 - window))
 
 
+def forecasts_from_arrays(
+    models: Sequence[ModelId],
+    *,
+    start_s: float,
+    step_s: float,
+    mean: FloatArray,
+    quantiles: tuple[float, ...],
+    values: FloatArray,
+    p_active: FloatArray,
+    methods: Sequence[str],
+    stale: bool = False,
+) -> dict[ModelId, Forecast]:
+    """Build one :class:`Forecast` per model from stacked arrays, checking the contract once.
+
+    ``mean`` and ``p_active`` are ``(models, horizon)``, ``values`` is
+    ``(models, len(quantiles), horizon)``. Every check of :class:`Forecast` is applied to the whole
+    stack at once (vectorised), then the instances are built without re-checking each one: the
+    same contract, at a fraction of the cost for thousands of models.
+    """
+    n = len(models)
+    if mean.ndim != 2 or mean.shape[0] != n:
+        raise InvalidInput(f"mean must be (models={n}, horizon), got {mean.shape}")
+    horizon = mean.shape[1]
+    if values.shape != (n, len(quantiles), horizon):
+        raise InvalidInput(f"values must be ({n}, {len(quantiles)}, {horizon}), got {values.shape}")
+    if p_active.shape != (n, horizon):
+        raise InvalidInput(f"p_active must be ({n}, {horizon}), got {p_active.shape}")
+    if len(methods) != n:
+        raise InvalidInput(f"methods must name one method per model ({n}), got {len(methods)}")
+    if list(quantiles) != sorted(set(quantiles)) or not all(0.0 < q < 1.0 for q in quantiles):
+        raise InvalidInput(f"quantile levels must be increasing in (0, 1): {quantiles}")
+    for name, array in (("mean", mean), ("values", values), ("p_active", p_active)):
+        bad = ~np.isfinite(array).reshape(n, -1).all(axis=1)
+        if bad.any():
+            raise InvalidInput(f"Forecast.{name} for {models[int(np.argmax(bad))]} is not finite")
+    negative = (mean < 0).any(axis=1) | (values < 0).reshape(n, -1).any(axis=1)
+    if negative.any():
+        raise InvalidInput(f"Forecast for {models[int(np.argmax(negative))]} has negative counts")
+    outside = ((p_active < 0) | (p_active > 1)).any(axis=1)
+    if outside.any():
+        raise InvalidInput(
+            f"Forecast.p_active for {models[int(np.argmax(outside))]} is outside [0, 1]"
+        )
+    if len(quantiles) > 1:
+        crossing = (np.diff(values, axis=1) < -1e-9).reshape(n, -1).any(axis=1)
+        if crossing.any():
+            raise InvalidInput(f"Forecast quantiles for {models[int(np.argmax(crossing))]} cross")
+    out: dict[ModelId, Forecast] = {}
+    new = object.__new__
+    assign = object.__setattr__
+    for row, model in enumerate(models):
+        forecast = new(Forecast)
+        assign(forecast, "model", model)
+        assign(forecast, "start_s", start_s)
+        assign(forecast, "step_s", step_s)
+        assign(forecast, "mean", mean[row])
+        assign(forecast, "quantiles", quantiles)
+        assign(forecast, "values", values[row])
+        assign(forecast, "p_active", p_active[row])
+        assign(forecast, "method", methods[row])
+        assign(forecast, "stale", stale)
+        assign(forecast, "notes", ())
+        out[model] = forecast
+    return out
+
+
 def forecasts_by_model(forecasts: Sequence[Forecast]) -> dict[ModelId, Forecast]:
     """Index forecasts by model id; raises :class:`InvalidInput` on duplicates."""
     indexed: dict[ModelId, Forecast] = {}

@@ -5,6 +5,24 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class StageDefaults(BaseModel):
+    """Stage costs used until enough durations have been observed to learn them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    node_provision_s: float = Field(
+        default=240.0, gt=0, description="A new GPU node, from request to schedulable."
+    )
+    container_start_s: float = Field(default=5.0, ge=0, description="Container start.")
+    image_pull_gbps: float = Field(default=0.2, gt=0, description="Image pull and extract, GB/s.")
+    remote_gbps: float = Field(default=1.0, gt=0, description="Remote storage -> node, GB/s.")
+    disk_gbps: float = Field(default=2.5, gt=0, description="Node disk -> host memory, GB/s.")
+    host_to_gpu_gbps: float = Field(default=20.0, gt=0, description="Host -> GPU memory, GB/s.")
+    compile_cached_fraction: float = Field(
+        default=0.25, ge=0, le=1, description="Share of compile_s paid with a warm compile cache."
+    )
+
+
 class PlannerConfig(BaseModel):
     """Knobs of the warm planner."""
 
@@ -16,3 +34,40 @@ class PlannerConfig(BaseModel):
     gpu_memory_budget_bytes: int | None = Field(
         default=None, ge=0, description="Global cap on GPU bytes prewarm may hold; none = no cap."
     )
+    replica_quantile: float = Field(
+        default=0.9, gt=0, lt=1, description="Forecast quantile replica counts are sized for."
+    )
+    target_utilization: float = Field(
+        default=0.8, gt=0, le=1, description="Share of replica_rps a replica is planned to carry."
+    )
+    min_value_density: float = Field(
+        default=0.25,
+        ge=0,
+        description=(
+            "Least value density (P(request in the planning window) x seconds saved / GB) for which "
+            "a model is held warm in GPU memory; lower holds more memory for fewer cold starts."
+        ),
+    )
+    host_min_value_density: float = Field(
+        default=0.02, ge=0, description="The same threshold for holding weights in host memory."
+    )
+    hysteresis: float = Field(
+        default=0.3,
+        ge=0,
+        description="A held model's value density counts this much higher (avoids thrashing).",
+    )
+    scale_down_after_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="Replicas go down only after forecast and observation agreed this long.",
+    )
+    lead_quantile: float = Field(
+        default=0.9, gt=0, lt=1, description="Quantile of observed stage durations planned for."
+    )
+    lead_min_samples: int = Field(
+        default=3, ge=1, description="Observations of a stage before they replace the default."
+    )
+    host_memory_budget_bytes: int | None = Field(
+        default=None, ge=0, description="Cap on host-memory bytes for weights; none = per pool."
+    )
+    stages: StageDefaults = Field(default_factory=StageDefaults)

@@ -24,6 +24,7 @@ from common.errors import InvalidInput
 from forecaster.config import ForecasterConfig
 from gpu_agent.config import AgentConfig
 from planner.config import PlannerConfig
+from prewarm.control.config import ControlConfig
 from prewarm.daemon.config import DaemonConfig
 
 
@@ -50,6 +51,7 @@ class Settings(BaseSettings):
     actuator: ActuatorConfig = Field(default_factory=ActuatorConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# The session-scoped real control plane (etcd + kube-apiserver + kwok) and its helpers.
+from tests.harness.k8s import k8s_api, k8s_control_plane, k8s_namespace  # noqa: F401
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_TRACES = REPO_ROOT.parent / "shared" / "traces"
 

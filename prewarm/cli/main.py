@@ -21,7 +21,10 @@ from prewarm import __version__
 from prewarm.logging import configure_logging
 from prewarm.settings import Settings, load_settings
 
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "prewarm.cli.agent_cmd", "prewarm.cli.control_cmd",
+    "prewarm.cli.forecast_cmd", "prewarm.cli.backtest_cmd",
+)
 """Modules under ``prewarm.cli`` that define ``register(app: typer.Typer) -> None``."""
 
 EXIT_BAD_INPUT = 2

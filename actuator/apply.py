@@ -1,0 +1,189 @@
+"""Applies a whole :class:`planner.actions.WarmPlan`: the actuator's entry point for the daemon.
+
+Owns the order and isolation of the parts: node capacity first (nodes take longest), then image
+pre-pulls (they need the nodes), then replica floors, then GPU agent calls. Each part reconciles
+the cluster to the plan (creating what is planned, releasing what no longer is) and a failure in
+one part is recorded in the report without stopping the others; the next tick retries.
+
+Must not: decide anything (the plan is applied as given), or read the clock (``now_s`` is passed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+from actuator.agents import AgentActuator, AgentResult
+from actuator.capacity import CapacityResult, NodeCapacityActuator
+from actuator.config import ActuatorConfig
+from actuator.floors import FloorResult, ReplicaFloors
+from actuator.kube import KubeClient
+from actuator.prepull import ImagePrepuller, PrepullStatus
+from common.errors import PrewarmError
+from planner.actions import (
+    Action,
+    Evict,
+    ImagePrepull,
+    NodeCapacity,
+    Preload,
+    ReplicaFloor,
+    WarmPlan,
+)
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class ActuationReport:
+    """What one :meth:`Actuator.apply` did, part by part; ``errors`` maps a part to its failure."""
+
+    dry_run: bool
+    capacity: list[CapacityResult] = field(default_factory=list)
+    prepulls: list[PrepullStatus] = field(default_factory=list)
+    floors: list[FloorResult] = field(default_factory=list)
+    agents: list[AgentResult] = field(default_factory=list)
+    errors: dict[str, PrewarmError] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        parts: list[CapacityResult | PrepullStatus | FloorResult]
+        parts = [*self.capacity, *self.prepulls, *self.floors]
+        return (
+            not self.errors
+            and all(part.error is None for part in parts)
+            and all(result.ok for result in self.agents)
+        )
+
+
+Outcome = Literal["ok", "dry_run", "error", "skipped"]
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """The result of one action of the plan: ``ok``, ``dry_run``, ``error`` or ``skipped`` (the
+    feature is off: no GPU agent client, Cluster API not installed), with a detail for people."""
+
+    action: Action
+    result: Outcome
+    detail: str = ""
+
+
+class Actuator:
+    """The Kubernetes parts share one :class:`KubeClient`; GPU agents are optional (no agents =
+    Preload/Evict actions are reported as skipped)."""
+
+    def __init__(
+        self, kube: KubeClient, config: ActuatorConfig, *, agents: AgentActuator | None = None
+    ) -> None:
+        self.config = config
+        self.capacity = NodeCapacityActuator(kube, config)
+        self.prepuller = ImagePrepuller(kube, config)
+        self.floors = ReplicaFloors(kube, config)
+        self.agents = agents
+
+    def apply_cluster(self, plan: WarmPlan, *, dry_run: bool = False) -> ActuationReport:
+        """Reconcile node capacity, pre-pulls and floors with ``plan`` (blocking I/O)."""
+        dry_run = dry_run or self.config.dry_run
+        report = ActuationReport(dry_run=dry_run)
+        try:
+            report.capacity = self.capacity.reconcile(plan.of_type(NodeCapacity), dry_run=dry_run)
+        except PrewarmError as error:
+            report.errors["capacity"] = error
+        try:
+            report.prepulls = self.prepuller.reconcile(
+                plan.of_type(ImagePrepull), now_s=plan.now_s, dry_run=dry_run
+            )
+        except PrewarmError as error:
+            report.errors["prepull"] = error
+        try:
+            report.floors = self.floors.reconcile(
+                plan.of_type(ReplicaFloor), now_s=plan.now_s, dry_run=dry_run
+            )
+        except PrewarmError as error:
+            report.errors["floors"] = error
+        for part, failure in report.errors.items():
+            _log.warning("actuator: %s failed this tick (retried next tick): %s", part, failure)
+        return report
+
+    async def apply_agents(self, plan: WarmPlan, report: ActuationReport) -> ActuationReport:
+        """Send the plan's Evict/Preload actions to the GPU agents; results go into ``report``."""
+        preloads, evicts = plan.of_type(Preload), plan.of_type(Evict)
+        if self.agents is None:
+            if preloads or evicts:
+                _log.info("no GPU agent client configured: %d agent actions skipped",
+                          len(preloads) + len(evicts))  # fmt: skip
+            return report
+        report.agents = await self.agents.apply(
+            preloads, evicts, now_s=plan.now_s, dry_run=report.dry_run
+        )
+        return report
+
+    async def apply(self, plan: WarmPlan, *, dry_run: bool = False) -> list[ActionResult]:
+        """Apply ``plan`` (cluster parts in a worker thread, then agents): one result per action.
+
+        Never raises for a failed action; each failure is an ``error`` result, retried next tick.
+        """
+        report = await asyncio.to_thread(self.apply_cluster, plan, dry_run=dry_run)
+        report = await self.apply_agents(plan, report)
+        return results_per_action(plan, report)
+
+
+def results_per_action(plan: WarmPlan, report: ActuationReport) -> list[ActionResult]:
+    """One :class:`ActionResult` per action of ``plan``, in plan order, from ``report``."""
+    done: Outcome = "dry_run" if report.dry_run else "ok"
+    capacity = {result.pool: result for result in report.capacity}
+    floors = {result.workload: result for result in report.floors}
+    agents = {id(result.action): result for result in report.agents}
+    prepulls = {(status.pool, status.image): status for status in report.prepulls}
+    results: list[ActionResult] = []
+    for action in plan.actions:
+        if isinstance(action, NodeCapacity):
+            if "capacity" in report.errors:
+                results.append(ActionResult(action, "error", str(report.errors["capacity"])))
+            elif action.pool in capacity:
+                applied = capacity[action.pool]
+                if applied.error is not None:
+                    results.append(ActionResult(action, "error", str(applied.error)))
+                else:
+                    detail = f"{applied.target} at {applied.replicas}"
+                    results.append(ActionResult(action, done, detail))
+            elif action.gpus <= 0:
+                results.append(ActionResult(action, done, "nothing to hold"))
+            else:
+                results.append(ActionResult(action, "skipped", "Cluster API is not installed"))
+        elif isinstance(action, ImagePrepull):
+            status = prepulls.get((action.pool, action.image))
+            if "prepull" in report.errors or status is None or status.error is not None:
+                error = report.errors.get("prepull") or (status and status.error)
+                results.append(ActionResult(action, "error", str(error or "not stepped")))
+            elif status.failed or status.expired:
+                detail = f"failed on {sorted(status.failed)}, missed on {sorted(status.pending)}"
+                results.append(ActionResult(action, "error", detail))
+            else:
+                detail = f"{len(status.succeeded)} node(s) done, {len(status.pending)} pulling"
+                results.append(ActionResult(action, done, detail))
+        elif isinstance(action, ReplicaFloor):
+            floor = floors.get(action.workload)
+            if "floors" in report.errors:
+                results.append(ActionResult(action, "error", str(report.errors["floors"])))
+            elif floor is None:
+                results.append(ActionResult(action, done, "expired: restored"))
+            elif floor.error is not None:
+                results.append(ActionResult(action, "error", str(floor.error)))
+            else:
+                results.append(
+                    ActionResult(action, done, f"{floor.via} {floor.target} >= {floor.value}")
+                )
+        else:
+            agent = agents.get(id(action))
+            if agent is None:
+                results.append(ActionResult(action, "skipped", "no GPU agent client configured"))
+            elif not agent.ok:
+                results.append(ActionResult(action, "error", agent.detail))
+            else:
+                results.append(
+                    ActionResult(action, "dry_run" if agent.dry_run else "ok", agent.detail)
+                )
+    return results

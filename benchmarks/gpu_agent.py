@@ -1,0 +1,730 @@
+"""Benchmarks of the GPU agent: fill throughput, attach latency, eviction time, compile warm start.
+
+Usage: ``python benchmarks/gpu_agent.py [--json OUT] [--quick]``
+
+Every figure is compared with a baseline measured in the same run, on the same machine:
+
+- GPU (when CUDA is available): host->GPU fill from host shared memory (registered and staged
+  paths) against the pinned-memory copy bandwidth and against
+  ``safetensors.torch.load_file(..., device="cuda")``; disk->GPU fill against the file's sequential
+  read speed; attach latency (CUDA IPC, from a separate process) for 1, 10 and 40 GB models;
+  eviction time when another process takes GPU memory. Targets on an H100: fill >= 85% of pinned
+  bandwidth and >= 5x safetensors, attach <= 100 ms, eviction <= 1 s.
+- CPU (always): disk->host-tier copy against sequential read, host->CPU fill against
+  ``safetensors.torch.load_file``, host-tier attach latency (mmap) for 1/10/40 GB scaled down
+  100x (10/100/400 MB), eviction time under (faked) pressure, and torch.compile cold vs warm
+  (mega-cache via the agent's install, and an installed Inductor cache directory).
+
+Medians of several repetitions are quoted. Large model files are sparse (header + holes) where
+only their size matters (attach, eviction); fill and read figures use files with real data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import grpc  # noqa: E402
+import safetensors.torch  # noqa: E402
+import torch  # noqa: E402
+
+from common.ids import ModelId  # noqa: E402
+from gpu_agent.agent import Agent  # noqa: E402
+from gpu_agent.artifacts import install_cache_tar, install_mega_cache  # noqa: E402
+from gpu_agent.config import AgentConfig  # noqa: E402
+from gpu_agent.control import LoadControl  # noqa: E402
+from gpu_agent.copy_engine import StagingPool, fill, fill_registered, plan_placements  # noqa: E402
+from gpu_agent.diskcache import CachedFile, DiskCache, Manifest  # noqa: E402
+from gpu_agent.nvml import GpuMemory, Nvml, PynvmlNvml  # noqa: E402
+from gpu_agent.safetensors_format import read_layout  # noqa: E402
+from gpu_agent.server import serve  # noqa: E402
+from gpu_agent.sources import copy_with_progress  # noqa: E402
+from protos import gpu_agent_pb2 as pb  # noqa: E402
+from protos import gpu_agent_pb2_grpc as pb_grpc  # noqa: E402
+
+GB = 1e9
+MIB = 1024**2
+TENSOR_BYTES = 256 * MIB
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+# ------------------------------------------------------------------------------- model files
+
+
+def write_model(path: Path, nbytes: int, *, sparse: bool) -> None:
+    """A safetensors file of F16 tensors (256 MiB each) totalling ``nbytes`` of data.
+
+    ``sparse``: data left as a hole (reads as zeros, takes no disk); otherwise random bytes.
+    """
+    sizes = [TENSOR_BYTES] * (nbytes // TENSOR_BYTES)
+    if nbytes % TENSOR_BYTES:
+        sizes.append(nbytes % TENSOR_BYTES // 2 * 2)
+    header: dict[str, Any] = {}
+    offset = 0
+    for index, size in enumerate(sizes):
+        header[f"layer{index}.weight"] = {
+            "dtype": "F16",
+            "shape": [size // 2],
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        handle.write(len(raw).to_bytes(8, "little"))
+        handle.write(raw)
+        if sparse:
+            handle.truncate(8 + len(raw) + offset)
+            return
+        block = os.urandom(64 * MIB)
+        remaining = offset
+        while remaining:
+            n = min(len(block), remaining)
+            handle.write(block[:n])
+            remaining -= n
+
+
+def drop_page_cache(path: Path) -> bool:
+    """Evict ``path`` from the page cache (posix_fadvise); True when the kernel accepted it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        return True
+    except OSError:
+        return False
+
+
+def sequential_read_gbps(path: Path, *, cold: bool) -> float:
+    if cold:
+        drop_page_cache(path)
+    started = time.perf_counter()
+    with path.open("rb", buffering=0) as handle:
+        buffer = bytearray(16 * MIB)
+        view = memoryview(buffer)
+        total = 0
+        while n := handle.readinto(view):
+            total += n
+    return total / (time.perf_counter() - started) / GB
+
+
+# ------------------------------------------------------------------------------ GPU section
+
+
+def pinned_copy_gbps(repeats: int) -> float:
+    size = 1024 * MIB
+    host = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+    device = torch.empty(size, dtype=torch.uint8, device="cuda")
+    device.copy_(host, non_blocking=True)
+    torch.cuda.synchronize()
+    rates = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        device.copy_(host, non_blocking=True)
+        torch.cuda.synchronize()
+        rates.append(size / (time.perf_counter() - started) / GB)
+    del host, device
+    return median(rates)
+
+
+def fill_gbps(
+    path: Path, engine: Callable[..., float], pool: StagingPool, *, repeats: int, cold: bool
+) -> float:
+    layout = read_layout(path)
+    nbytes, placements = plan_placements([layout], [path])
+    dest = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    rates = []
+    for _ in range(repeats):
+        if cold:
+            drop_page_cache(path)
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        engine(dest, placements, pool=pool, control=LoadControl(), progress=lambda _n: None)
+        torch.cuda.synchronize()
+        rates.append(layout.data_bytes / (time.perf_counter() - started) / GB)
+    del dest
+    torch.cuda.empty_cache()
+    return median(rates)
+
+
+def safetensors_cuda_gbps(path: Path, *, repeats: int) -> float:
+    data_bytes = read_layout(path).data_bytes
+    rates = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        tensors = safetensors.torch.load_file(str(path), device="cuda")
+        torch.cuda.synchronize()
+        rates.append(data_bytes / (time.perf_counter() - started) / GB)
+        del tensors
+        torch.cuda.empty_cache()
+    return median(rates)
+
+
+ATTACH_CHILD = textwrap.dedent(
+    """
+    import json, statistics, sys, time
+    sys.path.insert(0, sys.argv[1])
+    import torch
+    from gpu_agent.client import attach
+    target, model_id = sys.argv[2], sys.argv[3]
+    repeats, max_tier = int(sys.argv[4]), int(sys.argv[5])
+    if max_tier == 3:
+        torch.cuda.init()
+        torch.empty(1, device="cuda")
+    started = time.perf_counter()
+    model = attach(model_id, target, max_tier=max_tier)
+    first = time.perf_counter() - started
+    tier = model.tier
+    probe = next(iter(model.tensors.values()))
+    int(probe.view(torch.uint8)[:4096].sum())  # the mapping is readable
+    model.release()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        model = attach(model_id, target, max_tier=max_tier)
+        times.append(time.perf_counter() - started)
+        model.release()
+    print(json.dumps({"tier": tier, "first_s": first, "median_s": statistics.median(times)}))
+    """
+)
+
+
+def attach_in_child(port: int, model_id: str, *, max_tier: int, repeats: int) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, "-c", ATTACH_CHILD, str(REPO), f"127.0.0.1:{port}", model_id,
+         str(repeats), str(max_tier)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(f"attach child failed: {result.stderr[-2000:]}")
+    data: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return data
+
+
+def seed_disk_tier(config: AgentConfig, model_id: str, nbytes: int) -> None:
+    """Put a (sparse) complete model into the agent's disk tier, as a finished fetch would."""
+    cache = DiskCache(Path(config.cache_dir))
+    path = cache.model_dir(ModelId(model_id)) / "000-model.safetensors"
+    write_model(path, nbytes, sparse=True)
+    cache.write_manifest(
+        ModelId(model_id),
+        Manifest(
+            model_id=model_id,
+            files=[CachedFile(path.name, "", path.stat().st_size)],
+            predicted_value=1.0,
+        ),
+    )
+
+
+class AgentHarness:
+    """A real agent + gRPC server in this process, and an aio stub."""
+
+    def __init__(self, config: AgentConfig, nvml: Nvml, **agent_kwargs: Any) -> None:
+        self.config = config
+        self.agent = Agent(config, nvml=nvml, **agent_kwargs)
+        self.stop = asyncio.Event()
+        self.port = 0
+        self._task: asyncio.Task[None] | None = None
+        self.channel: grpc.aio.Channel | None = None
+        self.stub: pb_grpc.GpuAgentStub | None = None
+
+    async def __aenter__(self) -> AgentHarness:
+        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(
+            serve(self.config, agent=self.agent, stop=self.stop, on_ready=ready.set_result,
+                  handle_signals=False)
+        )  # fmt: skip
+        self.port = await asyncio.wait_for(ready, 120)
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
+        self.stub = pb_grpc.GpuAgentStub(self.channel)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.channel is not None
+        assert self._task is not None
+        await self.channel.close()
+        self.stop.set()
+        await self._task
+
+    async def preload(
+        self, model_id: str, tier: int, sources: list[pb.Source] | None = None
+    ) -> float:
+        assert self.stub is not None
+        started = time.perf_counter()
+        request = pb.PreloadRequest(
+            model_id=model_id, weights=sources or [], target_tier=tier, predicted_value=1.0
+        )
+        stages = [p.stage async for p in self.stub.Preload(request)]
+        assert stages[-1] == pb.PreloadProgress.STAGE_DONE, stages
+        return time.perf_counter() - started
+
+    async def evict_time(self, trigger: Callable[[], Any], *, timeout_s: float = 10) -> float:
+        """Seconds from ``trigger()`` returning to the agent's EVICTED event."""
+        assert self.stub is not None
+        call = self.stub.Watch(pb.WatchRequest())
+        await asyncio.sleep(0.3)
+        started = 0.0
+
+        async def wait_evicted() -> float:
+            async for event in call:
+                if event.kind == pb.Event.KIND_EVICTED:
+                    return time.perf_counter() - started
+            raise RuntimeError("watch ended")
+
+        waiter = asyncio.create_task(wait_evicted())
+        await asyncio.sleep(0.05)
+        await asyncio.to_thread(trigger)
+        started = time.perf_counter()
+        try:
+            return await asyncio.wait_for(waiter, timeout_s)
+        finally:
+            call.cancel()
+
+
+async def gpu_section(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {"device": torch.cuda.get_device_name(0)}
+    shm = Path(args.shm_root) / "prewarm-bench"
+    shm.mkdir(parents=True, exist_ok=True)
+    try:
+        shm_free = shutil.disk_usage(shm).free
+        if args.fill_gb * GB * 2.2 > shm_free:  # the file plus safetensors' own copy
+            args.fill_gb = round(shm_free / GB / 2.2, 1)
+            log(
+                f"[gpu] {args.shm_root} has {shm_free / GB:.1f} GB free: fill model cut to "
+                f"{args.fill_gb} GB"
+            )
+        fill_bytes = int(args.fill_gb * GB)
+        host_file = shm / "fill.safetensors"
+        disk_file = work / "disk" / "fill.safetensors"
+        log(f"[gpu] writing {args.fill_gb} GB test model to {host_file} and {disk_file}")
+        write_model(host_file, fill_bytes, sparse=False)
+        disk_file.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(host_file, disk_file)
+        pool = StagingPool(args.chunk_mib * MIB, workers=args.workers)
+        pool.ensure(torch.device("cuda", 0))
+        pinned = pinned_copy_gbps(args.repeats + 2)
+        registered = fill_gbps(host_file, fill_registered, pool, repeats=args.repeats, cold=False)
+        staged = fill_gbps(host_file, fill, pool, repeats=args.repeats, cold=False)
+        baseline = safetensors_cuda_gbps(host_file, repeats=args.repeats)
+        best = max(registered, staged)
+        results["host_to_gpu"] = {
+            "model_gb": args.fill_gb,
+            "pinned_copy_gbps": pinned,
+            "fill_registered_gbps": registered,
+            "fill_staged_gbps": staged,
+            "safetensors_load_file_cuda_gbps": baseline,
+            "fill_vs_pinned": best / pinned,
+            "fill_vs_safetensors": best / baseline,
+            "targets": {"fill_vs_pinned": 0.85, "fill_vs_safetensors": 5.0},
+        }
+        log(
+            f"[gpu] pinned copy {pinned:.1f} GB/s | fill registered {registered:.1f} GB/s, "
+            f"staged {staged:.1f} GB/s | safetensors load_file(cuda) {baseline:.2f} GB/s | "
+            f"fill/pinned {best / pinned:.0%} | fill/safetensors {best / baseline:.1f}x"
+        )
+        cold_ok = drop_page_cache(disk_file)
+        seq = median([sequential_read_gbps(disk_file, cold=True) for _ in range(args.repeats)])
+        disk_fill = fill_gbps(disk_file, fill, pool, repeats=args.repeats, cold=True)
+        results["disk_to_gpu"] = {
+            "model_gb": args.fill_gb,
+            "page_cache_dropped": cold_ok,
+            "sequential_read_gbps": seq,
+            "fill_gbps": disk_fill,
+            "fill_vs_read": disk_fill / seq,
+        }
+        log(
+            f"[gpu] disk: sequential read {seq:.2f} GB/s | disk->GPU fill {disk_fill:.2f} GB/s "
+            f"| ratio {disk_fill / seq:.0%} (page cache dropped: {cold_ok})"
+        )
+        host_file.unlink()
+        disk_file.unlink()
+
+        config = AgentConfig(
+            listen="127.0.0.1:0",
+            cache_dir=str(work / "agent-cache"),
+            shm_dir=str(shm / "agent-shm"),
+            headroom_bytes=2 * 1024**3,
+            host_headroom_bytes=0,
+            disk_headroom_bytes=0,
+            allowed_file_roots=[str(work)],
+            chunk_bytes=args.chunk_mib * MIB,
+            copy_workers=args.workers,
+            pressure_poll_interval_s=0.1,
+        )
+        sizes = [float(s) for s in args.attach_gb.split(",")]
+        for size in sizes:
+            seed_disk_tier(config, f"attach-{size:g}gb", int(size * GB))
+        attach: dict[str, Any] = {}
+        async with AgentHarness(config, PynvmlNvml()) as harness:
+            for size in sizes:
+                model_id = f"attach-{size:g}gb"
+                load_s = await harness.preload(model_id, pb.TIER_GPU)
+                measured = await asyncio.to_thread(
+                    attach_in_child, harness.port, model_id, max_tier=pb.TIER_GPU,
+                    repeats=args.attach_repeats,
+                )  # fmt: skip
+                attach[f"{size:g}GB"] = {**measured, "sparse_disk_to_gpu_s": load_s}
+                log(
+                    f"[gpu] attach {size:g} GB ({measured['tier']}): median "
+                    f"{measured['median_s'] * 1e3:.1f} ms, first {measured['first_s'] * 1e3:.1f} ms"
+                    f" (target <= 100 ms)"
+                )
+                assert harness.stub is not None
+                await harness.stub.Evict(pb.EvictRequest(model_id=model_id, tier=pb.TIER_GPU))
+            results["attach_gpu"] = attach
+
+            evictions = []
+            victim = f"attach-{sizes[0]:g}gb"
+            for _ in range(args.repeats):
+                await harness.preload(victim, pb.TIER_GPU)
+                free = harness.agent.status().gpus[0].free_bytes
+                hog = _GpuHog(free - config.headroom_bytes // 2)
+                try:
+                    evictions.append(await harness.evict_time(hog.start))
+                finally:
+                    hog.stop()
+                await asyncio.sleep(0.3)
+            results["eviction_gpu"] = {
+                "model_gb": sizes[0],
+                "poll_interval_s": config.pressure_poll_interval_s,
+                "median_s": median(evictions),
+                "all_s": evictions,
+                "target_s": 1.0,
+            }
+            log(
+                f"[gpu] eviction under pressure: median {median(evictions) * 1e3:.0f} ms "
+                f"(poll {config.pressure_poll_interval_s}s; target <= 1 s)"
+            )
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
+    return results
+
+
+class _GpuHog:
+    """Another process that takes ``nbytes`` of GPU memory (the "pressure")."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c",
+             "import sys, torch; x = torch.empty(int(sys.argv[1]), dtype=torch.uint8, "
+             "device='cuda'); torch.cuda.synchronize(); print('ok', flush=True); "
+             "sys.stdin.readline()", str(self.nbytes)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        if self.process.stdout.readline().strip() != "ok":
+            raise RuntimeError("GPU hog failed to allocate")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(60)
+
+
+# ------------------------------------------------------------------------------ CPU section
+
+
+class FakePressureNvml:
+    """A fake NVML (benchmarking eviction without a GPU): one GPU whose "other" usage is set."""
+
+    def __init__(self, total: int, ours: Callable[[], int]) -> None:
+        self.total = total
+        self.other = 0
+        self.ours = ours
+
+    def unavailable_reason(self) -> str | None:
+        return None
+
+    def gpus(self) -> list[GpuMemory]:
+        used = min(self.total, self.other + self.ours())
+        return [GpuMemory(0, "GPU-fake", "FakePressureNvml", self.total, used, self.total - used,
+                          self.other)]  # fmt: skip
+
+
+class _NoGpu:
+    def unavailable_reason(self) -> str | None:
+        return "benchmark: host tiers only"
+
+    def gpus(self) -> list[GpuMemory]:
+        return []
+
+
+async def cpu_section(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    models = work / "models"
+    shm = Path(args.shm_root) / "prewarm-bench-cpu"
+    shm.mkdir(parents=True, exist_ok=True)
+    try:
+        nbytes = int(args.cpu_gb * GB)
+        disk_file = models / "cpu.safetensors"
+        write_model(disk_file, nbytes, sparse=False)
+        seq = median([sequential_read_gbps(disk_file, cold=False) for _ in range(args.repeats)])
+        copies = []
+        for _ in range(args.repeats):
+            target = shm / "copy.safetensors"
+            started = time.perf_counter()
+            copy_with_progress(disk_file, target, control=LoadControl(), progress=lambda _n: None)
+            copies.append(disk_file.stat().st_size / (time.perf_counter() - started) / GB)
+        host_file = shm / "copy.safetensors"
+        layout = read_layout(host_file)
+        _, placements = plan_placements([layout], [host_file])
+        pool = StagingPool(args.chunk_mib * MIB, workers=args.workers)
+        dest = torch.empty(layout.data_bytes, dtype=torch.uint8)
+        fills = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            fill(dest, placements, pool=pool, control=LoadControl(), progress=lambda _n: None)
+            fills.append(layout.data_bytes / (time.perf_counter() - started) / GB)
+        baseline = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            loaded = safetensors.torch.load_file(str(host_file), device="cpu")
+            for tensor in loaded.values():  # touch every page: load_file may map lazily
+                tensor.view(torch.uint8)[::4096].sum()
+            baseline.append(layout.data_bytes / (time.perf_counter() - started) / GB)
+            del loaded
+        results["host_tier"] = {
+            "model_gb": args.cpu_gb,
+            "sequential_read_warm_gbps": seq,
+            "disk_to_shm_copy_gbps": median(copies),
+            "copy_vs_read": median(copies) / seq,
+            "shm_to_cpu_fill_gbps": median(fills),
+            "safetensors_load_file_cpu_gbps": median(baseline),
+            "fill_vs_safetensors": median(fills) / median(baseline),
+        }
+        log(
+            f"[cpu] {args.cpu_gb} GB: sequential read (warm) {seq:.2f} GB/s | disk->shm copy "
+            f"{median(copies):.2f} GB/s ({median(copies) / seq:.0%}) | shm->CPU fill "
+            f"{median(fills):.2f} GB/s vs safetensors load_file(cpu) {median(baseline):.2f} GB/s"
+        )
+        host_file.unlink()
+
+        config = AgentConfig(
+            listen="127.0.0.1:0",
+            cache_dir=str(work / "cpu-cache"),
+            shm_dir=str(shm / "agent-shm"),
+            headroom_bytes=1000,
+            host_headroom_bytes=0,
+            disk_headroom_bytes=0,
+            allowed_file_roots=[str(work)],
+            require_sha256=False,
+            chunk_bytes=args.chunk_mib * MIB,
+            copy_workers=args.workers,
+            pressure_poll_interval_s=0.1,
+        )
+        attach: dict[str, Any] = {}
+        async with AgentHarness(config, _NoGpu()) as harness:
+            for size in (1, 10, 40):
+                scaled = size / 100
+                path = models / f"attach-{size}.safetensors"
+                write_model(path, int(scaled * GB), sparse=False)
+                model_id = f"host-{size}gb-scaled"
+                await harness.preload(model_id, pb.TIER_HOST, [pb.Source(uri=path.as_uri())])
+                measured = await asyncio.to_thread(
+                    attach_in_child, harness.port, model_id, max_tier=pb.TIER_HOST,
+                    repeats=args.attach_repeats,
+                )  # fmt: skip
+                attach[f"{size}GB_scaled_to_{scaled:g}GB"] = measured
+                log(
+                    f"[cpu] host-tier attach {size} GB scaled to {scaled:g} GB "
+                    f"({measured['tier']}): median {measured['median_s'] * 1e3:.1f} ms"
+                )
+                path.unlink()
+                assert harness.stub is not None
+                await harness.stub.Evict(pb.EvictRequest(model_id=model_id))
+        results["attach_host"] = attach
+
+        holder: dict[str, Agent] = {}
+        fake = FakePressureNvml(int(10 * GB), lambda: holder["agent"].gpu_bytes_held())
+        pressure_path = models / "pressure.safetensors"
+        write_model(pressure_path, 64 * MIB, sparse=False)
+        harness = AgentHarness(config, fake, gpu_device=lambda _g: torch.device("cpu"))
+        holder["agent"] = harness.agent
+        evictions = []
+        async with harness:
+            for _ in range(args.repeats):
+                fake.other = 0
+                await harness.preload(
+                    "pressure", pb.TIER_GPU, [pb.Source(uri=pressure_path.as_uri())]
+                )
+
+                def squeeze() -> None:
+                    fake.other = fake.total
+
+                evictions.append(await harness.evict_time(squeeze))
+                assert harness.stub is not None
+                await harness.stub.Evict(pb.EvictRequest(model_id="pressure"))
+        results["eviction_fake_nvml"] = {
+            "poll_interval_s": config.pressure_poll_interval_s,
+            "median_s": median(evictions),
+            "note": "FakePressureNvml, CPU tensor as the GPU allocation",
+        }
+        log(
+            f"[cpu] eviction under (FakePressureNvml) pressure: median "
+            f"{median(evictions) * 1e3:.0f} ms (poll {config.pressure_poll_interval_s}s)"
+        )
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
+    if not args.quick:
+        results["compile"] = compile_section(work)
+    return results
+
+
+COMPILE_CHILD = textwrap.dedent(
+    """
+    import json, sys, time
+    sys.path.insert(0, sys.argv[1])
+    import torch
+    mode, artifacts = sys.argv[2], sys.argv[3]
+    from gpu_agent.client import load_compile_artifacts
+    from pathlib import Path
+    if mode == "mega":
+        assert load_compile_artifacts(Path(artifacts))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.LayerNorm(512),
+        torch.nn.Linear(512, 512), torch.nn.GELU(), torch.nn.Linear(512, 64),
+    )
+    compiled = torch.compile(model)
+    x = torch.randn(32, 256)
+    with torch.no_grad():
+        started = time.perf_counter()
+        compiled(x)
+        first = time.perf_counter() - started
+    if mode == "cold":
+        blob, _info = torch.compiler.save_cache_artifacts()
+        Path(artifacts).write_bytes(blob)
+    print(json.dumps({"first_call_s": first}))
+    """
+)
+
+
+def _compile_run(mode: str, artifacts: Path, cache_dir: Path) -> float:
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache_dir),
+           "TRITON_CACHE_DIR": str(cache_dir / "triton")}  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", COMPILE_CHILD, str(REPO), mode, str(artifacts)],
+        capture_output=True, text=True, timeout=900, env=env, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(f"compile child ({mode}) failed: {result.stderr[-3000:]}")
+    return float(json.loads(result.stdout.strip().splitlines()[-1])["first_call_s"])
+
+
+def compile_section(work: Path) -> dict[str, Any]:
+    """torch.compile on the CPU: cold, warm from an installed mega-cache, warm from a cache dir."""
+    base = work / "compile"
+    cold_dir = base / "cold-cache"
+    blob = base / "artifacts.bin"
+    base.mkdir(parents=True, exist_ok=True)
+    cold = _compile_run("cold", blob, cold_dir)
+    installed = base / "pod-mega"
+    mega_path = install_mega_cache(blob, installed, ModelId("bench/mlp"))
+    mega = _compile_run("mega", mega_path, base / "mega-cache-dir")
+    archive = base / "inductor.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(cold_dir, arcname=".")
+    pod_dir = base / "pod-dir"
+    install_cache_tar(archive, pod_dir)
+    warm_dir = _compile_run("dir", blob, pod_dir)
+    log(
+        f"[cpu] torch.compile first call: cold {cold:.2f} s | warm from installed mega-cache "
+        f"{mega:.2f} s ({cold / mega:.1f}x) | warm from installed Inductor dir {warm_dir:.2f} s "
+        f"({cold / warm_dir:.1f}x)"
+    )
+    return {
+        "cold_s": cold,
+        "warm_mega_cache_s": mega,
+        "warm_inductor_dir_s": warm_dir,
+        "speedup_mega": cold / mega,
+        "speedup_dir": cold / warm_dir,
+        "artifact_bytes": blob.stat().st_size,
+    }
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="prewarm-bench-", dir=args.work_dir))
+    report: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "cpus": os.cpu_count(),
+        "settings": {"chunk_mib": args.chunk_mib, "workers": args.workers,
+                     "repeats": args.repeats},
+    }  # fmt: skip
+    try:
+        if torch.cuda.is_available() and not args.cpu_only:
+            report["gpu"] = await gpu_section(work, args)
+        else:
+            log("[gpu] skipped: no CUDA device (CPU variants only)")
+        report["cpu"] = await cpu_section(work, args)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, help="Write all figures here as JSON.")
+    parser.add_argument("--quick", action="store_true", help="Skip the torch.compile section.")
+    parser.add_argument("--cpu-only", action="store_true")
+    parser.add_argument("--fill-gb", type=float, default=8.0)
+    parser.add_argument("--attach-gb", default="1,10,40")
+    parser.add_argument("--cpu-gb", type=float, default=0.25)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--attach-repeats", type=int, default=5)
+    parser.add_argument("--chunk-mib", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--shm-root", default="/dev/shm")
+    parser.add_argument("--work-dir", default=None, help="Disk directory for test files.")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    report = asyncio.run(main_async(args))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+        log(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()

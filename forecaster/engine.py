@@ -1,0 +1,479 @@
+"""``AutoForecaster``: the forecaster the daemon, the simulator and the CLI drive.
+
+Owns: the in-memory history of every model (a ring buffer, default 14 days), a set of vectorised
+candidate point models (level, seasonal naive hourly/daily/weekly, seasonal delta daily/weekly,
+multi-seasonal, intermittent), rolling-origin evaluation of every candidate on every series as the
+actuals arrive, per-series selection on the pinball loss at the planning quantile, and conformal
+quantiles from the same residuals. All work per call is vectorised across series; the one heavy
+step (a rolling-origin warm-up over the recent history, which seeds selection and calibration) runs
+once when history first allows it and again every ``refit_interval_s`` of observed time.
+
+Must not: do I/O, read the clock (time comes from the batches), or return NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+from numpy.typing import NDArray
+
+from common.errors import InvalidInput
+from common.ids import ModelId
+from forecaster.history import HistoryBuffer
+from forecaster.models import intermittent, naive, seasonal
+from forecaster.models.base import Candidate, HistoryView, IntArray
+from forecaster.models.conformal import ResidualModel, stratum
+from forecaster.selection import Selector
+from forecaster.types import FloatArray, Forecast, SeriesBatch, forecasts_from_arrays
+
+DAY_S = 86400.0
+ENSEMBLE_SIZE = 3
+LEVEL_MODELS = frozenset({"naive", "ses-3m", "ses-15m", "ses-60m"})
+WEEK_S = 7 * DAY_S
+HOUR_S = 3600.0
+
+
+def default_candidates(step_s: float, *, horizon_steps: int) -> tuple[Candidate, ...]:
+    """The candidate point models for a step grid, in preference order (used without evidence).
+
+    Seasonal models are only offered when their lag exceeds the horizon plus the smoothing radius,
+    and a series only becomes eligible for one once it has the history it needs.
+    """
+    day = round(DAY_S / step_s)
+    week = round(WEEK_S / step_s)
+    hour = round(HOUR_S / step_s)
+    short = max(1, round(300 / step_s))
+    radius = max(0, round(120 / step_s))
+    reach = horizon_steps + radius + 1
+    out: list[Candidate] = []
+    if day > reach:
+        out.append(
+            Candidate(
+                "multi-seasonal",
+                partial(
+                    _delta,
+                    lags=(day, 2 * day, 3 * day, week, 2 * week),
+                    radius=radius,
+                    window=short,
+                ),
+                day + short,
+            )
+        )
+        out.append(
+            Candidate(
+                "seasonal-delta-daily",
+                partial(_delta, lags=(day, 2 * day, 3 * day), radius=radius, window=short),
+                day + short,
+            )
+        )
+        out.append(
+            Candidate(
+                "seasonal-ratio-daily",
+                partial(
+                    _delta,
+                    lags=(day, 2 * day, 3 * day),
+                    radius=radius,
+                    window=short,
+                    multiplicative=True,
+                ),
+                day + short,
+            )
+        )
+    if week > reach:
+        out.append(
+            Candidate(
+                "seasonal-delta-weekly",
+                partial(_delta, lags=(week, 2 * week), radius=radius, window=short),
+                week + short,
+            )
+        )
+    out.append(Candidate("naive", partial(_level, window=1), 1))
+    # Exponential smoothing levels at three speeds, in time units (1-min and 10-min data alike).
+    for minutes in (3, 15, 60):
+        alpha = min(0.9, 1.0 - math.exp(-step_s / (60.0 * minutes)))
+        out.append(Candidate(f"ses-{minutes}m", partial(_ses, alpha=alpha), 1))
+    if hour >= 2:
+        out.append(Candidate("seasonal-naive-hourly", partial(_snaive, lag=hour), hour))
+    out.append(Candidate("seasonal-naive-daily", partial(_snaive, lag=day), day))
+    out.append(Candidate("seasonal-naive-weekly", partial(_snaive, lag=week), week))
+    out.append(
+        Candidate(
+            "intermittent",
+            partial(_intermittent, window=min(day, max(60, 6 * hour)), max_idle=max(4, 2 * hour)),
+            1,
+        )
+    )
+    out.append(Candidate("ensemble", _unused, 1))  # computed from the others, see _points
+    return tuple(out)
+
+
+def _unused(history: HistoryView, end: int, horizon: int) -> FloatArray:
+    raise AssertionError("the ensemble is combined in AutoForecaster._points")
+
+
+def _level(history: HistoryView, end: int, horizon: int, *, window: int) -> FloatArray:
+    return naive.level(history, end, horizon, window=window)
+
+
+def _ses(history: HistoryView, end: int, horizon: int, *, alpha: float) -> FloatArray:
+    return naive.smoothed_level(history, end, horizon, alpha=alpha)
+
+
+def _snaive(history: HistoryView, end: int, horizon: int, *, lag: int) -> FloatArray:
+    return naive.seasonal_naive(history, end, horizon, lag=lag)
+
+
+def _delta(
+    history: HistoryView,
+    end: int,
+    horizon: int,
+    *,
+    lags: tuple[int, ...],
+    radius: int,
+    window: int,
+    multiplicative: bool = False,
+) -> FloatArray:
+    return seasonal.seasonal_delta(
+        history,
+        end,
+        horizon,
+        lags=lags,
+        radius=radius,
+        level_window=window,
+        multiplicative=multiplicative,
+    )
+
+
+def _intermittent(
+    history: HistoryView, end: int, horizon: int, *, window: int, max_idle: int
+) -> FloatArray:
+    estimate = intermittent.estimate(history, end, horizon, window=window, max_idle=max_idle)
+    return intermittent.tsb_point(estimate)
+
+
+@dataclass(slots=True)
+class _Pending:
+    """Forecasts of every candidate made at one origin, waiting for their actuals."""
+
+    origin: int
+    models: int
+    points: NDArray[np.float32]  # (candidates, models, horizon); NaN where ineligible
+    upper: NDArray[np.float32]  # the planning-quantile forecast, same shape
+    scale: NDArray[np.float32]  # (candidates, models)
+    strata: NDArray[np.int64]  # (models,)
+    scored: int = 0
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Counters for metrics and benchmarks."""
+
+    cycles: int = 0
+    refits: int = 0
+    last_refit_end: int = -1
+    chosen: dict[str, int] = field(default_factory=dict)
+
+
+class AutoForecaster:
+    """Per-model quantile forecasts with automatic per-series model choice.
+
+    Implements :class:`forecaster.types.ForecastEngine`. ``observe`` folds a batch into history
+    (cheap); ``forecast`` scores earlier forecasts against the new actuals, picks a model per
+    series and returns calibrated quantiles for every known model. ``step_s`` must match the
+    batches' step.
+    """
+
+    def __init__(
+        self,
+        step_s: float = 60.0,
+        *,
+        history_window_s: float = 14 * DAY_S,
+        planning_quantile: float = 0.9,
+        score_horizon_s: float = 1800.0,
+        score_every_s: float | None = None,
+        warmup_origins: int = 48,
+        refit_interval_s: float = DAY_S,
+        seed: int = 0,
+    ) -> None:
+        if step_s <= 0:
+            raise InvalidInput(f"step_s must be > 0, got {step_s}")
+        if not 0 < planning_quantile < 1:
+            raise InvalidInput(f"planning_quantile must be in (0, 1), got {planning_quantile}")
+        self.step_s = float(step_s)
+        self.planning_quantile = planning_quantile
+        capacity = max(16, math.ceil(history_window_s / step_s))
+        self.history = HistoryBuffer(step_s=step_s, capacity_steps=capacity)
+        self.score_horizon = max(1, math.ceil(score_horizon_s / step_s))
+        every = score_every_s if score_every_s is not None else max(step_s, score_horizon_s / 6)
+        self.score_every = max(1, round(every / step_s))
+        self.warmup_origins = warmup_origins
+        self.refit_every = max(1, round(refit_interval_s / step_s))
+        self.candidates = default_candidates(step_s, horizon_steps=self.score_horizon)
+        count = len(self.candidates)
+        self.residuals = ResidualModel(candidates=count, horizon=self.score_horizon, seed=seed)
+        self.selector = Selector(candidates=count, level=planning_quantile)
+        self._pending: deque[_Pending] = deque()
+        self._last_pending_origin = -(10**12)
+        self.stats = EngineStats()
+        self._last: dict[ModelId, Forecast] = {}
+
+    # -- ForecastEngine ---------------------------------------------------------------------
+
+    def observe(self, batch: SeriesBatch) -> None:
+        """Fold in ``batch`` (on this engine's step grid; overlapping steps: later values win)."""
+        self.history.extend(batch)
+        self.residuals.grow(self.history.size)
+        self.selector.grow(self.history.size)
+
+    def forecast(
+        self, *, horizon_steps: int, quantiles: tuple[float, ...]
+    ) -> dict[ModelId, Forecast]:
+        """One forecast per known model for ``horizon_steps`` steps after the last observed step."""
+        if horizon_steps < 1:
+            raise InvalidInput(f"horizon_steps must be >= 1, got {horizon_steps}")
+        levels = tuple(float(q) for q in quantiles)
+        if list(levels) != sorted(set(levels)) or not all(0 < q < 1 for q in levels):
+            raise InvalidInput(f"quantile levels must be increasing in (0, 1): {quantiles}")
+        if self.history.size == 0:
+            return {}
+        self._score_pending()
+        if self._refit_due():
+            self.refit()
+        result = self._predict(horizon_steps, levels)
+        self.stats.cycles += 1
+        self._last = result
+        return result
+
+    # -- staleness ---------------------------------------------------------------------------
+
+    def last_forecasts(self, *, stale: bool = True) -> dict[ModelId, Forecast]:
+        """The forecasts of the latest successful cycle, marked ``stale`` (for a failed source)."""
+        if not stale:
+            return dict(self._last)
+        return {model: _as_stale(forecast) for model, forecast in self._last.items()}
+
+    # -- refit -------------------------------------------------------------------------------
+
+    def _refit_due(self) -> bool:
+        end = self.history.end
+        if end - self.history.start < self.score_horizon + 2:
+            return False
+        if self.stats.last_refit_end < 0:
+            return True
+        return end - self.stats.last_refit_end >= self.refit_every
+
+    def refit(self) -> None:
+        """Rolling-origin evaluation of every candidate over recent history (seeds selection and
+        calibration). Origins are spread over the last day (or what history there is)."""
+        end = self.history.end
+        horizon = self.score_horizon
+        usable = end - self.history.start - horizon - 1
+        if usable <= 0:
+            return
+        span = min(usable, max(round(DAY_S / self.step_s), 4 * horizon))
+        count = max(1, min(self.warmup_origins, span))
+        stride = max(1, span // count)
+        origins = [end - horizon - j * stride for j in range(count)]
+        origins = [o for o in origins if o > self.history.start][::-1]
+        for origin in origins:
+            pending = self._make_pending(origin)
+            actual = self.history.gather(np.arange(horizon, dtype=np.int64) + origin - end, end=end)
+            self._score(pending, actual, np.arange(horizon, dtype=np.int64))
+        self.stats.refits += 1
+        self.stats.last_refit_end = end
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _eligible(self, end: int) -> NDArray[np.bool_]:
+        have = self.history.history_steps(end=end)
+        need = np.asarray([c.min_history_steps for c in self.candidates], dtype=np.int64)
+        out: NDArray[np.bool_] = have[None, :] >= need[:, None]
+        return out
+
+    def _points(self, end: int, horizon: int) -> FloatArray:
+        """Point forecasts of every candidate ``(candidates, models, horizon)`` as of ``end``.
+
+        The last candidate, ``ensemble``, is the combination of the best ``ENSEMBLE_SIZE`` base
+        candidates of each series (weights inverse to their current loss): combinations are more
+        robust to a change of regime than any single pick.
+        """
+        base = np.stack(
+            [candidate.predict(self.history, end, horizon) for candidate in self.candidates[:-1]]
+        )
+        base = np.where(np.isfinite(base), np.maximum(base, 0.0), 0.0)
+        eligible = self._eligible(end)[:-1]
+        trusted = eligible & (self.selector.weight[:-1] >= 10.0)
+        loss = np.where(trusted, self.selector.loss[:-1], np.inf)
+        rank = np.argsort(loss, axis=0)[:ENSEMBLE_SIZE]  # (k, n)
+        rows = np.arange(base.shape[1])
+        chosen_loss = loss[rank, rows[None, :]]
+        weights = np.where(np.isfinite(chosen_loss), 1.0 / np.maximum(chosen_loss, 1e-9), 0.0)
+        fallback = trusted.any(axis=0) == 0
+        # Without evidence: the mean of the eligible level models (naive and the SES speeds).
+        level_rows = [i for i, c in enumerate(self.candidates[:-1]) if c.name in LEVEL_MODELS]
+        combined = np.einsum("kn,knh->nh", weights, base[rank, rows[None, :], :])
+        total = weights.sum(axis=0)
+        combined = combined / np.maximum(total, 1e-12)[:, None]
+        plain = base[level_rows].mean(axis=0)
+        ensemble = np.where(fallback[:, None], plain, combined)
+        out: FloatArray = np.concatenate([base, ensemble[None]], axis=0)
+        return out
+
+    def _recent(self, end: int) -> FloatArray:
+        """The recent (30 min) level per series: drives the fallback scale and the strata."""
+        return naive.recent_level(self.history, end, max(2, round(1800 / self.step_s)))
+
+    @staticmethod
+    def _fallback_scale(level: FloatArray) -> FloatArray:
+        # Poisson-like counts: mean |error| ~ 0.8 * sqrt(level).
+        out: FloatArray = 0.8 * np.sqrt(level) + 0.05
+        return out
+
+    def _make_pending(self, origin: int) -> _Pending:
+        horizon = self.score_horizon
+        points = self._points(origin, horizon)
+        eligible = self._eligible(origin)
+        level = self._recent(origin)
+        scale = self.residuals.scale(self._fallback_scale(level))
+        return self._scored_pending(points, eligible, scale, stratum(level), origin)
+
+    def _score(self, pending: _Pending, actual: FloatArray, steps: IntArray) -> None:
+        """Score ``pending`` at horizon ``steps`` against ``actual (models, len(steps))``."""
+        n = pending.models
+        total = self.history.size
+        points = pending.points[:, :, steps].astype(np.float64)
+        upper = pending.upper[:, :, steps].astype(np.float64)
+        residuals = actual[None, :n, :] - points
+        scale = pending.scale.astype(np.float64)
+        if n < total:
+            pad = np.full((len(self.candidates), total - n, len(steps)), np.nan)
+            residuals = np.concatenate([residuals, pad], axis=1)
+            upper = np.concatenate([upper, pad], axis=1)
+            scale = np.concatenate([scale, np.ones((len(self.candidates), total - n))], axis=1)
+            points_full = np.concatenate([points, pad], axis=1)
+            actual_full = actual
+        else:
+            points_full = points
+            actual_full = actual[:n]
+        strata = pending.strata
+        if n < total:
+            strata = np.concatenate([strata, np.zeros(total - n, dtype=np.int64)])
+        self.selector.update(actual_full, points_full, upper)
+        self.residuals.update(residuals, steps, scale, strata)
+
+    def _score_pending(self) -> None:
+        end = self.history.end
+        while self._pending:
+            pending = self._pending[0]
+            available = min(self.score_horizon, end - pending.origin)
+            if available > pending.scored:
+                steps = np.arange(pending.scored, available, dtype=np.int64)
+                actual = self.history.gather(steps + pending.origin - end, end=end)
+                self._score(pending, actual, steps)
+                pending.scored = available
+            if pending.scored >= self.score_horizon or pending.origin < self.history.start:
+                self._pending.popleft()
+                continue
+            break
+        for pending in list(self._pending)[1:]:
+            available = min(self.score_horizon, end - pending.origin)
+            if available > pending.scored:
+                steps = np.arange(pending.scored, available, dtype=np.int64)
+                actual = self.history.gather(steps + pending.origin - end, end=end)
+                self._score(pending, actual, steps)
+                pending.scored = available
+        self._pending = deque(p for p in self._pending if p.scored < self.score_horizon)
+
+    def _predict(self, horizon: int, levels: tuple[float, ...]) -> dict[ModelId, Forecast]:
+        end = self.history.end
+        reach = max(horizon, self.score_horizon)
+        points = self._points(end, reach)
+        eligible = self._eligible(end)
+        chosen = self.selector.choose(eligible)
+        level = self._recent(end)
+        strata = stratum(level)
+        scale = self.residuals.scale(self._fallback_scale(level))
+        if end - self._last_pending_origin >= self.score_every:
+            self._pending.append(self._scored_pending(points, eligible, scale, strata, end))
+            self._last_pending_origin = end
+
+        n = self.history.size
+        rows = np.arange(n)
+        point = points[chosen, rows, :horizon]  # (n, horizon)
+        offsets = self.residuals.quantiles(levels)  # (C, strata, L, Hs)
+        step_index = np.minimum(np.arange(horizon), self.score_horizon - 1)
+        chosen_offsets = offsets[chosen, strata][:, :, step_index]  # (n, L, horizon)
+        values = point[:, None, :] + scale[chosen, rows][:, None, None] * chosen_offsets
+        values = np.maximum(values, 0.0)
+        values = np.maximum.accumulate(values, axis=1)
+        mean = point
+
+        estimate = intermittent.estimate(
+            self.history,
+            end,
+            horizon,
+            window=min(round(DAY_S / self.step_s), max(60, round(6 * HOUR_S / self.step_s))),
+            max_idle=max(4, round(2 * HOUR_S / self.step_s)),
+        )
+        poisson = 1.0 - np.exp(-mean)
+        sparse = estimate.zero_share[:, None] >= 0.3
+        p_active = np.clip(np.where(sparse, estimate.hazard, poisson), 0.0, 1.0)
+
+        names = [candidate.name for candidate in self.candidates]
+        methods = [names[int(index)] for index in chosen]
+        counts: dict[str, int] = {}
+        for method in methods:
+            counts[method] = counts.get(method, 0) + 1
+        out = forecasts_from_arrays(
+            self.history.models,
+            start_s=self.history.end_s,
+            step_s=self.step_s,
+            mean=np.ascontiguousarray(mean),
+            quantiles=levels,
+            values=np.ascontiguousarray(values),
+            p_active=np.ascontiguousarray(p_active),
+            methods=methods,
+        )
+        self.stats.chosen = counts
+        return out
+
+    def _scored_pending(
+        self,
+        points: FloatArray,
+        eligible: NDArray[np.bool_],
+        scale: FloatArray,
+        strata: NDArray[np.int64],
+        end: int,
+    ) -> _Pending:
+        horizon = self.score_horizon
+        current = points[:, :, :horizon]
+        offsets = self.residuals.quantiles((self.planning_quantile,))[:, :, 0, :]  # (C, S, H)
+        upper = np.maximum(current + scale[:, :, None] * offsets[:, strata, :], 0.0)
+        mask = eligible[:, :, None]
+        return _Pending(
+            origin=end,
+            models=self.history.size,
+            points=np.where(mask, current, np.nan).astype(np.float32),
+            upper=np.where(mask, upper, np.nan).astype(np.float32),
+            scale=scale.astype(np.float32),
+            strata=strata,
+        )
+
+
+def _as_stale(forecast: Forecast) -> Forecast:
+    return Forecast(
+        model=forecast.model,
+        start_s=forecast.start_s,
+        step_s=forecast.step_s,
+        mean=forecast.mean,
+        quantiles=forecast.quantiles,
+        values=forecast.values,
+        p_active=forecast.p_active,
+        method=forecast.method,
+        stale=True,
+        notes=forecast.notes,
+    )

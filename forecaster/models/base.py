@@ -1,0 +1,60 @@
+"""The small interface vectorised point models read history through, and NaN-safe helpers.
+
+Must not: import I/O clients or know where history comes from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from forecaster.types import FloatArray
+
+IntArray = NDArray[np.int64]
+
+
+class HistoryView(Protocol):
+    """Read access to per-step history of many models (e.g. ``HistoryBuffer``)."""
+
+    @property
+    def size(self) -> int:
+        """Number of models (rows)."""
+        ...
+
+    def gather(self, offsets: IntArray, *, end: int | None = None) -> FloatArray:
+        """Values at steps ``end + offsets``, shape ``(models, len(offsets))``; NaN if unknown."""
+        ...
+
+
+PointModel = Callable[[HistoryView, int, int], FloatArray]
+"""``(history, end, horizon) -> (models, horizon)`` finite, non-negative point forecasts."""
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A named point model and the history (in steps) a series needs before it is trusted."""
+
+    name: str
+    predict: PointModel
+    min_history_steps: int
+
+
+def nanmean(values: FloatArray, axis: int) -> FloatArray:
+    """Mean over ``axis`` ignoring NaN; NaN where every value is NaN (no warnings)."""
+    finite = np.isfinite(values)
+    total = np.where(finite, values, 0.0).sum(axis=axis)
+    count = finite.sum(axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out: FloatArray = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return out
+
+
+def fill_nan(values: FloatArray, fallback: FloatArray) -> FloatArray:
+    """``values`` with NaN replaced by ``fallback`` broadcast along the last axis, then by 0."""
+    filled = np.where(np.isfinite(values), values, fallback[..., None])
+    out: FloatArray = np.where(np.isfinite(filled), filled, 0.0)
+    return out

@@ -1,0 +1,131 @@
+"""The node-local disk tier: where a model's files live, its manifest, and start-up clean-up.
+
+Owns the directory layout ``<cache_dir>/models/<key>/`` (``key`` derives from the model id, so any
+id is a safe directory name), the manifest written last and atomically (a directory without one is
+incomplete), and :meth:`DiskCache.recover`, which removes whatever a killed agent left behind. It
+must not fetch or validate sources (see :mod:`gpu_agent.sources`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from common.ids import ModelId
+from gpu_agent.sources import PARTIAL_SUFFIX
+
+MANIFEST = "manifest.json"
+
+
+def model_key(model_id: ModelId) -> str:
+    """A directory name for ``model_id``: a readable slug plus a hash (ids may contain ``/``)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]", "_", model_id)[:48].strip(".") or "model"
+    return f"{slug}-{hashlib.sha256(model_id.encode()).hexdigest()[:16]}"
+
+
+@dataclass(frozen=True, slots=True)
+class CachedFile:
+    """A complete, verified file in the disk tier."""
+
+    name: str
+    sha256: str
+    size_bytes: int
+
+
+@dataclass(slots=True)
+class Manifest:
+    """What a complete model directory holds."""
+
+    model_id: str
+    files: list[CachedFile] = field(default_factory=list)
+    predicted_value: float = 0.0
+
+
+class DiskCache:
+    """The disk tier rooted at ``root`` (the ``cache_dir`` setting)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.models_dir = root / "models"
+
+    def model_dir(self, model_id: ModelId) -> Path:
+        return self.models_dir / model_key(model_id)
+
+    def write_manifest(self, model_id: ModelId, manifest: Manifest) -> None:
+        """Mark the model's directory complete (atomic rename of the manifest)."""
+        directory = self.model_dir(model_id)
+        partial = directory / (MANIFEST + PARTIAL_SUFFIX)
+        data = {
+            "model_id": manifest.model_id,
+            "predicted_value": manifest.predicted_value,
+            "files": [asdict(f) for f in manifest.files],
+        }
+        partial.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(partial, directory / MANIFEST)
+
+    def read_manifest(self, directory: Path) -> Manifest | None:
+        """The manifest of ``directory`` if it is complete and every file is there at its size."""
+        try:
+            data = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+            manifest = Manifest(
+                model_id=str(data["model_id"]),
+                predicted_value=float(data.get("predicted_value", 0.0)),
+                files=[CachedFile(**f) for f in data["files"]],
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        for cached in manifest.files:
+            path = directory / cached.name
+            if not path.is_file() or path.stat().st_size != cached.size_bytes:
+                return None
+        return manifest
+
+    def remove(self, model_id: ModelId) -> int:
+        """Delete the model's directory; return the bytes freed."""
+        return _remove_tree(self.model_dir(model_id))
+
+    def recover(self) -> list[Manifest]:
+        """Remove partial files and incomplete directories; return the complete models.
+
+        Run at start-up, before serving: a killed agent may have left ``*.partial`` files or a
+        directory without a manifest.
+        """
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        complete = []
+        for directory in sorted(self.models_dir.iterdir()):
+            manifest = self.read_manifest(directory) if directory.is_dir() else None
+            if manifest is None or model_key(ModelId(manifest.model_id)) != directory.name:
+                _remove_tree(directory)
+                continue
+            keep = {MANIFEST} | {f.name for f in manifest.files}
+            for entry in directory.iterdir():
+                if entry.name not in keep:
+                    _remove_tree(entry)
+            complete.append(manifest)
+        return complete
+
+    def free_bytes(self) -> int:
+        usage = shutil.disk_usage(self.root)
+        return usage.free
+
+
+def _remove_tree(path: Path) -> int:
+    if not path.exists() and not path.is_symlink():
+        return 0
+    if path.is_dir() and not path.is_symlink():
+        freed = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        shutil.rmtree(path, ignore_errors=True)
+        return freed
+    freed = path.stat().st_size if path.is_file() else 0
+    path.unlink(missing_ok=True)
+    return freed
+
+
+def remove_tree(path: Path) -> int:
+    """Delete a file or directory tree; return the bytes freed (0 if it did not exist)."""
+    return _remove_tree(path)

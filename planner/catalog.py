@@ -1,0 +1,265 @@
+"""The model catalog: what it costs to bring each model up, and its replica bounds.
+
+A catalog is an optional YAML mapping ``models: {MODEL_ID: {field: value}}`` (a bare mapping of
+model ids at the top level is accepted too). Fields per model, all optional:
+
+- ``weights_gb`` (GB of weights, decimal GB), ``image`` and ``image_gb`` (the serving image and its
+  compressed size), ``replica_rps`` (requests per second one replica sustains), ``compile_s``
+  (compile/warm-up seconds after the weights are in GPU memory), ``node_pool``, ``service_s``
+  (seconds a request stays in service), ``min_replicas`` / ``max_replicas``, and ``workload``
+  (``{namespace, name, kind?, api_version?}``: where replica floors are applied).
+
+Models missing from the catalog get *deterministic* defaults: a stable hash of the model id picks a
+size class from :data:`DEFAULT_SIZE_CLASSES`, a table of real open-weight model sizes in fp16
+(parameters x 2 bytes), drawn with the listed weights. The same id always gets the same class, on
+every machine and in every run. Fields a catalog entry leaves out are filled from the same class.
+
+This module owns parsing and validation; it performs no I/O except :func:`load_catalog`, the one
+file read, which the planning functions never call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from common.errors import InvalidInput
+from common.ids import ModelId, PoolName
+from planner.actions import WorkloadRef
+
+_log = logging.getLogger(__name__)
+
+GB = 1_000_000_000
+"""Bytes in one (decimal) GB, the unit of every ``*_gb`` field."""
+
+DEFAULT_POOL = PoolName("gpu")
+DEFAULT_IMAGE = "vllm/vllm-openai:v0.6.6"
+DEFAULT_IMAGE_GB = 8.0
+DEFAULT_SERVICE_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class SizeClass:
+    """One row of the default-size table: a family of real models of about the same size."""
+
+    name: str
+    example: str
+    weights_gb: float
+    replica_rps: float
+    compile_s: float
+    share: float
+
+
+DEFAULT_SIZE_CLASSES: tuple[SizeClass, ...] = (
+    # fp16 weights = parameters x 2 bytes (rounded up to 0.1 GB). replica_rps: sustained requests/s
+    # of one replica at ~300 output tokens per request on one 80 GB GPU (tensor-parallel for the
+    # two largest classes); compile_s: torch.compile / CUDA-graph capture after loading. The
+    # shares follow what serving fleets hold: many small and 7-8B models, fewer large ones.
+    SizeClass("1.5B", "Qwen2.5-1.5B (1.54B params)", 3.1, 24.0, 25.0, 0.15),
+    SizeClass("3B", "Llama-3.2-3B (3.21B params)", 6.5, 16.0, 30.0, 0.10),
+    SizeClass("7B", "Mistral-7B-v0.3 (7.25B params)", 14.5, 8.0, 45.0, 0.25),
+    SizeClass("8B", "Llama-3.1-8B (8.03B params)", 16.1, 8.0, 45.0, 0.20),
+    SizeClass("13B", "Llama-2-13B (13.0B params)", 26.1, 5.0, 60.0, 0.12),
+    SizeClass("34B", "CodeLlama-34B (33.7B params)", 67.5, 2.5, 90.0, 0.08),
+    SizeClass("70B", "Llama-3.1-70B (70.6B params)", 141.2, 1.2, 120.0, 0.10),
+)
+"""The documented distribution of default model sizes (shares sum to 1)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """What it costs to bring one model up, and its replica bounds.
+
+    Contract: sizes and rates are finite and ``> 0`` except ``compile_s >= 0``;
+    ``0 <= min_replicas <= max_replicas``.
+    """
+
+    model: ModelId
+    weights_gb: float
+    image: str
+    image_gb: float
+    replica_rps: float
+    compile_s: float
+    node_pool: PoolName
+    service_s: float = DEFAULT_SERVICE_S
+    min_replicas: int = 0
+    max_replicas: int = 1_000
+    workload: WorkloadRef | None = None
+    defaulted: bool = False
+
+    @property
+    def weights_bytes(self) -> int:
+        """Weights size in bytes."""
+        return round(self.weights_gb * GB)
+
+
+def size_class_for(model: ModelId) -> SizeClass:
+    """The default size class of ``model``: a stable hash of its id mapped through the shares."""
+    digest = hashlib.sha256(model.encode("utf-8")).digest()
+    position = int.from_bytes(digest[:8], "big") / 2**64
+    cumulative = 0.0
+    for size_class in DEFAULT_SIZE_CLASSES:
+        cumulative += size_class.share
+        if position < cumulative:
+            return size_class
+    return DEFAULT_SIZE_CLASSES[-1]
+
+
+def default_spec(model: ModelId) -> ModelSpec:
+    """The deterministic default spec of a model the catalog does not list."""
+    size_class = size_class_for(model)
+    return ModelSpec(
+        model=model,
+        weights_gb=size_class.weights_gb,
+        image=DEFAULT_IMAGE,
+        image_gb=DEFAULT_IMAGE_GB,
+        replica_rps=size_class.replica_rps,
+        compile_s=size_class.compile_s,
+        node_pool=DEFAULT_POOL,
+        defaulted=True,
+    )
+
+
+@dataclass(slots=True)
+class Catalog:
+    """Specs by model id; :meth:`spec` falls back to :func:`default_spec` (logged once per model)."""
+
+    specs: Mapping[ModelId, ModelSpec] = field(default_factory=dict)
+    _warned: set[ModelId] = field(default_factory=set, repr=False)
+
+    def spec(self, model: ModelId) -> ModelSpec:
+        """The spec of ``model``; a model the catalog does not list gets its default spec."""
+        found = self.specs.get(model)
+        if found is not None:
+            return found
+        if model not in self._warned:
+            self._warned.add(model)
+            if self.specs:
+                _log.info("model %s is not in the catalog; using default sizes", model)
+        return default_spec(model)
+
+    def specs_for(self, models: Iterable[ModelId]) -> list[ModelSpec]:
+        """Specs of ``models`` in order."""
+        return [self.spec(model) for model in models]
+
+
+_NUMBER_FIELDS = ("weights_gb", "image_gb", "replica_rps", "compile_s", "service_s")
+_POSITIVE_FIELDS = ("weights_gb", "image_gb", "replica_rps", "service_s")
+_KNOWN_FIELDS = {
+    *_NUMBER_FIELDS,
+    "image",
+    "node_pool",
+    "min_replicas",
+    "max_replicas",
+    "workload",
+}
+
+
+def _number(value: Any, *, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput(f"{where} must be a number, got {value!r}")
+    number = float(value)
+    if number != number or number in (float("inf"), float("-inf")):
+        raise InvalidInput(f"{where} must be finite, got {value!r}")
+    return number
+
+
+def _integer(value: Any, *, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput(f"{where} must be an integer >= 0, got {value!r}")
+    return value
+
+
+def _workload(value: Any, *, where: str) -> WorkloadRef:
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        raise InvalidInput(f"{where} must be a mapping with at least 'namespace' and 'name'")
+    unknown = set(value) - {"namespace", "name", "kind", "api_version"}
+    if unknown:
+        raise InvalidInput(f"{where} has unknown fields {sorted(unknown)}")
+    return WorkloadRef(
+        namespace=str(value.get("namespace", "default")),
+        name=str(value["name"]),
+        kind=str(value.get("kind", "Deployment")),
+        api_version=str(value.get("api_version", "apps/v1")),
+    )
+
+
+def _spec_from_entry(model: ModelId, entry: Any, *, origin: str) -> ModelSpec:
+    where = f"{origin}: model {model!r}"
+    if entry is None:
+        entry = {}
+    if not isinstance(entry, dict):
+        raise InvalidInput(f"{where} must map field names to values, got {type(entry).__name__}")
+    unknown = set(entry) - _KNOWN_FIELDS
+    if unknown:
+        raise InvalidInput(
+            f"{where} has unknown fields {sorted(unknown)}; known: {sorted(_KNOWN_FIELDS)}"
+        )
+    spec = default_spec(model)
+    changes: dict[str, Any] = {"defaulted": False}
+    for name in _NUMBER_FIELDS:
+        if name in entry:
+            number = _number(entry[name], where=f"{where} {name}")
+            if number < 0 or (name in _POSITIVE_FIELDS and number == 0):
+                bound = "> 0" if name in _POSITIVE_FIELDS else ">= 0"
+                raise InvalidInput(f"{where} {name} must be {bound}, got {number}")
+            changes[name] = number
+    for name in ("image", "node_pool"):
+        if name in entry:
+            if not isinstance(entry[name], str) or not entry[name]:
+                raise InvalidInput(f"{where} {name} must be a non-empty string")
+            changes[name] = PoolName(entry[name]) if name == "node_pool" else entry[name]
+    for name in ("min_replicas", "max_replicas"):
+        if name in entry:
+            changes[name] = _integer(entry[name], where=f"{where} {name}")
+    if "workload" in entry:
+        changes["workload"] = _workload(entry["workload"], where=f"{where} workload")
+    spec = replace(spec, **changes)
+    if spec.min_replicas > spec.max_replicas:
+        raise InvalidInput(
+            f"{where}: min_replicas ({spec.min_replicas}) exceeds max_replicas "
+            f"({spec.max_replicas})"
+        )
+    return spec
+
+
+def parse_catalog(text: str, *, origin: str = "catalog") -> Catalog:
+    """Parse catalog YAML text; :class:`InvalidInput` names the file, model and field at fault."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise InvalidInput(f"{origin} is not valid YAML: {error}") from error
+    if data is None:
+        return Catalog()
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{origin} must hold a mapping of models, got {type(data).__name__}")
+    models: Any = data
+    if "models" in data:
+        if set(data) - {"models"}:
+            extra = sorted(set(data) - {"models"})
+            raise InvalidInput(f"{origin}: unknown top-level keys {extra}")
+        models = data["models"]
+    if models is None:
+        return Catalog()
+    if not isinstance(models, dict):
+        raise InvalidInput(f"{origin}: 'models' must be a mapping of model id to fields")
+    specs: dict[ModelId, ModelSpec] = {}
+    for key, entry in models.items():
+        model = ModelId(str(key))
+        specs[model] = _spec_from_entry(model, entry, origin=origin)
+    return Catalog(specs=specs)
+
+
+def load_catalog(path: Path) -> Catalog:
+    """Read and parse the catalog file at ``path`` (the one I/O in this package)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise InvalidInput(f"cannot read catalog {path}: {error.strerror or error}") from error
+    return parse_catalog(text, origin=str(path))

@@ -1,0 +1,153 @@
+"""Stage lead times learned from observed durations: how early each stage must begin.
+
+A cold start is a chain of stages: node (provisioning), image (pull), weights (one hop per tier:
+remote -> disk -> host -> GPU) and compile. Each observed duration is kept per stage and key (a pool,
+an image, a model) in a short window; the planner plans with a high quantile of the window (a late
+stage costs a cold start, an early one only some idle memory). Until :attr:`min_samples`
+observations exist, the catalog's and the config's defaults are used.
+
+Pure and immutable: :meth:`LeadTimeBook.observe` returns a new book.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from planner.actions import Tier
+from planner.catalog import ModelSpec
+from planner.config import StageDefaults
+
+WINDOW = 32
+"""Observations kept per stage and key."""
+
+
+class Stage(enum.Enum):
+    """The stages of a cold start."""
+
+    NODE = "node"
+    IMAGE = "image"
+    WEIGHTS_REMOTE = "weights_remote"
+    WEIGHTS_DISK = "weights_disk"
+    WEIGHTS_HOST = "weights_host"
+    COMPILE = "compile"
+
+
+@dataclass(frozen=True, slots=True)
+class StageObservation:
+    """One measured stage: ``seconds`` for ``stage`` of ``key``; ``gb`` for image and weights.
+
+    Image and weight stages are learned as bandwidth (GB/s) so one model's load teaches others.
+    """
+
+    stage: Stage
+    key: str
+    seconds: float
+    gb: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class LeadTimeBook:
+    """Recent stage durations (or bandwidths) by ``(stage, key)``, and their planned quantiles."""
+
+    samples: Mapping[tuple[Stage, str], tuple[float, ...]] = field(default_factory=dict)
+    quantile: float = 0.9
+    min_samples: int = 3
+    learned: Mapping[tuple[Stage, str], float] = field(default_factory=dict)
+    """The planned value of every key with at least ``min_samples`` observations."""
+
+    def observe(self, observations: Iterable[StageObservation]) -> LeadTimeBook:
+        """A new book with ``observations`` folded in (each window keeps the last 32)."""
+        updated = dict(self.samples)
+        changed: set[tuple[Stage, str]] = set()
+        for item in observations:
+            if not item.seconds >= 0:
+                continue
+            if item.stage in _WEIGHT_STAGES:
+                if item.gb <= 0 or item.seconds <= 0:
+                    continue
+                value = item.gb / item.seconds
+            else:
+                value = item.seconds
+            key = (item.stage, item.key)
+            updated[key] = (*updated.get(key, ())[-(WINDOW - 1) :], value)
+            changed.add(key)
+        if not changed:
+            return self
+        learned = dict(self.learned)
+        for key in changed:
+            values = updated[key]
+            if len(values) >= self.min_samples:
+                # Bandwidth: a low quantile of GB/s is the high quantile of the duration.
+                level = 1.0 - self.quantile if key[0] in _WEIGHT_STAGES else self.quantile
+                learned[key] = float(np.quantile(np.asarray(values), level))
+        return LeadTimeBook(
+            samples=updated, quantile=self.quantile, min_samples=self.min_samples, learned=learned
+        )
+
+    def seconds(self, stage: Stage, key: str, default: float) -> float:
+        """The planned duration of a non-weight stage (learned quantile, else ``default``)."""
+        return self.learned.get((stage, key), default)
+
+    def bandwidth(self, stage: Stage, key: str, default_gbps: float) -> float:
+        """The planned bandwidth (GB/s) of a weight stage (a low quantile, else the default)."""
+        learned = self.learned.get((stage, key))
+        return default_gbps if learned is None or learned <= 0 else learned
+
+
+_WEIGHT_STAGES = frozenset(
+    {Stage.IMAGE, Stage.WEIGHTS_REMOTE, Stage.WEIGHTS_DISK, Stage.WEIGHTS_HOST}
+)
+"""Stages learned as bandwidth (GB/s) rather than seconds."""
+
+
+def start_seconds(
+    book: LeadTimeBook,
+    spec: ModelSpec,
+    defaults: StageDefaults,
+    *,
+    tier: Tier,
+    image_cached: bool,
+    needs_node: bool,
+) -> float:
+    """Planned seconds to bring one replica of ``spec`` up from weights held in ``tier``.
+
+    ``tier`` is where the weights are now (``GPU`` means nothing is left to do).
+    """
+    if tier == Tier.GPU:
+        return 0.0
+    pool = str(spec.node_pool)
+    total = defaults.container_start_s
+    if needs_node:
+        total += book.seconds(Stage.NODE, pool, defaults.node_provision_s)
+    if not image_cached or needs_node:
+        pull = book.bandwidth(Stage.IMAGE, spec.image, defaults.image_pull_gbps)
+        total += spec.image_gb / pull
+    total += weights_seconds(book, spec, defaults, tier=Tier.REMOTE if needs_node else tier)
+    cached = tier >= Tier.DISK and not needs_node
+    compile_default = spec.compile_s * (defaults.compile_cached_fraction if cached else 1.0)
+    key = f"{spec.model}|{'cached' if cached else 'cold'}"
+    total += book.seconds(Stage.COMPILE, key, compile_default)
+    return total
+
+
+def weights_seconds(
+    book: LeadTimeBook, spec: ModelSpec, defaults: StageDefaults, *, tier: Tier
+) -> float:
+    """Planned seconds to get ``spec``'s weights from ``tier`` into GPU memory."""
+    pool = str(spec.node_pool)
+    gb = spec.weights_gb
+    if tier == Tier.GPU:
+        return 0.0
+    if tier == Tier.HOST:
+        return gb / book.bandwidth(Stage.WEIGHTS_HOST, pool, defaults.host_to_gpu_gbps)
+    # The weight stage is observed end to end (source tier -> GPU), so defaults chain the hops.
+    to_gpu = 1.0 / defaults.host_to_gpu_gbps
+    if tier == Tier.DISK:
+        default = 1.0 / (1.0 / defaults.disk_gbps + to_gpu)
+        return gb / book.bandwidth(Stage.WEIGHTS_DISK, pool, default)
+    default = 1.0 / (1.0 / defaults.remote_gbps + to_gpu)
+    return gb / book.bandwidth(Stage.WEIGHTS_REMOTE, pool, default)

@@ -1,0 +1,567 @@
+"""The warm planner: forecasts + observed state + catalog -> a :class:`WarmPlan`. Pure.
+
+For every model it works out:
+
+- **lead time**: seconds to bring a replica up from where its weights are now (learned stage
+  durations, :mod:`planner.leadtime`), including a node when its pool has no free GPU;
+- **P(request within the planning window)** ``[now, now + interval + lead]`` from the forecast's
+  ``p_active`` (and, for a model with observed traffic, from its observed rate);
+- **replicas for load**: the forecast quantile's peak rate over the window and the observed rate,
+  each over ``replica_rps x target_utilization``; the reactive floor ``max(forecast, observed)``;
+- **value density** of holding it in a tier: ``P x seconds saved vs the next slower tier / GB``.
+
+GPU memory is then filled in three passes under the global budget: reactive floors first (what
+observed traffic needs now), then forecast replicas above the floor, then warm holds (one replica
+of an idle model) by value density, held models counting ``1 + hysteresis`` higher. Holds are
+admitted as a prefix of that order, so a model is never evicted while one of lower density is
+kept. Host memory is filled the same way with what is not held in GPU. Replicas go down only when
+the forecast and the observation both say lower (and, above one replica, have said so for
+``scale_down_after_s``).
+
+Contract: never reads the clock ("now" is ``ctx.now_s``), does no I/O, and never plans more GPU
+bytes than ``gpu_memory_budget_bytes`` or more host bytes than a pool's host capacity; every
+target lies in the model's ``[min_replicas, max_replicas]`` except where the budget cuts it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from common.ids import ModelId, NodeName, PoolName
+from forecaster.types import FloatArray, Forecast
+from planner.actions import (
+    Action,
+    Evict,
+    ImagePrepull,
+    NodeCapacity,
+    Preload,
+    ReplicaFloor,
+    Tier,
+    WarmPlan,
+    WorkloadRef,
+)
+from planner.catalog import GB, Catalog, ModelSpec
+from planner.config import PlannerConfig
+from planner.leadtime import LeadTimeBook, start_seconds, weights_seconds
+
+IntArray = NDArray[np.int64]
+BoolArray = NDArray[np.bool_]
+
+PREPULL_MIN_PROBABILITY = 0.05
+"""Pull a model's image ahead once a request within the node lead time is this likely."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelState:
+    """What is observed of one model now."""
+
+    model: ModelId
+    ready_replicas: int = 0
+    starting_replicas: int = 0
+    tier: Tier = Tier.REMOTE
+    """Fastest tier *below GPU* that holds the weights on the model's pool."""
+    image_cached: bool = False
+    observed_rps: float = 0.0
+    """Request rate over the last observation window (0 when none)."""
+
+    @property
+    def current_replicas(self) -> int:
+        """Ready plus starting replicas."""
+        return self.ready_replicas + self.starting_replicas
+
+
+@dataclass(frozen=True, slots=True)
+class PoolState:
+    """What is observed of one node pool now."""
+
+    pool: PoolName
+    free_gpus: int
+    gpu_memory_bytes: int = 80 * GB
+    host_capacity_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    """One node's free memory, for placing preloads (optional: pools are planned as a whole)."""
+
+    name: NodeName
+    pool: PoolName
+    free_gpu_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlanContext:
+    """Everything one planning cycle reads; ``interval_s`` is the time until the next cycle."""
+
+    now_s: float
+    interval_s: float
+    forecasts: Mapping[ModelId, Forecast]
+    models: Mapping[ModelId, ModelState]
+    catalog: Catalog
+    config: PlannerConfig
+    pools: Mapping[PoolName, PoolState] = field(default_factory=dict)
+    nodes: tuple[NodeState, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PlannerState:
+    """What the planner carries from one cycle to the next."""
+
+    lead: LeadTimeBook = field(default_factory=LeadTimeBook)
+    held: frozenset[ModelId] = frozenset()
+    host_held: frozenset[ModelId] = frozenset()
+    low_since: Mapping[ModelId, float] = field(default_factory=dict)
+    """When forecast and observation first both said "fewer replicas" (kept while they do)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPlan:
+    """The planner's numbers for one model (what ``prewarm explain`` shows)."""
+
+    model: ModelId
+    target_replicas: int
+    hold_gpu: bool
+    hold_host: bool
+    p_window: float
+    value_density: float
+    lead_s: float
+    saved_s: float
+    floor_replicas: int
+    forecast_replicas: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlanResult:
+    """A plan, the state for the next cycle and the per-model numbers behind it."""
+
+    plan: WarmPlan
+    state: PlannerState
+    models: Mapping[ModelId, ModelPlan]
+    gpu_bytes: int
+    host_bytes: int
+
+
+def gpus_per_replica(weights_bytes: int, gpu_memory_bytes: int, *, headroom: float = 0.25) -> int:
+    """GPUs one replica needs: weights plus KV headroom, tensor-parallel over a power of two."""
+    needed = max(1, math.ceil(weights_bytes * (1.0 + headroom) / max(1, gpu_memory_bytes)))
+    return 1 << (needed - 1).bit_length()
+
+
+def window_outlook(
+    forecast: Forecast | None, *, now_s: float, seconds: float, level: float
+) -> tuple[float, float]:
+    """``(P(any request in [now, now + seconds]), peak requests/s at quantile level)``.
+
+    Steps of the forecast that started before ``now_s`` are skipped; a window longer than the
+    forecast reuses its last step. ``level`` falls back to the mean when it was not forecast.
+    """
+    if forecast is None or forecast.horizon == 0:
+        return 0.0, 0.0
+    offset = max(0, int((now_s - forecast.start_s) // forecast.step_s))
+    end = max(offset + 1, math.ceil((now_s + seconds - forecast.start_s) / forecast.step_s))
+    index = np.minimum(np.arange(offset, end), forecast.horizon - 1)
+    p_steps = forecast.p_active[index]
+    p_any = float(1.0 - np.prod(1.0 - p_steps))
+    counts = forecast.quantile(level) if level in forecast.quantiles else forecast.mean
+    peak_rps = float(counts[index].max()) / forecast.step_s
+    return p_any, peak_rps
+
+
+def batch_outlook(
+    forecasts: Mapping[ModelId, Forecast],
+    models: list[ModelId],
+    *,
+    now_s: float,
+    seconds: FloatArray,
+    level: float,
+) -> tuple[FloatArray, FloatArray]:
+    """:func:`window_outlook` for many models at once (one window length per model).
+
+    Forecasts on one grid (same start, step, horizon, levels: the usual case) are stacked and
+    computed together; any other forecast goes through :func:`window_outlook`.
+    """
+    p_any = np.zeros(len(models))
+    peak = np.zeros(len(models))
+    groups: dict[tuple[float, float, int, tuple[float, ...]], list[int]] = {}
+    for row, model in enumerate(models):
+        forecast = forecasts.get(model)
+        if forecast is None or forecast.horizon == 0:
+            continue
+        key = (forecast.start_s, forecast.step_s, forecast.horizon, forecast.quantiles)
+        groups.setdefault(key, []).append(row)
+    for (start_s, step_s, horizon, levels), rows in groups.items():
+        stacked = [forecasts[models[row]] for row in rows]
+        p_active = np.stack([f.p_active for f in stacked])
+        counts = np.stack([f.quantile(level) if level in levels else f.mean for f in stacked])
+        offset = max(0, int((now_s - start_s) // step_s))
+        ends = np.maximum(offset + 1, np.ceil((now_s + seconds[rows] - start_s) / step_s))
+        steps = np.minimum(np.arange(offset, int(ends.max())), horizon - 1)
+        inside = np.arange(offset, int(ends.max()))[None, :] < ends[:, None]
+        p_window = np.where(inside, p_active[:, steps], 0.0)
+        p_any[rows] = 1.0 - np.prod(1.0 - p_window, axis=1)
+        peak[rows] = np.where(inside, counts[:, steps], 0.0).max(axis=1) / step_s
+    return p_any, peak
+
+
+def _replicas(rate_rps: FloatArray, replica_rps: FloatArray, utilization: float) -> IntArray:
+    needed: IntArray = np.ceil(rate_rps / (replica_rps * utilization) - 1e-9).astype(np.int64)
+    return np.maximum(needed, 0)
+
+
+def _workload(spec: ModelSpec) -> WorkloadRef:
+    if spec.workload is not None:
+        return spec.workload
+    name = "".join(c if c.isalnum() else "-" for c in spec.model.lower()).strip("-") or "model"
+    return WorkloadRef(namespace="default", name=name[:63])
+
+
+@dataclass(slots=True)
+class _Table:
+    """The per-model arrays of one planning cycle (index = position in ``names``)."""
+
+    names: list[ModelId]
+    specs: list[ModelSpec]
+    weights_gb: FloatArray
+    weights_bytes: IntArray
+    min_replicas: IntArray
+    max_replicas: IntArray
+    current: IntArray
+    lead_s: FloatArray
+    node_lead_s: FloatArray
+    p: FloatArray
+    p_node: FloatArray
+    floor: IntArray
+    forecast: IntArray
+    forecast_node: IntArray
+    saved_s: FloatArray
+    density: FloatArray
+    host_density: FloatArray
+    target: IntArray
+    host: BoolArray
+    image_cached: BoolArray
+
+
+def _lead_times(
+    ctx: PlanContext, book: LeadTimeBook, names: list[ModelId], specs: list[ModelSpec]
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+    """(lead from the current tier, lead on a new node, start from the current tier on an existing
+    node with the image cached, host-vs-disk saving) per model."""
+    stages = ctx.config.stages
+    lead = np.zeros(len(names))
+    node_lead = np.zeros(len(names))
+    warm_start = np.zeros(len(names))
+    host_saved = np.zeros(len(names))
+    for position, model in enumerate(names):
+        spec = specs[position]
+        observed = ctx.models[model]
+        pool = ctx.pools.get(spec.node_pool)
+        gpu_bytes = pool.gpu_memory_bytes if pool is not None else 80 * GB
+        gpr = gpus_per_replica(spec.weights_bytes, gpu_bytes)
+        needs_node = pool is not None and pool.free_gpus < gpr
+        lead[position] = start_seconds(
+            book,
+            spec,
+            stages,
+            tier=observed.tier,
+            image_cached=observed.image_cached,
+            needs_node=needs_node,
+        )
+        node_lead[position] = start_seconds(
+            book, spec, stages, tier=Tier.REMOTE, image_cached=False, needs_node=True
+        )
+        warm_start[position] = (
+            lead[position]
+            if observed.image_cached and not needs_node
+            else start_seconds(
+                book, spec, stages, tier=observed.tier, image_cached=True, needs_node=False
+            )
+        )
+        host_saved[position] = weights_seconds(book, spec, stages, tier=Tier.DISK) - (
+            weights_seconds(book, spec, stages, tier=Tier.HOST)
+        )
+    return lead, node_lead, warm_start, np.maximum(host_saved, 0.0)
+
+
+def _table(ctx: PlanContext, state: PlannerState) -> _Table:
+    config = ctx.config
+    names = list(ctx.models)
+    specs = [ctx.catalog.spec(model) for model in names]
+    observed = [ctx.models[model] for model in names]
+    weights_gb = np.array([spec.weights_gb for spec in specs], dtype=np.float64)
+    replica_rps = np.array([spec.replica_rps for spec in specs], dtype=np.float64)
+    current = np.array([o.current_replicas for o in observed], dtype=np.int64)
+    observed_rps = np.array([o.observed_rps for o in observed], dtype=np.float64)
+    lead, node_lead, warm_start, host_saved = _lead_times(ctx, state.lead, names, specs)
+    level = config.replica_quantile
+    window = ctx.interval_s + lead
+    p, peak = batch_outlook(ctx.forecasts, names, now_s=ctx.now_s, seconds=window, level=level)
+    p_node, peak_node = batch_outlook(
+        ctx.forecasts, names, now_s=ctx.now_s, seconds=ctx.interval_s + node_lead, level=level
+    )
+    # Observed traffic is evidence too: a Poisson process at the observed rate.
+    p = np.maximum(p, 1.0 - np.exp(-observed_rps * window))
+    floor = _replicas(observed_rps, replica_rps, config.target_utilization)
+    floor = np.where(observed_rps > 0, np.maximum(floor, 1), floor)
+    # Seconds saved by a replica in GPU vs the next slower tier: a start from that tier.
+    saved = np.where(current > 0, warm_start, lead)
+    safe_gb = np.maximum(weights_gb, 1e-9)
+    held = np.array([m in state.held for m in names], dtype=np.bool_) | (current > 0)
+    bonus = np.where(held, 1.0 + config.hysteresis, 1.0)
+    host_held = np.array([m in state.host_held for m in names], dtype=np.bool_)
+    host_bonus = np.where(host_held, 1.0 + config.hysteresis, 1.0)
+    return _Table(
+        names=names,
+        specs=specs,
+        weights_gb=weights_gb,
+        weights_bytes=np.array([spec.weights_bytes for spec in specs], dtype=np.int64),
+        min_replicas=np.array([spec.min_replicas for spec in specs], dtype=np.int64),
+        max_replicas=np.array([spec.max_replicas for spec in specs], dtype=np.int64),
+        current=current,
+        lead_s=lead,
+        node_lead_s=node_lead,
+        p=p,
+        p_node=p_node,
+        floor=floor,
+        forecast=_replicas(peak, replica_rps, config.target_utilization),
+        forecast_node=_replicas(peak_node, replica_rps, config.target_utilization),
+        saved_s=saved,
+        density=p * saved / safe_gb * bonus,
+        host_density=p * host_saved / safe_gb * host_bonus,
+        target=np.zeros(len(names), np.int64),
+        host=np.zeros(len(names), np.bool_),
+        image_cached=np.array([o.image_cached for o in observed], dtype=np.bool_),
+    )
+
+
+def plan(ctx: PlanContext, state: PlannerState) -> PlanResult:
+    """One planning cycle: see the module docstring for what is decided and guaranteed."""
+    config = ctx.config
+    t = _table(ctx, state)
+    count = len(t.names)
+    budget = config.gpu_memory_budget_bytes
+    remaining = float("inf") if budget is None else float(budget)
+    # Highest density first; ties by model id so the order is deterministic.
+    order = sorted(range(count), key=lambda i: (-t.density[i], t.names[i]))
+    target = [0] * count
+    weights = t.weights_bytes.tolist()
+    highs = t.max_replicas.tolist()
+    floors = np.minimum(np.maximum(t.floor, t.min_replicas), t.max_replicas).tolist()
+    wanted = np.minimum(np.maximum(t.floor, t.forecast), t.max_replicas).tolist()
+    # Pass 1: reactive floors; pass 2: forecast replicas above them.
+    for goals in (floors, wanted):
+        for i in order:
+            extra = goals[i] - target[i]
+            if extra <= 0:
+                continue
+            fits = extra if budget is None else min(extra, int(remaining // weights[i]))
+            if fits > 0:
+                target[i] += fits
+                remaining -= fits * weights[i]
+    # Pass 3: warm holds for idle models, a prefix of the density order.
+    density = t.density.tolist()
+    for i in order:
+        if target[i] > 0 or highs[i] < 1:
+            continue
+        if density[i] < config.min_value_density:
+            continue
+        if weights[i] > remaining:
+            break
+        target[i] = 1
+        remaining -= weights[i]
+
+    # Scale-down only where forecast and observation agree.
+    low_since = dict(state.low_since)
+    current = t.current.tolist()
+    floor_list = t.floor.tolist()
+    forecast_list = t.forecast.tolist()
+    for i in range(count):
+        model = t.names[i]
+        if target[i] >= current[i]:
+            low_since.pop(model, None)
+            continue
+        observed_low = floor_list[i] < current[i]
+        forecast_low = forecast_list[i] < current[i] and not (current[i] == 1 and target[i] >= 1)
+        if not (observed_low and forecast_low):
+            keep = current[i]
+        elif current[i] > 1 and target[i] >= 1:
+            since = low_since.setdefault(model, ctx.now_s)
+            keep = target[i] if ctx.now_s - since >= config.scale_down_after_s else current[i]
+        else:
+            keep = target[i]
+        keep = min(keep, highs[i])
+        if keep > target[i] and (keep - target[i]) * weights[i] <= remaining:
+            remaining -= (keep - target[i]) * weights[i]
+            target[i] = keep
+        if target[i] >= current[i]:
+            low_since.pop(model, None)
+    t.target = np.array(target, dtype=np.int64)
+
+    # Host memory: what is not in GPU, by host value density, per pool.
+    host_left: dict[PoolName, float] = {
+        name: float("inf") if pool.host_capacity_bytes is None else float(pool.host_capacity_bytes)
+        for name, pool in ctx.pools.items()
+    }
+    total_host = (
+        float("inf")
+        if config.host_memory_budget_bytes is None
+        else float(config.host_memory_budget_bytes)
+    )
+    host_density = t.host_density.tolist()
+    for i in sorted(range(count), key=lambda i: (-host_density[i], t.names[i])):
+        if host_density[i] < config.host_min_value_density:
+            break
+        if target[i] > 0:
+            continue
+        pool_name = t.specs[i].node_pool
+        left = host_left.get(pool_name, float("inf"))
+        if weights[i] > left or weights[i] > total_host:
+            break
+        t.host[i] = True
+        host_left[pool_name] = left - weights[i]
+        total_host -= weights[i]
+
+    actions = _actions(ctx, state, t, order)
+    held = frozenset(t.names[i] for i in range(count) if target[i] > 0)
+    host_held = frozenset(t.names[i] for i in range(count) if t.host[i])
+    explained = {
+        model: ModelPlan(
+            model=model,
+            target_replicas=target[i],
+            hold_gpu=target[i] > 0,
+            hold_host=bool(t.host[i]),
+            p_window=float(t.p[i]),
+            value_density=float(t.density[i]),
+            lead_s=float(t.lead_s[i]),
+            saved_s=float(t.saved_s[i]),
+            floor_replicas=int(t.floor[i]),
+            forecast_replicas=int(t.forecast[i]),
+        )
+        for i, model in enumerate(t.names)
+    }
+    new_state = PlannerState(lead=state.lead, held=held, host_held=host_held, low_since=low_since)
+    return PlanResult(
+        plan=WarmPlan(now_s=ctx.now_s, actions=tuple(actions)),
+        state=new_state,
+        models=explained,
+        gpu_bytes=int((t.target * t.weights_bytes).sum()),
+        host_bytes=int(t.weights_bytes[t.host].sum()),
+    )
+
+
+def _actions(ctx: PlanContext, state: PlannerState, t: _Table, order: list[int]) -> list[Action]:
+    now = ctx.now_s
+    actions: list[Action] = []
+    node_free = {node.name: node.free_gpu_bytes for node in ctx.nodes}
+    extra_gpus: dict[PoolName, int] = {}
+    for i in order:
+        model = t.names[i]
+        spec = t.specs[i]
+        current = int(t.current[i])
+        target = int(t.target[i])
+        p = float(t.p[i])
+        lead = float(t.lead_s[i])
+        value = p * float(t.saved_s[i])
+        density = float(t.density[i])
+        if target > 0 or current > 0:
+            actions.append(
+                ReplicaFloor(
+                    model=model,
+                    workload=_workload(spec),
+                    min_replicas=target,
+                    until_s=now + ctx.interval_s + lead,
+                    reason=(
+                        f"P(request in {ctx.interval_s + lead:.0f}s)={p:.2f}, floor "
+                        f"{int(t.floor[i])}, forecast {int(t.forecast[i])}, lead {lead:.0f}s"
+                    ),
+                    value=value,
+                )
+            )
+        if target > 0:
+            actions.append(
+                Preload(
+                    model=model,
+                    node=_place(node_free, ctx.nodes, spec),
+                    tier=Tier.GPU,
+                    bytes=spec.weights_bytes,
+                    deadline_s=now + lead,
+                    value_per_byte=density / GB,
+                    reason=f"value density {density:.3g} s/GB saves {float(t.saved_s[i]):.0f}s",
+                    value=value,
+                )
+            )
+        elif current > 0 or model in state.held:
+            actions.append(
+                Evict(
+                    model=model,
+                    node=NodeName(str(spec.node_pool)),
+                    tier=Tier.GPU,
+                    reason=f"value density {density:.3g} s/GB is below what is kept",
+                    value=value,
+                )
+            )
+        if t.host[i]:
+            host_density = float(t.host_density[i])
+            actions.append(
+                Preload(
+                    model=model,
+                    node=NodeName(str(spec.node_pool)),
+                    tier=Tier.HOST,
+                    bytes=spec.weights_bytes,
+                    deadline_s=now + ctx.interval_s,
+                    value_per_byte=host_density / GB,
+                    reason=f"host value density {host_density:.3g} s/GB",
+                    value=value,
+                )
+            )
+        elif model in state.host_held:
+            actions.append(
+                Evict(
+                    model=model,
+                    node=NodeName(str(spec.node_pool)),
+                    tier=Tier.HOST,
+                    reason="host value density fell below what is kept",
+                    value=0.0,
+                )
+            )
+        p_node = float(t.p_node[i])
+        if p_node >= PREPULL_MIN_PROBABILITY and not t.image_cached[i]:
+            node_lead = float(t.node_lead_s[i])
+            actions.append(
+                ImagePrepull(
+                    pool=spec.node_pool,
+                    image=spec.image,
+                    deadline_s=now + node_lead,
+                    reason=f"P(request within node lead {node_lead:.0f}s)={p_node:.2f}",
+                    value=p_node * spec.image_gb,
+                )
+            )
+        ahead = max(int(t.forecast_node[i]), target) - current
+        if ahead > 0:
+            pool = ctx.pools.get(spec.node_pool)
+            gpu_bytes = pool.gpu_memory_bytes if pool is not None else 80 * GB
+            gpr = gpus_per_replica(spec.weights_bytes, gpu_bytes)
+            extra_gpus[spec.node_pool] = extra_gpus.get(spec.node_pool, 0) + ahead * gpr
+    for pool_name, gpus in sorted(extra_gpus.items()):
+        actions.append(
+            NodeCapacity(
+                pool=pool_name,
+                gpus=gpus,
+                reason=f"{gpus} GPUs of replicas planned or forecast within the node lead time",
+                value=float(gpus),
+            )
+        )
+    return actions
+
+
+def _place(free: dict[NodeName, int], nodes: tuple[NodeState, ...], spec: ModelSpec) -> NodeName:
+    """First node of the model's pool with room (its bytes are taken); the pool name when none."""
+    for node in nodes:
+        if node.pool == spec.node_pool and free.get(node.name, 0) >= spec.weights_bytes:
+            free[node.name] -= spec.weights_bytes
+            return node.name
+    return NodeName(str(spec.node_pool))

@@ -1,0 +1,442 @@
+"""``prewarm warm | cancel | pin | unpin | pause | resume | requests | plan | explain``.
+
+Owns: the control-API client commands: their options, parsing of ``--at`` and ``--for``, and
+printing results (tables for people, ``--json`` for scripts). Must not: hold control logic (the
+server validates; :mod:`prewarm.control.client` talks gRPC). Errors propagate as
+:class:`common.errors.PrewarmError` kinds, which ``prewarm.cli.main`` turns into exit codes.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import typer
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+
+from common.durations import format_duration, parse_duration_s
+from common.errors import InvalidInput
+from prewarm.cli.output import print_table, write_json
+from prewarm.control.client import DEFAULT_SERVER, TOKEN_ENV, ControlClient, read_token
+from protos import control_pb2
+
+_HHMM = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2}))?$")
+_TIERS = {"disk": control_pb2.TIER_DISK, "host": control_pb2.TIER_HOST, "gpu": control_pb2.TIER_GPU}
+_TIER_NAMES = {value: name for name, value in _TIERS.items()}
+
+
+def _zone(tz: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidInput(
+            f"unknown time zone {tz!r}; use an IANA name like UTC or Europe/Paris"
+        ) from None
+
+
+def parse_at(text: str, *, now_s: float, tz: str = "UTC") -> float:
+    """Epoch seconds of ``--at``: ``HH:MM[:SS]`` (the next occurrence after ``now_s`` in ``tz``)
+    or an ISO-8601 date-time (``tz`` applies when it has no offset). :class:`InvalidInput` else.
+    """
+    zone = _zone(tz)
+    cleaned = text.strip()
+    match = _HHMM.match(cleaned)
+    if match:
+        hour, minute, second = int(match[1]), int(match[2]), int(match[3] or 0)
+        if hour > 23 or minute > 59 or second > 59:
+            raise InvalidInput(f"--at {text!r} is not a time of day (HH:MM, 00:00 to 23:59)")
+        now = datetime.fromtimestamp(now_s, tz=zone)
+        candidate = now.replace(hour=hour, minute=minute, second=second, microsecond=0)
+        if candidate.timestamp() <= now_s:
+            candidate = (now + timedelta(days=1)).replace(
+                hour=hour, minute=minute, second=second, microsecond=0
+            )
+        return candidate.timestamp()
+    try:
+        moment = datetime.fromisoformat(cleaned)
+    except ValueError:
+        raise InvalidInput(
+            f"--at {text!r} is neither HH:MM nor an ISO-8601 date-time "
+            "(e.g. 08:45 or 2026-11-23T08:45:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=zone)
+    return moment.timestamp()
+
+
+def _duration(text: str, option: str) -> float:
+    seconds = parse_duration_s(text)
+    if seconds <= 0:
+        raise InvalidInput(f"{option} must be a positive duration, e.g. 2h or 30m; got {text!r}")
+    return seconds
+
+
+def _tier(text: str | None) -> control_pb2.Tier.ValueType:
+    if text is None:
+        return control_pb2.TIER_UNSPECIFIED
+    try:
+        return _TIERS[text.strip().lower()]
+    except KeyError:
+        raise InvalidInput(f"--tier must be one of disk, host, gpu; got {text!r}") from None
+
+
+def _when(epoch_s: float) -> str:
+    if not epoch_s:
+        return "-"
+    return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _as_dict(message: Message) -> dict[str, Any]:
+    return MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+Server = Annotated[
+    str,
+    typer.Option(
+        "--server", "-s", envvar="PREWARM_SERVER", help="Control API host:port.", show_default=True
+    ),
+]
+TokenFile = Annotated[
+    Path | None,
+    typer.Option("--token-file", help=f"File holding the bearer token (default: ${TOKEN_ENV})."),
+]
+TlsCa = Annotated[Path | None, typer.Option("--tls-ca", help="CA certificate: connect with TLS.")]
+TlsCert = Annotated[
+    Path | None,
+    typer.Option("--tls-cert", envvar="PREWARM_TLS_CERT", help="Client certificate (mTLS)."),
+]
+TlsKey = Annotated[
+    Path | None,
+    typer.Option("--tls-key", envvar="PREWARM_TLS_KEY", help="Client certificate's key (mTLS)."),
+]
+Timeout = Annotated[float, typer.Option("--timeout", help="Deadline of the call, seconds.")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _client(
+    server: str,
+    token_file: Path | None,
+    timeout: float,
+    *,
+    tls: tuple[Path | None, Path | None, Path | None],
+) -> ControlClient:
+    ca, cert, key = tls
+    if (cert is None) != (key is None):
+        raise InvalidInput("give both --tls-cert and --tls-key for a client certificate")
+    if cert is not None and ca is None:
+        raise InvalidInput("a client certificate needs --tls-ca (the server's CA)")
+    return ControlClient(
+        server,
+        token=read_token(token_file),
+        timeout_s=timeout,
+        tls_ca_file=ca,
+        tls_cert_file=cert,
+        tls_key_file=key,
+    )
+
+
+def _print_requests(requests: list[control_pb2.ManualRequest], *, title: str) -> None:
+    print_table(
+        title,
+        ("id", "model", "replicas", "tier", "start", "end", "state", "by", "reason"),
+        [
+            (
+                r.id,
+                r.model,
+                r.replicas if r.HasField("replicas") else "-",
+                _TIER_NAMES.get(r.tier, "-"),
+                _when(r.start_s),
+                _when(r.end_s),
+                r.state,
+                r.created_by or "-",
+                r.reason or "",
+            )
+            for r in requests
+        ],
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add the control-API client commands to ``app``."""
+
+    @app.command("warm")
+    def warm(
+        model: Annotated[str, typer.Argument(help="Model id, e.g. llama-70b.")],
+        duration: Annotated[
+            str, typer.Option("--for", help="How long to hold it warm, e.g. 2h, 90m.")
+        ],
+        replicas: Annotated[
+            int | None, typer.Option("--replicas", "-r", help="Keep at least N replicas.")
+        ] = None,
+        tier: Annotated[
+            str | None, typer.Option("--tier", help="Hold weights in disk, host or gpu.")
+        ] = None,
+        at: Annotated[
+            str | None,
+            typer.Option("--at", help="Start: HH:MM (next occurrence) or ISO-8601; default now."),
+        ] = None,
+        tz: Annotated[str, typer.Option("--tz", help="Time zone of --at.")] = "UTC",
+        reason: Annotated[str, typer.Option("--reason", help="Why (shown in the plan).")] = "",
+        server: Server = DEFAULT_SERVER,
+        token_file: TokenFile = None,
+        tls_ca: TlsCa = None,
+        tls_cert: TlsCert = None,
+        tls_key: TlsKey = None,
+        timeout: Timeout = 10.0,
+        json_output: Json = False,
+    ) -> None:
+        """Ask prewarm to keep a model warm from --at for --for (a planner input with an expiry)."""
+        duration_s = _duration(duration, "--for")
+        start_s = parse_at(at, now_s=time.time(), tz=tz) if at is not None else 0.0
+        with _client(server, token_file, timeout, tls=(tls_ca, tls_cert, tls_key)) as client:
+            stored = client.warm(
+                model,
+                replicas=replicas,
+                tier=_tier(tier),
+                start_s=start_s,
+                duration_s=duration_s,
+                reason=reason,
+            )
+        if json_output:
+            write_json(_as_dict(stored), None)
+            return
+        _print_requests([stored], title="warm request stored")
+
+    @app.command("cancel")
+    def cancel(
+        request_id: Annotated[str, typer.Argument(help="Request id (req-...).")],
+        server: Server = DEFAULT_SERVER,
+        token_file: TokenFile = None,
+        tls_ca: TlsCa = None,
+        tls_cert: TlsCert = None,
+        tls_key: TlsKey = None,
+        timeout: Timeout = 10.0,
+        json_output: Json = False,
+    ) -> None:
+        """Withdraw a manual warm request."""
+        with _client(server, token_file, timeout, tls=(tls_ca, tls_cert, tls_key)) as client:
+            cancelled = client.cancel(request_id)
+        if json_output:
+            write_json(_as_dict(cancelled), None)
+            return
+        _print_requests([cancelled], title="cancelled")
+
+    @app.command("pin")
+    def pin(
+        model: Annotated[str, typer.Argument(help="Model id.")],
+        tier: Annotated[str, typer.Option("--tier", help="disk, host or gpu.")] = "gpu",
+        duration: Annotated[
+            str | None, typer.Option("--for", help="How long; default until unpinned.")
+        ] = None,
+        server: Server = DEFAULT_SERVER,
+        token_file: TokenFile = None,
+        tls_ca: TlsCa = None,
+        tls_cert: TlsCert = None,
+        tls_key: TlsKey = None,
+        timeout: Timeout = 10.0,
+        json_output: Json = False,
+    ) -> None:
+        """Keep a model resident in a tier."""
+        duration_s = _duration(duration, "--for") if duration is not None else 0.0
+        with _client(server, token_file, timeout, tls=(tls_ca, tls_cert, tls_key)) as client:
+            stored = client.pin(model, tier=_tier(tier), duration_s=duration_s)
+        _print_pin(stored, json_output=json_output, title="pinned")
+
+    @app.command("unpin")
+    def unpin(
+        model: Annotated[str, typer.Argument(help="Model id.")],
+        server: Server = DEFAULT_SERVER,
+        token_file: TokenFile = None,
+        tls_ca: TlsCa = None,
+        tls_cert: TlsCert = None,
+        tls_key: TlsKey = None,
+        timeout: Timeout = 10.0,
+        json_output: Json = False,
+    ) -> None:
+        """Remove a model's pin."""
+        with _client(server, token_file, timeout, tls=(tls_ca, tls_cert, tls_key)) as client:
+            removed = client.unpin(model)
+        _print_pin(removed, json_output=json_output, title="unpinned")
+
+    @app.command("pause")
+    def pause(
+        model: Annotated[str | None, typer.Argument(help="Model id (or --all).")] = None,
+        all_models: Annotated[bool, typer.Option("--all", help="Pause every model.")] = False,
+        duration: Annotated[
+            str | None, typer.Option("--for", help="How long; default until resumed.")
+        ] = None,
+        server: Server = DEFAULT_SERVER,
+        token_file: TokenFile = None,
+        tls_ca: TlsCa = None,
+        tls_cert: TlsCert = None,
+        tls_key: TlsKey = None,
+        timeout: Timeout = 10.0,
+        json_output: Json = False,
+    ) -> None:
+        """Stop prewarm acting on a model (or on every model with --all)."""
+        scope = _scope(model, all_models)
+        duration_s = _duration(duration, "--for") if duration is not None else 0.0
+        with _client(server, token_file, timeout, tls=(tls_ca, tls_cert, tls_key)) as client:
+            stored = client.pause(scope, duration_s=duration_s)
+        _print_pause(stored, json_output=json_output, title="paused")
+
+    @app.command("resume")
+    def resume(
+        model: Annotated[str | None, typer.Argument(help="Model id (or --all).")] = None,
+        all_models: Annotated[bool, typer.Option("--all", help="Lift the global pause.")] = False,
+        server: Server = DEFAULT_SERVER,
+        token_file: TokenFile = None,
+        tls_ca: TlsCa = None,
+        tls_cert: TlsCert = None,
+        tls_key: TlsKey = None,
+        timeout: Timeout = 10.0,
+        json_output: Json = False,
+    ) -> None:
+        """Let prewarm act on a paused model again (or lift the global pause with --all)."""
+        scope = _scope(model, all_models)
+        with _client(server, token_file, timeout, tls=(tls_ca, tls_cert, tls_key)) as client:
+            removed = client.resume(scope)
+        _print_pause(removed, json_output=json_output, title="resumed")
+
+    @app.command("requests")
+    def requests(
+        model: Annotated[str, typer.Option("--model", help="Only this model.")] = "",
+        server: Server = DEFAULT_SERVER,
+        token_file: TokenFile = None,
+        tls_ca: TlsCa = None,
+        tls_cert: TlsCert = None,
+        tls_key: TlsKey = None,
+        timeout: Timeout = 10.0,
+        json_output: Json = False,
+    ) -> None:
+        """List manual warm requests, pins and pauses."""
+        with _client(server, token_file, timeout, tls=(tls_ca, tls_cert, tls_key)) as client:
+            listing = client.list_requests(model)
+        if json_output:
+            write_json(_as_dict(listing), None)
+            return
+        _print_requests(list(listing.requests), title="manual warm requests")
+        if listing.pins:
+            print_table(
+                "pins",
+                ("model", "tier", "until", "by"),
+                [
+                    (p.model, _TIER_NAMES.get(p.tier, "-"), _when(p.until_s), p.created_by or "-")
+                    for p in listing.pins
+                ],
+            )
+        if listing.pauses:
+            print_table(
+                "pauses",
+                ("scope", "until", "by"),
+                [
+                    ("all models" if p.all_models else p.model, _when(p.until_s), p.created_by)
+                    for p in listing.pauses
+                ],
+            )
+
+    @app.command("plan")
+    def plan(
+        model: Annotated[str, typer.Option("--model", help="Only this model's actions.")] = "",
+        server: Server = DEFAULT_SERVER,
+        token_file: TokenFile = None,
+        tls_ca: TlsCa = None,
+        tls_cert: TlsCert = None,
+        tls_key: TlsKey = None,
+        timeout: Timeout = 10.0,
+        json_output: Json = False,
+    ) -> None:
+        """Show the daemon's latest plan."""
+        with _client(server, token_file, timeout, tls=(tls_ca, tls_cert, tls_key)) as client:
+            current = client.get_plan(model)
+        if json_output:
+            write_json(_as_dict(current), None)
+            return
+        if not current.available:
+            typer.echo("no plan yet: the daemon has not finished its first tick")
+            return
+        print_table(
+            f"plan at {_when(current.now_s)}",
+            ("kind", "model", "target", "value", "reason"),
+            [(a.kind, a.model or a.pool, _target(a), a.value, a.reason) for a in current.actions],
+        )
+
+    @app.command("explain")
+    def explain(
+        model: Annotated[str, typer.Argument(help="Model id.")],
+        server: Server = DEFAULT_SERVER,
+        token_file: TokenFile = None,
+        tls_ca: TlsCa = None,
+        tls_cert: TlsCert = None,
+        tls_key: TlsKey = None,
+        timeout: Timeout = 10.0,
+        json_output: Json = False,
+    ) -> None:
+        """Why the plan holds what it holds for a model: forecast, value, lead times, limits."""
+        with _client(server, token_file, timeout, tls=(tls_ca, tls_cert, tls_key)) as client:
+            answer = client.explain(model)
+        if json_output:
+            write_json(_as_dict(answer), None)
+            return
+        rows: list[tuple[str, Any]] = [
+            ("forecast", answer.forecast_summary),
+            ("method", answer.forecast_method or "-"),
+            ("P(request in horizon)", answer.p_request_within_horizon),
+            ("value (s saved)", answer.value),
+        ]
+        rows += [
+            (f"lead time: {lt.stage}", format_duration(lt.seconds)) for lt in answer.lead_times
+        ]
+        rows += [("constraint", c) for c in answer.constraints]
+        rows += [("action", a) for a in answer.actions]
+        rows += [("override", o) for o in answer.overrides]
+        print_table(f"explain {answer.model}", ("", ""), rows)
+        if answer.summary:
+            typer.echo(answer.summary)
+
+
+def _scope(model: str | None, all_models: bool) -> str | None:
+    if all_models and model:
+        raise InvalidInput("give a model or --all, not both")
+    if not all_models and not model:
+        raise InvalidInput("give a model, or --all for every model")
+    return None if all_models else model
+
+
+def _target(action: control_pb2.PlanAction) -> str:
+    describe: dict[str, Callable[[control_pb2.PlanAction], str]] = {
+        "replica_floor": lambda a: f">= {a.min_replicas} replicas of {a.workload}",
+        "preload": lambda a: f"{_TIER_NAMES.get(a.tier, '?')} on {a.node} ({a.bytes / 1e9:.1f} GB)",
+        "evict": lambda a: f"drop {_TIER_NAMES.get(a.tier, '?')} on {a.node}",
+        "node_capacity": lambda a: f"{a.gpus} GPUs",
+        "image_prepull": lambda a: a.image,
+    }
+    render = describe.get(action.kind)
+    return render(action) if render else "-"
+
+
+def _print_pin(pin: control_pb2.Pin, *, json_output: bool, title: str) -> None:
+    if json_output:
+        write_json(_as_dict(pin), None)
+        return
+    print_table(
+        title,
+        ("model", "tier", "until", "by"),
+        [(pin.model, _TIER_NAMES.get(pin.tier, "-"), _when(pin.until_s), pin.created_by or "-")],
+    )
+
+
+def _print_pause(entry: control_pb2.Pause, *, json_output: bool, title: str) -> None:
+    if json_output:
+        write_json(_as_dict(entry), None)
+        return
+    scope = "all models" if entry.all_models else entry.model
+    print_table(title, ("scope", "until", "by"), [(scope, _when(entry.until_s), entry.created_by)])

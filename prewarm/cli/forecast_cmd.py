@@ -1,0 +1,171 @@
+"""``prewarm forecast``: per-model demand forecasts from a trace file or Prometheus.
+
+Owns: the history options shared with ``prewarm backtest`` (``--trace`` or ``--prometheus`` with
+``--query`` / ``--model-label``), reading that history, and printing forecasts (a table for
+people, ``--json`` for scripts). Must not: hold forecasting logic (``forecaster.engine``) or map
+errors to exit codes (``prewarm.cli.main`` does: bad input exits 2, nothing written).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+
+from common.durations import format_duration, parse_duration_s
+from common.errors import InvalidInput
+from forecaster.config import PrometheusSourceConfig
+from forecaster.engine import AutoForecaster
+from forecaster.sources.prometheus import PrometheusSource
+from forecaster.sources.trace import read_trace
+from forecaster.types import Forecast, SeriesBatch
+from prewarm.cli.main import state
+from prewarm.cli.output import print_table, write_json
+from prewarm.data import resolve_trace
+
+TraceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--trace",
+        help="Trace CSV (timestamp,model[,requests]) or builtin:NAME.",
+        show_default=False,
+    ),
+]
+PrometheusOption = Annotated[
+    str | None,
+    typer.Option(
+        "--prometheus", help="Prometheus base URL (instead of --trace).", show_default=False
+    ),
+]
+QueryOption = Annotated[
+    str | None,
+    typer.Option(
+        "--query",
+        help="PromQL giving requests/s per model (default: forecaster.prometheus.query).",
+        show_default=False,
+    ),
+]
+LabelOption = Annotated[
+    str | None,
+    typer.Option("--model-label", help="Label carrying the model id.", show_default=False),
+]
+
+
+def load_history(
+    ctx: typer.Context,
+    *,
+    trace: str | None,
+    prometheus: str | None,
+    query: str | None,
+    model_label: str | None,
+    now_s: float | None = None,
+) -> tuple[SeriesBatch, str]:
+    """The history a command works on, and a name for it (the trace spec or the URL).
+
+    Exactly one of ``trace`` and ``prometheus`` must be given. Prometheus history covers the
+    configured window (``forecaster.history_window_s``) up to ``now_s`` (default: the clock).
+    """
+    if (trace is None) == (prometheus is None):
+        raise InvalidInput("give exactly one of --trace FILE and --prometheus URL")
+    if trace is not None:
+        path = resolve_trace(trace)
+        return read_trace(path), trace
+    assert prometheus is not None
+    settings = state(ctx).settings().forecaster
+    updates: dict[str, Any] = {"url": prometheus}
+    if query is not None:
+        updates["query"] = query
+    if model_label is not None:
+        updates["model_label"] = model_label
+    config = PrometheusSourceConfig.model_validate({**settings.prometheus.model_dump(), **updates})
+    source = PrometheusSource(config, history_window_s=settings.history_window_s)
+    now = time.time() if now_s is None else now_s
+    batch = source.fetch(start_s=now - settings.history_window_s, end_s=now)
+    if not batch.models:
+        raise InvalidInput(f"query {config.query!r} returned no series from {prometheus}")
+    return batch, prometheus
+
+
+def horizon_steps(horizon: str, step_s: float) -> tuple[int, float]:
+    """Steps covering ``horizon`` (rounded up) and the horizon in seconds."""
+    seconds = parse_duration_s(horizon)
+    if seconds <= 0:
+        raise InvalidInput(f"--horizon must be > 0, got {horizon!r}")
+    return max(1, math.ceil(seconds / step_s - 1e-9)), seconds
+
+
+def forecast_document(
+    source: str, forecasts: dict[Any, Forecast], *, horizon_s: float
+) -> dict[str, Any]:
+    """The ``--json`` document of ``prewarm forecast``."""
+    any_forecast = next(iter(forecasts.values()), None)
+    start = any_forecast.start_s if any_forecast is not None else 0.0
+    models: dict[str, Any] = {}
+    for model, forecast in sorted(forecasts.items()):
+        models[str(model)] = {
+            "method": forecast.method,
+            "stale": forecast.stale,
+            "mean": [round(float(v), 4) for v in forecast.mean],
+            "quantiles": {
+                f"p{round(level * 100):d}": [round(float(v), 4) for v in forecast.quantile(level)]
+                for level in forecast.quantiles
+            },
+            "p_active": [round(float(v), 4) for v in forecast.p_active],
+            "p_any_within_horizon": round(forecast.p_any_within(forecast.horizon), 4),
+        }
+    return {
+        "source": source,
+        "start": datetime.fromtimestamp(start, tz=UTC).isoformat().replace("+00:00", "Z"),
+        "step_s": any_forecast.step_s if any_forecast is not None else None,
+        "horizon_s": int(horizon_s),
+        "unit": "requests per step",
+        "models": models,
+    }
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``prewarm forecast`` to ``app``."""
+
+    @app.command("forecast")
+    def forecast(
+        ctx: typer.Context,
+        trace: TraceOption = None,
+        prometheus: PrometheusOption = None,
+        query: QueryOption = None,
+        model_label: LabelOption = None,
+        horizon: Annotated[str, typer.Option("--horizon", help="How far ahead, e.g. 30m.")] = "30m",
+        as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
+    ) -> None:
+        """Forecast every model's requests per step, with p50/p90 and P(any request)."""
+        batch, source = load_history(
+            ctx, trace=trace, prometheus=prometheus, query=query, model_label=model_label
+        )
+        steps, seconds = horizon_steps(horizon, batch.step_s)
+        planning = state(ctx).settings().forecaster.planning_quantile
+        levels = tuple(sorted({0.5, planning}))
+        engine = AutoForecaster(step_s=batch.step_s, planning_quantile=planning)
+        engine.observe(batch)
+        forecasts = engine.forecast(horizon_steps=steps, quantiles=levels)
+        if as_json:
+            write_json(forecast_document(source, forecasts, horizon_s=seconds), None)
+            return
+        rows = []
+        for model, item in sorted(forecasts.items()):
+            rows.append(
+                [
+                    str(model),
+                    item.method,
+                    float(item.mean.mean()),
+                    float(item.quantile(planning).max()),
+                    item.p_any_within(item.horizon),
+                ]
+            )
+        print_table(
+            f"{source}: next {format_duration(seconds)} "
+            f"(requests per {format_duration(batch.step_s)})",
+            ["model", "method", "mean", f"p{round(planning * 100)} peak", "P(any)"],
+            rows,
+        )

@@ -1,0 +1,652 @@
+"""Manual overrides of the planner: warm requests, pins, pauses, and what is in force at a moment.
+
+Owns: the typed values a person or script stores through the control API (:class:`ManualRequest`,
+:class:`Pin`, :class:`Pause`, gathered in a :class:`ControlState`); their validation against the
+configured caps (:func:`validate_request`); the pure state transitions (:func:`add_request`,
+:func:`cancel_request`, :func:`pin_model`, ...); the JSON document they are stored as; and
+:func:`active_overrides`, which turns the state into the planner's inputs at a moment. Must not do
+I/O or read a clock: every "now" is a parameter.
+
+Manual requests are planner inputs, not a side channel: the daemon passes :class:`ActiveOverrides`
+to the planner, which turns a floor into a ``ReplicaFloor`` action (with the request's reason), so a
+manual request shows up in the plan, the metrics and the dashboards, and obeys the budget caps.
+
+Errors: :class:`InvalidInput` (malformed: fix the input), :class:`NotFound` (no such model or
+request), :class:`ResourceExhausted` (over a budget cap: ask for less or raise the cap).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from common.durations import format_duration
+from common.errors import InvalidInput, NotFound, ResourceExhausted
+from common.ids import ModelId, RequestId
+from planner.actions import Tier
+
+ABSURD_REPLICAS = 10_000
+"""Replica counts above this are refused as malformed, whatever the configured cap."""
+
+DOCUMENT_VERSION = 1
+"""Version of the stored JSON document (``version`` key)."""
+
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,252}$")
+_REQUEST_ID = re.compile(r"^req-[0-9a-f]{16}$")
+_WARMABLE_TIERS = (Tier.DISK, Tier.HOST, Tier.GPU)
+
+
+def check_model_id(text: str) -> ModelId:
+    """``text`` as a :class:`ModelId`, or :class:`InvalidInput` saying what model ids look like."""
+    if not isinstance(text, str) or not _MODEL_ID.match(text):
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise InvalidInput(
+            f"malformed model id {shown!r}: use 1-253 characters, letters, digits and ._:/@+- "
+            "starting with a letter or digit (the model label in Prometheus)"
+        )
+    return ModelId(text)
+
+
+def check_request_id(text: str) -> RequestId:
+    """``text`` as a :class:`RequestId` (``req-`` + 16 hex digits) or :class:`InvalidInput`."""
+    if not _REQUEST_ID.match(text):
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise InvalidInput(
+            f"malformed request id {shown!r}: ids look like req-0123456789abcdef; "
+            "list them with `prewarm requests`"
+        )
+    return RequestId(text)
+
+
+def _finite(name: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise InvalidInput(f"{name} must be a finite number, got {value}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ManualRequest:
+    """Keep ``model`` warm from ``start_s`` to ``end_s``: at least ``replicas`` replicas and/or
+    weights held in ``tier``. At least one of ``replicas`` and ``tier`` is set.
+    """
+
+    id: RequestId
+    model: ModelId
+    replicas: int | None
+    tier: Tier | None
+    start_s: float
+    end_s: float
+    created_s: float
+    created_by: str
+    reason: str = ""
+
+    def is_active(self, now_s: float) -> bool:
+        """In force at ``now_s``: ``start_s <= now_s < end_s``."""
+        return self.start_s <= now_s < self.end_s
+
+    def is_expired(self, now_s: float) -> bool:
+        """Over at ``now_s``: ``now_s >= end_s``."""
+        return now_s >= self.end_s
+
+    def describe(self) -> str:
+        """One line for plan reasons and ``prewarm explain``."""
+        wants = []
+        if self.replicas is not None:
+            wants.append(f">= {self.replicas} replicas")
+        if self.tier is not None:
+            wants.append(f"weights in {self.tier.name.lower()}")
+        by = f" by {self.created_by}" if self.created_by else ""
+        why = f": {self.reason}" if self.reason else ""
+        return f"manual request {self.id}{by} ({' and '.join(wants)}){why}"
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """Keep ``model`` resident in ``tier`` until unpinned (``until_s`` None) or ``until_s``."""
+
+    model: ModelId
+    tier: Tier
+    created_s: float
+    created_by: str
+    until_s: float | None = None
+
+    def is_expired(self, now_s: float) -> bool:
+        """Over at ``now_s``."""
+        return self.until_s is not None and now_s >= self.until_s
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """prewarm takes no action for ``model`` (or for every model when ``model`` is None)."""
+
+    model: ModelId | None
+    created_s: float
+    created_by: str
+    until_s: float | None = None
+
+    def is_expired(self, now_s: float) -> bool:
+        """Over at ``now_s``."""
+        return self.until_s is not None and now_s >= self.until_s
+
+
+@dataclass(frozen=True, slots=True)
+class ControlState:
+    """Everything the control API stores: requests (ordered by creation), pins, pauses."""
+
+    requests: tuple[ManualRequest, ...] = ()
+    pins: tuple[Pin, ...] = ()
+    pauses: tuple[Pause, ...] = ()
+
+    def request(self, request_id: RequestId) -> ManualRequest:
+        """The request with ``request_id``, or :class:`NotFound`."""
+        for request in self.requests:
+            if request.id == request_id:
+                return request
+        raise NotFound(
+            f"no manual request {request_id} (it may have expired or been cancelled); "
+            "list current ones with `prewarm requests`"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The caps a write is checked against (built from ``ControlConfig`` by the service)."""
+
+    max_replicas_per_request: int
+    max_duration_s: float
+    max_start_ahead_s: float
+    start_grace_s: float
+    max_active_requests: int
+    max_gpu_bytes_per_request: int | None = None
+
+
+def prune(state: ControlState, now_s: float) -> ControlState:
+    """``state`` without what has expired at ``now_s`` (requests, pins and pauses)."""
+    return ControlState(
+        requests=tuple(r for r in state.requests if not r.is_expired(now_s)),
+        pins=tuple(p for p in state.pins if not p.is_expired(now_s)),
+        pauses=tuple(p for p in state.pauses if not p.is_expired(now_s)),
+    )
+
+
+def _check_duration(duration_s: float, *, limits: Limits, what: str, allow_zero: bool) -> None:
+    _finite(f"{what} duration", duration_s)
+    if duration_s < 0 or (duration_s == 0 and not allow_zero):
+        raise InvalidInput(
+            f"{what} duration must be > 0 seconds, got {duration_s:g}; e.g. --for 2h"
+        )
+    if duration_s > limits.max_duration_s:
+        raise InvalidInput(
+            f"{what} duration {format_duration(duration_s)} is beyond the maximum of "
+            f"{format_duration(limits.max_duration_s)} (control.max_duration_s); "
+            "ask for less and renew it later"
+        )
+
+
+def _check_known(model: ModelId, known_models: frozenset[ModelId] | None) -> None:
+    if known_models is not None and model not in known_models:
+        sample = ", ".join(sorted(known_models)[:5]) or "none yet"
+        raise NotFound(
+            f"unknown model {model!r}: the daemon knows {len(known_models)} models "
+            f"(e.g. {sample}); check the name against `prewarm plan` or Prometheus"
+        )
+
+
+def validate_request(
+    request: ManualRequest,
+    *,
+    limits: Limits,
+    now_s: float,
+    known_models: frozenset[ModelId] | None = None,
+    model_bytes: Callable[[ModelId], int | None] | None = None,
+) -> None:
+    """Refuse ``request`` if it is malformed, unknown or over a cap; return if it may be stored.
+
+    Checks, in order: model id and request id syntax; at least one of replicas/tier; replicas in
+    ``1..ABSURD_REPLICAS`` (:class:`InvalidInput`); the model is in ``known_models`` when given
+    (:class:`NotFound`); start not before ``now_s - start_grace_s`` and not after
+    ``now_s + max_start_ahead_s``; duration ``0 < end - start <= max_duration_s``
+    (:class:`InvalidInput`); replicas within ``max_replicas_per_request`` and, for a GPU tier with a
+    known model size, ``bytes x max(replicas, 1)`` within ``max_gpu_bytes_per_request``
+    (:class:`ResourceExhausted`, with the cap named).
+    """
+    check_model_id(request.model)
+    check_request_id(request.id)
+    if request.replicas is None and request.tier is None:
+        raise InvalidInput(
+            f"a warm request for {request.model} needs replicas (--replicas N) and/or a tier "
+            "(--tier gpu|host|disk)"
+        )
+    if request.replicas is not None:
+        if request.replicas < 1:
+            raise InvalidInput(
+                f"replicas must be >= 1, got {request.replicas}; "
+                "to stop warming a model, cancel its request instead"
+            )
+        if request.replicas > ABSURD_REPLICAS:
+            raise InvalidInput(
+                f"replicas {request.replicas} is not a plausible replica count "
+                f"(more than {ABSURD_REPLICAS}); check the number"
+            )
+    if request.tier is not None and request.tier not in _WARMABLE_TIERS:
+        raise InvalidInput(f"tier must be one of disk, host, gpu; got {request.tier.name.lower()}")
+    _check_known(request.model, known_models)
+    _finite("start", request.start_s)
+    _finite("end", request.end_s)
+    if request.start_s < now_s - limits.start_grace_s:
+        raise InvalidInput(
+            f"start time is {format_duration(now_s - request.start_s)} in the past; "
+            "give a future time (--at HH:MM is the next occurrence) or omit it to start now"
+        )
+    if request.start_s > now_s + limits.max_start_ahead_s:
+        raise InvalidInput(
+            f"start time is {format_duration(request.start_s - now_s)} ahead, beyond the maximum "
+            f"of {format_duration(limits.max_start_ahead_s)} (control.max_start_ahead_s)"
+        )
+    _check_duration(
+        request.end_s - request.start_s, limits=limits, what="request", allow_zero=False
+    )
+    if request.replicas is not None and request.replicas > limits.max_replicas_per_request:
+        raise ResourceExhausted(
+            f"{request.replicas} replicas is over the cap of {limits.max_replicas_per_request} "
+            "per request (control.max_replicas_per_request); ask for fewer or have an operator "
+            "raise the cap"
+        )
+    if (
+        request.tier == Tier.GPU
+        and limits.max_gpu_bytes_per_request is not None
+        and model_bytes is not None
+    ):
+        size = model_bytes(request.model)
+        if size is not None:
+            total = size * max(request.replicas or 1, 1)
+            if total > limits.max_gpu_bytes_per_request:
+                raise ResourceExhausted(
+                    f"holding {request.model} in GPU memory for {max(request.replicas or 1, 1)} "
+                    f"replicas needs {total / 1e9:.1f} GB, over the cap of "
+                    f"{limits.max_gpu_bytes_per_request / 1e9:.1f} GB per request "
+                    "(control.max_gpu_bytes_per_request); ask for fewer replicas or a slower tier"
+                )
+
+
+def add_request(
+    state: ControlState, request: ManualRequest, *, limits: Limits, now_s: float
+) -> ControlState:
+    """``state`` (pruned at ``now_s``) with ``request`` appended.
+
+    Raises :class:`InvalidInput` if the id is taken and :class:`ResourceExhausted` when
+    ``max_active_requests`` are already stored. Call :func:`validate_request` first.
+    """
+    current = prune(state, now_s)
+    if any(existing.id == request.id for existing in current.requests):
+        raise InvalidInput(f"request id {request.id} is already taken; retry to get a new one")
+    if len(current.requests) >= limits.max_active_requests:
+        raise ResourceExhausted(
+            f"{len(current.requests)} manual requests are already stored, the cap "
+            f"(control.max_active_requests); cancel some with `prewarm cancel ID` first"
+        )
+    return replace(current, requests=(*current.requests, request))
+
+
+def cancel_request(
+    state: ControlState, request_id: RequestId, *, now_s: float
+) -> tuple[ControlState, ManualRequest]:
+    """``state`` (pruned) without ``request_id``, and the cancelled request; :class:`NotFound`."""
+    current = prune(state, now_s)
+    found = current.request(request_id)
+    remaining = tuple(r for r in current.requests if r.id != request_id)
+    return replace(current, requests=remaining), found
+
+
+def pin_model(
+    state: ControlState,
+    pin: Pin,
+    *,
+    limits: Limits,
+    now_s: float,
+    known_models: frozenset[ModelId] | None = None,
+) -> ControlState:
+    """``state`` (pruned) with ``pin`` replacing any pin of the same model (idempotent)."""
+    check_model_id(pin.model)
+    if pin.tier not in _WARMABLE_TIERS:
+        raise InvalidInput(f"pin tier must be one of disk, host, gpu; got {pin.tier.name.lower()}")
+    _check_known(pin.model, known_models)
+    if pin.until_s is not None:
+        _check_duration(pin.until_s - now_s, limits=limits, what="pin", allow_zero=False)
+    current = prune(state, now_s)
+    pins = tuple(p for p in current.pins if p.model != pin.model)
+    return replace(current, pins=(*pins, pin))
+
+
+def unpin_model(state: ControlState, model: ModelId, *, now_s: float) -> tuple[ControlState, Pin]:
+    """``state`` (pruned) without the pin of ``model``, and that pin; :class:`NotFound`."""
+    check_model_id(model)
+    current = prune(state, now_s)
+    for pin in current.pins:
+        if pin.model == model:
+            return replace(current, pins=tuple(p for p in current.pins if p.model != model)), pin
+    raise NotFound(f"{model} is not pinned; list pins with `prewarm requests`")
+
+
+def pause(
+    state: ControlState,
+    entry: Pause,
+    *,
+    limits: Limits,
+    now_s: float,
+    known_models: frozenset[ModelId] | None = None,
+) -> ControlState:
+    """``state`` (pruned) with ``entry`` replacing any pause of the same scope (idempotent)."""
+    if entry.model is not None:
+        check_model_id(entry.model)
+        _check_known(entry.model, known_models)
+    if entry.until_s is not None:
+        _check_duration(entry.until_s - now_s, limits=limits, what="pause", allow_zero=False)
+    current = prune(state, now_s)
+    pauses = tuple(p for p in current.pauses if p.model != entry.model)
+    return replace(current, pauses=(*pauses, entry))
+
+
+def resume(
+    state: ControlState, model: ModelId | None, *, now_s: float
+) -> tuple[ControlState, Pause]:
+    """``state`` (pruned) without the pause of ``model`` (None: global pause); :class:`NotFound`."""
+    if model is not None:
+        check_model_id(model)
+    current = prune(state, now_s)
+    for entry in current.pauses:
+        if entry.model == model:
+            remaining = tuple(p for p in current.pauses if p.model != model)
+            return replace(current, pauses=remaining), entry
+    what = "prewarm is not paused globally" if model is None else f"{model} is not paused"
+    raise NotFound(f"{what}; list pauses with `prewarm requests`")
+
+
+# ---------------------------------------------------------------------------------------------
+# What is in force at a moment: the planner's inputs.
+
+
+@dataclass(frozen=True, slots=True)
+class FloorOverride:
+    """At least ``min_replicas`` replicas of ``model`` until ``until_s`` (its requests' end)."""
+
+    model: ModelId
+    min_replicas: int
+    until_s: float
+    request_ids: tuple[RequestId, ...]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TierOverride:
+    """Hold ``model``'s weights in ``tier`` (or faster) until ``until_s`` (None: pinned)."""
+
+    model: ModelId
+    tier: Tier
+    until_s: float | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveOverrides:
+    """What the manual state demands at ``now_s``, per model; the planner's manual inputs.
+
+    - ``floors``: replica floors of requests in force (or starting within their model's lead time,
+      so the floor is met at the request's start), with the time they expire.
+    - ``tiers``: tier targets of requests in force and of pins (the fastest tier wins).
+    - ``pinned``: pinned models and their tier.
+    - ``paused`` / ``global_pause``: prewarm must take no new action for these models (for any
+      model when ``global_pause``); floors and tiers of paused models are still reported, and pause
+      wins over them (:meth:`is_paused`).
+    - ``pending``: stored requests that start later than their lead window, soonest first.
+    """
+
+    now_s: float
+    floors: Mapping[ModelId, FloorOverride] = field(default_factory=dict)
+    tiers: Mapping[ModelId, TierOverride] = field(default_factory=dict)
+    pinned: Mapping[ModelId, Tier] = field(default_factory=dict)
+    paused: frozenset[ModelId] = frozenset()
+    global_pause: bool = False
+    pending: tuple[ManualRequest, ...] = ()
+
+    def is_paused(self, model: ModelId) -> bool:
+        """Whether prewarm must not act on ``model`` now."""
+        return self.global_pause or model in self.paused
+
+    def describe(self, model: ModelId) -> tuple[str, ...]:
+        """Lines for ``prewarm explain``: what applies to ``model`` now."""
+        lines: list[str] = []
+        if self.global_pause:
+            lines.append("prewarm is paused for every model")
+        elif model in self.paused:
+            lines.append(f"{model} is paused")
+        if model in self.pinned:
+            lines.append(f"pinned in {self.pinned[model].name.lower()}")
+        if model in self.floors:
+            lines.append(self.floors[model].reason)
+        if model in self.tiers and model not in self.pinned:
+            lines.append(self.tiers[model].reason)
+        for request in self.pending:
+            if request.model == model:
+                lines.append(f"pending: {request.describe()}, starts at {request.start_s:.0f}")
+        return tuple(lines)
+
+
+def _lead(lead_time_s: float | Callable[[ModelId], float], model: ModelId) -> float:
+    value = lead_time_s(model) if callable(lead_time_s) else lead_time_s
+    return max(0.0, float(value))
+
+
+def active_overrides(
+    state: ControlState,
+    now_s: float,
+    *,
+    lead_time_s: float | Callable[[ModelId], float] = 0.0,
+) -> ActiveOverrides:
+    """What ``state`` demands at ``now_s`` (pure).
+
+    A request counts from ``start_s - lead_time_s(model)`` (pass the model's measured cold-start
+    lead time, so the replicas are ready *at* the start) until ``end_s``. Overlapping requests for
+    one model combine: the floor is the largest ``replicas`` and expires when the last request
+    asking for that many ends; the tier target is the fastest tier asked for.
+    """
+    current = prune(state, now_s)
+    by_model: dict[ModelId, list[ManualRequest]] = {}
+    pending: list[ManualRequest] = []
+    for request in current.requests:
+        if request.start_s - _lead(lead_time_s, request.model) <= now_s:
+            by_model.setdefault(request.model, []).append(request)
+        else:
+            pending.append(request)
+
+    floors: dict[ModelId, FloorOverride] = {}
+    tiers: dict[ModelId, TierOverride] = {}
+    for model, requests in by_model.items():
+        with_replicas = [r for r in requests if r.replicas is not None]
+        if with_replicas:
+            top = max(r.replicas or 0 for r in with_replicas)
+            holders = [r for r in with_replicas if r.replicas == top]
+            floors[model] = FloorOverride(
+                model=model,
+                min_replicas=top,
+                until_s=max(r.end_s for r in holders),
+                request_ids=tuple(r.id for r in holders),
+                reason="; ".join(r.describe() for r in holders),
+            )
+        with_tier = [r for r in requests if r.tier is not None]
+        if with_tier:
+            best = max(r.tier or Tier.REMOTE for r in with_tier)
+            holders = [r for r in with_tier if r.tier == best]
+            tiers[model] = TierOverride(
+                model=model,
+                tier=best,
+                until_s=max(r.end_s for r in holders),
+                reason="; ".join(r.describe() for r in holders),
+            )
+
+    pinned: dict[ModelId, Tier] = {}
+    for pin in current.pins:
+        pinned[pin.model] = pin.tier
+        existing = tiers.get(pin.model)
+        if existing is None or pin.tier >= existing.tier:
+            by = f" by {pin.created_by}" if pin.created_by else ""
+            tiers[pin.model] = TierOverride(
+                model=pin.model,
+                tier=pin.tier,
+                until_s=pin.until_s,
+                reason=f"pinned in {pin.tier.name.lower()}{by}",
+            )
+
+    paused = frozenset(p.model for p in current.pauses if p.model is not None)
+    return ActiveOverrides(
+        now_s=now_s,
+        floors=floors,
+        tiers=tiers,
+        pinned=pinned,
+        paused=paused,
+        global_pause=any(p.model is None for p in current.pauses),
+        pending=tuple(sorted(pending, key=lambda r: (r.start_s, r.id))),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The stored document (JSON in a ConfigMap). Unknown keys are ignored so that a newer writer's
+# additions do not break an older reader during a rolling upgrade.
+
+
+def _tier_name(tier: Tier | None) -> str | None:
+    return None if tier is None else tier.name.lower()
+
+
+def _tier_of(value: Any) -> Tier | None:
+    if value is None:
+        return None
+    try:
+        return Tier[str(value).upper()]
+    except KeyError:
+        raise InvalidInput(f"stored tier {value!r} is not one of disk, host, gpu") from None
+
+
+def to_document(state: ControlState) -> dict[str, Any]:
+    """``state`` as a JSON-serialisable mapping (the stored format, ``version`` 1)."""
+    return {
+        "version": DOCUMENT_VERSION,
+        "requests": [
+            {
+                "id": r.id,
+                "model": r.model,
+                "replicas": r.replicas,
+                "tier": _tier_name(r.tier),
+                "start_s": r.start_s,
+                "end_s": r.end_s,
+                "created_s": r.created_s,
+                "created_by": r.created_by,
+                "reason": r.reason,
+            }
+            for r in state.requests
+        ],
+        "pins": [
+            {
+                "model": p.model,
+                "tier": _tier_name(p.tier),
+                "created_s": p.created_s,
+                "created_by": p.created_by,
+                "until_s": p.until_s,
+            }
+            for p in state.pins
+        ],
+        "pauses": [
+            {
+                "model": p.model,
+                "created_s": p.created_s,
+                "created_by": p.created_by,
+                "until_s": p.until_s,
+            }
+            for p in state.pauses
+        ],
+    }
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def from_document(document: Mapping[str, Any]) -> ControlState:
+    """The :class:`ControlState` stored as ``document``; :class:`InvalidInput` if it is corrupt."""
+    version = document.get("version")
+    if version != DOCUMENT_VERSION:
+        raise InvalidInput(
+            f"stored control state has version {version!r}, this prewarm reads version "
+            f"{DOCUMENT_VERSION}; upgrade prewarm or restore the ConfigMap"
+        )
+    try:
+        requests = tuple(
+            ManualRequest(
+                id=RequestId(str(item["id"])),
+                model=ModelId(str(item["model"])),
+                replicas=None if item.get("replicas") is None else int(item["replicas"]),
+                tier=_tier_of(item.get("tier")),
+                start_s=float(item["start_s"]),
+                end_s=float(item["end_s"]),
+                created_s=float(item["created_s"]),
+                created_by=str(item.get("created_by", "")),
+                reason=str(item.get("reason", "")),
+            )
+            for item in _items(document, "requests")
+        )
+        pins = tuple(
+            Pin(
+                model=ModelId(str(item["model"])),
+                tier=_tier_of(item["tier"]) or Tier.GPU,
+                created_s=float(item["created_s"]),
+                created_by=str(item.get("created_by", "")),
+                until_s=_optional_float(item.get("until_s")),
+            )
+            for item in _items(document, "pins")
+        )
+        pauses = tuple(
+            Pause(
+                model=None if item.get("model") is None else ModelId(str(item["model"])),
+                created_s=float(item["created_s"]),
+                created_by=str(item.get("created_by", "")),
+                until_s=_optional_float(item.get("until_s")),
+            )
+            for item in _items(document, "pauses")
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        if isinstance(error, InvalidInput):
+            raise
+        raise InvalidInput(
+            f"stored control state is corrupt ({type(error).__name__}: {error}); "
+            "fix or delete the ConfigMap"
+        ) from error
+    return ControlState(requests=requests, pins=pins, pauses=pauses)
+
+
+def _items(document: Mapping[str, Any], key: str) -> Iterable[Mapping[str, Any]]:
+    items = document.get(key, [])
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise InvalidInput(f"stored control state: {key!r} must be a list of objects")
+    return items
+
+
+def dumps(state: ControlState) -> str:
+    """``state`` as compact, deterministic JSON."""
+    return json.dumps(to_document(state), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def loads(text: str) -> ControlState:
+    """Parse what :func:`dumps` wrote; :class:`InvalidInput` if it is not valid."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidInput(
+            f"stored control state is not JSON ({error}); fix or delete it"
+        ) from error
+    if not isinstance(document, dict):
+        raise InvalidInput("stored control state must be a JSON object")
+    return from_document(document)

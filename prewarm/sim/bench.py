@@ -1,0 +1,155 @@
+"""``prewarm bench``'s engine: load a trace, build the cluster, run each policy, summarise.
+
+The default GPU memory budget is derived from the trace so every policy faces the same, binding
+constraint: 1.25 x the peak over time of the *10-minute working set* (the weights of the replicas
+that the load of the last 10 minutes needed, at least one for every model with a request). Serving
+the peak fits, and so does a fixed 10-minute keep-alive; keeping everything warm does not.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import InvalidInput
+from forecaster.sources.trace import read_trace_with_info
+from planner.catalog import Catalog
+from prewarm.sim.cluster import ClusterSpec, FloatArray, ModelTable, build_model_table
+from prewarm.sim.engine import Policy, SimResult, Simulator, TickTrace, to_ticks
+from prewarm.sim.policies import POLICY_NAMES, make_policy
+from prewarm.sim.policies.base import replicas_for_rate
+
+WORKING_SET_WINDOW_S = 600.0
+BUDGET_HEADROOM = 1.25
+WARMUP_SHARE = 0.2
+WARMUP_MAX_S = 86_400.0
+PER_REQUEST_STEP_S = 10.0
+SWEEP_FACTORS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
+
+
+@dataclass(frozen=True, slots=True)
+class BenchInput:
+    """A loaded trace with its cost table, cluster and default budget."""
+
+    name: str
+    trace: TickTrace
+    table: ModelTable
+    cluster: ClusterSpec
+    default_budget_gb: float
+    warmup_ticks: int
+    seed: int
+
+
+def load_bench_input(
+    path: Path,
+    catalog: Catalog,
+    *,
+    name: str | None = None,
+    cluster: ClusterSpec | None = None,
+    seed: int = 0,
+) -> BenchInput:
+    """Read the trace at ``path`` and prepare a bench (raises InvalidInput on a bad trace)."""
+    _, info = read_trace_with_info(path)
+    batch, _ = read_trace_with_info(
+        path, step_s=PER_REQUEST_STEP_S if info.bucket_s is None else None
+    )
+    trace = to_ticks(batch, seed=seed)
+    if trace.requests == 0:
+        raise InvalidInput(f"{path}: the trace has no requests")
+    spec = cluster or ClusterSpec()
+    table = build_model_table(trace.models, catalog, spec)
+    warmup_s = min(WARMUP_SHARE * trace.ticks * trace.dt_s, WARMUP_MAX_S)
+    return BenchInput(
+        name=name or path.name,
+        trace=trace,
+        table=table,
+        cluster=spec,
+        default_budget_gb=default_budget_gb(trace, table),
+        warmup_ticks=int(warmup_s // trace.dt_s),
+        seed=seed,
+    )
+
+
+def default_budget_gb(trace: TickTrace, table: ModelTable) -> float:
+    """The documented default budget: 1.25 x the peak of the 10-minute working set."""
+    dt = trace.dt_s
+    need = replicas_for_rate(trace.counts / dt, table.replica_rps[:, None])
+    need = np.maximum(need, (trace.counts > 0).astype(np.int64))
+    width = max(1, round(WORKING_SET_WINDOW_S / dt))
+    windowed = need.copy()
+    shifted = need
+    for _ in range(1, width):
+        shifted = np.concatenate([np.zeros((need.shape[0], 1), np.int64), shifted[:, :-1]], axis=1)
+        np.maximum(windowed, shifted, out=windowed)
+    gb: FloatArray = (windowed * table.weights_gb[:, None]).sum(axis=0)
+    budget = BUDGET_HEADROOM * float(gb.max())
+    return max(budget, float(table.weights_gb.max()))
+
+
+def run_policy(
+    bench: BenchInput,
+    policy: Policy,
+    *,
+    budget_gb: float,
+    progress: Callable[[int], None] | None = None,
+) -> SimResult:
+    """Run one policy on the bench's trace under ``budget_gb``."""
+    simulator = Simulator(
+        bench.trace,
+        bench.table,
+        bench.cluster,
+        budget_gb=budget_gb,
+        warmup_ticks=bench.warmup_ticks,
+        seed=bench.seed,
+    )
+    return simulator.run(policy, progress=progress)
+
+
+def check_policy_names(names: Sequence[str]) -> list[str]:
+    """The policy names, validated; :class:`InvalidInput` lists the known ones otherwise."""
+    unknown = [name for name in names if name not in POLICY_NAMES]
+    if unknown:
+        raise InvalidInput(
+            f"unknown polic{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
+            f"choose from {', '.join(POLICY_NAMES)}"
+        )
+    if not names:
+        raise InvalidInput(f"no policies given; choose from {', '.join(POLICY_NAMES)}")
+    return list(dict.fromkeys(names))
+
+
+def run_bench(
+    bench: BenchInput,
+    policies: Sequence[str],
+    *,
+    budget_gb: float | None = None,
+    progress: Callable[[str, int], None] | None = None,
+) -> dict[str, SimResult]:
+    """Run each named policy; results by name, in the order given."""
+    budget = bench.default_budget_gb if budget_gb is None else budget_gb
+    if not (budget > 0 and math.isfinite(budget)):
+        raise InvalidInput(f"--gpu-memory-budget must be a positive number of GB, got {budget}")
+    results: dict[str, SimResult] = {}
+    for name in check_policy_names(policies):
+        policy = make_policy(name, bench.trace)
+
+        def tick(count: int, _name: str = name) -> None:
+            if progress is not None:
+                progress(_name, count)
+
+        results[name] = run_policy(bench, policy, budget_gb=budget, progress=tick)
+    return results
+
+
+def bench_document(bench: BenchInput, results: dict[str, SimResult]) -> dict[str, object]:
+    """The ``prewarm bench --json`` document (the shape the issue fixes)."""
+    return {
+        "trace": bench.name,
+        "requests": bench.trace.requests,
+        "models": len(bench.trace.models),
+        "policies": {name: result.summary() for name, result in results.items()},
+    }

@@ -1,0 +1,171 @@
+"""Node capacity on a real apiserver: placeholder Deployments and MachineDeployment /scale."""
+
+from __future__ import annotations
+
+import pytest
+
+from actuator.capacity import (
+    ORIGINAL_REPLICAS,
+    MachineDeploymentCapacity,
+    NodeCapacityActuator,
+    PlaceholderCapacity,
+)
+from actuator.config import ActuatorConfig, MachineDeploymentRef, PlaceholderConfig, PoolConfig
+from actuator.kube import DEPLOYMENTS, KubeClient
+from common.ids import PoolName
+from planner.actions import NodeCapacity
+
+pytestmark = pytest.mark.k8s
+
+
+def capacity(pool: str, gpus: int) -> NodeCapacity:
+    return NodeCapacity(pool=PoolName(pool), gpus=gpus, reason="spike at 09:00", value=120.0)
+
+
+def test_placeholder_deployment_holds_gpus_in_the_pool(
+    kube: KubeClient, config: ActuatorConfig
+) -> None:
+    config = config.model_copy(update={"placeholder": PlaceholderConfig(gpus_per_pod=2)})
+    placeholders = PlaceholderCapacity(kube, config)
+
+    result = placeholders.apply(capacity("a100", 5))
+
+    assert result.changed
+    assert result.replicas == 3  # ceil(5 / 2)
+    deployment = kube.get(DEPLOYMENTS.path(config.namespace, "prewarm-placeholder-a100"))
+    assert deployment is not None
+    assert deployment["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "prewarm"
+    managers = {entry["manager"] for entry in deployment["metadata"]["managedFields"]}
+    assert managers == {"prewarm"}
+    spec = deployment["spec"]
+    assert spec["replicas"] == 3
+    pod = spec["template"]["spec"]
+    assert pod["priorityClassName"] == "prewarm-placeholder"
+    assert pod["nodeSelector"] == {"prewarm.io/pool": "a100"}
+    resources = pod["containers"][0]["resources"]
+    assert resources["requests"]["nvidia.com/gpu"] == "2"
+    assert resources["limits"]["nvidia.com/gpu"] == "2"
+
+
+def test_apply_is_idempotent_and_resizes(kube: KubeClient, config: ActuatorConfig) -> None:
+    placeholders = PlaceholderCapacity(kube, config)
+    placeholders.apply(capacity("h100", 4))
+    path = DEPLOYMENTS.path(config.namespace, "prewarm-placeholder-h100")
+    first = kube.get(path)
+
+    again = placeholders.apply(capacity("h100", 4))
+    second = kube.get(path)
+
+    assert not again.changed
+    assert first is not None
+    assert second is not None
+    assert second["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
+
+    resized = placeholders.apply(capacity("h100", 6))
+    assert resized.changed
+    third = kube.get(path)
+    assert third is not None
+    assert third["spec"]["replicas"] == 6
+    deployments = kube.list(DEPLOYMENTS.path(config.namespace))
+    assert [d["metadata"]["name"] for d in deployments] == ["prewarm-placeholder-h100"]
+
+
+def test_dry_run_validates_but_creates_nothing(kube: KubeClient, config: ActuatorConfig) -> None:
+    placeholders = PlaceholderCapacity(kube, config)
+
+    result = placeholders.apply(capacity("l4", 2), dry_run=True)
+
+    assert result.dry_run
+    assert result.replicas == 2
+    assert kube.list(DEPLOYMENTS.path(config.namespace)) == []
+    dry_config = config.model_copy(update={"dry_run": True})
+    PlaceholderCapacity(kube, dry_config).apply(capacity("l4", 2))
+    assert kube.list(DEPLOYMENTS.path(config.namespace)) == []
+
+
+def test_reconcile_releases_pools_no_longer_planned(
+    kube: KubeClient, config: ActuatorConfig
+) -> None:
+    actuator = NodeCapacityActuator(kube, config)
+    actuator.reconcile([capacity("a", 1), capacity("b", 2), capacity("b", 3)])
+    assert actuator.placeholders.pools() == {"a", "b"}
+    b = kube.get(DEPLOYMENTS.path(config.namespace, "prewarm-placeholder-b"))
+    assert b is not None
+    assert b["spec"]["replicas"] == 3  # the largest request per pool wins
+
+    actuator.reconcile([capacity("b", 3)], dry_run=True)
+    assert actuator.placeholders.pools() == {"a", "b"}  # dry run deleted nothing
+
+    actuator.reconcile([capacity("b", 3)])
+    assert actuator.placeholders.pools() == {"b"}
+
+    assert actuator.placeholders.release(PoolName("b"))
+    assert not actuator.placeholders.release(PoolName("b"))  # already gone: still fine
+    assert actuator.placeholders.pools() == set()
+
+
+def _machine_deployment(kube: KubeClient, namespace: str, replicas: int) -> str:
+    path = f"/apis/cluster.x-k8s.io/v1beta1/namespaces/{namespace}/machinedeployments/gpu-md"
+    body = {
+        "apiVersion": "cluster.x-k8s.io/v1beta1",
+        "kind": "MachineDeployment",
+        "metadata": {"name": "gpu-md", "namespace": namespace},
+        "spec": {"clusterName": "test", "replicas": replicas},
+    }
+    kube.apply(path, body, field_manager="cluster-api", dry_run=False)
+    return path
+
+
+@pytest.mark.usefixtures("capi_crd")
+def test_machine_deployment_scaled_through_scale_and_restored(
+    kube: KubeClient, config: ActuatorConfig
+) -> None:
+    path = _machine_deployment(kube, config.namespace, replicas=2)
+    ref = MachineDeploymentRef(namespace=config.namespace, name="gpu-md")
+    config = config.model_copy(
+        update={"pools": {"a100": PoolConfig(gpus_per_node=8, machine_deployment=ref)}}
+    )
+    actuator = NodeCapacityActuator(kube, config)
+
+    dry = actuator.reconcile([capacity("a100", 12)], dry_run=True)
+    assert dry[0].replicas == 4
+    unchanged = kube.get(path)
+    assert unchanged is not None
+    assert unchanged["spec"]["replicas"] == 2
+
+    results = actuator.reconcile([capacity("a100", 12)])
+
+    assert results[0].target == f"machinedeployment/{config.namespace}/gpu-md"
+    md = kube.get(path)
+    assert md is not None
+    assert md["spec"]["replicas"] == 4  # 2 original + ceil(12 / 8)
+    assert md["metadata"]["annotations"][ORIGINAL_REPLICAS] == "2"
+    assert actuator.placeholders.pools() == set()  # an MD pool gets no placeholders
+    rv = md["metadata"]["resourceVersion"]
+    assert not actuator.reconcile([capacity("a100", 12)])[0].changed
+    md_again = kube.get(path)
+    assert md_again is not None
+    assert md_again["metadata"]["resourceVersion"] == rv
+
+    actuator.reconcile([])
+
+    restored = kube.get(path)
+    assert restored is not None
+    assert restored["spec"]["replicas"] == 2
+    assert ORIGINAL_REPLICAS not in (restored["metadata"].get("annotations") or {})
+
+
+def test_missing_cluster_api_disables_direct_scaling_with_one_warning(
+    kube: KubeClient, config: ActuatorConfig, warnings_of: pytest.LogCaptureFixture
+) -> None:
+    ref = MachineDeploymentRef(namespace=config.namespace, name="gpu-md")
+    config = config.model_copy(update={"pools": {"a100": PoolConfig(machine_deployment=ref)}})
+    actuator = NodeCapacityActuator(kube, config)
+
+    assert actuator.reconcile([capacity("a100", 8)]) == []
+    assert actuator.reconcile([capacity("a100", 8)]) == []
+    assert actuator.reconcile([]) == []
+
+    messages = [r.getMessage() for r in warnings_of.records if "Cluster API" in r.getMessage()]
+    assert len(messages) == 1
+    assert MachineDeploymentCapacity(kube, config).available(ref) is False

@@ -1,0 +1,296 @@
+"""The chart's RBAC is sufficient and minimal, proven on a real apiserver with the real helm.
+
+``helm template`` renders charts/prewarm; the test applies the ServiceAccount, PriorityClass and
+RBAC objects, gets a token for the ServiceAccount through the TokenRequest API, and runs every
+actuator operation as that ServiceAccount: all succeed. Then, one verb at a time, it removes that
+verb from the rendered rules and shows the operations fail with 403 (so no verb is superfluous),
+and shows a verb outside the rules is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client as k8s_client
+
+from actuator.capacity import CapacityResult, NodeCapacityActuator
+from actuator.config import ActuatorConfig, MachineDeploymentRef, PoolConfig
+from actuator.floors import FloorResult, ReplicaFloors
+from actuator.kube import DEPLOYMENTS, PODS, KubeClient, Obj
+from actuator.prepull import ImagePrepuller, PrepullStatus
+from common.errors import PermissionDenied
+from common.ids import ModelId, PoolName
+from planner.actions import ImagePrepull, NodeCapacity, ReplicaFloor, WorkloadRef
+from tests.actuator.conftest import FAST_RETRY
+from tests.actuator.test_floors import deployment, hpa, scaled_object
+from tests.harness.k8s import (
+    REPO_ROOT,
+    ControlPlane,
+    make_kwok_nodes,
+    make_namespace,
+    require_binary,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.k8s, pytest.mark.helm]
+
+NOW = 1_800_000_000.0
+RBAC_KINDS = {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+
+
+def helm_template(release: str, namespace: str) -> list[Obj]:
+    """The chart rendered by the real helm binary."""
+    helm = require_binary("PREWARM_HELM_BIN")
+    rendered = subprocess.run(
+        [str(helm), "template", release, str(REPO_ROOT / "charts" / "prewarm"),
+         "--namespace", namespace],
+        check=False, capture_output=True, text=True,
+    )  # fmt: skip
+    assert rendered.returncode == 0, rendered.stderr
+    return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+
+
+def object_path(obj: Obj) -> str:
+    group_version = obj["apiVersion"]
+    plural = {
+        "ServiceAccount": "serviceaccounts",
+        "PriorityClass": "priorityclasses",
+        "ClusterRole": "clusterroles",
+        "ClusterRoleBinding": "clusterrolebindings",
+        "Role": "roles",
+        "RoleBinding": "rolebindings",
+    }[obj["kind"]]
+    root = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+    namespace = obj["metadata"].get("namespace")
+    middle = f"/namespaces/{namespace}" if namespace else ""
+    return f"{root}{middle}/{plural}/{obj['metadata']['name']}"
+
+
+@dataclass
+class Setup:
+    admin: KubeClient
+    actor: KubeClient  # the ServiceAccount
+    user: str  # the ServiceAccount's user name
+    prewarm_ns: str
+    apps_ns: str
+    pool: str
+    md_path: str
+    rbac: list[Obj]
+    config: ActuatorConfig
+
+
+@pytest.fixture
+def setup(
+    plane: ControlPlane, kube: KubeClient, k8s_api: k8s_client.ApiClient, k8s_namespace: str
+) -> Iterator[Setup]:
+    from tests.actuator.conftest import install_crd, remove_crd
+
+    keda = install_crd(kube, "scaledobjects.yaml")
+    capi = install_crd(kube, "machinedeployments.yaml")
+    release = f"r{k8s_namespace}"
+    docs = helm_template(release, k8s_namespace)
+    kinds = sorted(doc["kind"] for doc in docs)
+    assert kinds == [
+        "ClusterRole", "ClusterRoleBinding", "PriorityClass", "Role", "RoleBinding",
+        "ServiceAccount",
+    ]  # fmt: skip
+    for doc in docs:
+        kube.apply(object_path(doc), doc, field_manager="helm", dry_run=False)
+    sa = next(doc for doc in docs if doc["kind"] == "ServiceAccount")["metadata"]["name"]
+    token_request = kube.create(
+        f"/api/v1/namespaces/{k8s_namespace}/serviceaccounts/{sa}/token",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+         "spec": {"expirationSeconds": 3600}},
+        dry_run=False,
+    )  # fmt: skip
+    actor = KubeClient(plane.token_client(token_request["status"]["token"]), FAST_RETRY)
+
+    apps_ns = f"{k8s_namespace}-apps"
+    make_namespace(k8s_api, apps_ns)
+    pool = f"rbac-{k8s_namespace}"
+    make_kwok_nodes(k8s_api, pool=pool, count=1)
+    md_path = f"/apis/cluster.x-k8s.io/v1beta1/namespaces/{apps_ns}/machinedeployments/md"
+    kube.apply(
+        md_path,
+        {"apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "MachineDeployment",
+         "metadata": {"name": "md", "namespace": apps_ns}, "spec": {"replicas": 1}},
+        field_manager="capi", dry_run=False,
+    )  # fmt: skip
+    deployment(kube, apps_ns, "plain")
+    deployment(kube, apps_ns, "withhpa")
+    hpa(kube, apps_ns, "withhpa")
+    deployment(kube, apps_ns, "withkeda")
+    scaled_object(kube, apps_ns, "withkeda", minimum=1)
+    md_ref = MachineDeploymentRef(namespace=apps_ns, name="md")
+    config = ActuatorConfig(
+        namespace=k8s_namespace,
+        retry=FAST_RETRY,
+        pools={"md-pool": PoolConfig(gpus_per_node=8, machine_deployment=md_ref)},
+    )
+    yield Setup(
+        admin=kube,
+        actor=actor,
+        user=f"system:serviceaccount:{k8s_namespace}:{sa}",
+        prewarm_ns=k8s_namespace,
+        apps_ns=apps_ns,
+        pool=pool,
+        md_path=md_path,
+        rbac=[doc for doc in docs if doc["kind"] in {"ClusterRole", "Role"}],
+        config=config,
+    )
+    remove_crd(kube, keda, "keda.sh/v1alpha1")
+    remove_crd(kube, capi, "cluster.x-k8s.io/v1beta1")
+
+
+def raise_first(results: Sequence[CapacityResult | FloorResult | PrepullStatus]) -> None:
+    """The operations report per-item failures instead of raising: surface the first one."""
+    for result in results:
+        if result.error is not None:
+            raise result.error
+
+
+def every_operation(s: Setup, client: KubeClient) -> None:
+    """Each actuator operation, applied and then cleaned up, as ``client``."""
+    capacity = NodeCapacityActuator(client, s.config)
+    planned = [
+        NodeCapacity(PoolName("gpu"), 2, "r", 1.0),
+        NodeCapacity(PoolName("md-pool"), 8, "r", 1.0),
+    ]
+    raise_first(capacity.reconcile(planned))
+    raise_first(capacity.reconcile(planned[:1], dry_run=True))
+    raise_first(capacity.reconcile([]))
+
+    floors = ReplicaFloors(client, s.config)
+    floor_plan = [
+        ReplicaFloor(ModelId(name), WorkloadRef(s.apps_ns, name), 3, NOW + 60, "r", 1.0)
+        for name in ("plain", "withhpa", "withkeda")
+    ]
+    raised = floors.reconcile(floor_plan, now_s=NOW)
+    raise_first(raised)
+    assert {result.via for result in raised} == {"scale", "hpa", "scaledobject"}
+    floors.reconcile([], now_s=NOW)
+    for workload in (floor.workload for floor in floor_plan):
+        floors.restore(workload)  # raises what reconcile only logged (e.g. a 403)
+
+    puller = ImagePrepuller(client, s.config)
+    action = ImagePrepull(PoolName(s.pool), "registry.example/model:1", 2e9, "r", 1.0)
+
+    def pulled() -> bool:
+        status = puller.reconcile([action], now_s=1e9)[0]
+        raise_first([status])
+        return status.done
+
+    wait_for(pulled, what="pre-pull as the ServiceAccount")
+    wait_for(lambda: puller.cleanup() == 0, what="pre-pull pods gone")
+
+
+def reset(s: Setup) -> None:
+    """Undo a half-finished :func:`every_operation` as admin, so the next run starts clean."""
+    every_operation_cleanup = NodeCapacityActuator(s.admin, s.config)
+    every_operation_cleanup.reconcile([])
+    ReplicaFloors(s.admin, s.config).reconcile([], now_s=NOW)
+    wait_for(lambda: ImagePrepuller(s.admin, s.config).cleanup() == 0, what="no pre-pull pods")
+    assert s.admin.list(DEPLOYMENTS.path(s.prewarm_ns)) == []
+
+
+def allowed(s: Setup, rule_ns: str | None, verb: str, group: str, resource: str) -> bool:
+    """What the apiserver's authorizer answers now (a SubjectAccessReview)."""
+    resource_name, _, subresource = resource.partition("/")
+    attributes: dict[str, Any] = {
+        "verb": verb, "group": group, "resource": resource_name, "subresource": subresource,
+    }  # fmt: skip
+    if rule_ns:
+        attributes["namespace"] = rule_ns
+    review = s.admin.create(
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+        {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+         "spec": {"user": s.user, "groups": ["system:serviceaccounts", "system:authenticated"],
+                  "resourceAttributes": attributes}},
+        dry_run=False,
+    )  # fmt: skip
+    return bool(review["status"].get("allowed"))
+
+
+def test_every_operation_succeeds_as_the_service_account(setup: Setup) -> None:
+    every_operation(setup, setup.actor)
+
+    assert setup.actor.list(DEPLOYMENTS.path(setup.prewarm_ns)) == []
+    assert setup.actor.list(PODS.path(setup.prewarm_ns)) == []
+
+
+def test_a_verb_outside_the_rules_is_refused(setup: Setup) -> None:
+    with pytest.raises(PermissionDenied, match="forbidden"):
+        setup.actor.delete(DEPLOYMENTS.path(setup.apps_ns, "plain"), dry_run=False)
+    with pytest.raises(PermissionDenied):
+        setup.actor.list("/api/v1/secrets")
+    with pytest.raises(PermissionDenied):
+        setup.actor.merge_patch(
+            "/api/v1/nodes/" + f"{setup.pool}-0",
+            {"metadata": {"labels": {"x": "y"}}},
+            field_manager="prewarm",
+            dry_run=False,
+        )
+    with pytest.raises(PermissionDenied):  # pods only in prewarm's own namespace
+        setup.actor.list(PODS.path(setup.apps_ns))
+    assert setup.admin.get(DEPLOYMENTS.path(setup.apps_ns, "plain")) is not None
+
+
+def revoke_and_expect_403(setup: Setup, role: Obj, index: int, verb: str) -> None:
+    """Apply ``role`` without ``verb`` in rule ``index``: the operations must now get a 403."""
+    path = object_path(role)
+    namespace = role["metadata"].get("namespace")
+    rule = role["rules"][index]
+    group, resource = rule["apiGroups"][0], rule["resources"][0]
+    reduced = copy.deepcopy(role)
+    rest = [v for v in rule["verbs"] if v != verb]
+    if rest:
+        reduced["rules"][index]["verbs"] = rest
+    else:
+        del reduced["rules"][index]
+    setup.admin.apply(path, reduced, field_manager="helm", dry_run=False)
+    # RBAC is enforced from an informer cache: wait until the authorizer sees the change.
+    wait_for(
+        lambda: not allowed(setup, namespace, verb, group, resource),
+        what=f"{verb} {resource} revoked",
+    )
+    try:
+        # The refusal names exactly the revoked verb and resource.
+        refused = f'cannot {verb} resource "{resource}"'
+        with pytest.raises(PermissionDenied, match=re.escape(refused)):
+            every_operation(setup, setup.actor)
+    finally:
+        setup.admin.apply(path, role, field_manager="helm", dry_run=False)
+        wait_for(
+            lambda: allowed(setup, namespace, verb, group, resource),
+            what=f"{verb} {resource} granted again",
+        )
+        reset(setup)
+
+
+@pytest.mark.slow
+def test_no_verb_is_superfluous(setup: Setup) -> None:
+    """Removing any single verb from the chart's rules makes some operation fail with 403."""
+    checked = 0
+    for role in setup.rbac:
+        for index, rule in enumerate(role["rules"]):
+            for verb in rule["verbs"]:
+                revoke_and_expect_403(setup, role, index, verb)
+                checked += 1
+    assert checked >= 15
+
+
+def test_chart_priority_class_is_negative_and_matches_the_actuator_default() -> None:
+    docs = helm_template("prewarm", "prewarm")
+    priority_class = next(doc for doc in docs if doc["kind"] == "PriorityClass")
+
+    assert priority_class["metadata"]["name"] == ActuatorConfig().placeholder.priority_class
+    assert priority_class["value"] < 0
+    assert priority_class["preemptionPolicy"] == "Never"
+    assert priority_class["globalDefault"] is False

@@ -177,7 +177,9 @@ class ReplicaFloors:
         if not ours:
             # Someone else set the value (or nobody did yet): never lower theirs.
             target = max(target, current_value)
-        if recorded is not None and current_value == target:
+        if current_value == target:
+            # Already at the floor: with a record, it is ours and in place; without one, the
+            # workload already meets the floor on its own and needs no record.
             return FloorResult(floor.workload, owner.via, owner.path, target, False, dry_run)
         record = {
             "metadata": {
@@ -330,3 +332,8 @@ class ReplicaFloors:
                 _log.warning("restoring the floor of %s failed (retried next tick): %s",
                              workload, error)  # fmt: skip
         return results
+
+
+def workload_resource(workload: WorkloadRef) -> Resource:
+    """The REST resource type of a model's serving workload (for readers such as the observer)."""
+    return _workload_resource(workload)

@@ -4,11 +4,14 @@ For every model it works out:
 
 - **lead time**: seconds to bring a replica up from where its weights are now (learned stage
   durations, :mod:`planner.leadtime`), including a node when its pool has no free GPU;
-- **P(request within the planning window)** ``[now, now + interval + lead]`` from the forecast's
-  ``p_active`` (and, for a model with observed traffic, from its observed rate);
-- **replicas for load**: the forecast quantile's peak rate over the window and the observed rate,
+- **P(request within the planning window)** ``[now, now + interval + lead]``: the largest of the
+  forecast's (from ``p_active``), the model's idle-time record's (:mod:`planner.recency`) and,
+  for a model with observed traffic, a Poisson process at its observed rate;
+- **replicas for load**: the forecast quantile's rate over the window and the observed rate,
   each over ``replica_rps x target_utilization``; the reactive floor ``max(forecast, observed)``;
-- **value density** of holding it in a tier: ``P x seconds saved vs the next slower tier / GB``.
+- **value density** of holding it in a tier: ``P x seconds saved vs the next slower tier / GB``,
+  where the seconds saved count every request that would wait for the load (``1 + rate x lead``
+  of them, at the forecast's rate while active), not only the first.
 
 GPU memory is then filled in three passes under the global budget: reactive floors first (what
 observed traffic needs now), then forecast replicas above the floor, then warm holds (one replica
@@ -68,6 +71,9 @@ class ModelState:
     image_cached: bool = False
     observed_rps: float = 0.0
     """Request rate over the last observation window (0 when none)."""
+    p_observed: float = 0.0
+    """P(request within the planning window) from the model's own idle-time record
+    (:class:`planner.recency.IdleTimeRecord`), computed by the caller; 0 without one."""
 
     @property
     def current_replicas(self) -> int:
@@ -152,26 +158,6 @@ def gpus_per_replica(weights_bytes: int, gpu_memory_bytes: int, *, headroom: flo
     return 1 << (needed - 1).bit_length()
 
 
-def window_outlook(
-    forecast: Forecast | None, *, now_s: float, seconds: float, level: float
-) -> tuple[float, float]:
-    """``(P(any request in [now, now + seconds]), peak requests/s at quantile level)``.
-
-    Steps of the forecast that started before ``now_s`` are skipped; a window longer than the
-    forecast reuses its last step. ``level`` falls back to the mean when it was not forecast.
-    """
-    if forecast is None or forecast.horizon == 0:
-        return 0.0, 0.0
-    offset = max(0, int((now_s - forecast.start_s) // forecast.step_s))
-    end = max(offset + 1, math.ceil((now_s + seconds - forecast.start_s) / forecast.step_s))
-    index = np.minimum(np.arange(offset, end), forecast.horizon - 1)
-    p_steps = forecast.p_active[index]
-    p_any = float(1.0 - np.prod(1.0 - p_steps))
-    counts = forecast.quantile(level) if level in forecast.quantiles else forecast.mean
-    peak_rps = float(counts[index].max()) / forecast.step_s
-    return p_any, peak_rps
-
-
 def batch_outlook(
     forecasts: Mapping[ModelId, Forecast],
     models: list[ModelId],
@@ -179,14 +165,18 @@ def batch_outlook(
     now_s: float,
     seconds: FloatArray,
     level: float,
-) -> tuple[FloatArray, FloatArray]:
-    """:func:`window_outlook` for many models at once (one window length per model).
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Per model, over the window ``[now, now + seconds]`` (one length per model):
 
-    Forecasts on one grid (same start, step, horizon, levels: the usual case) are stacked and
-    computed together; any other forecast goes through :func:`window_outlook`.
+    ``(P(any request), requests/s at quantile level averaged over the window, requests/s while
+    active)``; the last is ``mean / p_active`` of the first step (the size of a burst when one
+    comes). Forecast steps that began before ``now_s`` are skipped; a window longer than the
+    forecast reuses its last step; ``level`` falls back to the mean when it was not forecast.
+    Models without a forecast get zeros. Forecasts on one grid are stacked and computed together.
     """
     p_any = np.zeros(len(models))
-    peak = np.zeros(len(models))
+    rate = np.zeros(len(models))
+    burst = np.zeros(len(models))
     groups: dict[tuple[float, float, int, tuple[float, ...]], list[int]] = {}
     for row, model in enumerate(models):
         forecast = forecasts.get(model)
@@ -197,15 +187,20 @@ def batch_outlook(
     for (start_s, step_s, horizon, levels), rows in groups.items():
         stacked = [forecasts[models[row]] for row in rows]
         p_active = np.stack([f.p_active for f in stacked])
+        mean = np.stack([f.mean for f in stacked])
         counts = np.stack([f.quantile(level) if level in levels else f.mean for f in stacked])
         offset = max(0, int((now_s - start_s) // step_s))
         ends = np.maximum(offset + 1, np.ceil((now_s + seconds[rows] - start_s) / step_s))
-        steps = np.minimum(np.arange(offset, int(ends.max())), horizon - 1)
-        inside = np.arange(offset, int(ends.max()))[None, :] < ends[:, None]
+        positions = np.arange(offset, int(ends.max()))
+        steps = np.minimum(positions, horizon - 1)
+        inside = positions[None, :] < ends[:, None]
         p_window = np.where(inside, p_active[:, steps], 0.0)
         p_any[rows] = 1.0 - np.prod(1.0 - p_window, axis=1)
-        peak[rows] = np.where(inside, counts[:, steps], 0.0).max(axis=1) / step_s
-    return p_any, peak
+        rate[rows] = np.where(inside, counts[:, steps], 0.0).sum(axis=1) / inside.sum(axis=1)
+        rate[rows] /= step_s
+        first = steps[0]
+        burst[rows] = mean[:, first] / np.maximum(p_active[:, first], 1e-3) / step_s
+    return p_any, rate, burst
 
 
 def _replicas(rate_rps: FloatArray, replica_rps: FloatArray, utilization: float) -> IntArray:
@@ -296,19 +291,24 @@ def _table(ctx: PlanContext, state: PlannerState) -> _Table:
     replica_rps = np.array([spec.replica_rps for spec in specs], dtype=np.float64)
     current = np.array([o.current_replicas for o in observed], dtype=np.int64)
     observed_rps = np.array([o.observed_rps for o in observed], dtype=np.float64)
+    p_observed = np.array([o.p_observed for o in observed], dtype=np.float64)
     lead, node_lead, warm_start, host_saved = _lead_times(ctx, state.lead, names, specs)
     level = config.replica_quantile
     window = ctx.interval_s + lead
-    p, peak = batch_outlook(ctx.forecasts, names, now_s=ctx.now_s, seconds=window, level=level)
-    p_node, peak_node = batch_outlook(
+    p, peak, burst = batch_outlook(
+        ctx.forecasts, names, now_s=ctx.now_s, seconds=window, level=level
+    )
+    p_node, peak_node, _ = batch_outlook(
         ctx.forecasts, names, now_s=ctx.now_s, seconds=ctx.interval_s + node_lead, level=level
     )
     # Observed traffic is evidence too: a Poisson process at the observed rate.
-    p = np.maximum(p, 1.0 - np.exp(-observed_rps * window))
+    p = np.maximum(np.maximum(p, p_observed), 1.0 - np.exp(-observed_rps * window))
     floor = _replicas(observed_rps, replica_rps, config.target_utilization)
     floor = np.where(observed_rps > 0, np.maximum(floor, 1), floor)
     # Seconds saved by a replica in GPU vs the next slower tier: a start from that tier.
     saved = np.where(current > 0, warm_start, lead)
+    # A cold start delays every request that arrives while the model loads, not just the first.
+    affected = 1.0 + np.maximum(burst, observed_rps) * np.minimum(lead, window)
     safe_gb = np.maximum(weights_gb, 1e-9)
     held = np.array([m in state.held for m in names], dtype=np.bool_) | (current > 0)
     bonus = np.where(held, 1.0 + config.hysteresis, 1.0)
@@ -330,7 +330,7 @@ def _table(ctx: PlanContext, state: PlannerState) -> _Table:
         forecast=_replicas(peak, replica_rps, config.target_utilization),
         forecast_node=_replicas(peak_node, replica_rps, config.target_utilization),
         saved_s=saved,
-        density=p * saved / safe_gb * bonus,
+        density=p * saved * affected / safe_gb * bonus,
         host_density=p * host_saved / safe_gb * host_bonus,
         target=np.zeros(len(names), np.int64),
         host=np.zeros(len(names), np.bool_),
@@ -565,3 +565,9 @@ def _place(free: dict[NodeName, int], nodes: tuple[NodeState, ...], spec: ModelS
             free[node.name] -= spec.weights_bytes
             return node.name
     return NodeName(str(spec.node_pool))
+
+
+def workload_for(spec: ModelSpec) -> WorkloadRef:
+    """The serving workload of a model: the catalog's, else a Deployment named after the model in
+    ``default`` (the same ref the plan's ReplicaFloor actions use)."""
+    return _workload(spec)

@@ -24,6 +24,7 @@ from typing import Protocol
 import numpy as np
 import structlog
 
+from actuator.apply import ActionResult
 from common.errors import PrewarmError, TemporaryError
 from common.ids import ModelId, PoolName
 from forecaster.types import Forecast, ForecastEngine, SeriesBatch
@@ -78,13 +79,8 @@ class ClusterObserver(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class ActionOutcome:
-    """The result of applying one action: ``ok``, ``dry_run`` or ``error`` (with detail)."""
-
-    action: Action
-    result: str
-    detail: str = ""
+ActionOutcome = ActionResult
+"""The result of applying one action (the actuator's type): ok, dry_run, error or skipped."""
 
 
 class PlanApplier(Protocol):
@@ -330,9 +326,9 @@ class Daemon:
                 self.metrics.cold_starts_avoided.labels(model=model).inc()
 
     async def _apply(self, capped: WarmPlan) -> list[ActionOutcome]:
-        if self._applier is None:
-            return []
-        dry_run = self.config.mode != "active" or not self.is_leader()
+        if self._applier is None or not self.is_leader():
+            return []  # a follower only forecasts and plans; the leader acts
+        dry_run = self.config.mode != "active"  # advisory: the API server validates, stores nothing
         try:
             outcomes = list(await self._applier.apply(capped, dry_run=dry_run))
         except (PrewarmError, OSError) as error:

@@ -1,0 +1,178 @@
+"""Assembles the daemon from settings and runs it: the one owner of every task of the process.
+
+Owns: building the real components (Prometheus source, forecaster, cluster observer, actuator,
+GPU-agent client, Lease elector, probe server, control API), the process lifecycle (SIGTERM/SIGINT
+set one stop event; the tick in flight gets ``shutdown_grace_s``; readiness turns false; servers
+stop with a grace period; the Lease is released) and one ``asyncio.TaskGroup`` for all tasks.
+Must not: contain decisions (the planner) or API details (actuator, sources).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from kubernetes.client import ApiClient, CoordinationV1Api
+
+from actuator.agents import AgentActuator, PodAddressResolver
+from actuator.apply import Actuator
+from actuator.kube import KubeClient, default_api_client
+from common.http_endpoints import ProbeServer
+from forecaster.cycle import PollingSource
+from forecaster.engine import AutoForecaster
+from forecaster.sources.prometheus import PrometheusSource
+from forecaster.types import SeriesBatch
+from planner.catalog import Catalog, load_catalog
+from prewarm.daemon.leader import LeaseElector
+from prewarm.daemon.loop import Daemon
+from prewarm.daemon.metrics import DaemonMetrics
+from prewarm.daemon.observer import KubeClusterObserver
+from prewarm.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+class ThreadedSource:
+    """Runs a blocking :class:`PollingSource` (Prometheus over HTTP) in a worker thread."""
+
+    def __init__(self, source: PollingSource) -> None:
+        self._source = source
+
+    async def fetch(self, *, now_s: float) -> SeriesBatch | None:
+        """The steps completed since the last successful poll."""
+        return await asyncio.to_thread(self._source.poll, now_s=now_s)
+
+
+@dataclass
+class Runtime:
+    """The assembled process: what :func:`serve` runs (tests build one with their own parts)."""
+
+    daemon: Daemon
+    probes: ProbeServer
+    elector: LeaseElector | None
+    closers: tuple[Callable[[], object], ...] = ()
+
+
+def identity() -> str:
+    """This replica's name in the Lease: the pod name (``POD_NAME`` or the hostname) + pid."""
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}_{os.getpid()}"
+
+
+def load_model_catalog(settings: Settings) -> Catalog:
+    """The configured catalog, or an empty one (every model gets documented defaults)."""
+    path = settings.planner.catalog_path
+    return load_catalog(Path(path)) if path else Catalog()
+
+
+def build_runtime(
+    settings: Settings,
+    *,
+    api_client: ApiClient | None = None,
+    clock: Callable[[], float] = time.time,
+    http_host: str = "0.0.0.0",  # probes must be reachable from the kubelet
+) -> Runtime:
+    """Build every component from ``settings`` (production defaults for every I/O boundary)."""
+    forecaster_config = settings.forecaster
+    daemon_config = settings.daemon
+    metrics = DaemonMetrics()
+    catalog = load_model_catalog(settings)
+    api = api_client if api_client is not None else default_api_client()
+    kube = KubeClient(api, settings.actuator.retry)
+    source = PrometheusSource(
+        forecaster_config.prometheus, history_window_s=forecaster_config.history_window_s
+    )
+    step_s = float(forecaster_config.prometheus.step_s)
+    engine = AutoForecaster(
+        step_s,
+        history_window_s=forecaster_config.history_window_s,
+        planning_quantile=forecaster_config.planning_quantile,
+    )
+    agents = AgentActuator(
+        settings.actuator,
+        PodAddressResolver(kube, settings.actuator),
+        weights_of=lambda model: (),
+    )
+    actuator = Actuator(kube, settings.actuator, agents=agents)
+    elector: LeaseElector | None = None
+    election = daemon_config.leader_election
+    if election.enabled:
+        elector = LeaseElector(
+            CoordinationV1Api(api),
+            namespace=settings.actuator.namespace,
+            name=election.lease_name,
+            identity=identity(),
+            lease_duration_s=election.lease_duration_s,
+            retry_period_s=election.retry_period_s,
+            clock=clock,
+        )
+    leader_check: Callable[[], bool] = (
+        (lambda: elector.is_leader) if elector is not None else (lambda: True)
+    )
+    daemon = Daemon(
+        daemon_config,
+        source=ThreadedSource(source),
+        engine=engine,
+        observer=KubeClusterObserver(kube, config=settings.actuator, catalog=catalog),
+        applier=actuator,
+        catalog=catalog,
+        planner_config=settings.planner,
+        horizon_s=forecaster_config.horizon_s,
+        planning_quantile=forecaster_config.planning_quantile,
+        step_s=step_s,
+        metrics=metrics,
+        is_leader=leader_check,
+        clock=clock,
+    )
+    stopping = {"value": False}
+    probes = ProbeServer(
+        metrics.registry,
+        ready=lambda: daemon.ready() and not stopping["value"],
+        host=http_host,
+        port=daemon_config.http_port,
+    )
+    return Runtime(daemon=daemon, probes=probes, elector=elector, closers=(agents.close,))
+
+
+async def serve(runtime: Runtime, *, stop: asyncio.Event) -> None:
+    """Run ``runtime`` until ``stop`` is set; then shut down in order and return."""
+    if runtime.elector is not None:
+        elector = runtime.elector
+        runtime.daemon.metrics.is_leader.set_function(lambda: 1.0 if elector.is_leader else 0.0)
+    else:
+        runtime.daemon.metrics.is_leader.set(1)
+    await runtime.probes.start()
+    log.info("prewarm daemon started", mode=runtime.daemon.config.mode)
+    try:
+        async with asyncio.TaskGroup() as group:
+            if runtime.elector is not None:
+                group.create_task(runtime.elector.run(stop), name="lease")
+            group.create_task(runtime.daemon.run(stop), name="ticks")
+    finally:
+        await runtime.probes.stop()
+        for close in runtime.closers:
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
+        log.info("prewarm daemon stopped")
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set ``stop`` (the loop then finishes its tick within the grace)."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+
+async def main(settings: Settings) -> None:
+    """``prewarm run``: build from settings, run until SIGTERM."""
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    runtime = build_runtime(settings)
+    await serve(runtime, stop=stop)

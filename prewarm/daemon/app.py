@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+from kubernetes import config as k8s_config
 from kubernetes.client import ApiClient, CoordinationV1Api
 
 from actuator.agents import AgentActuator, PodAddressResolver
 from actuator.apply import Actuator
 from actuator.kube import KubeClient, default_api_client
+from common.errors import FailedPrecondition
 from common.http_endpoints import ProbeServer
 from forecaster.cycle import PollingSource
 from forecaster.engine import AutoForecaster
@@ -83,7 +85,7 @@ def build_runtime(
     daemon_config = settings.daemon
     metrics = DaemonMetrics()
     catalog = load_model_catalog(settings)
-    api = api_client if api_client is not None else default_api_client()
+    api = api_client if api_client is not None else _kube_credentials()
     kube = KubeClient(api, settings.actuator.retry)
     source = PrometheusSource(
         forecaster_config.prometheus, history_window_s=forecaster_config.history_window_s
@@ -138,6 +140,16 @@ def build_runtime(
         port=daemon_config.http_port,
     )
     return Runtime(daemon=daemon, probes=probes, elector=elector, closers=(agents.close,))
+
+
+def _kube_credentials() -> ApiClient:
+    try:
+        return default_api_client()
+    except (k8s_config.ConfigException, OSError) as error:
+        raise FailedPrecondition(
+            "no Kubernetes credentials: run in a cluster with a ServiceAccount, or set KUBECONFIG "
+            f"at a kubeconfig ({error})"
+        ) from error
 
 
 async def serve(runtime: Runtime, *, stop: asyncio.Event) -> None:

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import structlog
 from kubernetes import config as k8s_config
-from kubernetes.client import ApiClient, CoordinationV1Api
+from kubernetes.client import ApiClient
 
 from actuator.agents import AgentActuator, PodAddressResolver
 from actuator.apply import Actuator
+from actuator.config import RetryConfig
 from actuator.kube import KubeClient, default_api_client
 from common.errors import FailedPrecondition
 from common.http_endpoints import ProbeServer
@@ -105,8 +106,10 @@ def build_runtime(
     elector: LeaseElector | None = None
     election = daemon_config.leader_election
     if election.enabled:
+        # Few, fast retries: a round must fit well inside the retry period.
+        election_retry = RetryConfig(attempts=2, initial_backoff_s=0.1, request_timeout_s=5.0)
         elector = LeaseElector(
-            CoordinationV1Api(api),
+            KubeClient(api, election_retry),
             namespace=settings.actuator.namespace,
             name=election.lease_name,
             identity=identity(),

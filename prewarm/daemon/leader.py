@@ -2,12 +2,16 @@
 
 Owns: reading, acquiring, renewing and releasing one Lease object. Must not: decide anything about
 plans. The decision itself (:func:`decide`) is a pure function of the Lease as read and "now"; the
-I/O around it goes through the Kubernetes client passed to :class:`LeaseElector`.
+I/O goes through the actuator's :class:`KubeClient` (raw REST with retries and typed errors).
 
 Semantics follow client-go's leaderelection: a holder is live while
 ``renewTime + leaseDurationSeconds > now``; anyone may take over an expired or released Lease;
-every write carries the ``resourceVersion`` that was read, so two candidates racing for an expired
+every update carries the ``resourceVersion`` that was read, so two candidates racing for an expired
 Lease cannot both win (the loser gets 409 Conflict and stays a follower).
+
+Quirk: Lease times are ``MicroTime``, which the API server parses only as
+``2006-01-02T15:04:05.000000Z07:00``. The typed Python client re-serialises datetimes as
+``+00:00`` without a fraction and gets 400 Bad Request, so bodies are plain dicts sent over REST.
 """
 
 from __future__ import annotations
@@ -21,10 +25,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from kubernetes.client import CoordinationV1Api, V1Lease, V1LeaseSpec, V1ObjectMeta
-from kubernetes.client.exceptions import ApiException
+
+from actuator.kube import Conflict, KubeClient, Obj, Resource
+from common.errors import PrewarmError
 
 log = structlog.get_logger(__name__)
+
+LEASES = Resource("coordination.k8s.io/v1", "leases")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,33 +67,40 @@ def decide(lease: LeaseState | None, *, identity: str, now_s: float) -> Decision
     return Decision.FOLLOW
 
 
-def _to_datetime(epoch_s: float) -> datetime:
-    return datetime.fromtimestamp(epoch_s, tz=UTC)
+def micro_time(epoch_s: float) -> str:
+    """``epoch_s`` as a Kubernetes MicroTime string."""
+    return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _state_of(lease: V1Lease) -> LeaseState:
-    spec = lease.spec or V1LeaseSpec()
-    renew = spec.renew_time
+def _parse_time(value: Any) -> float | None:
+    if not isinstance(value, str) or not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def lease_state(obj: Obj) -> LeaseState:
+    """The decision-relevant fields of a Lease object as the API returns it."""
+    spec = obj.get("spec") or {}
     return LeaseState(
-        holder=spec.holder_identity or None,
-        renew_time_s=renew.timestamp() if isinstance(renew, datetime) else None,
-        duration_s=int(spec.lease_duration_seconds or 0),
-        transitions=int(spec.lease_transitions or 0),
-        resource_version=lease.metadata.resource_version if lease.metadata else None,
+        holder=spec.get("holderIdentity") or None,
+        renew_time_s=_parse_time(spec.get("renewTime")),
+        duration_s=int(spec.get("leaseDurationSeconds") or 0),
+        transitions=int(spec.get("leaseTransitions") or 0),
+        resource_version=(obj.get("metadata") or {}).get("resourceVersion"),
     )
 
 
 class LeaseElector:
     """Acquires and renews one Lease for ``identity``; :attr:`is_leader` says whether we hold it.
 
-    ``api`` is a :class:`CoordinationV1Api` (its calls are blocking and run in a worker thread);
-    ``clock`` returns epoch seconds. ``lease_duration_s`` bounds failover time: a crashed leader is
-    replaced at most that long after its last renewal (plus one ``retry_period_s``).
+    ``kube`` should retry little (a round must fit in ``retry_period_s``); ``clock`` returns epoch
+    seconds. ``lease_duration_s`` bounds failover: a crashed leader is replaced at most that long
+    after its last renewal, plus one ``retry_period_s``.
     """
 
     def __init__(
         self,
-        api: CoordinationV1Api,
+        kube: KubeClient,
         *,
         namespace: str,
         name: str,
@@ -97,7 +111,7 @@ class LeaseElector:
     ) -> None:
         if retry_period_s >= lease_duration_s:
             raise ValueError("retry_period_s must be shorter than lease_duration_s")
-        self._api = api
+        self._kube = kube
         self._namespace = namespace
         self._name = name
         self._identity = identity
@@ -119,15 +133,12 @@ class LeaseElector:
     async def try_acquire_or_renew(self) -> bool:
         """One round: read the Lease, then create, renew or take it over if we may; True if leader.
 
-        API errors other than 404/409 are logged and count as "not leader this round" (we must
-        not act on a Lease we could not confirm).
+        Any failure (API server down, 5xx after retries, 403) counts as "not leader this round":
+        we must not act on a Lease we could not confirm.
         """
         try:
             won = await asyncio.to_thread(self._round)
-        except ApiException as error:
-            log.warning("lease round failed", status=error.status, reason=error.reason)
-            won = False
-        except OSError as error:  # connection refused/reset: API server down or restarting
+        except PrewarmError as error:
             log.warning("lease round failed", error=str(error))
             won = False
         if not won:
@@ -136,69 +147,47 @@ class LeaseElector:
 
     def _round(self) -> bool:
         now_s = self._clock()
-        try:
-            current: V1Lease | None = self._api.read_namespaced_lease(self._name, self._namespace)
-        except ApiException as error:
-            if error.status != 404:
-                raise
-            current = None
-        state = _state_of(current) if current is not None else None
+        path = LEASES.path(self._namespace, self._name)
+        current = self._kube.get(path)
+        state = lease_state(current) if current is not None else None
         decision = decide(state, identity=self._identity, now_s=now_s)
         if decision is Decision.FOLLOW:
             return False
-        transitions = state.transitions if state else 0
-        if decision is Decision.TAKE_OVER:
-            transitions += 1
-        acquire_s = now_s if decision is not Decision.RENEW else None
-        body = self._lease_body(
-            now_s=now_s,
-            acquire_s=acquire_s,
-            transitions=transitions,
-            resource_version=state.resource_version if state else None,
-            previous=current,
-        )
+        spec: dict[str, Any] = {
+            "holderIdentity": self._identity,
+            "leaseDurationSeconds": self._duration_s,
+            "renewTime": micro_time(now_s),
+        }
+        if decision is not Decision.RENEW:
+            spec["acquireTime"] = micro_time(now_s)
+            spec["leaseTransitions"] = (state.transitions + 1) if state is not None else 0
         try:
-            if decision is Decision.CREATE:
-                self._api.create_namespaced_lease(self._namespace, body)
+            if state is None:
+                body = {
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {
+                        "name": self._name,
+                        "labels": {"app.kubernetes.io/managed-by": "prewarm"},
+                    },
+                    "spec": spec,
+                }
+                self._kube.create(LEASES.path(self._namespace), body, dry_run=False)
             else:
-                # replace (PUT) with the resourceVersion we read: optimistic concurrency.
-                self._api.replace_namespaced_lease(self._name, self._namespace, body)
-        except ApiException as error:
-            if error.status in (409, 422):  # someone else won the race (or created it first)
-                return False
-            raise
+                # A merge patch carrying the resourceVersion we read: optimistic concurrency.
+                self._kube.merge_patch(
+                    path,
+                    {"spec": spec},
+                    field_manager="prewarm-leader",
+                    dry_run=False,
+                    resource_version=state.resource_version,
+                )
+        except Conflict:
+            return False  # another candidate won the race (created or updated it first)
         if decision is not Decision.RENEW:
             log.info("acquired leadership", lease=self._name, identity=self._identity)
         self._leader_until_s = now_s + self._duration_s
         return True
-
-    def _lease_body(
-        self,
-        *,
-        now_s: float,
-        acquire_s: float | None,
-        transitions: int,
-        resource_version: str | None,
-        previous: V1Lease | None,
-    ) -> V1Lease:
-        acquire_time: Any = _to_datetime(acquire_s) if acquire_s is not None else None
-        if acquire_time is None and previous is not None and previous.spec is not None:
-            acquire_time = previous.spec.acquire_time
-        return V1Lease(
-            metadata=V1ObjectMeta(
-                name=self._name,
-                namespace=self._namespace,
-                resource_version=resource_version,
-                labels={"app.kubernetes.io/managed-by": "prewarm"},
-            ),
-            spec=V1LeaseSpec(
-                holder_identity=self._identity,
-                lease_duration_seconds=self._duration_s,
-                acquire_time=acquire_time,
-                renew_time=_to_datetime(now_s),
-                lease_transitions=transitions,
-            ),
-        )
 
     async def release(self) -> None:
         """Give the Lease up on a clean shutdown so a standby takes over at once, not after expiry.
@@ -211,18 +200,30 @@ class LeaseElector:
         self._leader_until_s = 0.0
 
         def _release() -> None:
-            current = self._api.read_namespaced_lease(self._name, self._namespace)
-            state = _state_of(current)
-            if state.holder != self._identity or current.spec is None:
+            path = LEASES.path(self._namespace, self._name)
+            current = self._kube.get(path)
+            if current is None:
                 return
-            current.spec.holder_identity = None
-            current.spec.lease_duration_seconds = 1
-            current.spec.renew_time = _to_datetime(self._clock())
-            self._api.replace_namespaced_lease(self._name, self._namespace, current)
+            state = lease_state(current)
+            if state.holder != self._identity:
+                return
+            self._kube.merge_patch(
+                path,
+                {
+                    "spec": {
+                        "holderIdentity": None,
+                        "leaseDurationSeconds": 1,
+                        "renewTime": micro_time(self._clock()),
+                    }
+                },
+                field_manager="prewarm-leader",
+                dry_run=False,
+                resource_version=state.resource_version,
+            )
 
         try:
             await asyncio.to_thread(_release)
-        except (ApiException, OSError) as error:
+        except PrewarmError as error:
             log.warning("could not release lease; it will expire", error=str(error))
 
     async def run(self, stop: asyncio.Event) -> None:

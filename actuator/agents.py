@@ -82,8 +82,8 @@ class AgentActuator:
         self,
         config: ActuatorConfig,
         address_of: AddressOf,
-        weights_of: WeightsOf,
         *,
+        weights_of: WeightsOf,
         channel_factory: ChannelFactory = grpc.aio.insecure_channel,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -106,11 +106,16 @@ class AgentActuator:
         The gRPC deadline is the action's deadline (at least ``agent.timeout_s`` from now): a load
         of tens of GB takes minutes, and the agent stops the load when the deadline passes.
         """
-        if action.tier not in _TIERS:
-            raise InvalidInput(f"cannot preload {action.model} into tier {action.tier.name}")
+        try:
+            if action.tier not in _TIERS:
+                raise InvalidInput(f"cannot preload {action.model} into tier {action.tier.name}")
+            weights = list(self._weights_of(action.model))
+        except PrewarmError as error:
+            # A bad action (unknown model, no weights in the catalog) fails alone.
+            return AgentResult(action, False, str(error), error=error)
         request = pb.PreloadRequest(
             model_id=action.model,
-            weights=list(self._weights_of(action.model)),
+            weights=weights,
             target_tier=_TIERS[action.tier],
             predicted_value=action.value,
             deadline=_timestamp(action.deadline_s),

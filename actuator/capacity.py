@@ -191,11 +191,16 @@ class MachineDeploymentCapacity:
             else:
                 original = replicas
             target = original + extra
+            if annotations.get(SET_REPLICAS) != str(replicas):
+                # Someone else (an operator, the cluster autoscaler) set the count: never lower it.
+                target = max(target, replicas)
             if replicas == target and ORIGINAL_REPLICAS in annotations:
-                return self._result(action.pool, ref, target, changed=False, dry_run=dry_run)
+                return self._result(
+                    action.pool, ref, replicas=target, changed=False, dry_run=dry_run
+                )
             try:
                 # 1. Record the original (and what we set) with a resourceVersion precondition.
-                self._kube.merge_patch(
+                updated = self._kube.merge_patch(
                     path,
                     {
                         "metadata": {
@@ -209,16 +214,18 @@ class MachineDeploymentCapacity:
                     dry_run=dry_run,
                     resource_version=current["metadata"]["resourceVersion"],
                 )
-                # 2. Then scale through the subresource (what the RBAC grants on MDs).
+                # 2. Then scale through the subresource (what the RBAC grants on MDs), only if
+                # nobody changed the object since the record (/scale shares its resourceVersion).
                 self._kube.merge_patch(
                     path + "/scale",
                     {"spec": {"replicas": target}},
                     field_manager=self._config.field_manager,
                     dry_run=dry_run,
+                    resource_version=None if dry_run else updated["metadata"]["resourceVersion"],
                 )
             except Conflict:
                 continue
-            return self._result(action.pool, ref, target, changed=True, dry_run=dry_run)
+            return self._result(action.pool, ref, replicas=target, changed=True, dry_run=dry_run)
         raise FailedPrecondition(f"{ref.namespace}/{ref.name} kept changing; retry next tick")
 
     def restore(self, ref: MachineDeploymentRef, *, dry_run: bool = False) -> bool:
@@ -263,7 +270,7 @@ class MachineDeploymentCapacity:
 
     @staticmethod
     def _result(
-        pool: PoolName, ref: MachineDeploymentRef, replicas: int, *, changed: bool, dry_run: bool
+        pool: PoolName, ref: MachineDeploymentRef, *, replicas: int, changed: bool, dry_run: bool
     ) -> CapacityResult:
         return CapacityResult(
             pool=pool,

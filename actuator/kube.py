@@ -1,9 +1,10 @@
 """The actuator's one door to the Kubernetes API: REST over the official client's ``ApiClient``.
 
 Owns: building resource paths, server-side apply (``application/apply-patch+yaml``), JSON merge
-patches with optimistic concurrency, get/list/delete, ``dryRun=All``, retrying temporary failures
-(429 with ``Retry-After``, 5xx, connection errors, an apiserver that is restarting) with capped
-exponential backoff, and turning every other failure into a :mod:`common.errors` kind.
+patches with optimistic concurrency, get/delete, paginated lists (restarted on 410 Gone; prewarm
+never watches, so that is the one place a 410 can reach it), ``dryRun=All``, retrying temporary
+failures (429 with ``Retry-After``, 5xx, connection errors, an apiserver that is restarting) with
+capped exponential backoff, and turning every other failure into a :mod:`common.errors` kind.
 
 Must not: decide anything (the operation modules do), build its own credentials (the ``ApiClient``
 is a constructor parameter; :func:`default_api_client` is the production default), or retry a
@@ -39,6 +40,9 @@ _log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 """A Kubernetes object as the API returns it (decoded JSON)."""
 
+Objs = list[Obj]
+"""Objects of a list call (an alias: inside :class:`KubeClient`, ``list`` names its method)."""
+
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -46,6 +50,10 @@ _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 
 class Conflict(FailedPrecondition):
     """409: the object changed since it was read (or already exists). Re-read, recompute, retry."""
+
+
+class Gone(TemporaryError):
+    """410: the resourceVersion or continue token asked for is older than etcd keeps. Start over."""
 
 
 def default_api_client() -> k8s_client.ApiClient:
@@ -65,7 +73,7 @@ class Resource:
     plural: str
     namespaced: bool = True
 
-    def path(self, namespace: str | None = None, name: str | None = None, sub: str = "") -> str:
+    def path(self, namespace: str | None = None, name: str | None = None, *, sub: str = "") -> str:
         """The REST path of the collection (``name`` None) or of one object or its subresource."""
         root = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
         parts = [root]
@@ -101,10 +109,12 @@ class KubeClient:
         retry: RetryConfig | None = None,
         *,
         sleep: Callable[[float], None] = time.sleep,
+        page_size: int = 500,
     ) -> None:
         self._api = api
         self._retry = retry or RetryConfig()
         self._sleep = sleep
+        self._page_size = page_size
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -118,11 +128,28 @@ class KubeClient:
     def list(
         self, path: str, *, label_selector: str | None = None, field_selector: str | None = None
     ) -> list[Obj]:
-        """Every item of the collection at ``path`` (all pages), optionally label/field-selected."""
-        items: list[Obj] = []
+        """Every item of the collection at ``path`` (all pages), optionally label/field-selected.
+
+        The pages form one consistent snapshot. If the snapshot expires between pages (410 Gone:
+        etcd compacted the revision the continue token points at), the list starts over, so an
+        item is never missed or returned twice.
+        """
+        for _ in range(self._retry.attempts):
+            try:
+                return self._list_once(
+                    path, label_selector=label_selector, field_selector=field_selector
+                )
+            except Gone as error:
+                _log.info("kubernetes list %s: %s; listing again from the start", path, error)
+        raise TemporaryError(f"GET {path}: the list kept expiring (410 Gone); retry later")
+
+    def _list_once(
+        self, path: str, *, label_selector: str | None, field_selector: str | None
+    ) -> Objs:
+        items: Objs = []
         token: str | None = None
         while True:
-            query: list[tuple[str, str]] = [("limit", "500")]
+            query: list[tuple[str, str]] = [("limit", str(self._page_size))]
             if label_selector:
                 query.append(("labelSelector", label_selector))
             if field_selector:
@@ -272,6 +299,8 @@ class KubeClient:
             raise NotFound(f"{where}: not found ({message})")
         if status == 409:
             raise Conflict(f"{where}: conflict ({message})")
+        if status == 410:
+            raise Gone(f"{where}: gone ({message})")
         if status in (401, 403):
             raise PermissionDenied(
                 f"{where}: forbidden ({message}); grant the verb in the chart's RBAC"

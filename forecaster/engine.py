@@ -25,14 +25,17 @@ from common.errors import InvalidInput
 from common.ids import ModelId
 from forecaster.history import HistoryBuffer
 from forecaster.models import intermittent, naive, seasonal
+from forecaster.models.gbm import Calendar, GradientBoostedQuantile
 from forecaster.models.base import Candidate, HistoryView, IntArray
-from forecaster.models.conformal import ResidualModel, stratum
+from forecaster.models.conformal import STRATA, ResidualModel, stratum
 from forecaster.selection import Selector
 from forecaster.types import FloatArray, Forecast, SeriesBatch, forecasts_from_arrays
 
 DAY_S = 86400.0
 ENSEMBLE_SIZE = 3
-LEVEL_MODELS = frozenset({"naive", "ses-3m", "ses-15m", "ses-60m"})
+GBM_NAME = "gbm-quantile"
+OUT_RATE = 0.02
+LEVEL_MODELS = frozenset({"naive", "median-3", "median-5", "ses-1m", "ses-3m", "ses-15m", "ses-60m", "ses-360m"})
 WEEK_S = 7 * DAY_S
 HOUR_S = 3600.0
 
@@ -92,8 +95,10 @@ def default_candidates(step_s: float, *, horizon_steps: int) -> tuple[Candidate,
             )
         )
     out.append(Candidate("naive", partial(_level, window=1), 1))
+    out.append(Candidate("median-3", partial(_median, window=3), 1))
+    out.append(Candidate("median-5", partial(_median, window=5), 1))
     # Exponential smoothing levels at three speeds, in time units (1-min and 10-min data alike).
-    for minutes in (3, 15, 60):
+    for minutes in (1, 3, 15, 60, 360):
         alpha = min(0.9, 1.0 - math.exp(-step_s / (60.0 * minutes)))
         out.append(Candidate(f"ses-{minutes}m", partial(_ses, alpha=alpha), 1))
     if hour >= 2:
@@ -117,6 +122,10 @@ def _unused(history: HistoryView, end: int, horizon: int) -> FloatArray:
 
 def _level(history: HistoryView, end: int, horizon: int, *, window: int) -> FloatArray:
     return naive.level(history, end, horizon, window=window)
+
+
+def _median(history: HistoryView, end: int, horizon: int, *, window: int) -> FloatArray:
+    return naive.median_level(history, end, horizon, window=window)
 
 
 def _ses(history: HistoryView, end: int, horizon: int, *, alpha: float) -> FloatArray:
@@ -165,6 +174,7 @@ class _Pending:
     upper: NDArray[np.float32]  # the planning-quantile forecast, same shape
     scale: NDArray[np.float32]  # (candidates, models)
     strata: NDArray[np.int64]  # (models,)
+    final_upper: NDArray[np.float32] | None = None  # (models, horizon): the output's q forecast
     scored: int = 0
 
 
@@ -198,12 +208,17 @@ class AutoForecaster:
         warmup_origins: int = 48,
         refit_interval_s: float = DAY_S,
         seed: int = 0,
+        ensemble_margin: float = 0.3,
+        refit_series_origins_per_call: int = 12_000,
     ) -> None:
         if step_s <= 0:
             raise InvalidInput(f"step_s must be > 0, got {step_s}")
         if not 0 < planning_quantile < 1:
             raise InvalidInput(f"planning_quantile must be in (0, 1), got {planning_quantile}")
         self.step_s = float(step_s)
+        self.ensemble_margin = ensemble_margin
+        self.refit_series_origins_per_call = refit_series_origins_per_call
+        self._refit_queue: deque[int] = deque()
         self.planning_quantile = planning_quantile
         capacity = max(16, math.ceil(history_window_s / step_s))
         self.history = HistoryBuffer(step_s=step_s, capacity_steps=capacity)
@@ -212,7 +227,14 @@ class AutoForecaster:
         self.score_every = max(1, round(every / step_s))
         self.warmup_origins = warmup_origins
         self.refit_every = max(1, round(refit_interval_s / step_s))
-        self.candidates = default_candidates(step_s, horizon_steps=self.score_horizon)
+        self.gbm = GradientBoostedQuantile(seed=seed)
+        base = default_candidates(step_s, horizon_steps=self.score_horizon)
+        # The pooled GBM is trained at refits (see refit); the ensemble stays last.
+        self.candidates = (
+            *base[:-1],
+            Candidate(GBM_NAME, self.gbm.predict, 1),
+            base[-1],
+        )
         count = len(self.candidates)
         self.residuals = ResidualModel(candidates=count, horizon=self.score_horizon, seed=seed)
         self.selector = Selector(candidates=count, level=planning_quantile)
@@ -220,6 +242,7 @@ class AutoForecaster:
         self._last_pending_origin = -(10**12)
         self.stats = EngineStats()
         self._last: dict[ModelId, Forecast] = {}
+        self._out_log_width = np.zeros(STRATA)
 
     # -- ForecastEngine ---------------------------------------------------------------------
 
@@ -242,7 +265,8 @@ class AutoForecaster:
             return {}
         self._score_pending()
         if self._refit_due():
-            self.refit()
+            self.start_refit()
+        self._continue_refit(self._refit_origins_per_call())
         result = self._predict(horizon_steps, levels)
         self.stats.cycles += 1
         self._last = result
@@ -267,24 +291,60 @@ class AutoForecaster:
         return end - self.stats.last_refit_end >= self.refit_every
 
     def refit(self) -> None:
-        """Rolling-origin evaluation of every candidate over recent history (seeds selection and
-        calibration). Origins are spread over the last day (or what history there is)."""
+        """Run a whole refit now (see :meth:`start_refit`), not spread over calls."""
+        self.start_refit()
+        self._continue_refit(len(self._refit_queue))
+
+    def start_refit(self) -> None:
+        """Start a refit: train the pooled GBM, and queue a rolling-origin evaluation of every
+        candidate over recent history (the last day, or what there is), which seeds selection and
+        calibration. The queued origins are evaluated a few per ``forecast`` call (about
+        ``refit_series_origins_per_call / models`` of them), so no call pays for all of it."""
         end = self.history.end
         horizon = self.score_horizon
         usable = end - self.history.start - horizon - 1
+        self.stats.refits += 1
+        self.stats.last_refit_end = end
         if usable <= 0:
             return
         span = min(usable, max(round(DAY_S / self.step_s), 4 * horizon))
         count = max(1, min(self.warmup_origins, span))
         stride = max(1, span // count)
         origins = [end - horizon - j * stride for j in range(count)]
-        origins = [o for o in origins if o > self.history.start][::-1]
-        for origin in origins:
+        self._refit_queue = deque(o for o in origins[::-1] if o > self.history.start)
+        self._fit_gbm(end - span - horizon, horizon)
+
+    def _refit_origins_per_call(self) -> int:
+        return max(1, self.refit_series_origins_per_call // max(1, self.history.size))
+
+    def _continue_refit(self, origins: int) -> None:
+        horizon = self.score_horizon
+        end = self.history.end
+        steps = np.arange(horizon, dtype=np.int64)
+        for _ in range(min(origins, len(self._refit_queue))):
+            origin = self._refit_queue.popleft()
+            if origin + horizon > end or origin <= self.history.start:
+                continue
             pending = self._make_pending(origin)
-            actual = self.history.gather(np.arange(horizon, dtype=np.int64) + origin - end, end=end)
-            self._score(pending, actual, np.arange(horizon, dtype=np.int64))
-        self.stats.refits += 1
-        self.stats.last_refit_end = end
+            actual = self.history.gather(steps + origin - end, end=end)
+            self._score(pending, actual, steps)
+
+    def _fit_gbm(self, last_origin: int, horizon: int) -> None:
+        """Train the pooled GBM on origins before the evaluation span (so it is scored
+        out-of-sample); skipped when there is less than a day of history before that."""
+        first = self.history.start + 60
+        room = last_origin - first
+        if room < round(DAY_S / self.step_s) or self.history.origin_s is None:
+            return
+        count = min(self.warmup_origins, room)
+        stride = max(1, room // count)
+        origins = [last_origin - j * stride for j in range(count)]
+        self.gbm.fit(
+            self.history,
+            origins,
+            horizon,
+            Calendar(origin_s=self.history.origin_s, step_s=self.step_s),
+        )
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -292,6 +352,8 @@ class AutoForecaster:
         have = self.history.history_steps(end=end)
         need = np.asarray([c.min_history_steps for c in self.candidates], dtype=np.int64)
         out: NDArray[np.bool_] = have[None, :] >= need[:, None]
+        if not self.gbm.fitted:
+            out[[c.name for c in self.candidates].index(GBM_NAME)] = False
         return out
 
     def _points(self, end: int, horizon: int) -> FloatArray:
@@ -363,7 +425,24 @@ class AutoForecaster:
         if n < total:
             strata = np.concatenate([strata, np.zeros(total - n, dtype=np.int64)])
         self.selector.update(actual_full, points_full, upper)
+        scored = np.isfinite(upper) & np.isfinite(actual_full)[None, :, :]
+        missed = np.where(scored, actual_full[None, :, :] > upper + 1e-9, False)
+        self.residuals.adapt_width(missed, scored, strata, level=self.planning_quantile)
         self.residuals.update(residuals, steps, scale, strata)
+        if pending.final_upper is not None:
+            final = pending.final_upper[:, steps].astype(np.float64)
+            actual_rows = actual[:n]
+            ok = np.isfinite(actual_rows)
+            miss = ok & (actual_rows > final + 1e-9)
+            for group in np.unique(pending.strata):
+                members = pending.strata == group
+                count = int(ok[members].sum())
+                step = OUT_RATE * (int(miss[members].sum()) - (1 - self.planning_quantile) * count)
+                self._out_log_width[group] = np.clip(
+                    self._out_log_width[group] + np.clip(step, -0.2, 0.2),
+                    np.log(0.4),
+                    np.log(3.0),
+                )
 
     def _score_pending(self) -> None:
         end = self.history.end
@@ -393,23 +472,36 @@ class AutoForecaster:
         reach = max(horizon, self.score_horizon)
         points = self._points(end, reach)
         eligible = self._eligible(end)
-        chosen = self.selector.choose(eligible)
+        chosen = self.selector.choose(
+            eligible, preferred=len(self.candidates) - 1, margin=self.ensemble_margin
+        )
         level = self._recent(end)
         strata = stratum(level)
         scale = self.residuals.scale(self._fallback_scale(level))
-        if end - self._last_pending_origin >= self.score_every:
-            self._pending.append(self._scored_pending(points, eligible, scale, strata, end))
-            self._last_pending_origin = end
 
         n = self.history.size
         rows = np.arange(n)
-        point = points[chosen, rows, :horizon]  # (n, horizon)
-        offsets = self.residuals.quantiles(levels)  # (C, strata, L, Hs)
-        step_index = np.minimum(np.arange(horizon), self.score_horizon - 1)
-        chosen_offsets = offsets[chosen, strata][:, :, step_index]  # (n, L, horizon)
-        values = point[:, None, :] + scale[chosen, rows][:, None, None] * chosen_offsets
-        values = np.maximum(values, 0.0)
-        values = np.maximum.accumulate(values, axis=1)
+        point = points[chosen, rows, :]  # (n, reach)
+        wanted = tuple(sorted({*levels, 0.5, self.planning_quantile}))
+        offsets = self.residuals.quantiles(wanted)  # (C, strata, L, Hs)
+        step_index = np.minimum(np.arange(reach), self.score_horizon - 1)
+        chosen_offsets = offsets[chosen, strata][:, :, step_index]  # (n, L, reach)
+        table = point[:, None, :] + scale[chosen, rows][:, None, None] * chosen_offsets
+        # Output-level adaptive width: calibrates the forecast actually returned (after
+        # selection, which favours candidates that were lucky lately) at the planning quantile.
+        median = table[:, wanted.index(0.5)][:, None, :]
+        width = np.exp(self._out_log_width[strata])[:, None, None]
+        upper = (np.asarray(wanted) > 0.5)[None, :, None]
+        table = np.where(upper, median + width * (table - median), table)
+        table = np.maximum.accumulate(np.maximum(table, 0.0), axis=1)
+        if end - self._last_pending_origin >= self.score_every:
+            pending = self._scored_pending(points, eligible, scale, strata, end)
+            final = table[:, wanted.index(self.planning_quantile), : self.score_horizon]
+            pending.final_upper = final.astype(np.float32)
+            self._pending.append(pending)
+            self._last_pending_origin = end
+        values = table[:, [wanted.index(q) for q in levels], :horizon]
+        point = point[:, :horizon]
         mean = point
 
         estimate = intermittent.estimate(
@@ -421,7 +513,11 @@ class AutoForecaster:
         )
         poisson = 1.0 - np.exp(-mean)
         sparse = estimate.zero_share[:, None] >= 0.3
-        p_active = np.clip(np.where(sparse, estimate.hazard, poisson), 0.0, 1.0)
+        # A sparse series' idle-time hazard knows nothing of a seasonal burst that the chosen
+        # point model does forecast (a model idle all day but busy every day at noon): take the
+        # larger of the two, so a step forecast to hold hundreds of requests is never "idle".
+        hazard = np.maximum(estimate.hazard, poisson)
+        p_active = np.clip(np.where(sparse, hazard, poisson), 0.0, 1.0)
 
         names = [candidate.name for candidate in self.candidates]
         methods = [names[int(index)] for index in chosen]

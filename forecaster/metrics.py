@@ -3,11 +3,15 @@
 Conventions (the ``prewarm backtest`` JSON contract):
 - ``mase``: per series, mean absolute error of the point forecast divided by the in-sample mean
   absolute error of the one-season naive forecast (training part only); aggregated as the
-  request-volume-weighted mean over series (weights: requests in the test part). Series whose
-  scale is zero (constant in training) are left out of MASE.
+  request-volume-weighted mean over series (weights: requests in the test part).
+- Every metric is over the same scored series (``series``): those with a non-zero scale (not
+  constant in training) and at least one request in the test part. A series with no request in
+  the test part has nothing to forecast: it has zero weight in the volume-weighted metrics anyway,
+  and its steps would only add trivially covered zeros to ``coverage_p90``.
 - ``mase_median``: the median of per-series MASE.
 - ``pinball_p90``: pinball loss of the p90 forecast, scaled like MASE, volume-weighted.
-- ``coverage_p90``: share of (series, origin, step) with ``actual <= p90``; pooled.
+- ``coverage_p90``: share of (series, origin, step) with ``actual <= p90``; pooled over the
+  scored series.
 - ``under_forecast_rate``: ``1 - coverage_p90``.
 Must not: do I/O.
 """
@@ -68,7 +72,7 @@ def score(actual: FloatArray, point: FloatArray, p90: FloatArray, scale: FloatAr
         mae = np.nansum(abs_error.reshape(abs_error.shape[0], -1), axis=1) / np.maximum(counted, 1)
         pin = np.nansum(loss.reshape(loss.shape[0], -1), axis=1) / np.maximum(counted, 1)
     volume = np.nansum(actual.reshape(actual.shape[0], -1), axis=1)
-    usable = (scale > 0) & np.isfinite(scale) & (counted > 0)
+    usable = (scale > 0) & np.isfinite(scale) & (counted > 0) & (volume > 0)
     mase_series = mae[usable] / scale[usable]
     pin_series = pin[usable] / scale[usable]
     weights = volume[usable]
@@ -80,8 +84,9 @@ def score(actual: FloatArray, point: FloatArray, p90: FloatArray, scale: FloatAr
         mase = float(np.average(mase_series, weights=weights))
         mase_median = float(np.median(mase_series))
         pinball = float(np.average(pin_series, weights=weights))
-    covered = (actual <= p90 + 1e-9) & valid
-    total = int(valid.sum())
+    scored = valid & usable[:, None, None]
+    covered = (actual <= p90 + 1e-9) & scored
+    total = int(scored.sum())
     coverage = float(covered.sum() / total) if total else float("nan")
     return Scores(
         mase=mase,

@@ -30,7 +30,7 @@ def pinball(actual: FloatArray, predicted: FloatArray, level: float) -> FloatArr
 class Selector:
     """Exponentially weighted pinball loss per candidate and series, and the choice it implies."""
 
-    def __init__(self, *, candidates: int, level: float, decay: float = 0.004) -> None:
+    def __init__(self, *, candidates: int, level: float, decay: float = 0.0005) -> None:
         self.candidates = candidates
         self.level = level
         self.decay = decay
@@ -62,14 +62,25 @@ class Selector:
         self.loss = (1.0 - rate) * self.loss + rate * mean
         self.weight = self.weight + count
 
-    def choose(self, eligible: BoolArray, *, min_evidence: float = 10.0) -> NDArray[np.int64]:
+    def choose(
+        self,
+        eligible: BoolArray,
+        *,
+        min_evidence: float = 10.0,
+        preferred: int | None = None,
+        margin: float = 0.0,
+    ) -> NDArray[np.int64]:
         """Index of the chosen candidate per series; ``eligible`` is ``(candidates, models)``.
 
-        Candidates with less than ``min_evidence`` scored origins are only chosen when no eligible
-        candidate has evidence (then the first eligible one in preference order is used).
+        Candidates with less than ``min_evidence`` scored steps are only chosen when no eligible
+        candidate has evidence (then the first eligible one in preference order is used). The
+        ``preferred`` candidate (the combination) wins unless another beats its loss by more than
+        ``margin`` (a share): a single model must be clearly better to be trusted alone.
         """
         trusted = eligible & (self.weight >= min_evidence)
         score = np.where(trusted, self.loss, np.inf)
+        if preferred is not None:
+            score[preferred] = score[preferred] * (1.0 - margin)
         best = np.argmin(score, axis=0)
         any_trusted = trusted.any(axis=0)
         first_eligible = np.argmax(eligible, axis=0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import math
 import os
 import re
@@ -61,10 +62,12 @@ from gpu_agent.safetensors_format import SafetensorsLayout, read_layout
 from gpu_agent.sources import CheckedSource, Fetcher, SourcePolicy, copy_with_progress
 from protos import gpu_agent_pb2 as pb
 
+log = logging.getLogger(__name__)
+
 _MODEL_ID = re.compile(r"^[A-Za-z0-9._:/@+-]+$")
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
 PROGRESS_INTERVAL_S = 0.05
-TIER_NAMES = {pb.TIER_DISK: "disk", pb.TIER_HOST: "host", pb.TIER_GPU: "gpu"}
+TIER_NAMES: dict[int, str] = {pb.TIER_DISK: "disk", pb.TIER_HOST: "host", pb.TIER_GPU: "gpu"}
 Stage = pb.PreloadProgress.Stage
 
 
@@ -144,7 +147,7 @@ class Holding:
         return Candidate(self.model_id, nbytes, self.predicted_value, self.last_used)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class _LoadResult:
     disk_files: list[Path]
     layouts: list[SafetensorsLayout]
@@ -344,13 +347,14 @@ class Agent:
                     model_id, Stage.STAGE_DONE, started=started, tier=tier, message="already held"
                 )
                 return
-            async for item in self._run_load(spec, checked, control, started):
+            async for item in self._run_load(spec, checked, control=control, started=started):
                 yield item
 
     async def _run_load(
         self,
         spec: PreloadSpec,
         checked: list[CheckedSource],
+        *,
         control: LoadControl,
         started: float,
     ) -> AsyncIterator[pb.PreloadProgress]:
@@ -362,7 +366,7 @@ class Agent:
 
         def work() -> _LoadResult:
             try:
-                return self._load(spec, checked, control, emit, started)
+                return self._load(spec, checked, control=control, emit=emit, started=started)
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, None)
 
@@ -467,6 +471,7 @@ class Agent:
         self,
         spec: PreloadSpec,
         checked: list[CheckedSource],
+        *,
         control: LoadControl,
         emit: Callable[[pb.PreloadProgress], None],
         started: float,
@@ -488,9 +493,9 @@ class Agent:
                     raise NotFound(f"model {model_id} was evicted before this preload ran")
                 self._check_capacity_early(spec, checked)
                 held_disk, held_layouts, disk_bytes = self._fetch_to_disk(
-                    spec, checked, control, emit, started, created
+                    spec, checked, control=control, emit=emit, started=started, created=created
                 )
-            self._install_artifacts(spec, control, emit, started)
+            self._install_artifacts(spec, control=control, emit=emit, started=started)
             target = spec.target_tier
             message = ""
             if target == pb.TIER_GPU and (reason := self.gpu_unavailable_reason()) is not None:
@@ -498,14 +503,37 @@ class Agent:
                 message = f"no GPU on this node ({reason}): kept in host memory"
             host_files = None
             if target == pb.TIER_HOST and held_host is None:
-                host_files = self._to_host(model_id, spec.predicted_value, held_disk, held_layouts,
-                                           control, emit, started, created)  # fmt: skip
+                host_files = self._to_host(
+                    model_id,
+                    value=spec.predicted_value,
+                    disk_files=held_disk,
+                    layouts=held_layouts,
+                    control=control,
+                    emit=emit,
+                    started=started,
+                    created=created,
+                )
                 pinned = self._pin_host(host_files)
             if target == pb.TIER_GPU:
                 sources = held_host if held_host is not None else held_disk
-                gpu = self._to_gpu(spec, sources, held_layouts, control, emit, started, held_pinned)
-            return _LoadResult(held_disk, held_layouts, disk_bytes, host_files, pinned, gpu,
-                               message)  # fmt: skip
+                gpu = self._to_gpu(
+                    spec,
+                    sources,
+                    layouts=held_layouts,
+                    control=control,
+                    emit=emit,
+                    started=started,
+                    pinned=held_pinned,
+                )
+            return _LoadResult(
+                disk_files=held_disk,
+                layouts=held_layouts,
+                disk_bytes=disk_bytes,
+                host_files=host_files,
+                host_pinned=pinned,
+                gpu=gpu,
+                tier_message=message,
+            )
         except BaseException:
             gpu = None
             for mapping in pinned.values():
@@ -536,6 +564,7 @@ class Agent:
         self,
         spec: PreloadSpec,
         checked: list[CheckedSource],
+        *,
         control: LoadControl,
         emit: Callable[[pb.PreloadProgress], None],
         started: float,
@@ -547,7 +576,9 @@ class Agent:
             created.append(directory)
         directory.mkdir(parents=True, exist_ok=True)
         total = sum(s.path.stat().st_size for s in checked if s.path is not None)
-        reporter = _Reporter(self, model_id, Stage.STAGE_FETCHING, total, emit, started)
+        reporter = _Reporter(
+            self, model_id, stage=Stage.STAGE_FETCHING, total=total, emit=emit, started=started
+        )
         paths: list[Path] = []
         files: list[CachedFile] = []
         for index, source in enumerate(checked):
@@ -595,6 +626,7 @@ class Agent:
     def _install_artifacts(
         self,
         spec: PreloadSpec,
+        *,
         control: LoadControl,
         emit: Callable[[pb.PreloadProgress], None],
         started: float,
@@ -613,7 +645,7 @@ class Agent:
                     artifact.install_dir, self.config.allowed_install_roots
                 )
                 if artifact.kind == pb.ARTIFACT_KIND_MEGA_CACHE:
-                    artifact_install.install_mega_cache(blob, target, spec.model_id)
+                    artifact_install.install_mega_cache(blob, target, model_id=spec.model_id)
                 else:
                     artifact_install.install_cache_tar(blob, target)
         finally:
@@ -623,6 +655,7 @@ class Agent:
     def _to_host(
         self,
         model_id: ModelId,
+        *,
         value: float,
         disk_files: list[Path],
         layouts: list[SafetensorsLayout],
@@ -632,11 +665,13 @@ class Agent:
         created: list[Path],
     ) -> list[Path]:
         need = sum(layout.file_bytes for layout in layouts)
-        self._make_host_room(model_id, need, value)
+        self._make_host_room(model_id, need, value=value)
         directory = self._shm_root / model_key(model_id)
         created.append(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        reporter = _Reporter(self, model_id, Stage.STAGE_HOST, need, emit, started)
+        reporter = _Reporter(
+            self, model_id, stage=Stage.STAGE_HOST, total=need, emit=emit, started=started
+        )
         paths = []
         for path in disk_files:
             dest = directory / path.name
@@ -658,8 +693,9 @@ class Agent:
             for path in paths:
                 pinned[path] = PinnedMapping(path)
         except RuntimeError:
-            # Page-locking can fail (RLIMIT_MEMLOCK, no driver support for the mapping): the
-            # model stays in host memory and fills use the staged path.
+            # Page-locking can fail: RLIMIT_MEMLOCK, or shm_dir not on tmpfs (Linux >= 6.5
+            # refuses long-term write pins of file-backed pages outside shmem). The model stays
+            # in host memory and its GPU fills copy through the pinned staging buffers instead.
             for mapping in pinned.values():
                 mapping.close()
             return {}
@@ -669,7 +705,7 @@ class Agent:
         stats = os.statvfs(self._shm_root)
         return stats.f_bavail * stats.f_frsize - self.config.host_headroom_bytes
 
-    def _make_host_room(self, model_id: ModelId, need: int, value: float) -> None:
+    def _make_host_room(self, model_id: ModelId, need: int, *, value: float) -> None:
         with self._lock:
             free = self._host_free_bytes()
             candidates = [
@@ -691,6 +727,7 @@ class Agent:
         self,
         spec: PreloadSpec,
         sources: list[Path],
+        *,
         layouts: list[SafetensorsLayout],
         control: LoadControl,
         emit: Callable[[pb.PreloadProgress], None],
@@ -730,10 +767,12 @@ class Agent:
                 raise ResourceExhausted(
                     f"GPU {gpu.uuid} refused {nbytes} bytes: {error}"
                 ) from error
-        reporter = _Reporter(self, spec.model_id, Stage.STAGE_GPU, nbytes, emit, started)
+        reporter = _Reporter(
+            self, spec.model_id, stage=Stage.STAGE_GPU, total=nbytes, emit=emit, started=started
+        )
         from_host = all(path.is_relative_to(self._shm_root) for path in sources)
         try:
-            if from_host and buffer.is_cuda and self.config.host_fill == "registered":
+            if pinned and from_host and buffer.is_cuda and self.config.host_fill == "registered":
                 fill_registered(buffer, placements, pool=self._pool, control=control,
                                 progress=reporter.add, mappings=pinned)  # fmt: skip
             else:
@@ -968,19 +1007,19 @@ class Agent:
                         gpu_uuid=holding.gpu.gpu_uuid if holding.gpu else "",
                     )
                 )
-        capacity = {
+        capacity: dict[int, int] = {
             pb.TIER_DISK: self._disk.free_bytes() - self.config.disk_headroom_bytes,
             pb.TIER_HOST: self._host_free_bytes(),
             pb.TIER_GPU: sum(
                 max(g.free_bytes - self.config.headroom_bytes, 0) for g in self._nvml.gpus()
             ),
         }
-        for tier, (used, count) in usage.items():
+        for tier_value, (used, count) in usage.items():
             response.tiers.append(
                 pb.TierUsage(
-                    tier=tier,
+                    tier=tier_value,  # type: ignore[arg-type]
                     used_bytes=used,
-                    capacity_bytes=used + max(capacity[tier], 0),
+                    capacity_bytes=used + max(capacity[tier_value], 0),
                     models=count,
                 )
             )
@@ -1009,7 +1048,7 @@ class Agent:
                 response.cuda.CopyFrom(_ipc_handle(gpu))
                 layouts = [p.layout for p in gpu.placements]
                 shifts = [p.base - p.layout.data_start for p in gpu.placements]
-                self._add_tensors(response, layouts, shifts)
+                self._add_tensors(response, layouts, shifts=shifts)
             else:
                 use_host = limit >= pb.TIER_HOST and holding.host_files is not None
                 files = holding.disk_files
@@ -1020,7 +1059,7 @@ class Agent:
                     response.files.append(
                         pb.HostFile(path=str(path), size_bytes=path.stat().st_size)
                     )
-                self._add_tensors(response, holding.layouts, [0] * len(holding.layouts))
+                self._add_tensors(response, holding.layouts, shifts=[0] * len(holding.layouts))
             holding.leases[lease_id] = client_pid
             holding.last_used = self._mono()
             self._leases[lease_id] = _Lease(mid, client_pid)
@@ -1029,7 +1068,10 @@ class Agent:
 
     @staticmethod
     def _add_tensors(
-        response: pb.AttachResponse, layouts: Sequence[SafetensorsLayout], shifts: Sequence[int]
+        response: pb.AttachResponse,
+        layouts: Sequence[SafetensorsLayout],
+        *,
+        shifts: Sequence[int],
     ) -> None:
         # For files, offsets are absolute file offsets (data_start + begin); for the GPU
         # allocation they are base + begin, i.e. (data_start + begin) + (base - data_start).
@@ -1082,6 +1124,21 @@ class Agent:
         reason: str = "",
         duration_s: float = 0.0,
     ) -> None:
+        if kind in (pb.Event.KIND_LOADED, pb.Event.KIND_EVICTED, pb.Event.KIND_LOAD_FAILED):
+            log.info(
+                "gpu agent event",
+                extra={
+                    "event": pb.Event.Kind.Name(kind),  # type: ignore[arg-type]
+                    "model": model_id,
+                    "tier": TIER_NAMES.get(tier, ""),
+                    "bytes": nbytes,
+                    "reason": reason,
+                    "duration_s": round(duration_s, 4),
+                },
+            )
+        else:
+            name = pb.Event.Kind.Name(kind)  # type: ignore[arg-type]
+            log.debug("gpu agent event %s %s %s", name, model_id, reason)
         loop = self._loop
         if loop is None or not self._subscribers:
             return
@@ -1147,6 +1204,7 @@ class _Reporter:
         self,
         agent: Agent,
         model_id: ModelId,
+        *,
         stage: int,
         total: int,
         emit: Callable[[pb.PreloadProgress], None],

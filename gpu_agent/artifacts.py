@@ -43,7 +43,7 @@ def mega_cache_path(install_dir: Path, model_id: ModelId) -> Path:
     return install_dir / (re.sub(r"[^A-Za-z0-9._-]", "_", model_id) + MEGA_CACHE_SUFFIX)
 
 
-def install_mega_cache(blob: Path, install_dir: Path, model_id: ModelId) -> Path:
+def install_mega_cache(blob: Path, install_dir: Path, *, model_id: ModelId) -> Path:
     """Copy the fetched artifact bytes into place (atomically); return the installed path."""
     install_dir.mkdir(parents=True, exist_ok=True)
     target = mega_cache_path(install_dir, model_id)

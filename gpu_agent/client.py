@@ -136,7 +136,7 @@ def attach(
     except (NotFound, TemporaryError):
         if not fallback_files:
             raise
-        return _load_fallback(model_id, fallback_files, fallback_device)
+        return _load_fallback(model_id, fallback_files, device=fallback_device)
 
 
 def _map(response: pb.AttachResponse, attached: AttachedModel) -> None:
@@ -144,7 +144,7 @@ def _map(response: pb.AttachResponse, attached: AttachedModel) -> None:
         base = _open_cuda_ipc(response.cuda)
         attached.tier = "gpu"
         attached._keep.append(base)
-        attached.tensors = {t.name: _view(base, t, t.offset_bytes) for t in response.tensors}
+        attached.tensors = {t.name: _view(base, t, offset=t.offset_bytes) for t in response.tensors}
         return
     if response.tier == pb.TIER_HOST:
         bases = []
@@ -157,7 +157,7 @@ def _map(response: pb.AttachResponse, attached: AttachedModel) -> None:
             bases.append(torch.frombuffer(mapped, dtype=torch.uint8))
         attached.tier = "host"
         attached.tensors = {
-            t.name: _view(bases[t.file_index], t, t.offset_bytes) for t in response.tensors
+            t.name: _view(bases[t.file_index], t, offset=t.offset_bytes) for t in response.tensors
         }
         return
     files = [Path(f.path) for f in response.files]
@@ -168,7 +168,7 @@ def _map(response: pb.AttachResponse, attached: AttachedModel) -> None:
     attached.tensors = loaded
 
 
-def _view(base: torch.Tensor, info: pb.TensorInfo, offset: int) -> torch.Tensor:
+def _view(base: torch.Tensor, info: pb.TensorInfo, *, offset: int) -> torch.Tensor:
     flat = base[offset : offset + info.nbytes]
     return flat.view(TORCH_DTYPES[info.dtype]).view(tuple(info.shape))
 
@@ -202,7 +202,7 @@ def _open_cuda_ipc(handle: pb.CudaIpcHandle) -> torch.Tensor:
     return base
 
 
-def _load_fallback(model_id: str, files: Sequence[Path], device: str) -> AttachedModel:
+def _load_fallback(model_id: str, files: Sequence[Path], *, device: str) -> AttachedModel:
     tensors: dict[str, torch.Tensor] = {}
     for path in files:
         tensors.update(safetensors.torch.load_file(str(path), device=device))

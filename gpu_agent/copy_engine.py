@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from common.errors import DataLoss
 from gpu_agent.control import LoadControl
 from gpu_agent.safetensors_format import SafetensorsLayout
 
@@ -170,10 +171,17 @@ def _run_workers(
         fds: dict[Path, int] = {}
         try:
             if dest.is_cuda:
-                _cuda_worker(dest, worker_index, take, fds, pool=pool, control=control,
-                             progress=progress)  # fmt: skip
+                _cuda_worker(
+                    dest,
+                    worker_index,
+                    take=take,
+                    fds=fds,
+                    pool=pool,
+                    control=control,
+                    progress=progress,
+                )
             else:
-                _cpu_worker(dest, take, fds, control=control, progress=progress)
+                _cpu_worker(dest, take, fds=fds, control=control, progress=progress)
         except BaseException as error:  # noqa: BLE001 - re-raised by the caller's thread
             errors.append(error)
             stop.set()
@@ -200,20 +208,20 @@ def _fd(fds: dict[Path, int], path: Path) -> int:
     return fd
 
 
-def _read_exact(fd: int, view: memoryview, offset: int) -> None:
+def _read_exact(fd: int, view: memoryview, *, offset: int) -> None:
     done = 0
     while done < len(view):
         got = os.preadv(fd, [view[done:]], offset + done)
         if got == 0:
-            raise EOFError(f"file ended {len(view) - done} bytes early")
+            raise DataLoss(f"a weights file ended {len(view) - done} bytes early (truncated?)")
         done += got
 
 
 def _cpu_worker(
     dest: torch.Tensor,
     take: Callable[[], _Chunk | None],
-    fds: dict[Path, int],
     *,
+    fds: dict[Path, int],
     control: LoadControl,
     progress: Callable[[int], None],
 ) -> None:
@@ -221,16 +229,18 @@ def _cpu_worker(
     while (chunk := take()) is not None:
         control.checkpoint()
         end = chunk.dest_offset + chunk.nbytes
-        _read_exact(_fd(fds, chunk.source), target[chunk.dest_offset : end], chunk.file_offset)
+        _read_exact(
+            _fd(fds, chunk.source), target[chunk.dest_offset : end], offset=chunk.file_offset
+        )
         progress(chunk.nbytes)
 
 
 def _cuda_worker(
     dest: torch.Tensor,
     worker_index: int,
+    *,
     take: Callable[[], _Chunk | None],
     fds: dict[Path, int],
-    *,
     pool: StagingPool,
     control: LoadControl,
     progress: Callable[[int], None],
@@ -248,7 +258,9 @@ def _cuda_worker(
             if events[slot] is not None:
                 events[slot].synchronize()  # the copy reading this buffer has finished
                 progress(pending.pop(0))
-            _read_exact(_fd(fds, chunk.source), views[slot][: chunk.nbytes], chunk.file_offset)
+            _read_exact(
+                _fd(fds, chunk.source), views[slot][: chunk.nbytes], offset=chunk.file_offset
+            )
             with torch.cuda.stream(stream):
                 end = chunk.dest_offset + chunk.nbytes
                 dest[chunk.dest_offset : end].copy_(buffers[slot][: chunk.nbytes],

@@ -90,7 +90,7 @@ def read_layout(path: Path) -> SafetensorsLayout:
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        tensors.append(_entry(path, name, info, data_bytes))
+        tensors.append(_entry(path, name, info=info, data_bytes=data_bytes))
     for entry in sorted(tensors, key=lambda t: t.begin):
         expected_end = max(expected_end, entry.end)
     if expected_end > data_bytes:
@@ -110,7 +110,7 @@ def read_layout(path: Path) -> SafetensorsLayout:
     )
 
 
-def _entry(path: Path, name: str, info: object, data_bytes: int) -> TensorEntry:
+def _entry(path: Path, name: str, *, info: object, data_bytes: int) -> TensorEntry:
     if not isinstance(info, dict):
         raise DataLoss(f"{path.name}: corrupt entry for tensor {name!r}")
     dtype = info.get("dtype")

@@ -128,7 +128,7 @@ def default_spec(model: ModelId) -> ModelSpec:
 
 @dataclass(slots=True)
 class Catalog:
-    """Specs by model id; :meth:`spec` falls back to :func:`default_spec` (logged once per model)."""
+    """Specs by model id; :meth:`spec` falls back to :func:`default_spec` (logged once each)."""
 
     specs: Mapping[ModelId, ModelSpec] = field(default_factory=dict)
     _warned: set[ModelId] = field(default_factory=set, repr=False)

@@ -44,8 +44,9 @@ class PlannerConfig(BaseModel):
         default=0.25,
         ge=0,
         description=(
-            "Least value density (P(request in the planning window) x seconds saved / GB) for which "
-            "a model is held warm in GPU memory; lower holds more memory for fewer cold starts."
+            "Least value density (P(request in the planning window) x seconds saved / GB) "
+            "for which an idle model is held warm in GPU memory; lower holds more memory for "
+            "fewer cold starts."
         ),
     )
     host_min_value_density: float = Field(

@@ -1,10 +1,10 @@
 """Stage lead times learned from observed durations: how early each stage must begin.
 
-A cold start is a chain of stages: node (provisioning), image (pull), weights (one hop per tier:
-remote -> disk -> host -> GPU) and compile. Each observed duration is kept per stage and key (a pool,
-an image, a model) in a short window; the planner plans with a high quantile of the window (a late
-stage costs a cold start, an early one only some idle memory). Until :attr:`min_samples`
-observations exist, the catalog's and the config's defaults are used.
+A cold start is a chain of stages: node (provisioning), image (pull), weights (one hop per
+tier: remote -> disk -> host -> GPU) and compile. Each observed duration is kept per stage and key
+(a pool, an image, a model) in a short window; the planner plans with a high quantile of the
+window (a late stage costs a cold start, an early one only some idle memory). Until
+``min_samples`` observations exist, the catalog's and the config's defaults are used.
 
 Pure and immutable: :meth:`LeadTimeBook.observe` returns a new book.
 """

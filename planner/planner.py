@@ -388,6 +388,7 @@ def plan(ctx: PlanContext, state: PlannerState) -> PlanResult:
         forecast_low = forecast_list[i] < current[i] and not (current[i] == 1 and target[i] >= 1)
         if not (observed_low and forecast_low):
             keep = current[i]
+            low_since.pop(model, None)
         elif current[i] > 1 and target[i] >= 1:
             since = low_since.setdefault(model, ctx.now_s)
             keep = target[i] if ctx.now_s - since >= config.scale_down_after_s else current[i]
@@ -397,8 +398,6 @@ def plan(ctx: PlanContext, state: PlannerState) -> PlanResult:
         if keep > target[i] and (keep - target[i]) * weights[i] <= remaining:
             remaining -= (keep - target[i]) * weights[i]
             target[i] = keep
-        if target[i] >= current[i]:
-            low_since.pop(model, None)
     t.target = np.array(target, dtype=np.int64)
 
     # Host memory: what is not in GPU, by host value density, per pool.

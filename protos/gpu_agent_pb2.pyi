@@ -68,7 +68,8 @@ class _ArtifactKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Artifact
     DESCRIPTOR: _descriptor.EnumDescriptor
     ARTIFACT_KIND_UNSPECIFIED: _ArtifactKind.ValueType  # 0
     ARTIFACT_KIND_MEGA_CACHE: _ArtifactKind.ValueType  # 1
-    """Bytes from torch.compiler.save_cache_artifacts(); installed as <install_dir>/<model>.mega-cache
+    """Bytes from torch.compiler.save_cache_artifacts(); installed as
+    <install_dir>/<model id, characters other than letters, digits and . _ - replaced by _>.mega-cache
     for torch.compiler.load_cache_artifacts() (gpu_agent.client.load_compile_artifacts).
     """
     ARTIFACT_KIND_INDUCTOR_CACHE_TAR: _ArtifactKind.ValueType  # 2
@@ -80,7 +81,8 @@ class ArtifactKind(_ArtifactKind, metaclass=_ArtifactKindEnumTypeWrapper): ...
 
 ARTIFACT_KIND_UNSPECIFIED: ArtifactKind.ValueType  # 0
 ARTIFACT_KIND_MEGA_CACHE: ArtifactKind.ValueType  # 1
-"""Bytes from torch.compiler.save_cache_artifacts(); installed as <install_dir>/<model>.mega-cache
+"""Bytes from torch.compiler.save_cache_artifacts(); installed as
+<install_dir>/<model id, characters other than letters, digits and . _ - replaced by _>.mega-cache
 for torch.compiler.load_cache_artifacts() (gpu_agent.client.load_compile_artifacts).
 """
 ARTIFACT_KIND_INDUCTOR_CACHE_TAR: ArtifactKind.ValueType  # 2

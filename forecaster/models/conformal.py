@@ -7,6 +7,11 @@ forecast is ``point + sigma * Q(q)``: calibrated across series by construction (
 backtest measures), while wider for noisier series. Pools are kept per volume stratum (the series'
 recent level on a log scale; "Mondrian" conformal), because the residual shape of a model that
 sees 0.1 requests a step (mostly zeros, rare spikes) says nothing about one that sees 1,000.
+
+On top, an adaptive width per (model, stratum) keeps the planning quantile calibrated when the
+residuals drift (adaptive conformal inference, Gibbs and Candes 2021): every scored step above the
+planning quantile widens the upper quantiles a little, every one below narrows them, so the miss
+rate converges to ``1 - q``. Upper quantiles are ``point + sigma*(Q(0.5) + w*(Q(q) - Q(0.5)))``.
 Must not: do I/O.
 """
 
@@ -23,6 +28,8 @@ STRATUM_EDGES = np.asarray([0.05, 0.5, 2.0, 10.0, 50.0, 250.0])
 """Upper edges of the volume strata (requests per step of the recent level)."""
 STRATA = len(STRATUM_EDGES) + 1
 MERGED_REFRESH = 32
+MIN_WIDTH = 0.4
+MAX_WIDTH = 3.0
 MIN_EVIDENCE = 32
 """Residuals a (model, stratum, step) pool needs before its own quantiles are used."""
 
@@ -47,6 +54,7 @@ class ResidualModel:
         self.pool = np.full((candidates, STRATA, horizon, pool_size), np.nan, dtype=np.float32)
         self._next = np.zeros((STRATA, horizon), dtype=np.int64)
         self._rng = np.random.default_rng(seed)
+        self.log_width = np.zeros((candidates, STRATA))
         self._version = 0
         self._cache: dict[tuple[float, ...], tuple[int, FloatArray]] = {}
         self._sorted_version = -1
@@ -118,6 +126,32 @@ class ResidualModel:
                 slots = (start + np.arange(size)) % self.pool_size
                 self.pool[:, group, step, slots] = block[:, :, position]
                 self._next[group, step] = (start + size) % self.pool_size
+        self._version += 1
+
+    def adapt_width(
+        self,
+        missed: NDArray[np.bool_],
+        scored: NDArray[np.bool_],
+        strata: NDArray[np.int64],
+        *,
+        level: float,
+        rate: float = 0.01,
+        max_step: float = 0.2,
+    ) -> None:
+        """Adapt the width from ``missed`` (actual above the ``level`` forecast) per scored entry.
+
+        ``missed`` and ``scored`` are ``(candidates, models, steps)``; ``strata`` is ``(models,)``.
+        """
+        for group in np.unique(strata):
+            members = strata == group
+            count = scored[:, members].sum(axis=(1, 2))
+            misses = (missed & scored)[:, members].sum(axis=(1, 2))
+            step = rate * (misses - (1.0 - level) * count)
+            self.log_width[:, group] = np.clip(
+                self.log_width[:, group] + np.clip(step, -max_step, max_step),
+                np.log(MIN_WIDTH),
+                np.log(MAX_WIDTH),
+            )
         self._version += 1
 
     def quantiles(self, levels: tuple[float, ...]) -> FloatArray:

@@ -8,6 +8,8 @@ Must not: do I/O.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from forecaster.models.base import HistoryView, IntArray, fill_nan, nanmean
@@ -32,13 +34,25 @@ def level(history: HistoryView, end: int, horizon: int, *, window: int) -> Float
     return np.repeat(value[:, None], horizon, axis=1)
 
 
+def median_level(history: HistoryView, end: int, horizon: int, *, window: int) -> FloatArray:
+    """The median of the last ``window`` observed steps, held flat: a naive forecast that one
+    odd step (a dip from a failed scrape, a one-minute burst) does not throw off."""
+    values = history.gather(np.arange(-window, 0, dtype=np.int64), end=end)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        median = np.nanmedian(values, axis=1)
+    median = np.where(np.isfinite(median), median, recent_level(history, end, window))
+    return np.repeat(median[:, None], horizon, axis=1)
+
+
 def smoothed_level(history: HistoryView, end: int, horizon: int, *, alpha: float) -> FloatArray:
     """Simple exponential smoothing's level (weight ``alpha`` on the newest step), held flat.
 
-    Computed from a window long enough for the weights to decay below 1% (no state is kept, so
-    it can be evaluated at any past origin); missing steps are skipped and the weights renormalised.
+    Computed from a window long enough for the weights to decay below 1%, at most 720 steps (no
+    state is kept, so it can be evaluated at any past origin); missing steps are skipped and the
+    weights renormalised over the window.
     """
-    length = max(2, min(2000, int(np.ceil(np.log(0.01) / np.log(1.0 - alpha)))))
+    length = max(2, min(720, int(np.ceil(np.log(0.01) / np.log(1.0 - alpha)))))
     values = history.gather(np.arange(-length, 0, dtype=np.int64), end=end)
     weights = alpha * (1.0 - alpha) ** np.arange(length - 1, -1, -1, dtype=np.float64)
     finite = np.isfinite(values)

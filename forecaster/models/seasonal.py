@@ -1,14 +1,17 @@
 """Multi-seasonal "seasonal delta" point model (daily and weekly cycles), vectorised.
 
 Forecast = the recent level + how the series moved, in earlier seasons, from the same point in the
-cycle to the forecast step: ``L_t + mean_d(S_{t+k-d} - L_{t-d})`` over lags ``d`` (1-3 days and/or
-1-2 weeks), where ``S`` is a centred moving mean (``radius`` steps) and ``L`` the mean of the last
-``level_window`` steps. It keeps the level adaptive (what matters at short horizons) while taking
+cycle to the forecast step: ``L_t + median_d(S_{t+k-d} - L_{t-d})`` over lags ``d`` (1-3 days
+and/or 1-2 weeks), where ``S`` is a centred moving mean (``radius`` steps) and ``L`` the mean of
+the last ``level_window`` steps. The median over lags keeps one odd cycle (a collection gap that
+reads zero, an event) from steering the forecast; the multiplicative form's ratio is also clipped
+to ``[1/MAX_RATIO, MAX_RATIO]``. It keeps the level adaptive (what matters at short horizons) while taking
 the shape of the daily and weekly cycles from history. Must not: do I/O.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,6 +19,19 @@ import numpy as np
 from forecaster.models.base import HistoryView, nanmean
 from forecaster.models.naive import recent_level
 from forecaster.types import FloatArray
+
+MAX_RATIO = 3.0
+
+
+def _nanmedian(stacked: FloatArray) -> FloatArray:
+    """Median over axis 0 ignoring NaN; NaN where all are NaN (no warnings)."""
+    if stacked.shape[0] == 1:
+        out: FloatArray = stacked[0]
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        median: FloatArray = np.nanmedian(stacked, axis=0)
+    return median
 
 
 def seasonal_delta(
@@ -43,9 +59,9 @@ def seasonal_delta(
             changes.append((shape + 1.0) / (then[:, None] + 1.0))
         else:
             changes.append(shape - then[:, None])
-    change = nanmean(np.stack(changes), axis=0)
+    change = _nanmedian(np.stack(changes))
     if multiplicative:
-        change = np.where(np.isfinite(change), change, 1.0)
+        change = np.clip(np.where(np.isfinite(change), change, 1.0), 1 / MAX_RATIO, MAX_RATIO)
         out = (now[:, None] + 1.0) * change - 1.0
     else:
         out = now[:, None] + np.where(np.isfinite(change), change, 0.0)

@@ -8,8 +8,8 @@
 #   kwok            sigs.k8s.io/kwok/cmd/kwok (simulated nodes and pods; no kubelet);
 #   helm            helm.sh/helm/v3/cmd/helm (renders charts/prewarm in tests).
 # Idempotent and fast when cached: each binary lives in a directory named by its pinned version
-# (and, for the two built from hack/k8s, a hash of go.mod + go.sum + main.go), so a second run only
-# checks that the files exist. Builds use -trimpath -ldflags='-s -w' and are niced: the machine's two
+# (and, for the two built from hack/k8s, a hash of go.mod + go.sum + main.go + the version ldflags),
+# so a second run only checks that the files exist. Builds use -trimpath -ldflags='-s -w' and are niced: the machine's two
 # cores are shared. Appends `export PREWARM_*_BIN=...` lines to hack/testenv.env, which
 # tests/harness/k8s.py reads.
 set -euo pipefail

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
@@ -89,13 +90,36 @@ def _tier(text: str | None) -> control_pb2.Tier.ValueType:
 def _when(epoch_s: float) -> str:
     if not epoch_s:
         return "-"
-    return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%d %H:%M")
+
+
+_INT64 = (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_UINT64)
 
 
 def _as_dict(message: Message) -> dict[str, Any]:
-    return MessageToDict(
+    """``message`` as JSON-able data; 64-bit integers as numbers (protobuf's JSON makes them
+    strings, which scripts then have to convert).
+    """
+    document = MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+    _int64_as_numbers(message.DESCRIPTOR, document)
+    return document
+
+
+def _int64_as_numbers(descriptor: Any, document: dict[str, Any]) -> None:
+    for field in descriptor.fields:
+        if field.name not in document:
+            continue
+        value = document[field.name]
+        if field.message_type is not None:
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, dict):
+                    _int64_as_numbers(field.message_type, item)
+        elif field.type in _INT64:
+            document[field.name] = (
+                [int(v) for v in value] if isinstance(value, list) else int(value)
+            )
 
 
 Server = Annotated[
@@ -146,7 +170,7 @@ def _client(
 def _print_requests(requests: list[control_pb2.ManualRequest], *, title: str) -> None:
     print_table(
         title,
-        ("id", "model", "replicas", "tier", "start", "end", "state", "by", "reason"),
+        ("id", "model", "replicas", "tier", "start (UTC)", "for", "state", "by", "reason"),
         [
             (
                 r.id,
@@ -154,7 +178,7 @@ def _print_requests(requests: list[control_pb2.ManualRequest], *, title: str) ->
                 r.replicas if r.HasField("replicas") else "-",
                 _TIER_NAMES.get(r.tier, "-"),
                 _when(r.start_s),
-                _when(r.end_s),
+                format_duration(r.end_s - r.start_s),
                 r.state,
                 r.created_by or "-",
                 r.reason or "",
@@ -327,7 +351,7 @@ def register(app: typer.Typer) -> None:
         if listing.pins:
             print_table(
                 "pins",
-                ("model", "tier", "until", "by"),
+                ("model", "tier", "until (UTC)", "by"),
                 [
                     (p.model, _TIER_NAMES.get(p.tier, "-"), _when(p.until_s), p.created_by or "-")
                     for p in listing.pins
@@ -336,7 +360,7 @@ def register(app: typer.Typer) -> None:
         if listing.pauses:
             print_table(
                 "pauses",
-                ("scope", "until", "by"),
+                ("scope", "until (UTC)", "by"),
                 [
                     ("all models" if p.all_models else p.model, _when(p.until_s), p.created_by)
                     for p in listing.pauses
@@ -364,7 +388,7 @@ def register(app: typer.Typer) -> None:
             typer.echo("no plan yet: the daemon has not finished its first tick")
             return
         print_table(
-            f"plan at {_when(current.now_s)}",
+            f"plan at {_when(current.now_s)} UTC",
             ("kind", "model", "target", "value", "reason"),
             [(a.kind, a.model or a.pool, _target(a), a.value, a.reason) for a in current.actions],
         )
@@ -429,7 +453,7 @@ def _print_pin(pin: control_pb2.Pin, *, json_output: bool, title: str) -> None:
         return
     print_table(
         title,
-        ("model", "tier", "until", "by"),
+        ("model", "tier", "until (UTC)", "by"),
         [(pin.model, _TIER_NAMES.get(pin.tier, "-"), _when(pin.until_s), pin.created_by or "-")],
     )
 
@@ -439,4 +463,6 @@ def _print_pause(entry: control_pb2.Pause, *, json_output: bool, title: str) -> 
         write_json(_as_dict(entry), None)
         return
     scope = "all models" if entry.all_models else entry.model
-    print_table(title, ("scope", "until", "by"), [(scope, _when(entry.until_s), entry.created_by)])
+    print_table(
+        title, ("scope", "until (UTC)", "by"), [(scope, _when(entry.until_s), entry.created_by)]
+    )

@@ -167,9 +167,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     :func:`current_principal`.
     """
 
-    def __init__(self, authenticator: Authenticator, required: RequiredScope) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        required: RequiredScope,
+        *,
+        on_refused: Callable[[str, str], None] | None = None,
+    ) -> None:
         self._authenticator = authenticator
         self._required = required
+        self._on_refused = on_refused
 
     async def intercept_service(
         self,
@@ -186,14 +193,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return _wrap(handler, lambda context: self._check(context, method, required))
 
     def _check(self, context: grpc.aio.ServicerContext, method: str, required: Scope) -> Principal:
-        principal = self._authenticator.authenticate(
-            tuple(context.invocation_metadata() or ()), context.auth_context() or {}
-        )
-        if not principal.allows(required):
-            short = method.rsplit("/", 1)[-1]
-            raise PermissionDenied(
-                f"credential {principal.name!r} is read-only; {short} needs a write token"
+        short = method.rsplit("/", 1)[-1]
+        try:
+            principal = self._authenticator.authenticate(
+                tuple(context.invocation_metadata() or ()), context.auth_context() or {}
             )
+            if not principal.allows(required):
+                raise PermissionDenied(
+                    f"credential {principal.name!r} is read-only; {short} needs a write token"
+                )
+        except PrewarmError as error:
+            if self._on_refused is not None:
+                self._on_refused(short, status_for(error).name)
+            raise
         return principal
 
 

@@ -47,11 +47,13 @@ async def guarded(
     write: bool = False,
     is_leader: Callable[[], bool] | None = None,
     leader_address: Callable[[], str | None] | None = None,
+    on_done: Callable[[str], None] | None = None,
 ) -> T:
     """Run ``work`` for one call and return its result, or end the call with a mapped status.
 
     A write on a non-leader (``is_leader()`` false) fails with FAILED_PRECONDITION whose message
     and ``prewarm-leader`` trailing metadata name the leader, before any work is done.
+    ``on_done`` receives the call's status code name (``"OK"``, ``"NOT_FOUND"``...), for metrics.
     """
     try:
         if write and is_leader is not None and not is_leader():
@@ -69,7 +71,7 @@ async def guarded(
         budget = call_budget_s(context, max_call_s)
         try:
             async with asyncio.timeout(budget):
-                return await work()
+                result = await work()
         except TimeoutError:
             raise DeadlineExceeded(
                 f"the call did not finish within its {budget:.1f} s budget (client deadline, "
@@ -77,7 +79,12 @@ async def guarded(
                 "latency if it persists"
             ) from None
     except PrewarmError as error:
+        if on_done is not None:
+            on_done(status_for(error).name)
         await abort(context, error)
+    if on_done is not None:
+        on_done("OK")
+    return result
 
 
 class DecodeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]

@@ -28,19 +28,27 @@ from typing import TypeVar
 
 import grpc
 import numpy as np
+import structlog
 
 from common.durations import parse_duration_s
-from common.errors import InvalidInput, NotFound, PrewarmError
+from common.errors import InvalidInput, NotFound, PrewarmError, TemporaryError
 from common.ids import ModelId
 from forecaster.types import Forecast
 from prewarm.control.calls import abort, guarded
 from prewarm.control.config import KedaConfig
-from prewarm.control.overrides import ActiveOverrides, active_overrides, check_model_id
+from prewarm.control.metrics import ControlMetrics
+from prewarm.control.overrides import (
+    ActiveOverrides,
+    ControlState,
+    active_overrides,
+    check_model_id,
+)
 from prewarm.control.store import ControlStore
 from prewarm.control.view import DaemonView
 from protos import externalscaler_pb2, externalscaler_pb2_grpc
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 
 METRIC_PREFIX = "prewarm-"
 _NOT_NAME = re.compile(r"[^a-z0-9-]+")
@@ -203,17 +211,24 @@ class KedaScaler(externalscaler_pb2_grpc.ExternalScalerServicer):
         config: KedaConfig,
         clock: Callable[[], float] = time.time,
         max_call_s: float = 10.0,
+        metrics: ControlMetrics | None = None,
     ) -> None:
+        self._metrics = metrics if metrics is not None else ControlMetrics()
         self._view = view
         self._store = store
         self._config = config
         self._clock = clock
         self._max_call_s = max_call_s
         self._closing = asyncio.Event()
+        self._last_state: ControlState | None = None
 
     def close(self) -> None:
-        """End every StreamIsActive stream (server shutdown)."""
+        """End every stream (server shutdown)."""
         self._closing.set()
+
+    def reopen(self) -> None:
+        """Allow streams again after :meth:`close` (a server started again)."""
+        self._closing = asyncio.Event()
 
     async def read(
         self, ref: externalscaler_pb2.ScaledObjectRef
@@ -227,7 +242,16 @@ class KedaScaler(externalscaler_pb2_grpc.ExternalScalerServicer):
                 f"{ref.namespace}/{ref.name}); check its `model` metadata"
             )
         now_s = self._clock()
-        state = await self._store.load(max_age_s=self._config.state_max_age_s)
+        try:
+            state = await self._store.load(max_age_s=self._config.state_max_age_s)
+            self._last_state = state
+        except TemporaryError:
+            # The ConfigMap is unreachable for a moment: keep serving the forecast with the last
+            # manual state seen (a KEDA error would drop to its fallback replica count instead).
+            if self._last_state is None:
+                raise
+            log.warning("control state unavailable; KEDA scaler uses the last one read")
+            state = self._last_state
         overrides = active_overrides(state, now_s, lead_time_s=query.lead_time_s)
         reading = evaluate(
             query,
@@ -236,10 +260,16 @@ class KedaScaler(externalscaler_pb2_grpc.ExternalScalerServicer):
             overrides=overrides,
             now_s=now_s,
         )
+        self._metrics.observe_keda(query.model, value_rps=reading.value_rps, active=reading.active)
         return query, reading
 
-    async def _run(self, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
-        return await guarded(context, work, max_call_s=self._max_call_s)
+    async def _run(
+        self, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]], *, method: str
+    ) -> T:
+        def done(code: str) -> None:
+            self._metrics.observe_call(method, code)
+
+        return await guarded(context, work, max_call_s=self._max_call_s, on_done=done)
 
     async def IsActive(  # noqa: N802 - gRPC method names
         self, request: externalscaler_pb2.ScaledObjectRef, context: grpc.aio.ServicerContext
@@ -248,7 +278,7 @@ class KedaScaler(externalscaler_pb2_grpc.ExternalScalerServicer):
             _, reading = await self.read(request)
             return externalscaler_pb2.IsActiveResponse(result=reading.active)
 
-        return await self._run(context, work)
+        return await self._run(context, work, method="IsActive")
 
     async def StreamIsActive(  # noqa: N802 - gRPC method names
         self, request: externalscaler_pb2.ScaledObjectRef, context: grpc.aio.ServicerContext
@@ -294,7 +324,7 @@ class KedaScaler(externalscaler_pb2_grpc.ExternalScalerServicer):
         async def work() -> externalscaler_pb2.GetMetricSpecResponse:
             return self._spec(request)
 
-        return await self._run(context, work)
+        return await self._run(context, work, method="GetMetricSpec")
 
     async def StreamMetricSpec(  # noqa: N802 - gRPC method names
         self, request: externalscaler_pb2.ScaledObjectRef, context: grpc.aio.ServicerContext
@@ -325,4 +355,4 @@ class KedaScaler(externalscaler_pb2_grpc.ExternalScalerServicer):
                 ]
             )
 
-        return await self._run(context, work)
+        return await self._run(context, work, method="GetMetrics")

@@ -4,8 +4,9 @@ Owns: the typed values a person or script stores through the control API (:class
 :class:`Pin`, :class:`Pause`, gathered in a :class:`ControlState`); their validation against the
 configured caps (:func:`validate_request`); the pure state transitions (:func:`add_request`,
 :func:`cancel_request`, :func:`pin_model`, ...); the JSON document they are stored as; and
-:func:`active_overrides`, which turns the state into the planner's inputs at a moment. Must not do
-I/O or read a clock: every "now" is a parameter.
+:func:`active_overrides`, which turns the state into the planner's inputs at a moment, and
+:func:`apply_floors`, which makes sure a plan holds the manual floors. Must not do I/O or read a
+clock: every "now" is a parameter.
 
 Manual requests are planner inputs, not a side channel: the daemon passes :class:`ActiveOverrides`
 to the planner, which turns a floor into a ``ReplicaFloor`` action (with the request's reason), so a
@@ -22,12 +23,13 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from common.durations import format_duration
 from common.errors import InvalidInput, NotFound, ResourceExhausted
 from common.ids import ModelId, RequestId
-from planner.actions import Tier
+from planner.actions import Action, ReplicaFloor, Tier, WarmPlan, WorkloadRef
 
 ABSURD_REPLICAS = 10_000
 """Replica counts above this are refused as malformed, whatever the configured cap."""
@@ -432,8 +434,12 @@ class ActiveOverrides:
             lines.append(self.tiers[model].reason)
         for request in self.pending:
             if request.model == model:
-                lines.append(f"pending: {request.describe()}, starts at {request.start_s:.0f}")
+                lines.append(f"pending: {request.describe()}, starts {_utc(request.start_s)}")
         return tuple(lines)
+
+
+def _utc(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _lead(lead_time_s: float | Callable[[ModelId], float], model: ModelId) -> float:
@@ -511,6 +517,52 @@ def active_overrides(
         global_pause=any(p.model is None for p in current.pauses),
         pending=tuple(sorted(pending, key=lambda r: (r.start_s, r.id))),
     )
+
+
+def apply_floors(
+    plan: WarmPlan,
+    overrides: ActiveOverrides,
+    *,
+    workload_of: Callable[[ModelId], WorkloadRef],
+) -> WarmPlan:
+    """``plan`` with the manual replica floors in force applied (pure).
+
+    For each floor in ``overrides.floors``: the model's ``ReplicaFloor`` is raised to at least the
+    manual ``min_replicas`` (keeping the later ``until_s``, and the request's reason in front), or
+    one is added for ``workload_of(model)``. Nothing else changes, so a planner that already takes
+    the floors into account gets its plan back unchanged. Tier targets and pins need placement on
+    nodes and stay the planner's to turn into ``Preload`` actions; pauses are the daemon's to honour
+    (a paused model must not get new actions, and taking existing ones away is an action too).
+    """
+    if not overrides.floors:
+        return plan
+    actions: list[Action] = []
+    seen: set[ModelId] = set()
+    for action in plan.actions:
+        floor = overrides.floors.get(action.model) if isinstance(action, ReplicaFloor) else None
+        if isinstance(action, ReplicaFloor) and floor is not None:
+            seen.add(action.model)
+            if action.min_replicas < floor.min_replicas:
+                action = replace(
+                    action,
+                    min_replicas=floor.min_replicas,
+                    until_s=max(action.until_s, floor.until_s),
+                    reason=f"{floor.reason} (the plan alone: {action.min_replicas})",
+                )
+        actions.append(action)
+    for model, floor in overrides.floors.items():
+        if model not in seen:
+            actions.append(
+                ReplicaFloor(
+                    model=model,
+                    workload=workload_of(model),
+                    min_replicas=floor.min_replicas,
+                    until_s=floor.until_s,
+                    reason=floor.reason,
+                    value=0.0,
+                )
+            )
+    return replace(plan, actions=tuple(actions))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ raises before writing).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import secrets
 import time
@@ -24,7 +25,13 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from common.errors import FailedPrecondition, InvalidInput, NotFound, TemporaryError
+from common.errors import (
+    FailedPrecondition,
+    InvalidInput,
+    NotFound,
+    PrewarmError,
+    TemporaryError,
+)
 from common.ids import ModelId, RequestId
 from forecaster.types import Forecast
 from planner.actions import (
@@ -40,6 +47,7 @@ from prewarm.control.auth import Authenticator, AuthInterceptor, current_princip
 from prewarm.control.calls import DecodeInterceptor, guarded
 from prewarm.control.config import ControlConfig, Scope
 from prewarm.control.keda import KedaScaler
+from prewarm.control.metrics import ControlMetrics
 from prewarm.control.overrides import (
     ControlState,
     Limits,
@@ -269,7 +277,9 @@ class ControlService(control_pb2_grpc.ControlServicer):
         clock: Callable[[], float] = time.time,
         model_bytes: Callable[[ModelId], int | None] | None = None,
         new_id: Callable[[], RequestId] = new_request_id,
+        metrics: ControlMetrics | None = None,
     ) -> None:
+        self._metrics = metrics if metrics is not None else ControlMetrics()
         self._store = store
         self._view = view
         self._config = config
@@ -285,16 +295,27 @@ class ControlService(control_pb2_grpc.ControlServicer):
         context: grpc.aio.ServicerContext,
         work: Callable[[], Awaitable[T]],
         *,
+        method: str,
         write: bool = False,
     ) -> T:
-        return await guarded(
+        def done(code: str) -> None:
+            self._metrics.observe_call(method, code)
+
+        result = await guarded(
             context,
             work,
             max_call_s=self._config.max_call_s,
             write=write,
             is_leader=self._view.is_leader,
             leader_address=self._view.leader_address,
+            on_done=done,
         )
+        if write:
+            # Keep the override gauges current after every write (the daemon also sets them
+            # each tick, which catches other replicas' writes and expiry).
+            with contextlib.suppress(PrewarmError):  # the write stands; gauges catch up next tick
+                self._metrics.observe_state(await self._store.load(max_age_s=5.0), self._clock())
+        return result
 
     def _known(self) -> frozenset[ModelId] | None:
         # Before the daemon has loaded any model (first tick), nothing can be checked; accept.
@@ -355,7 +376,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
             )
             return control_pb2.WarmResponse(request=request_to_proto(stored, now_s=now_s))
 
-        return await self._run(context, work, write=True)
+        return await self._run(context, work, method="Warm", write=True)
 
     async def Cancel(  # noqa: N802 - gRPC method names
         self, request: control_pb2.CancelRequest, context: grpc.aio.ServicerContext
@@ -369,7 +390,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
             log.info("manual warm request cancelled", request_id=request_id, by=self._who())
             return control_pb2.CancelResponse(request=request_to_proto(cancelled, now_s=now_s))
 
-        return await self._run(context, work, write=True)
+        return await self._run(context, work, method="Cancel", write=True)
 
     async def Pin(  # noqa: N802 - gRPC method names
         self, request: control_pb2.PinRequest, context: grpc.aio.ServicerContext
@@ -395,7 +416,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
             log.info("model pinned", model=model, tier=stored.tier.name, by=stored.created_by)
             return control_pb2.PinResponse(pin=pin_to_proto(stored))
 
-        return await self._run(context, work, write=True)
+        return await self._run(context, work, method="Pin", write=True)
 
     async def Unpin(  # noqa: N802 - gRPC method names
         self, request: control_pb2.UnpinRequest, context: grpc.aio.ServicerContext
@@ -407,7 +428,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
             log.info("model unpinned", model=model, by=self._who())
             return control_pb2.UnpinResponse(pin=pin_to_proto(removed))
 
-        return await self._run(context, work, write=True)
+        return await self._run(context, work, method="Unpin", write=True)
 
     @staticmethod
     def _scope(message: control_pb2.PauseRequest | control_pb2.ResumeRequest) -> ModelId | None:
@@ -441,7 +462,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
             log.warning("prewarm paused", model=model or "*", by=stored.created_by)
             return control_pb2.PauseResponse(pause=pause_to_proto(stored))
 
-        return await self._run(context, work, write=True)
+        return await self._run(context, work, method="Pause", write=True)
 
     async def Resume(  # noqa: N802 - gRPC method names
         self, request: control_pb2.ResumeRequest, context: grpc.aio.ServicerContext
@@ -453,7 +474,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
             log.info("prewarm resumed", model=model or "*", by=self._who())
             return control_pb2.ResumeResponse(pause=pause_to_proto(removed))
 
-        return await self._run(context, work, write=True)
+        return await self._run(context, work, method="Resume", write=True)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -479,7 +500,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
                 now_s=now_s,
             )
 
-        return await self._run(context, work)
+        return await self._run(context, work, method="ListRequests")
 
     async def GetForecast(  # noqa: N802 - gRPC method names
         self, request: control_pb2.GetForecastRequest, context: grpc.aio.ServicerContext
@@ -500,7 +521,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
                 raise NotFound(f"unknown model {model!r}; check the name against `prewarm plan`")
             return forecast_to_proto(forecast, quantiles=quantiles, horizon_s=horizon_s)
 
-        return await self._run(context, work)
+        return await self._run(context, work, method="GetForecast")
 
     async def GetPlan(  # noqa: N802 - gRPC method names
         self, request: control_pb2.GetPlanRequest, context: grpc.aio.ServicerContext
@@ -520,7 +541,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
                 ],
             )
 
-        return await self._run(context, work)
+        return await self._run(context, work, method="GetPlan")
 
     async def Explain(  # noqa: N802 - gRPC method names
         self, request: control_pb2.ExplainRequest, context: grpc.aio.ServicerContext
@@ -549,7 +570,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
                 summary=explanation.summary,
             )
 
-        return await self._run(context, work)
+        return await self._run(context, work, method="Explain")
 
 
 def _required_scope(*, keda_anonymous: bool) -> Callable[[str], Scope | None]:
@@ -586,12 +607,27 @@ class ControlServer:
         model_bytes: Callable[[ModelId], int | None] | None = None,
         authenticator: Authenticator | None = None,
         new_id: Callable[[], RequestId] = new_request_id,
+        metrics: ControlMetrics | None = None,
     ) -> None:
         self._config = config
+        self.metrics = metrics if metrics is not None else ControlMetrics()
         self.service = ControlService(
-            store, view, config=config, clock=clock, model_bytes=model_bytes, new_id=new_id
+            store,
+            view,
+            config=config,
+            clock=clock,
+            model_bytes=model_bytes,
+            new_id=new_id,
+            metrics=self.metrics,
         )
-        self.keda = KedaScaler(view, store, config=config.keda, clock=clock)
+        self.keda = KedaScaler(
+            view,
+            store,
+            config=config.keda,
+            clock=clock,
+            max_call_s=config.max_call_s,
+            metrics=self.metrics,
+        )
         self._authenticator = authenticator or Authenticator.from_config(config)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
@@ -604,6 +640,7 @@ class ControlServer:
         interceptor = AuthInterceptor(
             self._authenticator,
             _required_scope(keda_anonymous=self._config.auth.keda_anonymous),
+            on_refused=self.metrics.observe_call,
         )
         # Outermost first: check credentials, then decode the request (INVALID_ARGUMENT if bad).
         # grpc enables SO_REUSEPORT by default, so a second daemon on the same port would bind
@@ -612,6 +649,9 @@ class ControlServer:
             interceptors=(interceptor, DecodeInterceptor()), options=(("grpc.so_reuseport", 0),)
         )
         control_pb2_grpc.add_ControlServicer_to_server(self.service, server)
+        # Fresh health and stream state, so a stopped server can be started again.
+        self.health = health.aio.HealthServicer()
+        self.keda.reopen()
         names = [CONTROL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
         if self._config.keda.enabled:
             externalscaler_pb2_grpc.add_ExternalScalerServicer_to_server(self.keda, server)

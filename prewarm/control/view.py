@@ -2,8 +2,10 @@
 
 Owns: the read-only interface between the daemon (which implements it) and the control API and KEDA
 scaler (which only read through it), and the :class:`Explanation` value ``prewarm explain`` shows.
-Must not: reach into the daemon's internals, or do I/O. :class:`StaticDaemonView` is an in-memory
-implementation **for tests and demos** (and a single-process dev setup), not what production runs.
+Must not: reach into the daemon's internals, or do I/O. :func:`build_explanation` is a pure helper
+the daemon can use to implement :meth:`DaemonView.explain` from the planner's ``ModelPlan``.
+:class:`StaticDaemonView` is an in-memory implementation **for tests and demos** (and a
+single-process dev setup), not what production runs.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from common.durations import format_duration
 from common.errors import NotFound
 from common.ids import ModelId
 from forecaster.types import Forecast
 from planner.actions import WarmPlan
+from planner.planner import ModelPlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +47,106 @@ class Explanation:
     constraints: tuple[str, ...] = ()
     actions: tuple[str, ...] = ()
     summary: str = ""
+
+
+def _forecast_summary(forecast: Forecast, quantile: float | None) -> str:
+    levels = [q for q in forecast.quantiles if quantile is not None and abs(q - quantile) < 1e-9]
+    if levels:
+        series, label = forecast.quantile(levels[0]), f"p{round(levels[0] * 100):g}"
+    else:
+        series, label = forecast.mean, "mean"
+    if forecast.horizon == 0:
+        return "empty forecast"
+    peak = int(series.argmax())
+    rate = float(series[peak]) / forecast.step_s
+    p_any = forecast.p_any_within(forecast.horizon)
+    stale = " (stale: the history source failed)" if forecast.stale else ""
+    return (
+        f"{label} peaks at {rate:.3g} req/s in {format_duration(peak * forecast.step_s)}; "
+        f"P(request within {format_duration(forecast.horizon * forecast.step_s)}) = "
+        f"{p_any:.2f}{stale}"
+    )
+
+
+def build_explanation(
+    model: ModelId,
+    *,
+    forecast: Forecast | None,
+    model_plan: ModelPlan | None,
+    plan: WarmPlan | None,
+    quantile: float | None = None,
+    lead_times_s: Mapping[str, float] | None = None,
+    max_replicas: int | None = None,
+    gpu_bytes_planned: int | None = None,
+    gpu_budget_bytes: int | None = None,
+    gated: bool = False,
+) -> Explanation:
+    """An :class:`Explanation` of ``model`` from the latest tick's values (pure).
+
+    ``model_plan`` is the planner's per-model numbers; ``max_replicas`` the catalog's bound;
+    ``gpu_bytes_planned`` / ``gpu_budget_bytes`` the plan's GPU total and cap; ``gated`` whether the
+    forecast quality gate sent the model back to reactive handling. Constraints are named when they
+    made the target smaller than what the forecast or the reactive floor asked for.
+    """
+    actions = tuple(
+        action.reason
+        for action in (plan.actions if plan is not None else ())
+        if getattr(action, "model", None) == model
+    )
+    value = sum(
+        action.value
+        for action in (plan.actions if plan is not None else ())
+        if getattr(action, "model", None) == model
+    )
+    constraints: list[str] = []
+    summary = f"{model}: no plan yet."
+    p_window = forecast.p_any_within(forecast.horizon) if forecast is not None else 0.0
+    if gated:
+        constraints.append("forecast quality gate failed: handled reactively (observed traffic)")
+    if model_plan is not None:
+        p_window = model_plan.p_window
+        wanted = max(model_plan.floor_replicas, model_plan.forecast_replicas)
+        if model_plan.target_replicas < wanted:
+            if max_replicas is not None and model_plan.target_replicas >= max_replicas:
+                constraints.append(f"max_replicas {max_replicas} from the catalog")
+            else:
+                budget = (
+                    f": {gpu_bytes_planned / 1e9:.1f} GB of {gpu_budget_bytes / 1e9:.1f} GB planned"
+                    if gpu_bytes_planned is not None and gpu_budget_bytes is not None
+                    else ""
+                )
+                constraints.append(
+                    f"GPU memory budget{budget}; {wanted - model_plan.target_replicas} of "
+                    f"{wanted} wanted replicas did not fit"
+                )
+        if model_plan.floor_replicas > model_plan.forecast_replicas:
+            constraints.append(
+                f"reactive floor: observed traffic needs {model_plan.floor_replicas} replicas, "
+                f"more than the forecast's {model_plan.forecast_replicas}"
+            )
+        held = "GPU" if model_plan.hold_gpu else "host memory" if model_plan.hold_host else None
+        summary = (
+            f"{model}: {model_plan.target_replicas} replicas planned (forecast "
+            f"{model_plan.forecast_replicas}, reactive floor {model_plan.floor_replicas}); "
+            f"weights {'held in ' + held if held else 'not held'}; P(request within the "
+            f"{format_duration(model_plan.lead_s)} lead time) = {model_plan.p_window:.2f}."
+        )
+        if not value:
+            value = model_plan.saved_s
+    lead = dict(lead_times_s or {})
+    if not lead and model_plan is not None:
+        lead = {"total": model_plan.lead_s}
+    return Explanation(
+        model=model,
+        forecast_summary=_forecast_summary(forecast, quantile) if forecast else "no forecast yet",
+        forecast_method=forecast.method if forecast is not None else "",
+        p_request_within_horizon=p_window,
+        value=float(value),
+        lead_times_s=lead,
+        constraints=tuple(constraints),
+        actions=actions,
+        summary=summary,
+    )
 
 
 @runtime_checkable
@@ -85,7 +189,8 @@ class StaticDaemonView:
     """An in-memory :class:`DaemonView` whose fields tests (and demos) set directly.
 
     For tests and demos only: production uses the daemon's implementation. ``explain`` returns the
-    entry in ``explanations`` or, for a known model without one, a summary built from the forecast.
+    entry in ``explanations`` or, for a known model without one, :func:`build_explanation` of its
+    forecast and the plan.
     """
 
     forecast_map: dict[ModelId, Forecast] = field(default_factory=dict)
@@ -110,25 +215,8 @@ class StaticDaemonView:
             return self.explanations[model]
         if model not in self.known_models():
             raise NotFound(f"unknown model {model!r}; check the name against `prewarm plan`")
-        forecast = self.forecast_map.get(model)
-        if forecast is None:
-            return Explanation(
-                model=model,
-                forecast_summary="no forecast yet",
-                forecast_method="",
-                p_request_within_horizon=0.0,
-                value=0.0,
-                summary=f"{model} has no forecast yet; the plan holds nothing for it.",
-            )
-        peak = float(forecast.mean.max()) / forecast.step_s if forecast.horizon else 0.0
-        p_any = forecast.p_any_within(forecast.horizon)
-        return Explanation(
-            model=model,
-            forecast_summary=f"mean peaks at {peak:.3g} req/s; P(request) = {p_any:.2f}",
-            forecast_method=forecast.method,
-            p_request_within_horizon=p_any,
-            value=0.0,
-            summary=f"{model}: forecast by {forecast.method}.",
+        return build_explanation(
+            model, forecast=self.forecast_map.get(model), model_plan=None, plan=self.current_plan
         )
 
     def known_models(self) -> frozenset[ModelId]:

@@ -22,6 +22,7 @@ from prewarm.sim.cluster import ClusterSpec, FloatArray, ModelTable, build_model
 from prewarm.sim.engine import Policy, SimResult, Simulator, TickTrace, to_ticks
 from prewarm.sim.policies import POLICY_NAMES, make_policy
 from prewarm.sim.policies.base import replicas_for_rate
+from prewarm.sim.policies.prewarm_policy import PrewarmPolicy
 
 WORKING_SET_WINDOW_S = 600.0
 BUDGET_HEADROOM = 1.25
@@ -136,12 +137,18 @@ def run_bench(
     results: dict[str, SimResult] = {}
     for name in check_policy_names(policies):
         policy = make_policy(name, bench.trace)
+        if isinstance(policy, PrewarmPolicy):
+            policy.log_busiest(bench.trace.counts)
 
         def tick(count: int, _name: str = name) -> None:
             if progress is not None:
                 progress(_name, count)
 
-        results[name] = run_policy(bench, policy, budget_gb=budget, progress=tick)
+        result = run_policy(bench, policy, budget_gb=budget, progress=tick)
+        if isinstance(policy, PrewarmPolicy):
+            log = policy.forecast_log
+            result.forecasts = (log.models, log.times_s, log.predicted)
+        results[name] = result
     return results
 
 

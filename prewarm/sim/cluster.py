@@ -212,11 +212,8 @@ def warm_node_chain_s(
     image = np.zeros(table.size) if image_cached is None else np.where(image_cached, 0.0, 1.0)
     image_s = image * table.image_gb / pull
     weights = table.weights_gb
-    weights_s = np.where(
-        tier >= 2,
-        weights / h2d,
-        np.where(tier == 1, weights / disk, weights / remote) + weights / h2d,
-    )
+    to_host = np.where(tier == 1, weights / disk, weights / remote)
+    weights_s = np.where(tier >= 2, weights / h2d, to_host + weights / h2d)
     compile_s = np.where(tier >= 1, table.compile_s * cached_fraction, table.compile_s)
     result: FloatArray = image_s + start + weights_s + compile_s
     return result

@@ -46,7 +46,7 @@ WAIT_EDGES = np.concatenate([[0.0], np.logspace(-2, 5, 281)])
 
 @dataclass(frozen=True, slots=True)
 class TickTrace:
-    """A trace on the simulator's tick grid: ``counts[i, k]`` requests of model ``i`` in tick ``k``."""
+    """A trace on the simulator's tick grid: ``counts[i, k]`` requests of model ``i`` in tick k."""
 
     models: tuple[ModelId, ...]
     start_s: float
@@ -66,7 +66,7 @@ class TickTrace:
 
 
 def tick_width_s(step_s: float) -> float:
-    """The simulator's tick for a trace on a ``step_s`` grid: 60 s for coarse grids, else ``step_s``.
+    """The simulator's tick for a trace on a ``step_s`` grid: 60 s for coarse grids, else the step.
 
     Grids finer than 10 s are summed to a whole multiple of at least 10 s.
     """
@@ -150,7 +150,7 @@ class Observation:
     lead_s: FloatArray
     """Seconds a start begun now would take on an existing node (no node provisioning)."""
     node_lead_s: FloatArray
-    """Seconds a start begun now would take if it needs a new node."""
+    """Seconds a start begun now would take if it needs a new node (99th percentile)."""
     free_gpus: IntArray
     """Per pool: GPUs on up nodes not used by replicas."""
     nodes: IntArray
@@ -209,6 +209,9 @@ class SimResult:
     overflow_gb_s: float
     scored_s: float
     held_gb_s: float
+    idle_gb_s_per_model: FloatArray | None = None
+    forecasts: tuple[tuple[int, ...], list[float], list[FloatArray]] | None = None
+    """For the prewarm policy: (busiest model rows, times, one-step-ahead forecast rates)."""
 
     @property
     def total_requests(self) -> int:
@@ -349,6 +352,7 @@ class _Run:
                 image_cached=np.zeros(m, np.bool_),
             )
             + table.pool_params["provision_median_s"]
+            * np.exp(2.3263 * table.pool_params["provision_sigma"])
         )
 
     # -- capacity -------------------------------------------------------------------------------
@@ -371,7 +375,7 @@ class _Run:
     # -- starts ---------------------------------------------------------------------------------
 
     def start(self, i: int, count: int, at_s: float, used: IntArray) -> None:
-        """Begin ``count`` replicas of model ``i`` at ``at_s``; ``used`` GPUs per pool is updated."""
+        """Begin ``count`` replicas of model ``i`` at ``at_s``; updates ``used`` (GPUs per pool)."""
         table = self.sim.table
         pool = int(table.pool[i])
         spec = self.sim.cluster.pools[pool]
@@ -427,7 +431,9 @@ class _Run:
                 new_node=new_node,
             )
         else:
-            self.pend_at[i] = max(self.pend_at[i], ready_s)
+            # Merged with a start already under way: the first replica still comes up then
+            # (pending replicas are tracked as one batch, ready with its first member).
+            self.pend_at[i] = min(self.pend_at[i], ready_s)
         self.pend_n[i] += count
         self.held_gb += count * weights
 
@@ -514,7 +520,7 @@ class _Run:
             for i in order:
                 want = int(target[i] - self.ready[i] - self.pend_n[i])
                 room = budget - self.held_gb
-                fits = min(want, int(math.floor(room / float(table.weights_gb[i]) + 1e-9)))
+                fits = min(want, math.floor(room / float(table.weights_gb[i]) + 1e-9))
                 if fits > 0:
                     self.start(int(i), fits, now_s, used)
         self.scale_nodes(now_s)
@@ -553,6 +559,7 @@ class _Run:
         cold_total = np.zeros(m)
         hist = np.zeros(len(WAIT_EDGES) - 1)
         idle_gb_s = 0.0
+        idle_per_model = np.zeros(m)
         held_gb_s = 0.0
         node_s = 0.0
         overflow_gb_s = 0.0
@@ -658,7 +665,9 @@ class _Run:
                 held = (self.ready + self.pend_n) * weights
                 busy = 1.0 - np.exp(-n * service / dt)
                 busy = np.where(self.backlog > 0, 1.0, busy)
-                idle_gb_s += float((held * (1.0 - busy)).sum()) * dt
+                idle_now = held * (1.0 - busy) * dt
+                idle_per_model += idle_now
+                idle_gb_s += float(idle_now.sum())
                 held_gb_s += float(held.sum()) * dt
                 node_s += float(self.nodes_up.sum() + sum(len(p) for p in self.provisioning)) * dt
                 overflow_gb_s += max(0.0, self.held_gb - sim.budget_gb) * dt
@@ -679,4 +688,5 @@ class _Run:
             overflow_gb_s=overflow_gb_s,
             scored_s=scored_s,
             held_gb_s=held_gb_s,
+            idle_gb_s_per_model=idle_per_model,
         )

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from actuator.agents import AgentActuator, PodAddressResolver
 from actuator.config import ActuatorConfig, AgentClientConfig
 from actuator.kube import PODS, KubeClient
-from common.errors import NotFound, ResourceExhausted, TemporaryError
+from common.errors import InvalidInput, NotFound, ResourceExhausted, TemporaryError
 from common.ids import ModelId, NodeName
 from planner.actions import Evict, Preload, Tier
 from protos import gpu_agent_pb2 as pb
@@ -98,7 +98,7 @@ def make(address: str, **agent: object) -> AgentActuator:
     async def no_sleep(_: float) -> None:
         return None
 
-    return AgentActuator(config, address_of, weights_of, sleep=no_sleep)
+    return AgentActuator(config, address_of, weights_of=weights_of, sleep=no_sleep)
 
 
 def preload(model: str = "llama-8b", tier: Tier = Tier.GPU) -> Preload:
@@ -240,3 +240,18 @@ async def test_pod_address_resolver_finds_the_agent_on_the_node(
     assert address == f"{pod['status']['podIP']}:50061"
     with pytest.raises(NotFound, match="no running GPU agent"):
         await resolver(NodeName("no-such-node"))
+
+
+async def test_a_bad_action_fails_alone(agent: tuple[RecordingAgent, str]) -> None:
+    servicer, address = agent
+    actuator = make(address)
+
+    results = await actuator.apply(
+        [preload("unknown"), preload("remote", Tier.REMOTE), preload("ok")], [], now_s=NOW
+    )
+    await actuator.close()
+
+    assert [r.ok for r in results] == [False, False, True]
+    assert isinstance(results[0].error, NotFound)
+    assert isinstance(results[1].error, InvalidInput)
+    assert [c[1] for c in servicer.calls] == ["ok"]

@@ -169,3 +169,27 @@ def test_missing_cluster_api_disables_direct_scaling_with_one_warning(
     messages = [r.getMessage() for r in warnings_of.records if "Cluster API" in r.getMessage()]
     assert len(messages) == 1
     assert MachineDeploymentCapacity(kube, config).available(ref) is False
+
+
+@pytest.mark.usefixtures("capi_crd")
+def test_machine_deployment_never_lowers_a_count_someone_else_raised(
+    kube: KubeClient, config: ActuatorConfig
+) -> None:
+    path = _machine_deployment(kube, config.namespace, replicas=2)
+    ref = MachineDeploymentRef(namespace=config.namespace, name="gpu-md")
+    config = config.model_copy(update={"pools": {"a100": PoolConfig(machine_deployment=ref)}})
+    actuator = NodeCapacityActuator(kube, config)
+    actuator.reconcile([capacity("a100", 8)])  # 2 + 1
+    # The cluster autoscaler scales the MachineDeployment up while the capacity is held.
+    kube.merge_patch(path + "/scale", {"spec": {"replicas": 6}}, field_manager="ca", dry_run=False)
+
+    actuator.reconcile([capacity("a100", 8)])
+    md = kube.get(path)
+    assert md is not None
+    assert md["spec"]["replicas"] == 6
+
+    actuator.reconcile([])  # restore keeps the autoscaler's count, drops the record
+    restored = kube.get(path)
+    assert restored is not None
+    assert restored["spec"]["replicas"] == 6
+    assert ORIGINAL_REPLICAS not in (restored["metadata"].get("annotations") or {})

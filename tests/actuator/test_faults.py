@@ -232,3 +232,20 @@ def test_conflict_on_scale_keeps_the_first_recorded_original(
     raised = get(kube, dep_path)
     assert raised["spec"]["replicas"] == 4
     assert raised["metadata"]["annotations"][ORIGINAL_REPLICAS] == "1"  # recorded once, kept
+
+
+def test_list_that_expires_between_pages_starts_over(
+    plane: ControlPlane, kube: KubeClient, config: ActuatorConfig, proxy: FaultProxy
+) -> None:
+    for index in range(5):
+        body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"cm{index}"}}
+        path = f"/api/v1/namespaces/{config.namespace}/configmaps/cm{index}"
+        kube.apply(path, body, field_manager="test", dry_run=False)
+    # etcd compacted the snapshot a continue token points at: the apiserver answers 410 Gone.
+    proxy.faults.append(Fault("GET", "continue=", status=410))
+    paged = KubeClient(plane.token_client("unused", host=proxy.url), page_size=2)
+
+    items = paged.list(f"/api/v1/namespaces/{config.namespace}/configmaps")
+
+    assert sorted(item["metadata"]["name"] for item in items) == [f"cm{i}" for i in range(5)]
+    assert proxy.count("GET", "continue=", status=410) == 1

@@ -154,9 +154,12 @@ def test_scale_floor_never_lowers_a_higher_count(kube: KubeClient, config: Actua
     path = deployment(kube, config.namespace, replicas=6)
     floors = ReplicaFloors(kube, config)
 
-    floors.raise_floor(floor(config.namespace, 3), now_s=NOW)
+    result = floors.raise_floor(floor(config.namespace, 3), now_s=NOW)
 
-    assert get(kube, path)["spec"]["replicas"] == 6
+    assert not result.changed
+    unchanged = get(kube, path)
+    assert unchanged["spec"]["replicas"] == 6
+    assert ORIGINAL_REPLICAS not in annotations_of(unchanged)  # met on its own: no record
 
 
 def test_restore_keeps_a_value_someone_else_set(kube: KubeClient, config: ActuatorConfig) -> None:

@@ -92,8 +92,9 @@ def test_pulls_on_every_schedulable_node_then_removes_pods(
     pods = prepull_pods(kube, config.namespace)
     assert sorted(p["spec"]["nodeName"] for p in pods) == [f"{pool}-0", f"{pool}-1"]  # type: ignore[index]
 
-    puller.step(action, now_s=1e9)  # idempotent: no duplicate pods
-    assert len(prepull_pods(kube, config.namespace)) == 2
+    names = {p["metadata"]["name"] for p in pods}  # type: ignore[index]
+    puller.step(action, now_s=1e9)  # idempotent: no new pods (finished ones may be going away)
+    assert {p["metadata"]["name"] for p in prepull_pods(kube, config.namespace)} <= names  # type: ignore[index]
 
     status = step_until_done(puller, action)
 

@@ -43,7 +43,7 @@ def test_dns_label_keeps_clean_names_readable() -> None:
 
 def test_resource_paths() -> None:
     assert (
-        DEPLOYMENTS.path("ns", "web", "scale")
+        DEPLOYMENTS.path("ns", "web", sub="scale")
         == "/apis/apps/v1/namespaces/ns/deployments/web/scale"
     )
     assert NODES.path(name="n1") == "/api/v1/nodes/n1"

@@ -96,14 +96,17 @@ def setup(
     capi = install_crd(kube, "machinedeployments.yaml")
     release = f"r{k8s_namespace}"
     docs = helm_template(release, k8s_namespace)
-    kinds = sorted(doc["kind"] for doc in docs)
-    assert kinds == [
-        "ClusterRole", "ClusterRoleBinding", "PriorityClass", "Role", "RoleBinding",
-        "ServiceAccount",
+    # The actuator's part of the chart (the chart also holds the daemon, agent, monitoring, ...).
+    actuator_rbac = [
+        doc for doc in docs
+        if doc["kind"] in RBAC_KINDS and doc["metadata"]["name"] == f"{release}-prewarm-actuator"
     ]  # fmt: skip
-    for doc in docs:
+    assert sorted(doc["kind"] for doc in actuator_rbac) == sorted(RBAC_KINDS)
+    needed = [doc for doc in docs if doc["kind"] in {"ServiceAccount", "PriorityClass"}]
+    for doc in [*needed, *actuator_rbac]:
         kube.apply(object_path(doc), doc, field_manager="helm", dry_run=False)
-    sa = next(doc for doc in docs if doc["kind"] == "ServiceAccount")["metadata"]["name"]
+    binding = next(doc for doc in actuator_rbac if doc["kind"] == "ClusterRoleBinding")
+    sa = binding["subjects"][0]["name"]  # the ServiceAccount the actuator's rules are bound to
     token_request = kube.create(
         f"/api/v1/namespaces/{k8s_namespace}/serviceaccounts/{sa}/token",
         {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
@@ -142,7 +145,7 @@ def setup(
         apps_ns=apps_ns,
         pool=pool,
         md_path=md_path,
-        rbac=[doc for doc in docs if doc["kind"] in {"ClusterRole", "Role"}],
+        rbac=[doc for doc in actuator_rbac if doc["kind"] in {"ClusterRole", "Role"}],
         config=config,
     )
     remove_crd(kube, keda, "keda.sh/v1alpha1")
@@ -288,9 +291,20 @@ def test_no_verb_is_superfluous(setup: Setup) -> None:
 
 def test_chart_priority_class_is_negative_and_matches_the_actuator_default() -> None:
     docs = helm_template("prewarm", "prewarm")
-    priority_class = next(doc for doc in docs if doc["kind"] == "PriorityClass")
+    name = ActuatorConfig().placeholder.priority_class
+    classes = [doc for doc in docs if doc["kind"] == "PriorityClass"]
+    priority_class = next(doc for doc in classes if doc["metadata"]["name"] == name)
 
-    assert priority_class["metadata"]["name"] == ActuatorConfig().placeholder.priority_class
     assert priority_class["value"] < 0
     assert priority_class["preemptionPolicy"] == "Never"
     assert priority_class["globalDefault"] is False
+
+
+def test_chart_passes_helm_lint() -> None:
+    helm = require_binary("PREWARM_HELM_BIN")
+    linted = subprocess.run(
+        [str(helm), "lint", str(REPO_ROOT / "charts" / "prewarm")],
+        check=False, capture_output=True, text=True,
+    )  # fmt: skip
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+    assert "0 chart(s) failed" in linted.stdout

@@ -9,15 +9,17 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from common.errors import InvalidInput
+from common.errors import InvalidInput, TemporaryError
 from common.ids import ModelId
 from planner.actions import Tier
 from prewarm.control.config import KedaConfig
 from prewarm.control.keda import ScalerQuery, evaluate, parse_metadata
-from prewarm.control.overrides import ActiveOverrides, FloorOverride, TierOverride
-from protos import control_pb2, externalscaler_pb2, externalscaler_pb2_grpc
+from prewarm.control.overrides import ActiveOverrides, ControlState, FloorOverride, TierOverride
+from prewarm.control.store import MemoryControlStore
+from protos import control_pb2, control_pb2_grpc, externalscaler_pb2, externalscaler_pb2_grpc
 from tests.control.conftest import (
     WRITE_TOKEN,
+    Clock,
     RunningServer,
     control_config,
     make_forecast,
@@ -220,8 +222,6 @@ def test_a_manual_warm_request_activates_the_scaler(
 ) -> None:
     near = ref(model="llama-70b", leadTime="30s", targetPerReplica="2")
     assert not scaler.IsActive(near, timeout=5).result
-    from protos import control_pb2_grpc
-
     with grpc.insecure_channel(running.address) as channel:
         control = control_pb2_grpc.ControlStub(channel)
         control.Warm(
@@ -315,5 +315,41 @@ def test_keda_needs_a_token_when_not_anonymous() -> None:
                 timeout=5,
             )
             assert reply.metricSpecs[0].metricName == "prewarm-llama-70b"
+    finally:
+        stop_server(handle)
+
+
+class FlakyStore(MemoryControlStore):
+    """A store whose reads fail while ``down`` is set (the API server unreachable)."""
+
+    down = False
+
+    async def load(self, *, max_age_s: float = 0.0) -> ControlState:
+        if self.down:
+            raise TemporaryError("the Kubernetes API is unreachable; retry shortly")
+        return await super().load(max_age_s=max_age_s)
+
+
+def test_a_store_outage_keeps_the_last_manual_state() -> None:
+    clock = Clock()
+    store = FlakyStore(clock=clock)
+    store.down = True
+    handle = start_server(store=store, clock=clock)
+    try:
+        with grpc.insecure_channel(handle.address) as channel:
+            scaler = externalscaler_pb2_grpc.ExternalScalerStub(channel)
+            trigger = ref(model="mistral-7b")
+            with pytest.raises(grpc.RpcError) as caught:
+                scaler.IsActive(trigger, timeout=5)  # nothing read yet: UNAVAILABLE, KEDA retries
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+            store.down = False
+            control_pb2_grpc.ControlStub(channel).Pin(
+                control_pb2.PinRequest(model="mistral-7b"),
+                metadata=(("authorization", f"Bearer {WRITE_TOKEN}"),),
+                timeout=5,
+            )
+            assert scaler.IsActive(trigger, timeout=5).result
+            store.down = True
+            assert scaler.IsActive(trigger, timeout=5).result  # the pin still counts
     finally:
         stop_server(handle)

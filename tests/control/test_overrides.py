@@ -318,3 +318,43 @@ def test_active_overrides_invariants(state: ControlState, now_s: float, lead_s: 
 def test_corrupt_documents_are_refused(text: str, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         loads(text)
+
+
+def test_apply_floors_raises_adds_and_keeps_the_rest() -> None:
+    from common.ids import PoolName
+    from planner.actions import NodeCapacity, ReplicaFloor, WarmPlan, WorkloadRef
+    from prewarm.control.overrides import apply_floors
+
+    mistral = ModelId("mistral-7b")
+    plan = WarmPlan(
+        now_s=NOW,
+        actions=(
+            NodeCapacity(PoolName("a100"), 2, "ahead of demand", 10.0),
+            ReplicaFloor(LLAMA, WorkloadRef("serving", "llama"), 2, NOW + 60, "p90", 50.0),
+            ReplicaFloor(mistral, WorkloadRef("serving", "mistral"), 5, NOW + 60, "p90", 20.0),
+        ),
+    )
+    state = ControlState(
+        requests=(
+            request(1, replicas=4, start_s=NOW, duration_s=600),
+            request(2, model="mistral-7b", replicas=3, start_s=NOW, duration_s=600),
+            request(3, model="qwen-1.5b", replicas=1, start_s=NOW, duration_s=600),
+        )
+    )
+    applied = apply_floors(
+        plan,
+        active_overrides(state, NOW),
+        workload_of=lambda model: WorkloadRef("serving", str(model)),
+    )
+    floors = {a.model: a for a in applied.of_type(ReplicaFloor)}
+    assert applied.actions[0] == plan.actions[0]
+    assert floors[LLAMA].min_replicas == 4
+    assert floors[LLAMA].until_s == NOW + 600
+    assert floors[LLAMA].reason.startswith("manual request req-0000000000000001")
+    assert floors[LLAMA].reason.endswith("(the plan alone: 2)")
+    assert floors[mistral] == plan.actions[2]  # the plan already holds more
+    assert floors[ModelId("qwen-1.5b")].workload == WorkloadRef("serving", "qwen-1.5b")
+    assert floors[ModelId("qwen-1.5b")].min_replicas == 1
+    # After the requests end the plan comes back as it was: the floor is restored.
+    later = active_overrides(state, NOW + 600)
+    assert apply_floors(plan, later, workload_of=lambda m: WorkloadRef("s", m)) == plan

@@ -174,9 +174,9 @@ def test_requests_expire_on_time(
     running: RunningServer, stub: control_pb2_grpc.ControlStub
 ) -> None:
     stub.Warm(warm_request(duration_s=600), metadata=WRITE, timeout=5)
-    running.clock.advance(599)
+    running.clock.advance(590)
     assert len(stub.ListRequests(control_pb2.ListRequestsRequest(), metadata=READ).requests) == 1
-    running.clock.advance(2)
+    running.clock.advance(11)
     assert len(stub.ListRequests(control_pb2.ListRequestsRequest(), metadata=READ).requests) == 0
 
 
@@ -453,3 +453,19 @@ def test_a_port_in_use_is_refused_with_the_setting_to_change(running: RunningSer
     )
     with pytest.raises(InvalidInput, match=r"control\.listen_address"):
         asyncio.run(taken.start())
+
+
+def test_a_stopped_server_starts_again_and_serves() -> None:
+    handle = start_server()
+    try:
+        handle.run(handle.server.stop(0.1))
+        handle.run(handle.server.start())
+        with grpc.insecure_channel(handle.address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=5
+            )
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            stub = control_pb2_grpc.ControlStub(channel)
+            stub.Pin(control_pb2.PinRequest(model="llama-70b"), metadata=WRITE, timeout=5)
+    finally:
+        stop_server(handle)

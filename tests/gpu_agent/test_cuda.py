@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +23,12 @@ from protos import gpu_agent_pb2 as pb
 from tests.gpu_agent.conftest import Running, preload_all, source, write_model
 from tests.gpu_agent.test_attach import expected_sums, read_json, start_child
 
-pytestmark = pytest.mark.gpu
+pytestmark = [
+    pytest.mark.gpu,
+    # tests/conftest.py skips gpu tests without CUDA; repeated here so this directory also runs
+    # on its own (--confcutdir tests/gpu_agent, as hack/gpu-check.sh does on a bare GPU machine).
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
 
 
 async def start_gpu_agent(start_agent, config: AgentConfig) -> Running:
@@ -151,11 +159,25 @@ async def test_pressure_from_another_process_evicts_within_a_second(
         hog.wait(30)
 
 
+@pytest.fixture
+def tmpfs_shm() -> Iterator[Path]:
+    """A directory in /dev/shm (tmpfs), removed afterwards.
+
+    Linux (>= 6.5) refuses long-term write pins of file-backed pages outside shmem, so
+    cudaHostRegister of a host-tier file only works on tmpfs, as in production; pytest's tmp_path
+    is usually on disk.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="prewarm-test-", dir="/dev/shm"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 async def test_host_tier_is_page_locked_and_fills_the_gpu_from_it(
-    start_agent, models_dir: Path, config
+    start_agent, models_dir: Path, config, tmpfs_shm: Path
 ) -> None:
     path = models_dir / "m.safetensors"
     tensors = write_model(path, numel=2_000_000)
+    config = config.model_copy(update={"shm_dir": str(tmpfs_shm / "shm")})
     running = await start_gpu_agent(start_agent, config)
     request = pb.PreloadRequest(model_id="m", weights=[source(path)], target_tier=pb.TIER_HOST)
     await preload_all(running.stub, request)

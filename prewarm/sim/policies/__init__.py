@@ -1,4 +1,4 @@
-"""The policies ``prewarm bench`` compares, behind one interface (:class:`prewarm.sim.engine.Policy`).
+"""The policies ``prewarm bench`` compares, behind one interface (``prewarm.sim.engine.Policy``).
 
 Names: ``reactive``, ``keepalive-10m``, ``hybrid-histogram``, ``tyche``, ``prewarm``, ``oracle``.
 """
@@ -13,6 +13,7 @@ from prewarm.sim.policies.baselines import (
     TychePolicy,
 )
 from prewarm.sim.policies.oracle import OraclePolicy
+from prewarm.sim.policies.prewarm_policy import PrewarmPolicy
 
 POLICY_NAMES: tuple[str, ...] = (
     "reactive",
@@ -37,7 +38,5 @@ def make_policy(name: str, trace: TickTrace) -> Policy:
     if name == "oracle":
         return OraclePolicy(trace)
     if name == "prewarm":
-        from prewarm.sim.policies.prewarm_policy import PrewarmPolicy
-
         return PrewarmPolicy()
     raise KeyError(name)

@@ -62,7 +62,7 @@ class OraclePolicy:
         for width in np.unique(widths):
             rows = np.flatnonzero(widths == width)
             target[rows] = self._window(int(width))[rows, k]
-        node_width = int(math.ceil(float(np.max(obs.node_lead_s, initial=0.0)) / dt)) + 1
+        node_width = math.ceil(float(np.max(obs.node_lead_s, initial=0.0)) / dt) + 1
         future = self._window(node_width)[:, k]
         pools = len(self.setup.cluster.pools)
         gpus = table.gpus_per_replica

@@ -24,12 +24,15 @@ from planner.catalog import GB, Catalog
 from planner.config import PlannerConfig, StageDefaults
 from planner.leadtime import LeadTimeBook, Stage, StageObservation
 from planner.planner import ModelState, PlanContext, PlannerState, PoolState, plan
+from planner.recency import IdleTimeRecord
 from prewarm.sim.cluster import FloatArray, IntArray
 from prewarm.sim.engine import Decision, Observation, SimSetup, StartRecord
 from prewarm.sim.policies.base import LoadScaler
 
 FORECAST_QUANTILES = (0.5, 0.9)
 LEAD_ALLOWANCE_S = 900.0
+MAX_PLANNING_CYCLES = 3000
+"""A replay plans at most about this many times: long traces stretch the planning interval."""
 """Forecast horizon beyond the planning interval (covers the longest lead time planned for)."""
 
 
@@ -70,6 +73,10 @@ class PrewarmPolicy:
         self.step_s = max(60.0, setup.source_step_s)
         self.step_ticks = max(1, round(self.step_s / setup.dt_s))
         self.step_s = self.step_ticks * setup.dt_s
+        steps = setup.ticks / self.step_ticks
+        self.plan_every = max(1, math.ceil(steps / MAX_PLANNING_CYCLES))
+        self.interval_s = self.plan_every * self.step_s
+        self.steps_since_plan = 0
         self.engine = self.engine_factory(self.step_s)
         self.catalog = Catalog(specs={s.model: s for s in table.specs})
         pool_specs = setup.cluster.pools
@@ -106,6 +113,7 @@ class PrewarmPolicy:
         self.prepull = np.zeros(m, np.bool_)
         self.node_gpus = np.zeros(len(pool_specs), np.int64)
         self.recent_rate = np.zeros(m)
+        self.idle = IdleTimeRecord(m)
         self.forecast_log = ForecastLog(models=self._busiest)
         self._image_index: dict[tuple[PoolName, str], list[int]] = {}
         for i, spec in enumerate(table.specs):
@@ -163,10 +171,11 @@ class PrewarmPolicy:
     def _plan(self, obs: Observation) -> None:
         setup = self.setup
         table = setup.table
-        horizon = math.ceil((self.step_s + LEAD_ALLOWANCE_S) / self.step_s) + 1
+        horizon = math.ceil((self.interval_s + LEAD_ALLOWANCE_S) / self.step_s) + 1
         self.forecasts = self.engine.forecast(horizon_steps=horizon, quantiles=FORECAST_QUANTILES)
         self._log(obs.now_s)
         tiers = (Tier.REMOTE, Tier.DISK, Tier.HOST)
+        p_observed = self.idle.p_within(obs.now_s, self.interval_s + obs.lead_s)
         models = {
             model: ModelState(
                 model=model,
@@ -175,6 +184,7 @@ class PrewarmPolicy:
                 tier=tiers[int(obs.tier[i])],
                 image_cached=bool(obs.image_cached[i]),
                 observed_rps=float(self.recent_rate[i]),
+                p_observed=float(p_observed[i]),
             )
             for i, model in enumerate(table.models)
         }
@@ -189,7 +199,7 @@ class PrewarmPolicy:
         }
         ctx = PlanContext(
             now_s=obs.now_s,
-            interval_s=self.step_s,
+            interval_s=self.interval_s,
             forecasts=self.forecasts,
             models=models,
             catalog=self.catalog,
@@ -248,6 +258,7 @@ class PrewarmPolicy:
         self._learn(obs.finished)
         dt = self.setup.dt_s
         self.recent_rate = obs.arrivals / dt
+        self.idle.observe(obs.arrivals > 0, end_s=obs.now_s)
         load = self.scaler.update(obs.arrivals)
         if (obs.tick > 0 and self._fold(obs.arrivals, obs.now_s)) or obs.tick == 0:
             self._plan(obs)

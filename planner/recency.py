@@ -1,0 +1,64 @@
+"""Idle-time evidence: P(next request within a window | the model has been idle for tau).
+
+Rarely used models are where cold starts happen, and their demand forecast per step is nearly flat
+(a small constant ``p_active``). What the forecast cannot say is *when* in the idle period the next
+request tends to come; each model's own record of idle times (gaps between requests) can: with
+``G`` its gap distribution and ``tau`` the time since its last request,
+
+    P(next request in [tau, tau + w]) = P(tau <= G < tau + w) / P(G >= tau).
+
+Gaps are kept in a histogram of 1-minute bins over 4 hours (longer gaps in one overflow bin, as in
+Shahrad et al.'s idle-time histograms), shrunk towards zero with few observations. Pure numpy over
+all models at once; the caller feeds the requests it observed, time comes from the caller.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+
+BIN_S = 60.0
+BINS = 240
+PRIOR_WEIGHT = 2.0
+"""Pseudo-observations of "no request in the window" (a model with few gaps gets less credit)."""
+
+
+class IdleTimeRecord:
+    """Gap histograms of ``size`` models (index = model position); mutable, updated per tick."""
+
+    def __init__(self, size: int) -> None:
+        self.hist = np.zeros((size, BINS + 1), np.float64)
+        """Counts of gaps per 1-minute bin; the last bin holds every gap of 4 hours or more."""
+        self.last_s = np.full(size, -np.inf)
+
+    def observe(self, active: NDArray[np.bool_], *, end_s: float) -> None:
+        """Models in ``active`` had requests in the interval ending at ``end_s``."""
+        rows = np.flatnonzero(active & np.isfinite(self.last_s))
+        if rows.size:
+            gap = (end_s - self.last_s[rows]) / BIN_S - 1.0
+            bins = np.clip(np.floor(np.maximum(gap, 0.0)), 0, BINS).astype(np.int64)
+            np.add.at(self.hist, (rows, bins), 1.0)
+        self.last_s[active] = end_s
+
+    def p_within(self, now_s: float, window_s: FloatArray) -> FloatArray:
+        """P(a request in ``[now, now + window]``) per model from its gap record (0 without one)."""
+        tau = (now_s - self.last_s) / BIN_S
+        known = np.isfinite(tau)
+        tau_bin = np.clip(np.floor(np.where(known, tau, 0.0)), 0, BINS).astype(np.int64)
+        end_bin = np.clip(
+            np.ceil(np.where(known, tau, 0.0) + window_s / BIN_S), 0, BINS + 1
+        ).astype(np.int64)
+        cumulative = np.concatenate(
+            [np.zeros((self.hist.shape[0], 1)), np.cumsum(self.hist, axis=1)], axis=1
+        )
+        rows = np.arange(self.hist.shape[0])
+        total = cumulative[:, -1]
+        at_least = total - cumulative[rows, tau_bin]
+        inside = cumulative[rows, end_bin] - cumulative[rows, tau_bin]
+        # Past the 4-hour range every later gap sits in the overflow bin: no timing evidence.
+        beyond = tau_bin >= BINS
+        p = np.where(beyond, 0.0, inside / (at_least + PRIOR_WEIGHT))
+        return np.where(known, np.clip(p, 0.0, 1.0), 0.0)

@@ -1,0 +1,86 @@
+"""Draws ``prewarm bench --plot``: cold starts vs idle GPU memory per policy, and forecasts.
+
+Left: each policy's point at the chosen budget and, with ``--sweep``, its curve over budgets
+(cold-start ratio against idle GPU GB-hours; lower-left is better). Right: for the busiest models,
+the prewarm policy's one-step-ahead forecast against the actual request rate. Matplotlib with the
+Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from prewarm.sim.bench import BenchInput
+from prewarm.sim.engine import SimResult
+
+
+def draw_bench(
+    path: Path,
+    bench: BenchInput,
+    results: dict[str, SimResult],
+    curves: dict[str, list[dict[str, float]]] | None,
+) -> None:
+    """Write the figure to ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    for name, result in results.items():
+        summary = result.summary()
+        points = curves.get(name) if curves else None
+        if points:
+            xs = [p["idle_gpu_gb_hours"] for p in points]
+            ys = [p["cold_start_ratio"] for p in points]
+            (line,) = left.plot(xs, ys, marker="o", label=name)
+            color = line.get_color()
+        else:
+            color = None
+        left.scatter(
+            [summary["idle_gpu_gb_hours"]],
+            [summary["cold_start_ratio"]],
+            marker="*",
+            s=160,
+            color=color,
+            label=None if points else name,
+            zorder=3,
+        )
+    left.set_xlabel("idle GPU GB-hours")
+    left.set_ylabel("cold-start ratio")
+    left.set_yscale("symlog", linthresh=1e-4)
+    left.set_title(f"{bench.name}: cold starts vs idle GPU memory")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    trace = bench.trace
+    forecast_log = next((r.forecasts for r in results.values() if r.forecasts), None)
+    if forecast_log is not None and forecast_log[0] and forecast_log[1]:
+        rows, times, predicted = forecast_log
+        stacked = np.stack(predicted)
+        start = trace.start_s
+        for j, i in enumerate(rows):
+            actual = trace.counts[i] / trace.dt_s
+            hours = (np.arange(trace.ticks) * trace.dt_s) / 3600.0
+            (line,) = right.plot(
+                hours, actual, lw=0.6, alpha=0.6, label=f"{trace.models[i]} actual"
+            )
+            right.plot(
+                (np.asarray(times) - start) / 3600.0,
+                stacked[:, j],
+                lw=1.2,
+                color=line.get_color(),
+                ls="--",
+                label=f"{trace.models[i]} forecast",
+            )
+        right.set_xlabel("hours since trace start")
+        right.set_ylabel("requests / s")
+        right.set_title("prewarm forecast (one step ahead) vs actual, busiest models")
+        right.legend(fontsize=7)
+    else:
+        right.text(0.5, 0.5, "run with the prewarm policy for forecasts", ha="center")
+        right.set_axis_off()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

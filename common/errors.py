@@ -6,6 +6,7 @@ exactly one place, :mod:`common.grpc_status`; the CLI maps them to exit codes in
 - :class:`InvalidInput`: the input is wrong; fix it and retry. (INVALID_ARGUMENT, CLI exit 2)
 - :class:`NotFound`: the named thing does not exist. (NOT_FOUND)
 - :class:`PermissionDenied`: not allowed (auth, a URI outside allowed roots). (PERMISSION_DENIED)
+- :class:`Unauthenticated`: no valid credential presented. (UNAUTHENTICATED)
 - :class:`ResourceExhausted`: not enough memory, budget or quota now. (RESOURCE_EXHAUSTED)
 - :class:`DataLoss`: data is corrupt (checksum mismatch, truncated file). (DATA_LOSS)
 - :class:`DeadlineExceeded`: the work did not finish in time. (DEADLINE_EXCEEDED)
@@ -31,6 +32,10 @@ class NotFound(PrewarmError, LookupError):
 
 class PermissionDenied(PrewarmError):
     """The caller may not do this (missing or wrong token, URI outside the allowed roots)."""
+
+
+class Unauthenticated(PermissionDenied):
+    """No valid credential was presented (missing or unknown token, no client certificate)."""
 
 
 class ResourceExhausted(PrewarmError):

@@ -12,6 +12,8 @@ from common import errors
 
 _TO_STATUS: tuple[tuple[type[errors.PrewarmError], grpc.StatusCode], ...] = (
     (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    # Before PermissionDenied: Unauthenticated is a subclass of it.
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -33,10 +35,8 @@ def status_for(error: BaseException) -> grpc.StatusCode:
 def error_for(code: grpc.StatusCode, message: str) -> errors.PrewarmError:
     """The :class:`PrewarmError` a client should raise for a failed call with ``code``.
 
-    ``UNAUTHENTICATED`` maps to :class:`PermissionDenied`; unknown codes to the base class.
+    Unknown codes map to the base class.
     """
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return errors.PermissionDenied(message)
     for kind, mapped in _TO_STATUS:
         if mapped == code:
             return kind(message)

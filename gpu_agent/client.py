@@ -56,17 +56,23 @@ class AttachedModel:
     _stub: Any = field(default=None, repr=False)
     _metadata: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     _keep: list[Any] = field(default_factory=list, repr=False)
+    _channel: grpc.Channel | None = field(default=None, repr=False)
 
     def release(self) -> None:
-        """Drop the tensors and end the lease (idempotent; errors ending the lease are logged)."""
+        """Drop the tensors, end the lease and close the channel (idempotent).
+
+        Raises the agent's error (mapped by :mod:`common.grpc_status`) if ending the lease fails.
+        """
         self.tensors = {}
         self._keep.clear()
-        if self.lease_id and self._stub is not None:
-            lease, self.lease_id = self.lease_id, ""
-            try:
-                self._stub.Release(pb.ReleaseRequest(lease_id=lease), metadata=self._metadata)
-            except grpc.RpcError as error:
-                raise error_for(error.code(), error.details() or "") from error
+        try:
+            if self.lease_id and self._stub is not None:
+                lease, self.lease_id = self.lease_id, ""
+                _end_lease(self._stub, lease, metadata=self._metadata)
+        finally:
+            if self._channel is not None:
+                self._channel.close()
+                self._channel = None
 
     def __enter__(self) -> AttachedModel:
         return self
@@ -122,7 +128,13 @@ def attach(
             except grpc.RpcError as error:
                 raise error_for(error.code(), error.details() or "") from error
             attached = AttachedModel(
-                model_id, "", {}, lease_id=response.lease_id, _stub=stub, _metadata=metadata
+                model_id,
+                "",
+                {},
+                lease_id=response.lease_id,
+                _stub=stub,
+                _metadata=metadata,
+                _channel=channel,
             )
             try:
                 _map(response, attached)
@@ -130,13 +142,24 @@ def attach(
             except (OSError, RuntimeError):
                 # Not mappable from here (different node/GPU, no IPC namespace, no shm mount):
                 # give the lease back and ask for the next slower tier.
-                attached.release()
+                _end_lease(stub, response.lease_id, metadata=metadata)
                 tier = min(tier, response.tier) - 1
         raise NotFound(f"model {model_id}: no tier of the agent's copy is reachable from here")
     except (NotFound, TemporaryError):
+        channel.close()
         if not fallback_files:
             raise
         return _load_fallback(model_id, fallback_files, device=fallback_device)
+    except BaseException:
+        channel.close()
+        raise
+
+
+def _end_lease(stub: Any, lease_id: str, *, metadata: tuple[tuple[str, str], ...]) -> None:
+    try:
+        stub.Release(pb.ReleaseRequest(lease_id=lease_id), metadata=metadata)
+    except grpc.RpcError as error:
+        raise error_for(error.code(), error.details() or "") from error
 
 
 def _map(response: pb.AttachResponse, attached: AttachedModel) -> None:

@@ -11,7 +11,7 @@ For every model it works out:
   each over ``replica_rps x target_utilization``; the reactive floor ``max(forecast, observed)``;
 - **value density** of holding it in a tier: ``P x seconds saved vs the next slower tier / GB``,
   where the seconds saved count every request that would wait for the load (``1 + rate x lead``
-  of them, at the forecast's rate while active), not only the first.
+  of them, at the forecast quantile's rate or the observed one), not only the first.
 
 GPU memory is then filled in three passes under the global budget: reactive floors first (what
 observed traffic needs now), then forecast replicas above the floor, then warm holds (one replica
@@ -295,7 +295,7 @@ def _table(ctx: PlanContext, state: PlannerState) -> _Table:
     lead, node_lead, warm_start, host_saved = _lead_times(ctx, state.lead, names, specs)
     level = config.replica_quantile
     window = ctx.interval_s + lead
-    p, peak, burst = batch_outlook(
+    p, peak, _ = batch_outlook(
         ctx.forecasts, names, now_s=ctx.now_s, seconds=window, level=level
     )
     p_node, peak_node, _ = batch_outlook(
@@ -307,8 +307,9 @@ def _table(ctx: PlanContext, state: PlannerState) -> _Table:
     floor = np.where(observed_rps > 0, np.maximum(floor, 1), floor)
     # Seconds saved by a replica in GPU vs the next slower tier: a start from that tier.
     saved = np.where(current > 0, warm_start, lead)
+    load_replicas = _replicas(peak, replica_rps, config.target_utilization)
     # A cold start delays every request that arrives while the model loads, not just the first.
-    affected = 1.0 + np.maximum(burst, observed_rps) * np.minimum(lead, window)
+    affected = 1.0 + np.maximum(peak, observed_rps) * np.minimum(lead, window)
     safe_gb = np.maximum(weights_gb, 1e-9)
     held = np.array([m in state.held for m in names], dtype=np.bool_) | (current > 0)
     bonus = np.where(held, 1.0 + config.hysteresis, 1.0)
@@ -327,7 +328,9 @@ def _table(ctx: PlanContext, state: PlannerState) -> _Table:
         p=p,
         p_node=p_node,
         floor=floor,
-        forecast=_replicas(peak, replica_rps, config.target_utilization),
+        # The forecast sizes replicas for load; whether an idle model keeps its *first* replica
+        # is the value-density decision (a small forecast rate alone does not hold memory).
+        forecast=np.where(load_replicas > 1, load_replicas, 0),
         forecast_node=_replicas(peak_node, replica_rps, config.target_utilization),
         saved_s=saved,
         density=p * saved * affected / safe_gb * bonus,

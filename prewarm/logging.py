@@ -12,6 +12,22 @@ import sys
 import structlog
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at emit time (not at configuration time), so a
+    replaced stderr (a test runner's capture, a CLI runner) never leaves a dead stream behind."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        del value  # always the current sys.stderr
+
+
 def configure_logging(level: str = "info", *, json_format: bool = False) -> None:
     """Route stdlib and structlog records to stderr at ``level``, as JSON lines or for a console."""
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
@@ -31,7 +47,7 @@ def configure_logging(level: str = "info", *, json_format: bool = False) -> None
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,

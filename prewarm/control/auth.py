@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 
-from common.errors import InvalidInput, PermissionDenied, PrewarmError
+from common.errors import InvalidInput, PermissionDenied, PrewarmError, Unauthenticated
 from common.grpc_status import status_for
 from prewarm.control.config import ControlConfig, Scope
 
@@ -120,7 +120,7 @@ class Authenticator:
                 if name in self._subjects:
                     return Principal(name, self._subjects[name])
             if not names:
-                raise PermissionDenied(
+                raise Unauthenticated(
                     "no client certificate: connect with a certificate signed by the control "
                     "API's client CA"
                 )
@@ -130,7 +130,7 @@ class Authenticator:
             )
         presented = _bearer(metadata)
         if presented is None:
-            raise PermissionDenied(
+            raise Unauthenticated(
                 "missing bearer token: set PREWARM_TOKEN or pass --token-file "
                 "(gRPC metadata `authorization: Bearer <token>`)"
             )
@@ -140,7 +140,7 @@ class Authenticator:
             if hmac.compare_digest(token.secret, presented) and found is None:
                 found = token
         if found is None:
-            raise PermissionDenied("the bearer token is not recognised; check PREWARM_TOKEN")
+            raise Unauthenticated("the bearer token is not recognised; check PREWARM_TOKEN")
         return Principal(found.name, found.scope)
 
 

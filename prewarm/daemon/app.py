@@ -20,7 +20,7 @@ from pathlib import Path
 
 import structlog
 from kubernetes import config as k8s_config
-from kubernetes.client import ApiClient
+from kubernetes.client import ApiClient, CoreV1Api
 
 from actuator.agents import AgentActuator, PodAddressResolver
 from actuator.apply import Actuator
@@ -33,6 +33,9 @@ from forecaster.engine import AutoForecaster
 from forecaster.sources.prometheus import PrometheusSource
 from forecaster.types import SeriesBatch
 from planner.catalog import Catalog, load_catalog
+from prewarm.control.metrics import ControlMetrics
+from prewarm.control.service import ControlServer
+from prewarm.control.store import ConfigMapControlStore, ControlStore
 from prewarm.daemon.leader import LeaseElector
 from prewarm.daemon.loop import Daemon
 from prewarm.daemon.metrics import DaemonMetrics
@@ -60,6 +63,8 @@ class Runtime:
     daemon: Daemon
     probes: ProbeServer
     elector: LeaseElector | None
+    control: ControlServer | None = None
+    shutdown_grace_s: float = 10.0
     closers: tuple[Callable[[], object], ...] = ()
 
 
@@ -103,6 +108,8 @@ def build_runtime(
         weights_of=lambda model: (),
     )
     actuator = Actuator(kube, settings.actuator, agents=agents)
+    control_config = settings.control
+    advertise = control_config.advertise_address or control_config.listen_address
     elector: LeaseElector | None = None
     election = daemon_config.leader_election
     if election.enabled:
@@ -115,11 +122,23 @@ def build_runtime(
             identity=identity(),
             lease_duration_s=election.lease_duration_s,
             retry_period_s=election.retry_period_s,
+            address=advertise,
             clock=clock,
         )
     leader_check: Callable[[], bool] = (
         (lambda: elector.is_leader) if elector is not None else (lambda: True)
     )
+    leader_address: Callable[[], str | None] = (
+        (lambda: elector.leader_address) if elector is not None else (lambda: advertise)
+    )
+    store: ControlStore | None = None
+    if control_config.enabled:
+        store = ConfigMapControlStore(
+            CoreV1Api(api),
+            namespace=control_config.namespace,
+            name=control_config.configmap_name,
+            clock=clock,
+        )
     daemon = Daemon(
         daemon_config,
         source=ThreadedSource(source),
@@ -133,8 +152,20 @@ def build_runtime(
         step_s=step_s,
         metrics=metrics,
         is_leader=leader_check,
+        leader_address=leader_address,
+        control_state=store.load if store is not None else None,
         clock=clock,
     )
+    control: ControlServer | None = None
+    if store is not None:
+        control = ControlServer(
+            config=control_config,
+            store=store,
+            view=daemon,
+            clock=clock,
+            model_bytes=lambda model: catalog.spec(model).weights_bytes,
+            metrics=ControlMetrics(metrics.registry),
+        )
     stopping = {"value": False}
     probes = ProbeServer(
         metrics.registry,
@@ -142,7 +173,14 @@ def build_runtime(
         host=http_host,
         port=daemon_config.http_port,
     )
-    return Runtime(daemon=daemon, probes=probes, elector=elector, closers=(agents.close,))
+    return Runtime(
+        daemon=daemon,
+        probes=probes,
+        elector=elector,
+        control=control,
+        shutdown_grace_s=daemon_config.shutdown_grace_s,
+        closers=(agents.close,),
+    )
 
 
 def _kube_credentials() -> ApiClient:
@@ -163,6 +201,8 @@ async def serve(runtime: Runtime, *, stop: asyncio.Event) -> None:
     else:
         runtime.daemon.metrics.is_leader.set(1)
     await runtime.probes.start()
+    if runtime.control is not None:
+        await runtime.control.start()
     log.info("prewarm daemon started", mode=runtime.daemon.config.mode)
     try:
         async with asyncio.TaskGroup() as group:
@@ -170,6 +210,8 @@ async def serve(runtime: Runtime, *, stop: asyncio.Event) -> None:
                 group.create_task(runtime.elector.run(stop), name="lease")
             group.create_task(runtime.daemon.run(stop), name="ticks")
     finally:
+        if runtime.control is not None:
+            await runtime.control.stop(runtime.shutdown_grace_s)
         await runtime.probes.stop()
         for close in runtime.closers:
             result = close()

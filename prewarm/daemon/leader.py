@@ -32,6 +32,8 @@ from common.errors import PrewarmError
 log = structlog.get_logger(__name__)
 
 LEASES = Resource("coordination.k8s.io/v1", "leases")
+ADDRESS_ANNOTATION = "prewarm.io/control-address"
+"""The leader writes its control API address here, so followers can send callers to it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,7 @@ class LeaseElector:
         identity: str,
         lease_duration_s: int = 15,
         retry_period_s: float = 2.0,
+        address: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if retry_period_s >= lease_duration_s:
@@ -118,12 +121,19 @@ class LeaseElector:
         self._duration_s = lease_duration_s
         self._retry_period_s = retry_period_s
         self._clock = clock
+        self._address = address
         self._leader_until_s = 0.0
+        self._leader_address: str | None = None
 
     @property
     def identity(self) -> str:
         """Who this candidate is (usually the pod name)."""
         return self._identity
+
+    @property
+    def leader_address(self) -> str | None:
+        """The control API address the current holder advertised (ours when we lead)."""
+        return self._address if self.is_leader else self._leader_address
 
     @property
     def is_leader(self) -> bool:
@@ -150,6 +160,9 @@ class LeaseElector:
         path = LEASES.path(self._namespace, self._name)
         current = self._kube.get(path)
         state = lease_state(current) if current is not None else None
+        if current is not None:
+            annotations = (current.get("metadata") or {}).get("annotations") or {}
+            self._leader_address = annotations.get(ADDRESS_ANNOTATION)
         decision = decide(state, identity=self._identity, now_s=now_s)
         if decision is Decision.FOLLOW:
             return False
@@ -161,6 +174,7 @@ class LeaseElector:
         if decision is not Decision.RENEW:
             spec["acquireTime"] = micro_time(now_s)
             spec["leaseTransitions"] = (state.transitions + 1) if state is not None else 0
+        metadata: dict[str, Any] = {"annotations": {ADDRESS_ANNOTATION: self._address}}
         try:
             if state is None:
                 body = {
@@ -169,6 +183,7 @@ class LeaseElector:
                     "metadata": {
                         "name": self._name,
                         "labels": {"app.kubernetes.io/managed-by": "prewarm"},
+                        **metadata,
                     },
                     "spec": spec,
                 }
@@ -177,7 +192,7 @@ class LeaseElector:
                 # A merge patch carrying the resourceVersion we read: optimistic concurrency.
                 self._kube.merge_patch(
                     path,
-                    {"spec": spec},
+                    {"metadata": metadata, "spec": spec},
                     field_manager="prewarm-leader",
                     dry_run=False,
                     resource_version=state.resource_version,

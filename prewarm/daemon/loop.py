@@ -17,18 +17,18 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
 import structlog
 
 from actuator.apply import ActionResult
-from common.errors import PrewarmError, TemporaryError
-from common.ids import ModelId, PoolName
+from common.errors import NotFound, PrewarmError, TemporaryError
+from common.ids import ModelId, NodeName, PoolName
 from forecaster.types import Forecast, ForecastEngine, SeriesBatch
-from planner.actions import Action, NodeCapacity, WarmPlan
+from planner.actions import Action, Evict, NodeCapacity, Preload, ReplicaFloor, Tier, WarmPlan
 from planner.catalog import Catalog
 from planner.config import PlannerConfig
 from planner.leadtime import Stage, StageObservation
@@ -40,13 +40,20 @@ from planner.planner import (
     PlannerState,
     PoolState,
     plan,
+    workload_for,
 )
+from prewarm.control.overrides import ActiveOverrides, ControlState, active_overrides, apply_floors
+from prewarm.control.view import Explanation, build_explanation
 from prewarm.daemon.budget import cap_plan
 from prewarm.daemon.config import DaemonConfig
 from prewarm.daemon.metrics import DaemonMetrics
 from prewarm.daemon.quality import LiveAccuracy, passes_gate
 
 log = structlog.get_logger(__name__)
+
+MANUAL_VALUE_PER_BYTE = 1e-3
+"""Value density given to manually requested holds: far above any forecast-derived one, so the
+agent evicts them last."""
 
 REACTIVE_IDLE_S = 300.0
 """A reactive autoscaler scales to zero after this much idle time (KEDA's default cooldown)."""
@@ -122,6 +129,8 @@ class Daemon:
         step_s: float,
         metrics: DaemonMetrics | None = None,
         is_leader: Callable[[], bool] = lambda: True,
+        leader_address: Callable[[], str | None] = lambda: None,
+        control_state: Callable[[], Awaitable[ControlState]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -137,6 +146,10 @@ class Daemon:
         self._quantiles = tuple(sorted({0.1, 0.5, planning_quantile}))
         self.metrics = metrics if metrics is not None else DaemonMetrics()
         self._is_leader = is_leader
+        self._leader_address = leader_address
+        self._control_state = control_state
+        self._overrides = ActiveOverrides(now_s=0.0)
+        self._frozen: dict[ModelId, tuple[Action, ...]] = {}
         self._clock = clock
         self._accuracy = LiveAccuracy(window_steps=config.quality_gate.window_steps)
         self._planner_state = PlannerState()
@@ -146,6 +159,7 @@ class Daemon:
         self._observed_rps: dict[ModelId, float] = {}
         self._last_traffic_s: dict[ModelId, float] = {}
         self._gated: frozenset[ModelId] = frozenset()
+        self._gpu_bytes_planned = 0
         self._pools_seen: set[str] = set()
         self._ticks_ok = 0
         self.metrics.active_mode.set(1 if config.mode == "active" else 0)
@@ -175,6 +189,42 @@ class Daemon:
     def is_leader(self) -> bool:
         """Whether this replica may act."""
         return self._is_leader()
+
+    def leader_address(self) -> str | None:
+        """``host:port`` of the leader's control API (from the Lease), or None when unknown."""
+        return self._leader_address()
+
+    def observed_rps(self, model: ModelId) -> float | None:
+        """The latest observed request rate of ``model`` (requests/s), or None if unknown."""
+        return self._observed_rps.get(model)
+
+    def overrides(self) -> ActiveOverrides:
+        """The manual requests, pins and pauses in force at the latest tick."""
+        return self._overrides
+
+    def explain(self, model: ModelId) -> Explanation:
+        """Why the plan holds what it holds for ``model``; :class:`NotFound` if unknown."""
+        if model not in self.known_models():
+            raise NotFound(
+                f"unknown model {model!r}: prewarm knows {len(self.known_models())} models; "
+                "check the name against `prewarm plan`"
+            )
+        spec = self._catalog.spec(model)
+        explanation = build_explanation(
+            model,
+            forecast=self._forecasts.get(model),
+            model_plan=self._model_plans.get(model),
+            plan=self._plan,
+            quantile=self._planning_quantile,
+            max_replicas=spec.max_replicas,
+            gpu_bytes_planned=self._gpu_bytes_planned,
+            gpu_budget_bytes=self._planner_config.gpu_memory_budget_bytes,
+            gated=model in self._gated,
+        )
+        extra = self._overrides.describe(model)
+        if not extra:
+            return explanation
+        return replace(explanation, constraints=(*explanation.constraints, *extra))
 
     def ready(self) -> bool:
         """Ready once one tick completed (probes use this)."""
@@ -221,20 +271,84 @@ class Daemon:
         result = plan(context, state)
         self._planner_state = result.state
         self._model_plans = result.models
-        self._plan = result.plan
+        self._gpu_bytes_planned = result.gpu_bytes
+        overrides = await self._load_overrides(now_s)
+        warm_plan = self._with_overrides(result.plan, overrides)
+        self._plan = warm_plan
         capped = cap_plan(
-            result.plan, self.config.budget, current_placeholder_gpus=snapshot.placeholder_gpus
+            warm_plan, self.config.budget, current_placeholder_gpus=snapshot.placeholder_gpus
         )
-        outcomes = await self._apply(capped.plan)
+        outcomes = await self._apply(capped.plan) if not overrides.global_pause else []
         for action, _reason in capped.deferred:
             self.metrics.actions.labels(type=_kind(action), result="skipped_budget").inc()
-        self._publish_plan(result.plan, state)
+        self._publish_plan(warm_plan, state)
         self._ticks_ok += 1
         self.metrics.ticks.labels(result="ok").inc()
         self.metrics.tick_seconds.observe(time.perf_counter() - started)
         return TickReport(
-            now_s, fresh, len(models), result.plan, tuple(outcomes), len(capped.deferred), gated
+            now_s, fresh, len(models), warm_plan, tuple(outcomes), len(capped.deferred), gated
         )
+
+    async def _load_overrides(self, now_s: float) -> ActiveOverrides:
+        """The manual state in force now; on a store failure the previous one is kept."""
+        if self._control_state is None:
+            return self._overrides
+        try:
+            state = await self._control_state()
+        except (PrewarmError, OSError) as error:
+            log.warning("control state unavailable; keeping the last one", error=str(error))
+            return self._overrides
+
+        def lead_s(model: ModelId) -> float:
+            planned = self._model_plans.get(model)
+            return planned.lead_s if planned is not None else self.config.tick_s
+
+        self._overrides = active_overrides(state, now_s, lead_time_s=lead_s)
+        return self._overrides
+
+    def _with_overrides(self, warm_plan: WarmPlan, overrides: ActiveOverrides) -> WarmPlan:
+        """The plan with manual floors and tier holds in force, and paused models frozen.
+
+        Manual requests are planner inputs with an expiry: a floor raises the model's
+        ``ReplicaFloor`` (or adds one); a tier request or pin adds a ``Preload`` at that tier when
+        the plan has none at it or faster. A paused model keeps exactly the actions it had when it
+        was paused (taking them away would be an action too).
+        """
+        with_floors = apply_floors(
+            warm_plan, overrides, workload_of=lambda m: workload_for(self._catalog.spec(m))
+        )
+        actions = list(with_floors.actions)
+        for model, target in overrides.tiers.items():
+            held = any(
+                isinstance(a, Preload) and a.model == model and a.tier >= target.tier
+                for a in actions
+            )
+            if held or target.tier <= Tier.DISK:
+                continue
+            spec = self._catalog.spec(model)
+            actions.append(
+                Preload(
+                    model=model,
+                    node=NodeName(str(spec.node_pool)),
+                    tier=target.tier,
+                    bytes=spec.weights_bytes,
+                    deadline_s=warm_plan.now_s,
+                    value_per_byte=MANUAL_VALUE_PER_BYTE,
+                    reason=target.reason,
+                    value=0.0,
+                )
+            )
+        paused = {m for m in self.known_models() if overrides.is_paused(m)}
+        kept = [a for a in actions if _model_of(a) not in paused]
+        for model in paused:
+            kept.extend(self._frozen.get(model, ()))
+        by_model: dict[ModelId, list[Action]] = {}
+        for action in kept:
+            owner = _model_of(action)
+            if owner is not None and owner not in paused:
+                by_model.setdefault(owner, []).append(action)
+        self._frozen.update({model: tuple(group) for model, group in by_model.items()})
+        return WarmPlan(now_s=warm_plan.now_s, actions=tuple(kept))
 
     async def _refresh_forecasts(self, now_s: float) -> bool:
         try:
@@ -383,6 +497,11 @@ class Daemon:
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.config.tick_s)
+
+
+def _model_of(action: Action) -> ModelId | None:
+    """The model an action is about (pool-level actions have none)."""
+    return action.model if isinstance(action, ReplicaFloor | Preload | Evict) else None
 
 
 def _kind(action: Action) -> str:

@@ -39,6 +39,7 @@ ALLOWED = {
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.FAILED_PRECONDITION,
     grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
     grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 PLAUSIBLE_STRINGS = ["llama-70b", "mistral-7b", "req-0000000000000001", "0.9", "5m", "2", ""]

@@ -308,7 +308,7 @@ def test_keda_needs_a_token_when_not_anonymous() -> None:
             scaler = externalscaler_pb2_grpc.ExternalScalerStub(channel)
             with pytest.raises(grpc.RpcError) as caught:
                 scaler.GetMetricSpec(ref(model="llama-70b"), timeout=5)
-            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
             reply = scaler.GetMetricSpec(
                 ref(model="llama-70b"),
                 metadata=(("authorization", f"Bearer {WRITE_TOKEN}"),),

@@ -78,7 +78,7 @@ def test_calls_are_counted_by_method_and_code(running: RunningServer) -> None:
     r = running.server.metrics.registry
     assert sample(r, "prewarm_control_calls_total", method="Warm", code="OK") == 1
     assert sample(r, "prewarm_control_calls_total", method="Warm", code="NOT_FOUND") == 1
-    assert sample(r, "prewarm_control_calls_total", method="Warm", code="PERMISSION_DENIED") == 1
+    assert sample(r, "prewarm_control_calls_total", method="Warm", code="UNAUTHENTICATED") == 1
     assert sample(r, "prewarm_control_calls_total", method="GetMetrics", code="OK") == 1
     assert sample(r, "prewarm_manual_floor_replicas", model="llama-70b") == 3
     assert sample(r, "prewarm_keda_metric_rps", model="llama-70b") == pytest.approx(3.0)

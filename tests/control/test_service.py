@@ -222,20 +222,28 @@ def test_auth_missing_wrong_and_read_only_tokens(
     running: RunningServer, stub: control_pb2_grpc.ControlStub
 ) -> None:
     cases = (
-        ((), "missing bearer token"),
-        ((("authorization", "Bearer not-a-token-at-all-123"),), "not recognised"),
-        ((("authorization", "Basic dXNlcjpwYXNz"),), "missing bearer token"),
-        (READ, "read-only; Warm needs a write token"),
+        ((), "missing bearer token", grpc.StatusCode.UNAUTHENTICATED),
+        (
+            (("authorization", "Bearer not-a-token-at-all-123"),),
+            "not recognised",
+            grpc.StatusCode.UNAUTHENTICATED,
+        ),
+        (
+            (("authorization", "Basic dXNlcjpwYXNz"),),
+            "missing bearer token",
+            grpc.StatusCode.UNAUTHENTICATED,
+        ),
+        (READ, "read-only; Warm needs a write token", grpc.StatusCode.PERMISSION_DENIED),
     )
-    for metadata, message in cases:
+    for metadata, message, expected in cases:
         with pytest.raises(grpc.RpcError) as caught:
             stub.Warm(warm_request(), metadata=metadata, timeout=5)
         code, details = code_of(caught.value)
-        assert code == grpc.StatusCode.PERMISSION_DENIED
+        assert code == expected
         assert message in details
     with pytest.raises(grpc.RpcError) as caught:
         stub.ListRequests(control_pb2.ListRequestsRequest(), timeout=5)
-    assert code_of(caught.value)[0] == grpc.StatusCode.PERMISSION_DENIED
+    assert code_of(caught.value)[0] == grpc.StatusCode.UNAUTHENTICATED
     assert running.state() == ControlState()
     # Both scopes read; bearer scheme is case-insensitive.
     stub.ListRequests(control_pb2.ListRequestsRequest(), metadata=READ, timeout=5)
@@ -441,7 +449,7 @@ def test_undecodable_bytes_are_invalid_argument(running: RunningServer) -> None:
         # Without a token the credential check comes first.
         with pytest.raises(grpc.RpcError) as caught:
             call(b"\xff\xff\xff", timeout=5)
-        assert code_of(caught.value)[0] == grpc.StatusCode.PERMISSION_DENIED
+        assert code_of(caught.value)[0] == grpc.StatusCode.UNAUTHENTICATED
     assert running.state() == ControlState()
 
 

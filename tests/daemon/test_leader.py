@@ -24,6 +24,7 @@ def _elector(
         identity=who,
         lease_duration_s=15,
         retry_period_s=2.0,
+        address=f"{who}.example:50051",
         clock=lambda: clock[0],
     )
 
@@ -48,6 +49,9 @@ async def test_exactly_one_leads_and_the_other_takes_over_after_expiry(
     assert await follower.try_acquire_or_renew()
     assert follower.is_leader
     assert not leader.is_leader  # its own view expired too, by the same clock
+    assert follower.leader_address == f"{follower.identity}.example:50051"
+    assert not await leader.try_acquire_or_renew()
+    assert leader.leader_address == follower.leader_address  # followers learn where to go
     lease = KubeClient(k8s_api).get(LEASES.path(k8s_namespace, "prewarm-leader"))
     assert lease is not None
     assert lease["spec"]["holderIdentity"] == follower.identity

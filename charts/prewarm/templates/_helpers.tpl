@@ -45,3 +45,119 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default "default" .Values.serviceAccount.name }}
 {{- end }}
 {{- end }}
+
+{{/* Labels of the daemon's objects, and its pods' selector. */}}
+{{- define "prewarm.daemonSelectorLabels" -}}
+{{ include "prewarm.selectorLabels" . }}
+app.kubernetes.io/component: daemon
+{{- end }}
+
+{{- define "prewarm.daemonLabels" -}}
+{{ include "prewarm.labels" . }}
+app.kubernetes.io/component: daemon
+{{- end }}
+
+{{/* The GPU agent's name label is fixed: the actuator finds agent pods by it
+     (actuator.agent.label_selector, which the chart narrows to this release). */}}
+{{- define "prewarm.agentSelectorLabels" -}}
+app.kubernetes.io/name: prewarm-gpu-agent
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "prewarm.agentLabels" -}}
+helm.sh/chart: {{ include "prewarm.chart" . }}
+{{ include "prewarm.agentSelectorLabels" . }}
+app.kubernetes.io/component: gpu-agent
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: prewarm
+{{- end }}
+
+{{/* The agent's ServiceAccount (no RBAC: the agent never calls the Kubernetes API). */}}
+{{- define "prewarm.agentServiceAccountName" -}}
+{{- printf "%s-gpu-agent" (include "prewarm.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "prewarm.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{- define "prewarm.agentImage" -}}
+{{- $repository := .Values.agent.image.repository | default .Values.image.repository }}
+{{- $tag := .Values.agent.image.tag | default (printf "%s-agent" (.Values.image.tag | default .Chart.AppVersion)) }}
+{{- printf "%s:%s" $repository $tag }}
+{{- end }}
+
+{{/*
+The settings tree the daemon and the agents read (PREWARM_CONFIG), as YAML: .Values.config with the
+keys that must agree with the chart's own objects set from the chart. A user value that contradicts
+one of them fails the render with a message naming the chart value to change instead, rather than
+a daemon that silently looks for its Lease or its agents in the wrong place.
+*/}}
+{{- define "prewarm.config" -}}
+{{- $cfg := deepCopy (.Values.config | default dict) -}}
+{{- $grpc := int .Values.daemon.ports.grpc -}}
+{{- $agentPort := int .Values.agent.port -}}
+{{- $agentSelector := printf "app.kubernetes.io/name=prewarm-gpu-agent,app.kubernetes.io/instance=%s" .Release.Name -}}
+{{- $forced := list
+  (list (list "actuator" "namespace") .Release.Namespace "the release namespace (helm --namespace)")
+  (list (list "control" "namespace") .Release.Namespace "the release namespace (helm --namespace)")
+  (list (list "actuator" "placeholder" "priority_class") .Values.placeholder.priorityClassName "placeholder.priorityClassName")
+  (list (list "actuator" "agent" "label_selector") $agentSelector "the agent pods' labels")
+  (list (list "actuator" "agent" "port") $agentPort "agent.port")
+  (list (list "agent" "listen") (printf "0.0.0.0:%d" $agentPort) "agent.port")
+  (list (list "agent" "cache_dir") .Values.agent.diskCache.path "agent.diskCache.path")
+  (list (list "agent" "shm_dir") .Values.agent.sharedMemory.path "agent.sharedMemory.path")
+  (list (list "daemon" "http_port") (int .Values.daemon.ports.http) "daemon.ports.http")
+  (list (list "control" "listen_address") (printf "0.0.0.0:%d" $grpc) "daemon.ports.grpc")
+-}}
+{{- range $entry := $forced -}}
+{{- $path := index $entry 0 -}}
+{{- $value := index $entry 1 -}}
+{{- $node := $cfg -}}
+{{- range $key := initial $path -}}
+{{- if not (index $node $key) -}}
+{{- $_ := set $node $key (dict) -}}
+{{- end -}}
+{{- $node = index $node $key -}}
+{{- end -}}
+{{- $leaf := last $path -}}
+{{- if and (hasKey $node $leaf) (ne (toString (index $node $leaf)) (toString $value)) -}}
+{{- fail (printf "config.%s is set by the chart to %v; remove it from config and set %s instead" (join "." $path) $value (index $entry 2)) -}}
+{{- end -}}
+{{- $_ := set $node $leaf $value -}}
+{{- end -}}
+{{- if .Values.agent.compileCache.path -}}
+{{- if not (hasKey $cfg.agent "allowed_install_roots") -}}
+{{- $_ := set $cfg.agent "allowed_install_roots" (list .Values.agent.compileCache.path) -}}
+{{- end -}}
+{{- end -}}
+{{- $election := dig "daemon" "leader_election" "enabled" true $cfg -}}
+{{- if and (gt (int .Values.daemon.replicas) 1) (not $election) -}}
+{{- fail "daemon.replicas > 1 needs config.daemon.leader_election.enabled: every replica would act" -}}
+{{- end -}}
+{{- toYaml $cfg -}}
+{{- end }}
+
+{{/* The pod securityContext both workloads share. */}}
+{{- define "prewarm.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* The agent's tier mounts, at the same paths as on the node (paths the agent reports to
+     inference pods must resolve there too). */}}
+{{- define "prewarm.agentVolumeMounts" -}}
+- name: disk-cache
+  mountPath: {{ .Values.agent.diskCache.path }}
+- name: shared-memory
+  mountPath: {{ .Values.agent.sharedMemory.path }}
+{{- with .Values.agent.compileCache.path }}
+- name: compile-cache
+  mountPath: {{ . }}
+{{- end }}
+{{- end }}

@@ -1,7 +1,9 @@
 """In-memory per-model history: a ring buffer of the last ``capacity_steps`` steps for every model.
 
-Owns: folding :class:`SeriesBatch` es into a fixed-size ``(models, capacity)`` float32 array (new
-models get new rows; overlapping steps are overwritten, later values win; skipped steps are NaN),
+Owns: folding :class:`SeriesBatch` es into fixed-size float32 rows of ``capacity`` steps, kept in
+blocks of ``BLOCK_ROWS`` models so that adding models never copies the whole history (at 10,000
+models x 14 days it is 0.8 GB); new models get new rows; overlapping steps are overwritten, later
+values win; skipped steps are NaN,
 and gathering columns at offsets relative to an "as-of" end step, so models can be evaluated at past
 origins without copying the window. Must not: do I/O or forecasting.
 
@@ -19,6 +21,7 @@ from common.ids import ModelId
 from forecaster.types import FloatArray, SeriesBatch
 
 IntArray = NDArray[np.int64]
+BLOCK_ROWS = 1024
 
 
 class HistoryBuffer:
@@ -31,7 +34,7 @@ class HistoryBuffer:
         self.capacity = int(capacity_steps)
         self.models: list[ModelId] = []
         self._index: dict[ModelId, int] = {}
-        self._data: NDArray[np.float32] = np.full((0, self.capacity), np.nan, dtype=np.float32)
+        self._blocks: list[NDArray[np.float32]] = []
         self.origin_s: float | None = None
         self.end = 0
         """Absolute step just after the newest step held."""
@@ -88,13 +91,18 @@ class HistoryBuffer:
             # Clear the columns that the new steps reuse, so stale values never leak through.
             clear_from = max(self.end, stop - self.capacity)
             columns = np.arange(clear_from, stop) % self.capacity
-            self._data[:, columns] = np.nan
+            for block in self._blocks:
+                block[:, columns] = np.nan
             self.end = stop
         keep_from = max(begin, self.end - self.capacity)
         values = np.asarray(batch.counts[:, keep_from - begin :], dtype=np.float32)
-        values = np.where(values < 0, np.nan, values)
+        values = np.where(values < 0, np.float32(np.nan), values)
         columns = np.arange(keep_from, stop) % self.capacity
-        self._data[np.ix_(rows, columns)] = values
+        which = rows // BLOCK_ROWS
+        for index in np.unique(which):
+            members = np.flatnonzero(which == index)
+            local = rows[members] - index * BLOCK_ROWS
+            self._blocks[int(index)][np.ix_(local, columns)] = values[members]
         self.first = min(self.first, begin)
         observed = np.isfinite(values).any(axis=1)
         first_step = keep_from + np.argmax(np.isfinite(values), axis=1)
@@ -108,11 +116,23 @@ class HistoryBuffer:
             for model in new:
                 self._index[model] = len(self.models)
                 self.models.append(model)
-            extra = np.full((len(new), self.capacity), np.nan, dtype=np.float32)
-            self._data = np.concatenate([self._data, extra], axis=0)
+            # Only the last block is ever resized (at most BLOCK_ROWS rows are copied).
+            while self._rows_held() < len(self.models):
+                missing = len(self.models) - self._rows_held()
+                if self._blocks and self._blocks[-1].shape[0] < BLOCK_ROWS:
+                    last = self._blocks[-1]
+                    grow = min(BLOCK_ROWS - last.shape[0], missing)
+                    extra = np.full((grow, self.capacity), np.nan, dtype=np.float32)
+                    self._blocks[-1] = np.concatenate([last, extra], axis=0)
+                else:
+                    rows_ = min(BLOCK_ROWS, missing)
+                    self._blocks.append(np.full((rows_, self.capacity), np.nan, dtype=np.float32))
             never = np.full(len(new), np.iinfo(np.int64).max // 4, dtype=np.int64)
             self.first_seen = np.concatenate([self.first_seen, never])
         return np.fromiter((self._index[m] for m in models), dtype=np.int64, count=len(models))
+
+    def _rows_held(self) -> int:
+        return sum(block.shape[0] for block in self._blocks)
 
     def gather(self, offsets: IntArray, *, end: int | None = None) -> FloatArray:
         """Values at absolute steps ``end + offsets`` for every model, shape ``(models, offsets)``.
@@ -123,7 +143,11 @@ class HistoryBuffer:
         steps = as_of + np.asarray(offsets, dtype=np.int64)
         valid = (steps >= self.start) & (steps < min(as_of, self.end))
         columns = np.where(valid, steps, 0) % self.capacity
-        out = self._data[:, columns].astype(np.float64)
+        out = np.empty((self.size, columns.size), dtype=np.float64)
+        for index, block in enumerate(self._blocks):
+            first = index * BLOCK_ROWS
+            last = min(first + BLOCK_ROWS, self.size)
+            out[first:last] = block[: last - first, columns]
         if not valid.all():
             out[:, ~valid] = np.nan
         return out

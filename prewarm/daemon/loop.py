@@ -300,8 +300,10 @@ class Daemon:
             return self._overrides
 
         def lead_s(model: ModelId) -> float:
+            # A request counts from its start minus the model's lead time, plus one tick: the
+            # next tick may come up to a tick later, and the replicas must be ready at the start.
             planned = self._model_plans.get(model)
-            return planned.lead_s if planned is not None else self.config.tick_s
+            return (planned.lead_s if planned is not None else 0.0) + self.config.tick_s
 
         self._overrides = active_overrides(state, now_s, lead_time_s=lead_s)
         return self._overrides

@@ -161,3 +161,12 @@ seccompProfile:
   mountPath: {{ . }}
 {{- end }}
 {{- end }}
+
+{{/* The daemon's and the agents' parts of the settings tree (see configmap.yaml). */}}
+{{- define "prewarm.daemonConfig" -}}
+{{- omit (include "prewarm.config" . | fromYaml) "agent" | toYaml }}
+{{- end }}
+
+{{- define "prewarm.agentConfig" -}}
+{{- pick (include "prewarm.config" . | fromYaml) "logging" "agent" | toYaml }}
+{{- end }}

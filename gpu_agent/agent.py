@@ -827,6 +827,9 @@ class Agent:
         # so every other process) still sees the memory as used. Blocks shared over CUDA IPC are
         # only released once every importing process has dropped them.
         if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+            # Blocks a released lease no longer references sit in torch's IPC "limbo" until
+            # collected; collect them first so empty_cache can return them too.
+            torch.cuda.ipc_collect()
             torch.cuda.empty_cache()
 
     async def evict(
@@ -1097,6 +1100,9 @@ class Agent:
             holding = self._holdings.get(lease.model_id)
             if holding is not None:
                 holding.leases.pop(lease_id, None)
+            evicted_while_attached = holding is None or holding.gpu is None
+        if evicted_while_attached:
+            self._release_cuda_cache()
         self._publish(pb.Event.KIND_RELEASED, lease.model_id, reason=f"pid {lease.pid}")
 
     # -------------------------------------------------------------------------------- events

@@ -100,7 +100,9 @@ class GpuAgentServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Attach(self, request, context):
-        """Hand a held model to an inference process on this node without copying it.
+        """Hand a held model to an inference process on this node without copying it. What the pod
+        needs for each tier (same node and GPU, shared IPC namespace, shm mount) is documented in
+        gpu_agent/client.py, the library that calls this.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -58,7 +58,10 @@ class GpuAgentStub:
     Watch: _grpc.UnaryStreamMultiCallable[_gpu_agent_pb2.WatchRequest, _gpu_agent_pb2.Event]
     """Events (loaded, evicted, pressure, attached, ...) as they happen, until the client cancels."""
     Attach: _grpc.UnaryUnaryMultiCallable[_gpu_agent_pb2.AttachRequest, _gpu_agent_pb2.AttachResponse]
-    """Hand a held model to an inference process on this node without copying it."""
+    """Hand a held model to an inference process on this node without copying it. What the pod
+    needs for each tier (same node and GPU, shared IPC namespace, shm mount) is documented in
+    gpu_agent/client.py, the library that calls this.
+    """
     Release: _grpc.UnaryUnaryMultiCallable[_gpu_agent_pb2.ReleaseRequest, _gpu_agent_pb2.ReleaseResponse]
     """End an Attach lease; the model becomes evictable again once no lease holds it."""
 
@@ -77,7 +80,10 @@ class GpuAgentAsyncStub(GpuAgentStub):
     Watch: _aio.UnaryStreamMultiCallable[_gpu_agent_pb2.WatchRequest, _gpu_agent_pb2.Event]  # type: ignore[assignment]
     """Events (loaded, evicted, pressure, attached, ...) as they happen, until the client cancels."""
     Attach: _aio.UnaryUnaryMultiCallable[_gpu_agent_pb2.AttachRequest, _gpu_agent_pb2.AttachResponse]  # type: ignore[assignment]
-    """Hand a held model to an inference process on this node without copying it."""
+    """Hand a held model to an inference process on this node without copying it. What the pod
+    needs for each tier (same node and GPU, shared IPC namespace, shm mount) is documented in
+    gpu_agent/client.py, the library that calls this.
+    """
     Release: _aio.UnaryUnaryMultiCallable[_gpu_agent_pb2.ReleaseRequest, _gpu_agent_pb2.ReleaseResponse]  # type: ignore[assignment]
     """End an Attach lease; the model becomes evictable again once no lease holds it."""
 
@@ -123,7 +129,10 @@ class GpuAgentServicer(metaclass=_abc_1.ABCMeta):
         request: _gpu_agent_pb2.AttachRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gpu_agent_pb2.AttachResponse, _abc.Awaitable[_gpu_agent_pb2.AttachResponse]]:
-        """Hand a held model to an inference process on this node without copying it."""
+        """Hand a held model to an inference process on this node without copying it. What the pod
+        needs for each tier (same node and GPU, shared IPC namespace, shm mount) is documented in
+        gpu_agent/client.py, the library that calls this.
+        """
 
     @_abc_1.abstractmethod
     def Release(

@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,7 +113,7 @@ async def test_ipc_unreachable_falls_back_to_a_slower_tier(
         child.kill()
 
 
-async def test_pressure_from_another_process_evicts_within_a_second(
+async def test_pressure_from_another_process_evicts_our_model(
     start_agent, models_dir: Path, config, repo_root: Path
 ) -> None:
     path = models_dir / "m.safetensors"
@@ -146,10 +145,8 @@ async def test_pressure_from_another_process_evicts_within_a_second(
     try:
         assert hog.stdout is not None
         line = await asyncio.to_thread(hog.stdout.readline)
-        allocated = time.monotonic()
         assert line.strip() == "allocated"
-        await asyncio.wait_for(collector, 10)
-        assert time.monotonic() - allocated < 1.0
+        await asyncio.wait_for(collector, 10)  # the benchmark measures how fast
         assert [e.model_id for e in events if e.kind == pb.Event.KIND_EVICTED] == ["m"]
         status = await running.stub.Status(pb.StatusRequest())
         assert status.gpus[0].ours_bytes == 0

@@ -1,0 +1,85 @@
+"""``prewarm bench`` through the real entry point (a subprocess), so exit codes are the CLI's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FIELDS = {
+    "cold_start_ratio",
+    "cold_start_p75_per_model",
+    "wait_p50_s",
+    "wait_p99_s",
+    "idle_gpu_gb_hours",
+    "gpu_node_hours",
+}
+
+
+def _trace(tmp_path: Path) -> Path:
+    lines = ["timestamp,model,requests"]
+    for minute in range(0, 180, 3):
+        lines.append(f"{minute * 60},a,2")
+        if minute % 30 == 0:
+            lines.append(f"{minute * 60},b,1")
+    path = tmp_path / "trace.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "prewarm", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+def test_json_document_has_the_documented_shape(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    plot = tmp_path / "bench.png"
+    result = _bench(
+        "--trace", str(_trace(tmp_path)), "--policies", "keepalive-10m,oracle",
+        "--json", str(out), "--plot", str(plot),
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads(out.read_text())
+    assert set(document) == {"trace", "requests", "models", "policies"}
+    assert document["requests"] == 66 and document["models"] == 2
+    assert list(document["policies"]) == ["keepalive-10m", "oracle"]
+    for summary in document["policies"].values():
+        assert set(summary) == FIELDS
+    assert plot.stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--policies", "reactive,lambda"], "unknown policy lambda"),
+        (["--catalog", "{catalog}"], "weights_gb must be > 0"),
+        (["--gpu-memory-budget", "-5"], "must be > 0"),
+    ],
+)
+def test_bad_options_exit_2_with_one_message(tmp_path: Path, extra: list[str], message: str) -> None:
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text("models:\n  a: {weights_gb: -3}\n")
+    args = [item.replace("{catalog}", str(catalog)) for item in extra]
+    result = _bench("--trace", str(_trace(tmp_path)), *args)
+    assert result.returncode == 2
+    assert result.stderr.count("prewarm: error:") == 1
+    assert message in result.stderr
+
+
+def test_bad_trace_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("timestamp,model,requests\nyesterday,a,1\n")
+    result = _bench("--trace", str(bad))
+    assert result.returncode == 2
+    assert "bad timestamp" in result.stderr
+    missing = _bench("--trace", str(tmp_path / "nope.csv"))
+    assert missing.returncode == 2

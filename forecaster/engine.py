@@ -501,7 +501,12 @@ class AutoForecaster:
             self._pending.append(pending)
             self._last_pending_origin = end
         values = table[:, [wanted.index(q) for q in levels], :horizon]
-        point = point[:, :horizon]
+        # The mean comes from the candidate with the best point loss (absolute error), which
+        # may differ from the one whose quantiles serve the planner.
+        point_choice = self.selector.choose(
+            eligible, preferred=len(self.candidates) - 1, margin=self.ensemble_margin, point=True
+        )
+        point = points[point_choice, rows, :horizon]
         mean = point
 
         estimate = intermittent.estimate(

@@ -7,6 +7,8 @@ for the quantile, and the point forecast (the mean the planner and dashboards sh
 too. An exponentially weighted mean per (candidate, series), decaying per scored step, ranks
 them. A series picks the candidate with the lowest loss among those it has enough history for; a
 tie or no evidence falls back to the first eligible candidate in the preference order given.
+The point forecast (``Forecast.mean``) can be chosen on its own loss (absolute error) alone: the
+quantiles serve the planner, the mean serves people and error metrics.
 Must not: do I/O.
 """
 
@@ -36,6 +38,7 @@ class Selector:
         self.decay = decay
         self.loss: NDArray[np.float64] = np.zeros((candidates, 0))
         self.weight: NDArray[np.float64] = np.zeros((candidates, 0))
+        self.point_loss: NDArray[np.float64] = np.zeros((candidates, 0))
 
     def grow(self, models: int) -> None:
         """Make room for ``models`` series."""
@@ -43,6 +46,8 @@ class Selector:
         if extra > 0:
             self.loss = np.concatenate([self.loss, np.zeros((self.candidates, extra))], axis=1)
             self.weight = np.concatenate([self.weight, np.zeros((self.candidates, extra))], axis=1)
+            pad = np.zeros((self.candidates, extra))
+            self.point_loss = np.concatenate([self.point_loss, pad], axis=1)
 
     def update(self, actual: FloatArray, point: FloatArray, predicted: FloatArray) -> None:
         """Score forecasts ``(candidates, models, steps)`` against ``actual (models, steps)``.
@@ -50,9 +55,8 @@ class Selector:
         ``point`` is each candidate's point forecast, ``predicted`` its planning-quantile
         forecast. NaN entries (missing actuals, ineligible candidates) are skipped.
         """
-        losses = pinball(actual[None, :, :], predicted, self.level) + pinball(
-            actual[None, :, :], point, 0.5
-        )
+        point_losses = pinball(actual[None, :, :], point, 0.5)
+        losses = pinball(actual[None, :, :], predicted, self.level) + point_losses
         finite = np.isfinite(losses)
         count = finite.sum(axis=2)
         has = count > 0
@@ -60,6 +64,10 @@ class Selector:
         step_rate = 1.0 - (1.0 - self.decay) ** count
         rate = np.where(has, np.maximum(step_rate, count / np.maximum(count + self.weight, 1)), 0.0)
         self.loss = (1.0 - rate) * self.loss + rate * mean
+        point_mean = np.where(
+            has, np.where(finite, point_losses, 0.0).sum(axis=2) / np.maximum(count, 1), 0
+        )
+        self.point_loss = (1.0 - rate) * self.point_loss + rate * point_mean
         self.weight = self.weight + count
 
     def choose(
@@ -69,16 +77,18 @@ class Selector:
         min_evidence: float = 10.0,
         preferred: int | None = None,
         margin: float = 0.0,
+        point: bool = False,
     ) -> NDArray[np.int64]:
         """Index of the chosen candidate per series; ``eligible`` is ``(candidates, models)``.
 
         Candidates with less than ``min_evidence`` scored steps are only chosen when no eligible
         candidate has evidence (then the first eligible one in preference order is used). The
         ``preferred`` candidate (the combination) wins unless another beats its loss by more than
-        ``margin`` (a share): a single model must be clearly better to be trusted alone.
+        ``margin`` (a share): a single model must be clearly better to be trusted alone. With
+        ``point=True`` the ranking uses the point forecast's loss only (absolute error).
         """
         trusted = eligible & (self.weight >= min_evidence)
-        score = np.where(trusted, self.loss, np.inf)
+        score = np.where(trusted, self.point_loss if point else self.loss, np.inf)
         if preferred is not None:
             score[preferred] = score[preferred] * (1.0 - margin)
         best = np.argmin(score, axis=0)

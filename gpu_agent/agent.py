@@ -829,7 +829,7 @@ class Agent:
         if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
             # Blocks a released lease no longer references sit in torch's IPC "limbo" until
             # collected; collect them first so empty_cache can return them too.
-            torch.cuda.ipc_collect()
+            torch.cuda.ipc_collect()  # type: ignore[no-untyped-call]
             torch.cuda.empty_cache()
 
     async def evict(

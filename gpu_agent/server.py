@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from common.errors import InvalidInput, PermissionDenied, PrewarmError
+from common.errors import InvalidInput, PrewarmError, Unauthenticated
 from common.grpc_status import status_for
 from common.ids import ModelId
 from gpu_agent.agent import Agent, ArtifactSpec, PreloadSpec, SourceSpec
@@ -126,7 +126,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._expected = f"Bearer {token}".encode()
 
         async def deny(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            error = PermissionDenied("missing or wrong bearer token (authorization metadata)")
+            error = Unauthenticated("missing or wrong bearer token (authorization metadata)")
             await context.abort(status_for(error), str(error))
 
         self._deny = grpc.unary_unary_rpc_method_handler(deny)

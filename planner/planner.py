@@ -11,7 +11,8 @@ For every model it works out:
   each over ``replica_rps x target_utilization``; the reactive floor ``max(forecast, observed)``;
 - **value density** of holding it in a tier: ``P x seconds saved vs the next slower tier / GB``,
   where the seconds saved count every request that would wait for the load (``1 + rate x lead``
-  of them, at the forecast quantile's rate or the observed one), not only the first.
+  of them, at the largest of the forecast quantile's rate, the observed rate and the observed
+  rate while active), not only the first.
 
 GPU memory is then filled in three passes under the global budget: reactive floors first (what
 observed traffic needs now), then forecast replicas above the floor, then warm holds (one replica
@@ -71,6 +72,9 @@ class ModelState:
     image_cached: bool = False
     observed_rps: float = 0.0
     """Request rate over the last observation window (0 when none)."""
+    active_rps: float = 0.0
+    """Mean request rate while the model is active (requests per second over the observation
+    windows that had any request): how many requests one cold start would delay."""
     p_observed: float = 0.0
     """P(request within the planning window) from the model's own idle-time record
     (:class:`planner.recency.IdleTimeRecord`), computed by the caller; 0 without one."""
@@ -292,6 +296,7 @@ def _table(ctx: PlanContext, state: PlannerState) -> _Table:
     current = np.array([o.current_replicas for o in observed], dtype=np.int64)
     observed_rps = np.array([o.observed_rps for o in observed], dtype=np.float64)
     p_observed = np.array([o.p_observed for o in observed], dtype=np.float64)
+    active_rps = np.array([o.active_rps for o in observed], dtype=np.float64)
     lead, node_lead, warm_start, host_saved = _lead_times(ctx, state.lead, names, specs)
     level = config.replica_quantile
     window = ctx.interval_s + lead
@@ -309,7 +314,7 @@ def _table(ctx: PlanContext, state: PlannerState) -> _Table:
     saved = np.where(current > 0, warm_start, lead)
     load_replicas = _replicas(peak, replica_rps, config.target_utilization)
     # A cold start delays every request that arrives while the model loads, not just the first.
-    affected = 1.0 + np.maximum(peak, observed_rps) * np.minimum(lead, window)
+    affected = 1.0 + np.maximum(np.maximum(peak, observed_rps), active_rps) * lead
     safe_gb = np.maximum(weights_gb, 1e-9)
     held = np.array([m in state.held for m in names], dtype=np.bool_) | (current > 0)
     bonus = np.where(held, 1.0 + config.hysteresis, 1.0)

@@ -9,7 +9,8 @@ Stability: this package is v1. Only additive changes (new fields, new enum value
 Errors are gRPC status codes (see common/grpc_status.py):
   INVALID_ARGUMENT   malformed request (empty/huge model id, bad URI, bad sha256, bad tier)
   NOT_FOUND          unknown model (Evict/Attach of a model the agent does not hold), missing file
-  PERMISSION_DENIED  URI outside the allowed roots/schemes, pickle weights not allowed, bad token
+  PERMISSION_DENIED  URI outside the allowed roots/schemes, pickle weights not allowed
+  UNAUTHENTICATED    missing or wrong bearer token (auth mode "token")
   DATA_LOSS          checksum mismatch, truncated or corrupt safetensors
   RESOURCE_EXHAUSTED larger than the free memory (minus headroom) of the target tier
   DEADLINE_EXCEEDED  the request's deadline passed before the load finished

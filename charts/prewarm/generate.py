@@ -1,13 +1,13 @@
 """Generate the chart's values.schema.json and README.md; tests/chart checks both are up to date.
 
-Run from anywhere with the repository's environment: ``.venv/bin/python charts/prewarm/generate.py``.
+Run with the repository's environment: ``.venv/bin/python charts/prewarm/generate.py``.
 
 - values.schema.json: the chart's own values (written out below, strict: unknown keys are refused)
   plus, under ``config``, the JSON schema of prewarm's settings tree
   (``prewarm.settings.Settings.model_json_schema()``), so ``helm install`` refuses a bad setting
   before a daemon ever starts with it. Cross-field rules (validators) are checked only at start-up.
-- README.md: an introduction plus one table row per key of values.yaml that carries a helm-docs style
-  ``# --`` comment (the description may continue on the following ``#`` lines).
+- README.md: an introduction plus one table row per key of values.yaml that carries a helm-docs
+  style ``# --`` comment (the description may continue on the following ``#`` lines).
 """
 
 from __future__ import annotations
@@ -116,9 +116,7 @@ CHART_SCHEMA: dict[str, Any] = _object(
                         "sizeLimit": _STRING,
                     }
                 ),
-                "compileCache": _object(
-                    {"path": {"type": "string", "pattern": r"^(/.+)?$"}}
-                ),
+                "compileCache": _object({"path": {"type": "string", "pattern": r"^(/.+)?$"}}),
                 "resources": _RESOURCES,
                 "extraEnv": _LIST,
                 "extraVolumes": _LIST,
@@ -152,9 +150,7 @@ CHART_SCHEMA: dict[str, Any] = _object(
                 ),
             }
         ),
-        "networkPolicy": _object(
-            {"enabled": _BOOL, "daemonFrom": _LIST, "agentFrom": _LIST}
-        ),
+        "networkPolicy": _object({"enabled": _BOOL, "daemonFrom": _LIST, "agentFrom": _LIST}),
         "containerSecurityContext": _MAP,
     },
     title="prewarm chart values",

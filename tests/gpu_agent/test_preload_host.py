@@ -157,13 +157,13 @@ async def test_bearer_token_is_required(start_agent, config: AgentConfig) -> Non
     running = await start_agent(secured)
     with pytest.raises(grpc.aio.AioRpcError) as denied:
         await running.stub.Status(pb.StatusRequest())
-    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
     with pytest.raises(grpc.aio.AioRpcError) as wrong:
         await running.stub.Status(pb.StatusRequest(), metadata=(("authorization", "Bearer x"),))
-    assert wrong.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert wrong.value.code() == grpc.StatusCode.UNAUTHENTICATED
     with pytest.raises(grpc.aio.AioRpcError) as stream_denied:
         await preload_all(running.stub, pb.PreloadRequest(model_id="m"))
-    assert stream_denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert stream_denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
     ok = await running.stub.Status(
         pb.StatusRequest(), metadata=(("authorization", "Bearer s3cret"),)
     )

@@ -50,7 +50,7 @@ def test_json_document_has_the_documented_shape(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     document = json.loads(out.read_text())
     assert set(document) == {"trace", "requests", "models", "policies"}
-    assert document["requests"] == 66 and document["models"] == 2
+    assert document["requests"] == 60 * 2 + 6 and document["models"] == 2
     assert list(document["policies"]) == ["keepalive-10m", "oracle"]
     for summary in document["policies"].values():
         assert set(summary) == FIELDS

@@ -114,6 +114,8 @@ class PrewarmPolicy:
         self.node_gpus = np.zeros(len(pool_specs), np.int64)
         self.recent_rate = np.zeros(m)
         self.idle = IdleTimeRecord(m)
+        self.requests_seen = np.zeros(m)
+        self.active_ticks = np.zeros(m)
         self.forecast_log = ForecastLog(models=self._busiest)
         self._image_index: dict[tuple[PoolName, str], list[int]] = {}
         for i, spec in enumerate(table.specs):
@@ -176,6 +178,7 @@ class PrewarmPolicy:
         self._log(obs.now_s)
         tiers = (Tier.REMOTE, Tier.DISK, Tier.HOST)
         p_observed = self.idle.p_within(obs.now_s, self.interval_s + obs.lead_s)
+        active_rps = self.requests_seen / np.maximum(self.active_ticks, 1.0) / self.setup.dt_s
         models = {
             model: ModelState(
                 model=model,
@@ -185,6 +188,7 @@ class PrewarmPolicy:
                 image_cached=bool(obs.image_cached[i]),
                 observed_rps=float(self.recent_rate[i]),
                 p_observed=float(p_observed[i]),
+                active_rps=float(active_rps[i]),
             )
             for i, model in enumerate(table.models)
         }
@@ -259,6 +263,8 @@ class PrewarmPolicy:
         dt = self.setup.dt_s
         self.recent_rate = obs.arrivals / dt
         self.idle.observe(obs.arrivals > 0, end_s=obs.now_s)
+        self.requests_seen += obs.arrivals
+        self.active_ticks += obs.arrivals > 0
         load = self.scaler.update(obs.arrivals)
         if (obs.tick > 0 and self._fold(obs.arrivals, obs.now_s)) or obs.tick == 0:
             self._plan(obs)

@@ -1,0 +1,91 @@
+"""The development-set bench: every policy on every trace, with the total wall time.
+
+    .venv/bin/python benchmarks/bench_traces.py [--traces DIR] [--policies a,b] [--jobs N]
+                                                [--json OUT]
+
+Runs what ``prewarm bench --trace F`` runs (default budget, seed 0) for each ``*.csv`` in the
+directory (default ``../shared/traces`` next to the repository), one (trace, policy) pair per task
+on ``--jobs`` worker processes (default 2), and prints one table per trace and the total time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from planner.catalog import Catalog  # noqa: E402
+from prewarm.cli.output import print_table  # noqa: E402
+from prewarm.sim.bench import load_bench_input, run_bench  # noqa: E402
+from prewarm.sim.policies import POLICY_NAMES  # noqa: E402
+
+FIELDS = (
+    "cold_start_ratio",
+    "cold_start_p75_per_model",
+    "wait_p50_s",
+    "wait_p99_s",
+    "idle_gpu_gb_hours",
+    "gpu_node_hours",
+)
+
+
+def _one(trace: str, policy: str) -> tuple[str, str, dict[str, float], float, dict[str, object]]:
+    started = time.perf_counter()
+    bench = load_bench_input(Path(trace), Catalog())
+    result = run_bench(bench, [policy])[policy]
+    info: dict[str, object] = {
+        "requests": bench.trace.requests,
+        "models": len(bench.trace.models),
+        "budget_gb": bench.default_budget_gb,
+    }
+    return trace, policy, result.summary(), time.perf_counter() - started, info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--traces", type=Path, default=REPO.parent / "shared" / "traces")
+    parser.add_argument("--policies", default=",".join(POLICY_NAMES))
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    traces = sorted(str(path) for path in args.traces.glob("*.csv"))
+    policies = [name for name in args.policies.split(",") if name]
+    started = time.perf_counter()
+    tasks = [(trace, policy) for trace in traces for policy in policies]
+    # Longest first (the prewarm policy and the long traces), so the workers finish together.
+    tasks.sort(key=lambda item: (item[1] != "prewarm", -Path(item[0]).stat().st_size))
+    outcomes = []
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(_one, trace, policy) for trace, policy in tasks]
+        for future in futures:
+            outcomes.append(future.result())
+    total = time.perf_counter() - started
+    document: dict[str, object] = {"total_wall_s": total, "jobs": args.jobs, "traces": {}}
+    for trace in traces:
+        rows = []
+        per_trace: dict[str, object] = {"trace": Path(trace).name, "policies": {}}
+        for policy in policies:
+            match = next(o for o in outcomes if o[0] == trace and o[1] == policy)
+            _, _, summary, seconds, info = match
+            per_trace.update(info)
+            per_trace["policies"][policy] = {**summary, "wall_s": seconds}  # type: ignore[index]
+            rows.append([policy, *(summary[field] for field in FIELDS), seconds])
+        document["traces"][Path(trace).name] = per_trace  # type: ignore[index]
+        title = (
+            f"{Path(trace).name}: {per_trace['requests']:,} requests, {per_trace['models']} "
+            f"models, budget {per_trace['budget_gb']:,.0f} GB"
+        )
+        print_table(title, ("policy", *FIELDS, "wall_s"), rows)
+    print(f"total wall time: {total:.1f} s on {args.jobs} worker process(es)")
+    if args.json is not None:
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -32,7 +32,8 @@ from forecaster.selection import Selector
 from forecaster.types import FloatArray, Forecast, SeriesBatch, forecasts_from_arrays
 
 DAY_S = 86400.0
-ENSEMBLE_SIZE = 3
+ENSEMBLE_SIZE = 8
+ENSEMBLE_POWER = 4.0
 GBM_NAME = "gbm-quantile"
 OUT_RATE = 0.02
 LEVEL_MODELS = frozenset({"naive", "median-3", "median-5", "ses-1m", "ses-3m", "ses-15m", "ses-60m", "ses-360m"})
@@ -373,7 +374,9 @@ class AutoForecaster:
         rank = np.argsort(loss, axis=0)[:ENSEMBLE_SIZE]  # (k, n)
         rows = np.arange(base.shape[1])
         chosen_loss = loss[rank, rows[None, :]]
-        weights = np.where(np.isfinite(chosen_loss), 1.0 / np.maximum(chosen_loss, 1e-9), 0.0)
+        best = np.maximum(chosen_loss[0], 1e-9)
+        ratio = best[None, :] / np.maximum(chosen_loss, 1e-9)
+        weights = np.where(np.isfinite(chosen_loss), ratio**ENSEMBLE_POWER, 0.0)
         fallback = trusted.any(axis=0) == 0
         # Without evidence: the mean of the eligible level models (naive and the SES speeds).
         level_rows = [i for i, c in enumerate(self.candidates[:-1]) if c.name in LEVEL_MODELS]

@@ -32,7 +32,7 @@ def pinball(actual: FloatArray, predicted: FloatArray, level: float) -> FloatArr
 class Selector:
     """Exponentially weighted pinball loss per candidate and series, and the choice it implies."""
 
-    def __init__(self, *, candidates: int, level: float, decay: float = 0.0005) -> None:
+    def __init__(self, *, candidates: int, level: float, decay: float = 0.0002) -> None:
         self.candidates = candidates
         self.level = level
         self.decay = decay

@@ -64,6 +64,9 @@ from protos import gpu_agent_pb2 as pb
 
 log = logging.getLogger(__name__)
 
+EventListener = Callable[[int, ModelId, int, int, str, float], None]
+"""(kind, model_id, tier, nbytes, reason, duration_s) of one agent event."""
+
 _MODEL_ID = re.compile(r"^[A-Za-z0-9._:/@+-]+$")
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
 PROGRESS_INTERVAL_S = 0.05
@@ -221,6 +224,7 @@ class Agent:
         self._loading: dict[ModelId, tuple[LoadControl, str]] = {}
         self._model_locks: dict[ModelId, asyncio.Lock] = {}
         self._subscribers: set[asyncio.Queue[pb.Event]] = set()
+        self._listeners: list[EventListener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -1107,6 +1111,11 @@ class Agent:
 
     # -------------------------------------------------------------------------------- events
 
+    def add_listener(self, listener: EventListener) -> None:
+        """Call ``listener(kind, model_id, tier, nbytes, reason, duration_s)`` for every event,
+        synchronously in the publishing thread (metrics use this; keep listeners cheap)."""
+        self._listeners.append(listener)
+
     async def events(self, model_ids: Sequence[str] = ()) -> AsyncIterator[pb.Event]:
         """Events from now on (optionally only for ``model_ids``) until the consumer stops."""
         queue: asyncio.Queue[pb.Event] = asyncio.Queue(maxsize=10_000)
@@ -1130,6 +1139,8 @@ class Agent:
         reason: str = "",
         duration_s: float = 0.0,
     ) -> None:
+        for listener in self._listeners:
+            listener(kind, model_id, tier, nbytes, reason, duration_s)
         if kind in (pb.Event.KIND_LOADED, pb.Event.KIND_EVICTED, pb.Event.KIND_LOAD_FAILED):
             log.info(
                 "gpu agent event",

@@ -55,6 +55,12 @@ class AgentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     listen: str = Field(default="0.0.0.0:50061", description="gRPC listen address.")
+    metrics_port: int | None = Field(
+        default=9400,
+        ge=0,
+        le=65535,
+        description="Port of /metrics, /healthz and /readyz (0: any free port; null: off).",
+    )
     cache_dir: str = Field(default="/var/cache/prewarm", description="Node-local disk cache.")
     shm_dir: str = Field(default="/dev/shm/prewarm", description="Host shared-memory tier.")
     headroom_bytes: int = Field(

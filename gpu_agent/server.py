@@ -23,9 +23,11 @@ from grpc_reflection.v1alpha import reflection
 
 from common.errors import InvalidInput, PrewarmError, Unauthenticated
 from common.grpc_status import status_for
+from common.http_endpoints import ProbeServer
 from common.ids import ModelId
 from gpu_agent.agent import Agent, ArtifactSpec, PreloadSpec, SourceSpec
 from gpu_agent.config import AgentConfig
+from gpu_agent.metrics import AgentMetrics
 from protos import gpu_agent_pb2 as pb
 from protos import gpu_agent_pb2_grpc as pb_grpc
 
@@ -217,6 +219,16 @@ async def serve(
         "gpu agent serving",
         extra={"port": port, "gpu_unavailable": agent.gpu_unavailable_reason() or ""},
     )
+    probes: ProbeServer | None = None
+    if config.metrics_port is not None:
+        serving_now = {"value": True}
+        probes = ProbeServer(
+            AgentMetrics(agent).registry,
+            ready=lambda: serving_now["value"],
+            port=config.metrics_port,
+        )
+        await probes.start()
+        log.info("gpu agent metrics", extra={"port": probes.port})
     if on_ready is not None:
         on_ready(port)
     try:
@@ -226,7 +238,11 @@ async def serve(
     finally:
         # Tell load balancers and kubelet first, then let in-flight calls finish.
         await health_servicer.enter_graceful_shutdown()
+        if probes is not None:
+            serving_now["value"] = False
         await server.stop(config.shutdown_grace_s)
+        if probes is not None:
+            await probes.stop()
         if handle_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(ValueError, RuntimeError):

@@ -102,6 +102,7 @@ CHART_SCHEMA: dict[str, Any] = _object(
                 "enabled": _BOOL,
                 "image": _object({"repository": _STRING, "tag": _STRING}),
                 "port": _PORT,
+                "metricsPort": {"anyOf": [_PORT, {"type": "null"}]},
                 "nodeSelector": _STRING_MAP,
                 "tolerations": _LIST,
                 "affinity": _MAP,

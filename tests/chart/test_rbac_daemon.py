@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+import yaml
 from kubernetes import client as k8s_client
 
 from actuator.config import ActuatorConfig
@@ -29,7 +30,6 @@ from prewarm.control.store import ConfigMapControlStore
 from prewarm.daemon.leader import LEASES, LeaseElector
 from prewarm.daemon.observer import KubeClusterObserver
 from tests.actuator.conftest import FAST_RETRY
-from tests.actuator.test_rbac import allowed_for, object_path
 from tests.chart.conftest import render
 from tests.harness.k8s import ControlPlane, make_kwok_nodes, make_namespace, wait_for
 
@@ -37,6 +37,37 @@ pytestmark = [pytest.mark.k8s, pytest.mark.helm]
 
 RBAC_KINDS = {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
 NOW = 1_800_000_000.0
+
+
+def object_path(obj: Obj) -> str:
+    """The REST path of one of the kinds applied here."""
+    plural = {
+        "ServiceAccount": "serviceaccounts", "ClusterRole": "clusterroles",
+        "ClusterRoleBinding": "clusterrolebindings", "Role": "roles", "RoleBinding": "rolebindings",
+    }[obj["kind"]]  # fmt: skip
+    group_version = obj["apiVersion"]
+    root = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+    namespace = obj["metadata"].get("namespace")
+    middle = f"/namespaces/{namespace}" if namespace else ""
+    return f"{root}{middle}/{plural}/{obj['metadata']['name']}"
+
+
+def allowed_for(
+    admin: KubeClient, user: str, namespace: str | None, verb: str, group: str, resource: str,
+    *, name: str = "",
+) -> bool:  # fmt: skip
+    """What the API server's authorizer answers now for ``user`` (a SubjectAccessReview)."""
+    attributes = {"verb": verb, "group": group, "resource": resource, "name": name}
+    if namespace:
+        attributes["namespace"] = namespace
+    review = admin.create(
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+        {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+         "spec": {"user": user, "groups": ["system:serviceaccounts", "system:authenticated"],
+                  "resourceAttributes": attributes}},
+        dry_run=False,
+    )  # fmt: skip
+    return bool(review["status"].get("allowed"))
 
 
 class LeaseRefused(Exception):
@@ -111,8 +142,6 @@ def setup(
 
 
 def yaml_config(docs: list[Obj], name: str) -> Obj:
-    import yaml
-
     config_map = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == name)
     data: Obj = yaml.safe_load(config_map["data"]["prewarm.yaml"])
     return data
@@ -193,39 +222,42 @@ def test_outside_its_rules_the_daemon_is_refused(setup: Setup) -> None:
         setup.actor.delete(f"/api/v1/namespaces/{setup.namespace}-apps/pods/model", dry_run=False)
 
 
+def revoke_and_expect_refusal(setup: Setup, role: Obj, index: int, verb: str) -> None:
+    """Apply ``role`` without ``verb`` in rule ``index``: the daemon's operations must now fail."""
+    path = object_path(role)
+    namespace = role["metadata"].get("namespace")
+    rule = role["rules"][index]
+    attributes = (verb, rule["apiGroups"][0], rule["resources"][0])
+    name = (rule.get("resourceNames") or [""])[0]
+    reduced = copy.deepcopy(role)
+    rest = [v for v in rule["verbs"] if v != verb]
+    if rest:
+        reduced["rules"][index]["verbs"] = rest
+    else:
+        del reduced["rules"][index]
+
+    def authorized() -> bool:
+        return allowed_for(setup.admin, setup.user, namespace, *attributes, name=name)
+
+    setup.admin.apply(path, reduced, field_manager="helm", dry_run=False)
+    # RBAC is enforced from an informer cache: wait until the authorizer sees the change.
+    wait_for(lambda: not authorized(), what=f"{verb} {attributes[2]} revoked")
+    try:
+        with pytest.raises((PermissionDenied, LeaseRefused)):
+            every_daemon_operation(setup)
+    finally:
+        setup.admin.apply(path, role, field_manager="helm", dry_run=False)
+        wait_for(authorized, what=f"{verb} {attributes[2]} granted again")
+        reset(setup)
+
+
 @pytest.mark.slow
 def test_no_daemon_verb_is_superfluous(setup: Setup) -> None:
     """Removing any single verb from the daemon's rules makes one of its operations fail."""
     checked = 0
     for role in setup.rules:
-        path = object_path(role)
-        namespace = role["metadata"].get("namespace")
         for index, rule in enumerate(role["rules"]):
             for verb in rule["verbs"]:
-                reduced = copy.deepcopy(role)
-                rest = [v for v in rule["verbs"] if v != verb]
-                if rest:
-                    reduced["rules"][index]["verbs"] = rest
-                else:
-                    del reduced["rules"][index]
-                setup.admin.apply(path, reduced, field_manager="helm", dry_run=False)
-                attributes = (verb, rule["apiGroups"][0], rule["resources"][0])
-                names = rule.get("resourceNames") or [""]
-                wait_for(
-                    lambda: not allowed_for(setup.admin, setup.user, namespace, *attributes,
-                                            name=names[0]),
-                    what=f"{verb} {rule['resources'][0]} revoked",
-                )  # fmt: skip
-                try:
-                    with pytest.raises((PermissionDenied, LeaseRefused)):
-                        every_daemon_operation(setup)
-                finally:
-                    setup.admin.apply(path, role, field_manager="helm", dry_run=False)
-                    wait_for(
-                        lambda: allowed_for(setup.admin, setup.user, namespace, *attributes,
-                                            name=names[0]),
-                        what=f"{verb} {rule['resources'][0]} granted again",
-                    )  # fmt: skip
-                    reset(setup)
+                revoke_and_expect_refusal(setup, role, index, verb)
                 checked += 1
-    assert checked == 7
+    assert checked == 7  # leases create, get, patch; configmaps create, get, update; pods list

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +204,9 @@ def test_rendered_agent_settings_load_without_error(
     spec = container(daemonset, "agent")
     mounts = {m["name"]: m["mountPath"] for m in spec["volumeMounts"]}
 
-    assert settings.agent.listen == f"0.0.0.0:{spec['ports'][0]['containerPort']}"
+    ports = {p["name"]: p["containerPort"] for p in spec["ports"]}
+    assert settings.agent.listen == f"0.0.0.0:{ports['grpc']}"
+    assert settings.agent.metrics_port == ports["metrics"]
     assert mounts["disk-cache"] == settings.agent.cache_dir
     assert mounts["shared-memory"] == settings.agent.shm_dir
     assert mounts["compile-cache"] in settings.agent.allowed_install_roots
@@ -394,10 +397,33 @@ def test_agent_daemonset() -> None:
     ]
     for spec in [agent, init]:
         assert "privileged" not in spec["securityContext"]
-    # gRPC health on its only port (the agent serves no HTTP; gpu_agent/server.py).
-    assert [p["containerPort"] for p in agent["ports"]] == [50061]
+    # gRPC health at start-up, then the HTTP probes of its metrics port (gpu_agent/server.py).
+    assert {p["name"]: p["containerPort"] for p in agent["ports"]} == {
+        "grpc": 50061,
+        "metrics": 9400,
+    }
+    assert agent["startupProbe"]["grpc"] == {"port": 50061}
+    assert agent["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+
+
+def test_agent_without_metrics_port_is_probed_over_grpc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = render(DEFAULT, sets=["agent.metricsPort=null"])
+    agent = container(find(docs, "DaemonSet"), "agent")
+    settings = load_rendered_settings(docs, "DaemonSet", "agent", tmp_path, monkeypatch)
+
+    assert [p["name"] for p in agent["ports"]] == ["grpc"]
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert agent[probe]["grpc"] == {"port": 50061}
+    assert settings.agent.metrics_port == 9400  # the agent's own default: the chart sets nothing
+    refused = helm(
+        "template", "r", str(CHART), "--set", "agent.metricsPort=null",
+        "--set", "monitoring.podMonitor.enabled=true",
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "monitoring.podMonitor scrapes the GPU agents: it needs" in refused.stderr
 
 
 def test_agent_pods_are_the_ones_the_actuator_looks_for() -> None:
@@ -445,6 +471,7 @@ def dashboard_agent_metric_names() -> set[str]:
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     expressions = [query.expr for panel in module.AGENT_PANELS for query in panel.queries]
     return {name for expr in expressions for name in re.findall(r"prewarm_agent_\w+", expr)}
@@ -455,7 +482,7 @@ def test_monitoring_objects(tmp_path: Path) -> None:
     service = find(docs, "Service", "prewarm")
     service_monitor = find(docs, "ServiceMonitor")
     pod_monitor = find(docs, "PodMonitor")
-    pod_labels = find(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    agent_pods = find(docs, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
 
     assert service_monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert (
@@ -465,8 +492,10 @@ def test_monitoring_objects(tmp_path: Path) -> None:
     assert service_monitor["spec"]["endpoints"] == [
         {"port": "http", "path": "/metrics", "interval": "15s"}
     ]
-    assert pod_monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] == "http"
+    assert pod_monitor["spec"]["selector"]["matchLabels"].items() <= agent_pods.items()
+    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    agent_ports = container(find(docs, "DaemonSet"), "agent")["ports"]
+    assert "metrics" in [p["name"] for p in agent_ports]
 
 
 def test_prometheus_rules_pass_promtool_and_use_real_metric_names(tmp_path: Path) -> None:
@@ -547,9 +576,11 @@ def test_network_policies() -> None:
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
     } in ingress["from"]
     assert [p["port"] for p in ingress["ports"]] == ["http", "grpc"]
-    (agent_ingress,) = agent["spec"]["ingress"]
+    agent_ingress, agent_metrics = agent["spec"]["ingress"]
     assert agent_ingress["from"][0]["podSelector"]["matchLabels"].items() <= daemon_pods.items()
     assert [p["port"] for p in agent_ingress["ports"]] == ["grpc"]
+    assert [p["port"] for p in agent_metrics["ports"]] == ["metrics"]
+    assert agent_metrics["from"][1:] == ingress["from"][1:]  # Prometheus, as for the daemon
     assert "NetworkPolicy" not in kinds(render(DEFAULT))
 
 
@@ -561,6 +592,7 @@ def load_generator() -> Any:
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

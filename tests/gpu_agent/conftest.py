@@ -77,6 +77,7 @@ def config(tmp_path: Path, models_dir: Path) -> AgentConfig:
         http_range_bytes=1024**2,
         pressure_poll_interval_s=0.05,
         shutdown_grace_s=0.5,
+        metrics_port=0,
     )
 
 
@@ -100,10 +101,15 @@ async def start_agent(config: AgentConfig) -> AsyncIterator[Callable[..., object
     started: list[tuple[Running, asyncio.Task[None]]] = []
 
     async def start(
-        cfg: AgentConfig | None = None, *, nvml: Nvml | None = None, **agent_kwargs: object
+        cfg: AgentConfig | None = None,
+        *,
+        nvml: Nvml | None = None,
+        agent: Agent | None = None,
+        **agent_kwargs: object,
     ) -> Running:
         cfg = cfg or config
-        agent = Agent(cfg, nvml=nvml or FakeNoGpuNvml(), **agent_kwargs)  # type: ignore[arg-type]
+        if agent is None:
+            agent = Agent(cfg, nvml=nvml or FakeNoGpuNvml(), **agent_kwargs)  # type: ignore[arg-type]
         ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         stop = asyncio.Event()
         task = asyncio.create_task(

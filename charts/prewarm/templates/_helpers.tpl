@@ -127,6 +127,14 @@ a daemon that silently looks for its Lease or its agents in the wrong place.
 {{- end -}}
 {{- $_ := set $node $leaf $value -}}
 {{- end -}}
+{{- if not (kindIs "invalid" .Values.agent.metricsPort) -}}
+{{- $metrics := int .Values.agent.metricsPort -}}
+{{- $current := dig "agent" "metrics_port" nil $cfg -}}
+{{- if and (not (kindIs "invalid" $current)) (ne (toString $current) (toString $metrics)) -}}
+{{- fail (printf "config.agent.metrics_port is set by the chart to %d; remove it from config and set agent.metricsPort instead" $metrics) -}}
+{{- end -}}
+{{- $_ := set $cfg.agent "metrics_port" $metrics -}}
+{{- end -}}
 {{- if .Values.agent.compileCache.path -}}
 {{- if not (hasKey $cfg.agent "allowed_install_roots") -}}
 {{- $_ := set $cfg.agent "allowed_install_roots" (list .Values.agent.compileCache.path) -}}

@@ -21,19 +21,16 @@ import argparse
 import json
 import resource
 import statistics
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+import sklearn.ensemble  # noqa: F401  # imported here, outside the timings (slow to import)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import sklearn.ensemble  # noqa: E402, F401  # import outside the timings (it is slow to import)
-from common.ids import ModelId  # noqa: E402
-from forecaster.engine import AutoForecaster  # noqa: E402
-from forecaster.types import SeriesBatch  # noqa: E402
+from common.ids import ModelId
+from forecaster.engine import AutoForecaster
+from forecaster.types import SeriesBatch
 
 STEP_S = 60.0
 DAY = 1440
@@ -100,7 +97,9 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def run(models: int, *, cycles: int, days: int, baseline_series: int, seed: int) -> dict[str, object]:
+def run(
+    models: int, *, cycles: int, days: int, baseline_series: int, seed: int
+) -> dict[str, object]:
     steps = days * DAY
     ids = tuple(ModelId(f"model-{index:05d}") for index in range(models))
     engine = AutoForecaster(step_s=STEP_S)
@@ -128,7 +127,9 @@ def run(models: int, *, cycles: int, days: int, baseline_series: int, seed: int)
 
     cycle_s = []
     for index in range(cycles):
-        batch = SeriesBatch(ids, START_S + (steps + index) * STEP_S, STEP_S, tail[:, index : index + 1])
+        batch = SeriesBatch(
+            ids, START_S + (steps + index) * STEP_S, STEP_S, tail[:, index : index + 1]
+        )
         started = time.perf_counter()
         engine.observe(batch)
         forecasts = engine.forecast(horizon_steps=horizon, quantiles=levels)

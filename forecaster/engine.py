@@ -25,9 +25,9 @@ from common.errors import InvalidInput
 from common.ids import ModelId
 from forecaster.history import HistoryBuffer
 from forecaster.models import intermittent, naive, seasonal
-from forecaster.models.gbm import Calendar, GradientBoostedQuantile
 from forecaster.models.base import Candidate, HistoryView, IntArray
 from forecaster.models.conformal import STRATA, ResidualModel, stratum
+from forecaster.models.gbm import Calendar, GradientBoostedQuantile
 from forecaster.selection import Selector
 from forecaster.types import FloatArray, Forecast, SeriesBatch, forecasts_from_arrays
 
@@ -36,7 +36,9 @@ ENSEMBLE_SIZE = 8
 ENSEMBLE_POWER = 4.0
 GBM_NAME = "gbm-quantile"
 OUT_RATE = 0.02
-LEVEL_MODELS = frozenset({"naive", "median-3", "median-5", "ses-1m", "ses-3m", "ses-15m", "ses-60m", "ses-360m"})
+LEVEL_MODELS = frozenset(
+    {"naive", "median-3", "median-5", "ses-1m", "ses-3m", "ses-15m", "ses-60m", "ses-360m"}
+)
 WEEK_S = 7 * DAY_S
 HOUR_S = 3600.0
 
@@ -374,9 +376,10 @@ class AutoForecaster:
         rank = np.argsort(loss, axis=0)[:ENSEMBLE_SIZE]  # (k, n)
         rows = np.arange(base.shape[1])
         chosen_loss = loss[rank, rows[None, :]]
-        best = np.maximum(chosen_loss[0], 1e-9)
-        ratio = best[None, :] / np.maximum(chosen_loss, 1e-9)
-        weights = np.where(np.isfinite(chosen_loss), ratio**ENSEMBLE_POWER, 0.0)
+        finite = np.isfinite(chosen_loss)
+        safe = np.where(finite, np.maximum(chosen_loss, 1e-9), 1.0)
+        ratio = safe[0][None, :] / safe
+        weights = np.where(finite, ratio**ENSEMBLE_POWER, 0.0)
         fallback = trusted.any(axis=0) == 0
         # Without evidence: the mean of the eligible level models (naive and the SES speeds).
         level_rows = [i for i, c in enumerate(self.candidates[:-1]) if c.name in LEVEL_MODELS]

@@ -41,7 +41,7 @@ class PlannerConfig(BaseModel):
         default=0.8, gt=0, le=1, description="Share of replica_rps a replica is planned to carry."
     )
     min_value_density: float = Field(
-        default=0.25,
+        default=0.3,
         ge=0,
         description=(
             "Least value density (P(request in the planning window) x seconds saved / GB) "

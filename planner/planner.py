@@ -300,9 +300,7 @@ def _table(ctx: PlanContext, state: PlannerState) -> _Table:
     lead, node_lead, warm_start, host_saved = _lead_times(ctx, state.lead, names, specs)
     level = config.replica_quantile
     window = ctx.interval_s + lead
-    p, peak, _ = batch_outlook(
-        ctx.forecasts, names, now_s=ctx.now_s, seconds=window, level=level
-    )
+    p, peak, _ = batch_outlook(ctx.forecasts, names, now_s=ctx.now_s, seconds=window, level=level)
     p_node, peak_node, _ = batch_outlook(
         ctx.forecasts, names, now_s=ctx.now_s, seconds=ctx.interval_s + node_lead, level=level
     )

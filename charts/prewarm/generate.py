@@ -91,6 +91,7 @@ CHART_SCHEMA: dict[str, Any] = _object(
                 "podDisruptionBudget": _object({"enabled": _BOOL}),
             }
         ),
+        "controlTokens": _object({"enabled": _BOOL, "existingSecret": _STRING}),
         "service": _object(
             {
                 "type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},

@@ -21,8 +21,17 @@ from forecaster.models.naive import recent_level, smoothed_level
 from forecaster.types import FloatArray
 
 FEATURES = (
-    "ahead", "last", "mean5", "mean15", "mean60", "delta_day", "delta_week", "active",
-    "hour_sin", "hour_cos", "weekday",
+    "ahead",
+    "last",
+    "mean5",
+    "mean15",
+    "mean60",
+    "delta_day",
+    "delta_week",
+    "active",
+    "hour_sin",
+    "hour_cos",
+    "weekday",
 )
 
 
@@ -97,7 +106,9 @@ class GradientBoostedQuantile:
         """Whether a model has been trained."""
         return self._model is not None
 
-    def fit(self, history: HistoryView, origins: list[int], horizon: int, calendar: Calendar) -> None:
+    def fit(
+        self, history: HistoryView, origins: list[int], horizon: int, calendar: Calendar
+    ) -> None:
         """Train on rows from ``origins`` (targets: the actual counts after each origin)."""
         from sklearn.ensemble import HistGradientBoostingRegressor
 

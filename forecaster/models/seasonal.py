@@ -5,8 +5,8 @@ cycle to the forecast step: ``L_t + median_d(S_{t+k-d} - L_{t-d})`` over lags ``
 and/or 1-2 weeks), where ``S`` is a centred moving mean (``radius`` steps) and ``L`` the mean of
 the last ``level_window`` steps. The median over lags keeps one odd cycle (a collection gap that
 reads zero, an event) from steering the forecast; the multiplicative form's ratio is also clipped
-to ``[1/MAX_RATIO, MAX_RATIO]``. It keeps the level adaptive (what matters at short horizons) while taking
-the shape of the daily and weekly cycles from history. Must not: do I/O.
+to ``[1/MAX_RATIO, MAX_RATIO]``. It keeps the level adaptive (what matters at short horizons)
+while taking the shape of the daily and weekly cycles from history. Must not: do I/O.
 """
 
 from __future__ import annotations

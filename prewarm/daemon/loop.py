@@ -370,9 +370,19 @@ class Daemon:
         for model in set(self._forecasts) - set(forecasts):
             self.metrics.forget_model(model)
             self._accuracy.forget(model)
+        known_before = set(self._forecasts)
         self._forecasts = dict(forecasts)
         horizons = [round(h / self._step_s) for h in self.config.forecast_horizons_s]
         for model, forecast in forecasts.items():
+            if model not in known_before:
+                # Initialise the per-model counters at 0, so rate() and increase() see the
+                # series from its first sample instead of missing the first increment.
+                for counter in (
+                    self.metrics.requests_warm,
+                    self.metrics.requests_cold,
+                    self.metrics.cold_starts_avoided,
+                ):
+                    counter.labels(model=model)
             self.metrics.forecast_stale.labels(model=model).set(0)
             levels = {"mean": forecast.mean}
             levels.update({f"{q:g}": forecast.quantile(q) for q in forecast.quantiles})

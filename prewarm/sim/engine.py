@@ -344,15 +344,13 @@ class _Run:
         self.arrival_rng = np.random.default_rng([sim.seed, 1])
         self.held_gb = 0.0
         self.overflow = 0.0
-        self.node_lead_s = (
-            warm_node_chain_s(
-                table,
-                sim.cluster,
-                tier=np.zeros(m, np.int64),
-                image_cached=np.zeros(m, np.bool_),
-            )
-            + table.pool_params["provision_median_s"]
-            * np.exp(2.3263 * table.pool_params["provision_sigma"])
+        self.node_lead_s = warm_node_chain_s(
+            table,
+            sim.cluster,
+            tier=np.zeros(m, np.int64),
+            image_cached=np.zeros(m, np.bool_),
+        ) + table.pool_params["provision_median_s"] * np.exp(
+            2.3263 * table.pool_params["provision_sigma"]
         )
 
     # -- capacity -------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -174,7 +174,7 @@ def every_daemon_operation(s: Setup) -> None:
         k8s_client.CoreV1Api(s.actor_api), namespace=s.namespace, name=s.store, clock=lambda: NOW
     )
 
-    def add_pause(model: str) -> object:
+    def add_pause(model: str) -> Callable[[ControlState], tuple[ControlState, None]]:
         def change(state: ControlState) -> tuple[ControlState, None]:
             pause = Pause(ModelId(model), created_s=NOW, created_by="test")
             return ControlState(state.requests, state.pins, (*state.pauses, pause)), None

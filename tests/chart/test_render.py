@@ -449,7 +449,7 @@ def test_agent_emptydir_host_tier_and_runtime_class() -> None:
 
     assert volumes["shared-memory"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "64Gi"}
     assert pod["runtimeClassName"] == "nvidia"
-    assert [p["containerPort"] for p in container(daemonset, "agent")["ports"]] == [50071]
+    assert [p["containerPort"] for p in container(daemonset, "agent")["ports"]] == [50071, 9500]
 
 
 # -- monitoring -----------------------------------------------------------------------------------

@@ -56,9 +56,7 @@ def context(
         now_s=now_s,
         interval_s=STEP_S,
         forecasts={ModelId(k): v for k, v in (forecasts or {}).items()},
-        models={
-            s.model: states.get(str(s.model), ModelState(model=s.model)) for s in specs
-        },
+        models={s.model: states.get(str(s.model), ModelState(model=s.model)) for s in specs},
         catalog=Catalog(specs={s.model: s for s in specs}),
         config=config or PlannerConfig(),
     )

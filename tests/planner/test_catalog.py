@@ -48,7 +48,8 @@ models:
     assert spec.image == "ghcr.io/acme/vllm:1"
     assert spec.node_pool == "h100"
     assert spec.min_replicas == 1
-    assert spec.workload is not None and spec.workload.namespace == "serving"
+    assert spec.workload is not None
+    assert spec.workload.namespace == "serving"
     assert spec.replica_rps == default_spec(ModelId("llama-70b")).replica_rps
     assert not spec.defaulted
 

@@ -63,25 +63,31 @@ def test_scale_down_waits_for_forecast_and_observation_to_agree() -> None:
     busy = forecast("m", p_active=1.0, rate_rps=8.0)
     quiet_state = {"m": ModelState(model=ModelId("m"), ready_replicas=5, observed_rps=1.0)}
     # Observation is low but the forecast is not: keep 5.
-    result = plan(context(specs, forecasts={"m": busy}, states=quiet_state, config=config),
-                  PlannerState())
+    result = plan(
+        context(specs, forecasts={"m": busy}, states=quiet_state, config=config), PlannerState()
+    )
     assert targets(result)["m"] == 5
     # Both low: still 5 until they have agreed for 300 s, then down.
     quiet = forecast("m", p_active=1.0, rate_rps=1.0)
     state = PlannerState()
-    first = plan(context(specs, forecasts={"m": quiet}, states=quiet_state, config=config,
-                         now_s=0.0), state)
+    first = plan(
+        context(specs, forecasts={"m": quiet}, states=quiet_state, config=config, now_s=0.0), state
+    )
     assert targets(first)["m"] == 5
-    later = plan(context(specs, forecasts={"m": quiet}, states=quiet_state, config=config,
-                         now_s=301.0), first.state)
+    later = plan(
+        context(specs, forecasts={"m": quiet}, states=quiet_state, config=config, now_s=301.0),
+        first.state,
+    )
     assert targets(later)["m"] == 1
 
 
 def test_idle_model_is_evicted_when_both_say_idle() -> None:
     specs = [spec("m", weights_gb=14.5)]
     states = {"m": ModelState(model=ModelId("m"), ready_replicas=1, tier=Tier.DISK)}
-    result = plan(context(specs, forecasts={"m": forecast("m", p_active=0.0)}, states=states),
-                  PlannerState(held=frozenset({ModelId("m")})))
+    result = plan(
+        context(specs, forecasts={"m": forecast("m", p_active=0.0)}, states=states),
+        PlannerState(held=frozenset({ModelId("m")})),
+    )
     assert targets(result)["m"] == 0
     evictions = result.plan.of_type(Evict)
     assert [(e.model, e.tier) for e in evictions] == [(ModelId("m"), Tier.GPU)]
@@ -122,15 +128,18 @@ def test_lead_times_are_learned_as_a_high_quantile() -> None:
     s = spec("m", weights_gb=10.0, compile_s=40.0)
     config = PlannerConfig()
     book = LeadTimeBook(min_samples=3)
-    before = start_seconds(book, s, config.stages, tier=Tier.DISK, image_cached=True,
-                           needs_node=False)
+    before = start_seconds(
+        book, s, config.stages, tier=Tier.DISK, image_cached=True, needs_node=False
+    )
     slow = [StageObservation(Stage.WEIGHTS_DISK, "gpu", seconds=20.0, gb=10.0)] * 3
-    after = start_seconds(book.observe(slow), s, config.stages, tier=Tier.DISK,
-                          image_cached=True, needs_node=False)
+    after = start_seconds(
+        book.observe(slow), s, config.stages, tier=Tier.DISK, image_cached=True, needs_node=False
+    )
     # Default disk->GPU for 10 GB is 10/2.5 + 10/20 = 4.5 s; learned is 20 s.
     assert after - before == pytest.approx(20.0 - 4.5)
-    node = book.observe([StageObservation(Stage.NODE, "gpu", seconds=s_) for s_ in
-                         (100.0, 200.0, 300.0, 400.0)])
+    node = book.observe(
+        [StageObservation(Stage.NODE, "gpu", seconds=s_) for s_ in (100.0, 200.0, 300.0, 400.0)]
+    )
     assert node.seconds(Stage.NODE, "gpu", 1.0) == pytest.approx(370.0)
 
 
@@ -138,9 +147,12 @@ def test_pool_without_free_gpus_adds_the_node_to_the_lead_time() -> None:
     specs = [spec("m", weights_gb=14.5)]
     free = context(specs, forecasts={"m": forecast("m", p_active=0.5)})
     full = context(specs, forecasts={"m": forecast("m", p_active=0.5)})
-    full = type(full)(**{**{f: getattr(full, f) for f in full.__dataclass_fields__},
-                         "pools": {specs[0].node_pool: PoolState(pool=specs[0].node_pool,
-                                                                 free_gpus=0)}})
+    full = type(full)(
+        **{
+            **{f: getattr(full, f) for f in full.__dataclass_fields__},
+            "pools": {specs[0].node_pool: PoolState(pool=specs[0].node_pool, free_gpus=0)},
+        }
+    )
     lead_free = plan(free, PlannerState()).models[ModelId("m")].lead_s
     lead_full = plan(full, PlannerState()).models[ModelId("m")].lead_s
     assert lead_full - lead_free >= PlannerConfig().stages.node_provision_s - 1e-6
@@ -164,8 +176,13 @@ _model = st.fixed_dictionaries(
 
 def _scenario(models: list[dict[str, float]], budget_gb: float | None):  # type: ignore[no-untyped-def]
     specs = [
-        spec(f"m{i}", weights_gb=m["weights_gb"], min_replicas=int(m["min"]),
-             max_replicas=int(m["min"] + m["extra"]), replica_rps=2.0)
+        spec(
+            f"m{i}",
+            weights_gb=m["weights_gb"],
+            min_replicas=int(m["min"]),
+            max_replicas=int(m["min"] + m["extra"]),
+            replica_rps=2.0,
+        )
         for i, m in enumerate(models)
     ]
     forecasts = {
@@ -173,17 +190,20 @@ def _scenario(models: list[dict[str, float]], budget_gb: float | None):  # type:
         for i, m in enumerate(models)
     }
     states = {
-        f"m{i}": ModelState(model=ModelId(f"m{i}"), ready_replicas=int(m["ready"]),
-                            observed_rps=m["observed"])
+        f"m{i}": ModelState(
+            model=ModelId(f"m{i}"), ready_replicas=int(m["ready"]), observed_rps=m["observed"]
+        )
         for i, m in enumerate(models)
     }
     config = PlannerConfig(
         gpu_memory_budget_bytes=None if budget_gb is None else round(budget_gb * GB)
     )
     held = frozenset(ModelId(f"m{i}") for i, m in enumerate(models) if m["held"])
-    return context(specs, forecasts=forecasts, states=states, config=config), PlannerState(
-        held=held
-    ), specs
+    return (
+        context(specs, forecasts=forecasts, states=states, config=config),
+        PlannerState(held=held),
+        specs,
+    )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -199,8 +219,9 @@ def test_planned_bytes_never_exceed_the_budget(models, budget_gb) -> None:  # ty
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(models=st.lists(_model, min_size=1, max_size=12),
-       budget_gb=st.none() | st.floats(0.0, 2000.0))
+@given(
+    models=st.lists(_model, min_size=1, max_size=12), budget_gb=st.none() | st.floats(0.0, 2000.0)
+)
 def test_targets_stay_within_min_and_max(models, budget_gb) -> None:  # type: ignore[no-untyped-def]
     ctx, state, specs = _scenario(models, budget_gb)
     result = plan(ctx, state)
@@ -219,7 +240,7 @@ def test_eviction_never_drops_a_model_valued_higher_than_a_kept_one(models, budg
         m["rate"] = 0.0
         m["min"] = 0
         m["extra"] = max(1, int(m["extra"]))
-    ctx, state, specs = _scenario(models, budget_gb)
+    ctx, state, _ = _scenario(models, budget_gb)
     result = plan(ctx, state)
     evicted = [e.model for e in result.plan.of_type(Evict) if e.tier == Tier.GPU]
     kept = [m for m, p in result.models.items() if p.target_replicas > 0]

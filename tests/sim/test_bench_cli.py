@@ -44,13 +44,20 @@ def test_json_document_has_the_documented_shape(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     plot = tmp_path / "bench.png"
     result = _bench(
-        "--trace", str(_trace(tmp_path)), "--policies", "keepalive-10m,oracle",
-        "--json", str(out), "--plot", str(plot),
+        "--trace",
+        str(_trace(tmp_path)),
+        "--policies",
+        "keepalive-10m,oracle",
+        "--json",
+        str(out),
+        "--plot",
+        str(plot),
     )
     assert result.returncode == 0, result.stderr
     document = json.loads(out.read_text())
     assert set(document) == {"trace", "requests", "models", "policies"}
-    assert document["requests"] == 60 * 2 + 6 and document["models"] == 2
+    assert document["requests"] == 60 * 2 + 6
+    assert document["models"] == 2
     assert list(document["policies"]) == ["keepalive-10m", "oracle"]
     for summary in document["policies"].values():
         assert set(summary) == FIELDS
@@ -65,7 +72,9 @@ def test_json_document_has_the_documented_shape(tmp_path: Path) -> None:
         (["--gpu-memory-budget", "-5"], "must be > 0"),
     ],
 )
-def test_bad_options_exit_2_with_one_message(tmp_path: Path, extra: list[str], message: str) -> None:
+def test_bad_options_exit_2_with_one_message(
+    tmp_path: Path, extra: list[str], message: str
+) -> None:
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text("models:\n  a: {weights_gb: -3}\n")
     args = [item.replace("{catalog}", str(catalog)) for item in extra]

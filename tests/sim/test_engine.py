@@ -108,7 +108,8 @@ def test_tick_grid_splits_and_sums_deterministically() -> None:
     coarse = type(coarse)(models=coarse.models, start_s=0.0, step_s=600.0, counts=coarse.counts)
     ticks = to_ticks(coarse, seed=1)
     assert ticks.counts.shape == (1, 20)
-    assert ticks.counts[0, :10].sum() == 100 and ticks.counts[0, 10:].sum() == 7
+    assert ticks.counts[0, :10].sum() == 100
+    assert ticks.counts[0, 10:].sum() == 7
     assert np.array_equal(ticks.counts, to_ticks(coarse, seed=1).counts)
 
 

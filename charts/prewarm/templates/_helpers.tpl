@@ -140,6 +140,15 @@ a daemon that silently looks for its Lease or its agents in the wrong place.
 {{- $_ := set $cfg.agent "allowed_install_roots" (list .Values.agent.compileCache.path) -}}
 {{- end -}}
 {{- end -}}
+{{- if eq (include "prewarm.controlTokensUsed" .) "true" -}}
+{{- if not (hasKey $cfg.control "auth") -}}
+{{- $_ := set $cfg.control "auth" (dict) -}}
+{{- end -}}
+{{- $dir := include "prewarm.controlTokensDir" . -}}
+{{- $_ := set $cfg.control.auth "tokens" (list
+  (dict "name" "admin" "scope" "write" "file" (printf "%s/write" $dir))
+  (dict "name" "reader" "scope" "read" "file" (printf "%s/read" $dir))) -}}
+{{- end -}}
 {{- $election := dig "daemon" "leader_election" "enabled" true $cfg -}}
 {{- if and (gt (int .Values.daemon.replicas) 1) (not $election) -}}
 {{- fail "daemon.replicas > 1 needs config.daemon.leader_election.enabled: every replica would act" -}}
@@ -177,4 +186,19 @@ seccompProfile:
 
 {{- define "prewarm.agentConfig" -}}
 {{- pick (include "prewarm.config" . | fromYaml) "logging" "agent" | toYaml }}
+{{- end }}
+
+{{/* "true" when the chart supplies the control API's tokens (see controlTokens in values.yaml). */}}
+{{- define "prewarm.controlTokensUsed" -}}
+{{- $control := .Values.config.control | default dict -}}
+{{- $auth := $control.auth | default dict -}}
+{{- and .Values.controlTokens.enabled (dig "enabled" true $control) (eq ($auth.mode | default "token") "token") (empty $auth.tokens) -}}
+{{- end }}
+
+{{- define "prewarm.controlTokensSecret" -}}
+{{- .Values.controlTokens.existingSecret | default (printf "%s-control-tokens" (include "prewarm.fullname" .)) }}
+{{- end }}
+
+{{- define "prewarm.controlTokensDir" -}}
+/etc/prewarm-control-tokens
 {{- end }}

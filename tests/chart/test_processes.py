@@ -1,0 +1,231 @@
+"""The rendered workloads run: ``prewarm run`` and ``prewarm agent`` started as processes exactly as
+the chart's containers describe them (command, environment, the settings file from the chart's
+ConfigMap) and, for the daemon, with the chart's ServiceAccount and RBAC against the real API
+server. Each probe the chart declares is then made as the kubelet would make it (HTTP GET, gRPC
+health Check with the empty service name) and must succeed; SIGTERM ends each process cleanly.
+
+Only what cannot exist here is changed: ports are free ones (so parallel tests do not collide),
+host paths are temporary directories, the pod IP is 127.0.0.1, Prometheus is the harness's real one
+with a little history, and the kubeconfig is written from the ServiceAccount's token.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from actuator.kube import KubeClient
+from common.ids import ModelId
+from forecaster.types import SeriesBatch
+from prewarm.daemon.leader import LEASES
+from tests.actuator.conftest import FAST_RETRY
+from tests.chart.conftest import Obj, container, find, pod_environment, render
+from tests.harness.k8s import ControlPlane, free_port
+from tests.harness.prometheus import prometheus_with_history
+
+pytestmark = [pytest.mark.helm, pytest.mark.slow]
+
+PREWARM = [sys.executable, "-m", "prewarm"]
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return int(error.code), ""
+
+
+def grpc_health(port: int) -> int:
+    """What the kubelet's gRPC probe asks: Health/Check with service "" on the pod's port."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+        return int(response.status)
+
+
+def probe(spec: Obj, port_of: dict[str, int]) -> bool:
+    """Make one probe of the rendered container spec; True when the kubelet would count success."""
+    try:
+        if "httpGet" in spec:
+            port = spec["httpGet"]["port"]
+            port = port_of[port] if isinstance(port, str) else port
+            return 200 <= http_get(f"http://127.0.0.1:{port}{spec['httpGet']['path']}")[0] < 400
+        if "grpc" in spec:
+            return grpc_health(spec["grpc"]["port"]) == health_pb2.HealthCheckResponse.SERVING
+    except (OSError, grpc.RpcError):
+        return False
+    raise AssertionError(f"unexpected probe {spec}")
+
+
+def start(
+    workload: Obj, name: str, docs: list[Obj], tmp_path: Path, extra_env: dict[str, str]
+) -> subprocess.Popen[str]:
+    """Start the container ``name`` of ``workload`` as a local process."""
+    spec = container(workload, name)
+    env = pod_environment(spec, pod_ip="127.0.0.1")
+    volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+    source = volumes["config"]["configMap"]
+    (item,) = source["items"]
+    config_map = find(docs, "ConfigMap", source["name"])
+    settings = tmp_path / f"{name}.yaml"
+    settings.write_text(config_map["data"][item["key"]], encoding="utf-8")
+    assert env["PREWARM_CONFIG"].endswith("/" + item["path"])
+    env["PREWARM_CONFIG"] = str(settings)
+    env["HOME"] = str(tmp_path)
+    assert spec["command"] == ["prewarm"]
+    return subprocess.Popen(
+        [*PREWARM, *spec["args"]],
+        env={"PATH": os.environ["PATH"], **env, **extra_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_for_probes(
+    process: subprocess.Popen[str], spec: Obj, port_of: dict[str, int], *, kinds: tuple[str, ...]
+) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[0]
+        if all(probe(spec[kind], port_of) for kind in kinds):
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"probes {kinds} did not succeed in 90 s")
+
+
+def stop(process: subprocess.Popen[str]) -> str:
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    return output
+
+
+@pytest.fixture
+def sa_kubeconfig(
+    k8s_control_plane: ControlPlane, k8s_api: object, k8s_namespace: str, tmp_path: Path
+) -> Iterator[tuple[Path, list[Obj]]]:
+    """The chart rendered for this namespace, its ServiceAccount and RBAC applied, and a kubeconfig
+    holding that ServiceAccount's token."""
+    from tests.chart.test_rbac_daemon import object_path
+
+    admin = KubeClient(k8s_control_plane.admin_client(), FAST_RETRY)
+    release = f"p{k8s_namespace}"
+    docs = render(release=release, namespace=k8s_namespace)
+    applied = [
+        d
+        for d in docs
+        if d["kind"]
+        in {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    ]
+    for doc in applied:
+        admin.apply(object_path(doc), doc, field_manager="helm", dry_run=False)
+    account = find(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+    token = admin.create(
+        f"/api/v1/namespaces/{k8s_namespace}/serviceaccounts/{account}/token",
+        {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 3600},
+        },
+        dry_run=False,
+    )["status"]["token"]
+    kubeconfig = tmp_path / "sa.kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "test", "cluster": {"server": k8s_control_plane.url, "certificate-authority": str(k8s_control_plane.ca_file)}}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "test", "user": "sa", "namespace": k8s_namespace}}],
+    }), encoding="utf-8")  # fmt: skip
+    yield kubeconfig, docs
+    for doc in applied:
+        if doc["kind"] in {"ClusterRole", "ClusterRoleBinding"}:
+            admin.delete(object_path(doc), dry_run=False)
+
+
+@pytest.mark.k8s
+@pytest.mark.prometheus
+def test_daemon_runs_with_the_charts_config_rbac_and_probes(
+    sa_kubeconfig: tuple[Path, list[Obj]],
+    k8s_control_plane: ControlPlane,
+    k8s_namespace: str,
+    tmp_path: Path,
+) -> None:
+    kubeconfig, _ = sa_kubeconfig
+    now = time.time()
+    start_s = (now // 60) * 60 - 3 * 3600
+    counts = (20 + 10 * np.sin(np.arange(3 * 60) / 30)).round()[None, :]
+    batch = SeriesBatch(models=(ModelId("chat"),), start_s=start_s, step_s=60.0, counts=counts)
+    with prometheus_with_history(batch, tmp_path / "prom") as prometheus:
+        release = f"p{k8s_namespace}"
+        http, grpc_port = free_port(), free_port()
+        docs = render(release=release, namespace=k8s_namespace, sets=[
+            f"daemon.ports.http={http}", f"daemon.ports.grpc={grpc_port}",
+            f"config.forecaster.prometheus.url={prometheus.url}",
+            "config.forecaster.history_window_s=10800",
+            "config.daemon.tick_s=1",
+        ])  # fmt: skip
+        deployment = find(docs, "Deployment")
+        spec = container(deployment, "daemon")
+        process = start(deployment, "daemon", docs, tmp_path, {"KUBECONFIG": str(kubeconfig)})
+        try:
+            ports = {"http": http, "grpc": grpc_port}
+            wait_for_probes(
+                process, spec, ports, kinds=("startupProbe", "livenessProbe", "readinessProbe")
+            )
+            status, metrics = http_get(f"http://127.0.0.1:{http}/metrics")
+            assert status == 200
+            assert "prewarm_is_leader 1.0" in metrics  # it took the Lease with the chart's RBAC
+            lease = KubeClient(k8s_control_plane.admin_client(), FAST_RETRY).get(
+                LEASES.path(k8s_namespace, "prewarm-leader")
+            )
+            assert lease is not None
+            assert lease["spec"]["holderIdentity"].startswith("pod-0_")  # POD_NAME from the chart
+            output = stop(process)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert "forbidden" not in output.lower()
+
+
+def test_agent_runs_with_the_charts_config_and_probes(tmp_path: Path) -> None:
+    grpc_port, metrics_port = free_port(), free_port()
+    docs = render(sets=[
+        f"agent.port={grpc_port}", f"agent.metricsPort={metrics_port}",
+        f"agent.diskCache.path={tmp_path / 'cache'}",
+        f"agent.sharedMemory.path={tmp_path / 'shm'}",
+        f"agent.compileCache.path={tmp_path / 'compile'}",
+    ])  # fmt: skip
+    for directory in ("cache", "shm", "compile"):
+        (tmp_path / directory).mkdir()  # the kubelet's DirectoryOrCreate
+    daemonset = find(docs, "DaemonSet")
+    spec = container(daemonset, "agent")
+    process = start(daemonset, "agent", docs, tmp_path, {})
+    try:
+        ports = {"grpc": grpc_port, "metrics": metrics_port}
+        wait_for_probes(
+            process, spec, ports, kinds=("startupProbe", "livenessProbe", "readinessProbe")
+        )
+        status, metrics = http_get(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert status == 200
+        assert "prewarm_agent_headroom_bytes" in metrics
+        stop(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

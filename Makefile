@@ -1,9 +1,9 @@
 # The README's commands. Each one sets itself up on a fresh machine (hack/bootstrap.sh).
 .PHONY: demo test lint bench protos
 
-demo:            ## the main job on its embedded default
+demo:            ## the main job on its embedded default: the whole loop on a bundled real trace
 	./hack/bootstrap.sh
-	.venv/bin/prewarm backtest --trace builtin:worldcup98-1w --horizon 15m
+	.venv/bin/prewarm demo
 
 test:            ## lint, types, layering and the whole test suite against real components
 	./hack/test.sh

@@ -43,8 +43,13 @@ WEEK_S = 7 * DAY_S
 HOUR_S = 3600.0
 
 
-def default_candidates(step_s: float, *, horizon_steps: int) -> tuple[Candidate, ...]:
+def default_candidates(
+    step_s: float, *, horizon_steps: int, lag_cache: seasonal.LagCache | None = None
+) -> tuple[Candidate, ...]:
     """The candidate point models for a step grid, in preference order (used without evidence).
+
+    ``lag_cache``, when given, is shared by the seasonal candidates; the caller clears it before
+    evaluating them at each origin (the engine does).
 
     Seasonal models are only offered when their lag exceeds the horizon plus the smoothing radius,
     and a series only becomes eligible for one once it has the history it needs.
@@ -62,6 +67,7 @@ def default_candidates(step_s: float, *, horizon_steps: int) -> tuple[Candidate,
                 "multi-seasonal",
                 partial(
                     _delta,
+                    cache=lag_cache,
                     lags=(day, 2 * day, 3 * day, week, 2 * week),
                     radius=radius,
                     window=short,
@@ -72,7 +78,13 @@ def default_candidates(step_s: float, *, horizon_steps: int) -> tuple[Candidate,
         out.append(
             Candidate(
                 "seasonal-delta-daily",
-                partial(_delta, lags=(day, 2 * day, 3 * day), radius=radius, window=short),
+                partial(
+                    _delta,
+                    cache=lag_cache,
+                    lags=(day, 2 * day, 3 * day),
+                    radius=radius,
+                    window=short,
+                ),
                 day + short,
             )
         )
@@ -81,6 +93,7 @@ def default_candidates(step_s: float, *, horizon_steps: int) -> tuple[Candidate,
                 "seasonal-ratio-daily",
                 partial(
                     _delta,
+                    cache=lag_cache,
                     lags=(day, 2 * day, 3 * day),
                     radius=radius,
                     window=short,
@@ -93,7 +106,9 @@ def default_candidates(step_s: float, *, horizon_steps: int) -> tuple[Candidate,
         out.append(
             Candidate(
                 "seasonal-delta-weekly",
-                partial(_delta, lags=(week, 2 * week), radius=radius, window=short),
+                partial(
+                    _delta, cache=lag_cache, lags=(week, 2 * week), radius=radius, window=short
+                ),
                 week + short,
             )
         )
@@ -148,6 +163,7 @@ def _delta(
     radius: int,
     window: int,
     multiplicative: bool = False,
+    cache: seasonal.LagCache | None = None,
 ) -> FloatArray:
     return seasonal.seasonal_delta(
         history,
@@ -157,6 +173,7 @@ def _delta(
         radius=radius,
         level_window=window,
         multiplicative=multiplicative,
+        cache=cache,
     )
 
 
@@ -231,7 +248,10 @@ class AutoForecaster:
         self.warmup_origins = warmup_origins
         self.refit_every = max(1, round(refit_interval_s / step_s))
         self.gbm = GradientBoostedQuantile(seed=seed)
-        base = default_candidates(step_s, horizon_steps=self.score_horizon)
+        self._lag_cache: seasonal.LagCache = {}
+        base = default_candidates(
+            step_s, horizon_steps=self.score_horizon, lag_cache=self._lag_cache
+        )
         # The pooled GBM is trained at refits (see refit); the ensemble stays last.
         self.candidates = (
             *base[:-1],
@@ -366,9 +386,16 @@ class AutoForecaster:
         candidates of each series (weights inverse to their current loss): combinations are more
         robust to a change of regime than any single pick.
         """
-        base = np.stack(
-            [candidate.predict(self.history, end, horizon) for candidate in self.candidates[:-1]]
-        )
+        self._lag_cache.clear()
+        try:
+            base = np.stack(
+                [
+                    candidate.predict(self.history, end, horizon)
+                    for candidate in self.candidates[:-1]
+                ]
+            )
+        finally:
+            self._lag_cache.clear()
         base = np.where(np.isfinite(base), np.maximum(base, 0.0), 0.0)
         eligible = self._eligible(end)[:-1]
         trusted = eligible & (self.selector.weight[:-1] >= 10.0)

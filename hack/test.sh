@@ -20,5 +20,10 @@ echo "== mypy (strict)"
 .venv/bin/mypy
 echo "== import-linter"
 .venv/bin/lint-imports
+echo "== Dockerfile (hadolint) and the image's install steps (hack/install-image.sh)"
+.venv/bin/hadolint Dockerfile
+image_venv=$(mktemp -d)/venv
+./hack/install-image.sh "$image_venv" daemon > /dev/null
+rm -rf "$(dirname "$image_venv")"
 echo "== pytest"
 .venv/bin/python -m pytest "$@"

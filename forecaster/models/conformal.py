@@ -28,6 +28,8 @@ STRATUM_EDGES = np.asarray([0.05, 0.5, 2.0, 10.0, 50.0, 250.0])
 """Upper edges of the volume strata (requests per step of the recent level)."""
 STRATA = len(STRATUM_EDGES) + 1
 MERGED_REFRESH = 32
+RESORT_EVERY = 8
+"""Pools are re-sorted after this many updates (quantiles move slowly; sorting is the cost)."""
 MIN_WIDTH = 0.4
 MAX_WIDTH = 3.0
 MIN_EVIDENCE = 32
@@ -159,12 +161,12 @@ class ResidualModel:
 
         A (stratum, step) pool with fewer than ``MIN_EVIDENCE`` residuals uses the pool of all
         strata at that step; without that either, a Gaussian-like default (``|r|`` mean 1 => sd
-        ~1.25). The pools are sorted once per :meth:`update`; levels are then cheap.
+        ~1.25). The pools are re-sorted every ``RESORT_EVERY`` updates; levels are then cheap.
         """
         cached = self._cache.get(levels)
         if cached is not None and cached[0] == self._version:
             return cached[1]
-        if self._sorted_version != self._version:
+        if self._sorted_version < 0 or self._version - self._sorted_version >= RESORT_EVERY:
             # Only strata that received residuals are re-sorted (NaN sort last); the pool of all
             # strata, a fallback for sparse strata, is refreshed every MERGED_REFRESH updates.
             for group in self._dirty:

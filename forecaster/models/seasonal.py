@@ -11,7 +11,6 @@ while taking the shape of the daily and weekly cycles from history. Must not: do
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,14 +23,46 @@ MAX_RATIO = 3.0
 
 
 def _nanmedian(stacked: FloatArray) -> FloatArray:
-    """Median over axis 0 ignoring NaN; NaN where all are NaN (no warnings)."""
+    """Median over axis 0 ignoring NaN; NaN where all are NaN (sort-based: no masked arrays)."""
     if stacked.shape[0] == 1:
         out: FloatArray = stacked[0]
         return out
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        median: FloatArray = np.nanmedian(stacked, axis=0)
+    ordered = np.sort(stacked, axis=0)  # NaN sort last
+    count = np.isfinite(ordered).sum(axis=0)
+    low = np.maximum((count - 1) // 2, 0)
+    high = np.maximum(count // 2, 0)
+    lower = np.take_along_axis(ordered, low[None], axis=0)[0]
+    upper = np.take_along_axis(ordered, high[None], axis=0)[0]
+    median: FloatArray = np.where(count > 0, 0.5 * (lower + upper), np.nan)
     return median
+
+
+LagKey = tuple[int, int, int, int, int]
+LagCache = dict[LagKey, tuple[FloatArray, FloatArray]]
+"""Per-call memo of ``(shape, then)`` per ``(end, horizon, lag, radius, level_window)``."""
+
+
+def _lag_parts(
+    history: HistoryView,
+    end: int,
+    horizon: int,
+    lag: int,
+    radius: int,
+    level_window: int,
+    cache: LagCache | None,
+) -> tuple[FloatArray, FloatArray]:
+    key = (end, horizon, lag, radius, level_window)
+    if cache is not None and key in cache:
+        return cache[key]
+    steps = np.arange(horizon, dtype=np.int64)
+    around = np.arange(-radius, radius + 1, dtype=np.int64)
+    back = np.arange(-level_window, 0, dtype=np.int64)
+    future = history.gather((steps[:, None] - lag + around[None, :]).ravel(), end=end)
+    shape = nanmean(future.reshape(history.size, horizon, around.size), axis=2)
+    then = nanmean(history.gather(back - lag, end=end), axis=1)
+    if cache is not None:
+        cache[key] = (shape, then)
+    return shape, then
 
 
 def seasonal_delta(
@@ -43,17 +74,15 @@ def seasonal_delta(
     radius: int,
     level_window: int,
     multiplicative: bool = False,
+    cache: LagCache | None = None,
 ) -> FloatArray:
-    """Level plus the mean seasonal change at ``lags``; additive, or a ratio when multiplicative."""
+    """Level plus the median seasonal change at ``lags``; additive, or a ratio when
+    multiplicative. ``cache`` (a dict kept for one origin) shares the lag lookups between the
+    variants evaluated at the same origin."""
     now = recent_level(history, end, level_window)
-    steps = np.arange(horizon, dtype=np.int64)
-    around = np.arange(-radius, radius + 1, dtype=np.int64)
-    back = np.arange(-level_window, 0, dtype=np.int64)
     changes = []
     for lag in lags:
-        future = history.gather((steps[:, None] - lag + around[None, :]).ravel(), end=end)
-        shape = nanmean(future.reshape(history.size, horizon, around.size), axis=2)
-        then = nanmean(history.gather(back - lag, end=end), axis=1)
+        shape, then = _lag_parts(history, end, horizon, lag, radius, level_window, cache)
         if multiplicative:
             # Ratios of small counts explode; a pseudo-count of 1 keeps them bounded.
             changes.append((shape + 1.0) / (then[:, None] + 1.0))

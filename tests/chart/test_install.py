@@ -141,40 +141,48 @@ def test_every_rendered_object_is_accepted_by_the_api_server(
         assert status == 200
 
 
-def test_helm_install_and_uninstall_on_the_real_api_server(
+def test_helm_install_upgrade_and_uninstall_on_the_real_api_server(
     k8s_control_plane: ControlPlane, k8s_namespace: str, monitoring_crds: None
 ) -> None:
     release = f"i{k8s_namespace}"
-    kubeconfig = ["--kubeconfig", str(k8s_control_plane.kubeconfig), "--namespace", k8s_namespace]
+    target = ["--kubeconfig", str(k8s_control_plane.kubeconfig), "--namespace", k8s_namespace]
     # A PriorityClass name of its own: helm refuses to adopt one another test applied.
-    installed = helm(
-        "install", release, str(CHART), *kubeconfig,
-        "--values", str(VALUES / "active.yaml"),
+    options = [
+        "--set", "config.daemon.mode=active",
         "--set", f"placeholder.priorityClassName=pc-{k8s_namespace}",
-    )  # fmt: skip
+    ]  # fmt: skip
+    installed = helm("install", release, str(CHART), *target, *options)
     assert installed.returncode == 0, installed.stderr
     notes = installed.stdout.split("NOTES:", 1)[1]
     assert "Mode: active." in notes
-    assert f"Lease {k8s_namespace}/prewarm-prod-leader" in notes
+    assert f"Lease {k8s_namespace}/prewarm-leader" in notes
     assert f"kubectl -n {k8s_namespace} rollout status deployment/{release}-prewarm" in notes
+    assert f"get secret {release}-prewarm-control-tokens" in notes
 
-    status = helm("status", release, *kubeconfig, "--output", "json")
+    api = k8s_control_plane.admin_client()
+    secret_path = f"/api/v1/namespaces/{k8s_namespace}/secrets/{release}-prewarm-control-tokens"
+    code, secret = call(api, "GET", secret_path)
+    assert code == 200
+    # An upgrade keeps the generated control API tokens (clients keep working).
+    upgraded = helm("upgrade", release, str(CHART), *target, *options)
+    assert upgraded.returncode == 0, upgraded.stderr
+    code, after = call(api, "GET", secret_path)
+    assert code == 200
+    assert after["data"] == secret["data"]
+
+    status = helm("status", release, *target, "--output", "json")
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["info"]["status"] == "deployed"
-    listed = helm("get", "manifest", release, *kubeconfig)
-    assert "kind: DaemonSet" in listed.stdout
+    assert json.loads(status.stdout)["version"] == 2
+    manifest = helm("get", "manifest", release, *target)
+    assert "kind: DaemonSet" in manifest.stdout
 
-    removed = helm("uninstall", release, *kubeconfig)
+    removed = helm("uninstall", release, *target)
     assert removed.returncode == 0, removed.stderr
-    api = k8s_control_plane.admin_client()
-    code, _ = call(
-        api, "GET", f"/apis/apps/v1/namespaces/{k8s_namespace}/deployments/{release}-prewarm"
-    )
-    assert code == 404
-    code, _ = call(
-        api, "GET", f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{release}-prewarm-daemon"
-    )
-    assert code == 404
+    deployment = f"/apis/apps/v1/namespaces/{k8s_namespace}/deployments/{release}-prewarm"
+    assert call(api, "GET", deployment)[0] == 404
+    role = f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{release}-prewarm-daemon"
+    assert call(api, "GET", role)[0] == 404
 
 
 def test_strict_apply_refuses_a_misspelt_field(

@@ -11,8 +11,11 @@ with a little history, and the kubeconfig is written from the ServiceAccount's t
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +34,7 @@ from actuator.kube import KubeClient
 from common.ids import ModelId
 from forecaster.types import SeriesBatch
 from prewarm.daemon.leader import LEASES
+from protos import control_pb2, control_pb2_grpc
 from tests.actuator.conftest import FAST_RETRY
 from tests.chart.conftest import Obj, container, find, pod_environment, render
 from tests.harness.k8s import ControlPlane, free_port
@@ -65,10 +69,50 @@ def probe(spec: Obj, port_of: dict[str, int]) -> bool:
             port = port_of[port] if isinstance(port, str) else port
             return 200 <= http_get(f"http://127.0.0.1:{port}{spec['httpGet']['path']}")[0] < 400
         if "grpc" in spec:
-            return grpc_health(spec["grpc"]["port"]) == health_pb2.HealthCheckResponse.SERVING
+            status = grpc_health(spec["grpc"]["port"])
+            return bool(status == health_pb2.HealthCheckResponse.SERVING)
+        if "tcpSocket" in spec:
+            port = spec["tcpSocket"]["port"]
+            port = port_of[port] if isinstance(port, str) else port
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            return True
     except (OSError, grpc.RpcError):
         return False
     raise AssertionError(f"unexpected probe {spec}")
+
+
+def mount_volumes(workload: Obj, spec: Obj, docs: list[Obj], root: Path) -> dict[str, str]:
+    """Write the rendered ConfigMap and Secret volumes of ``spec`` under ``root`` as the kubelet
+    would mount them; the mapping from each mount path to its local directory."""
+    volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+    mounted: dict[str, str] = {}
+    for mount in spec["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        if "configMap" in volume:
+            source = volume["configMap"]
+            data = dict(find(docs, "ConfigMap", source["name"])["data"])
+        elif "secret" in volume:
+            source = volume["secret"]
+            secret = find(docs, "Secret", source["secretName"])
+            data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+        else:
+            continue  # emptyDir and hostPath: the test provides directories itself
+        local = root / mount["mountPath"].lstrip("/")
+        local.mkdir(parents=True)
+        items = source.get("items") or [{"key": key, "path": key} for key in data]
+        for item in items:
+            (local / item["path"]).write_text(data[item["key"]], encoding="utf-8")
+        mounted[mount["mountPath"]] = str(local)
+    return mounted
+
+
+def relocate(text: str, mounted: dict[str, str]) -> str:
+    """``text`` with every mounted path replaced by its local directory (one pass, whole paths)."""
+    if not mounted:
+        return text
+    alternatives = "|".join(re.escape(p) for p in sorted(mounted, key=len, reverse=True))
+    pattern = re.compile(rf"(?<![\w/.-])({alternatives})(?=/|\s|$)", re.MULTILINE)
+    return pattern.sub(lambda m: mounted[m[1]], text)
 
 
 def start(
@@ -77,13 +121,9 @@ def start(
     """Start the container ``name`` of ``workload`` as a local process."""
     spec = container(workload, name)
     env = pod_environment(spec, pod_ip="127.0.0.1")
-    volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
-    source = volumes["config"]["configMap"]
-    (item,) = source["items"]
-    config_map = find(docs, "ConfigMap", source["name"])
-    settings = tmp_path / f"{name}.yaml"
-    settings.write_text(config_map["data"][item["key"]], encoding="utf-8")
-    assert env["PREWARM_CONFIG"].endswith("/" + item["path"])
+    mounted = mount_volumes(workload, spec, docs, tmp_path / "mounts")
+    settings = Path(relocate(env["PREWARM_CONFIG"], mounted))
+    settings.write_text(relocate(settings.read_text(encoding="utf-8"), mounted), encoding="utf-8")
     env["PREWARM_CONFIG"] = str(settings)
     env["HOME"] = str(tmp_path)
     assert spec["command"] == ["prewarm"]
@@ -145,12 +185,20 @@ def sa_kubeconfig(
         dry_run=False,
     )["status"]["token"]
     kubeconfig = tmp_path / "sa.kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
-        "clusters": [{"name": "test", "cluster": {"server": k8s_control_plane.url, "certificate-authority": str(k8s_control_plane.ca_file)}}],
+    cluster = {
+        "server": k8s_control_plane.url,
+        "certificate-authority": str(k8s_control_plane.ca_file),
+    }
+    context = {"cluster": "test", "user": "sa", "namespace": k8s_namespace}
+    document = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "sa",
+        "clusters": [{"name": "test", "cluster": cluster}],
         "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "test", "user": "sa", "namespace": k8s_namespace}}],
-    }), encoding="utf-8")  # fmt: skip
+        "contexts": [{"name": "sa", "context": context}],
+    }
+    kubeconfig.write_text(yaml.safe_dump(document), encoding="utf-8")
     yield kubeconfig, docs
     for doc in applied:
         if doc["kind"] in {"ClusterRole", "ClusterRoleBinding"}:
@@ -195,6 +243,18 @@ def test_daemon_runs_with_the_charts_config_rbac_and_probes(
             )
             assert lease is not None
             assert lease["spec"]["holderIdentity"].startswith("pod-0_")  # POD_NAME from the chart
+            # The control API takes the chart's generated token (and refuses a call without one).
+            secret = find(docs, "Secret", f"{release}-prewarm-control-tokens")
+            token = base64.b64decode(secret["data"]["read"]).decode()
+            with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+                stub = control_pb2_grpc.ControlStub(channel)
+                request = control_pb2.ListRequestsRequest()
+                stub.ListRequests(
+                    request, metadata=[("authorization", f"Bearer {token}")], timeout=10
+                )
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.ListRequests(request, timeout=10)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
             output = stop(process)
         finally:
             if process.poll() is None:

@@ -48,9 +48,9 @@ CORE_KINDS = [
 ]  # fmt: skip
 AGENT_KINDS = ["DaemonSet", "Service", "ServiceAccount"]
 EXPECTED_KINDS = {
-    "default.yaml": [*CORE_KINDS, *AGENT_KINDS, "ConfigMap", "PodDisruptionBudget"],
+    "default.yaml": [*CORE_KINDS, *AGENT_KINDS, "ConfigMap", "PodDisruptionBudget", "Secret"],
     "active.yaml": [*CORE_KINDS, *AGENT_KINDS, "ConfigMap", "PodDisruptionBudget"],
-    "agent-off.yaml": CORE_KINDS,
+    "agent-off.yaml": [*CORE_KINDS, "Secret"],
     "monitoring.yaml": [
         *CORE_KINDS,
         *AGENT_KINDS,
@@ -58,6 +58,7 @@ EXPECTED_KINDS = {
         "PodDisruptionBudget",
         "PodMonitor",
         "PrometheusRule",
+        "Secret",
         "ServiceMonitor",
     ],
     "networkpolicy.yaml": [
@@ -67,6 +68,7 @@ EXPECTED_KINDS = {
         "NetworkPolicy",
         "NetworkPolicy",
         "PodDisruptionBudget",
+        "Secret",
     ],
 }
 
@@ -625,3 +627,33 @@ def test_readme_documents_every_leaf_value() -> None:
     assert missing == []
     readme = (CHART / "README.md").read_text(encoding="utf-8")
     assert "| `agent.hostIPC` | bool | `true` |" in readme
+
+
+def test_control_api_tokens_come_from_a_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = render(DEFAULT)
+    settings = load_rendered_settings(docs, "Deployment", "daemon", tmp_path, monkeypatch)
+    deployment = find(docs, "Deployment")
+    daemon = container(deployment, "daemon")
+    mount = next(m for m in daemon["volumeMounts"] if m["name"] == "control-tokens")
+    volume = next(
+        v
+        for v in deployment["spec"]["template"]["spec"]["volumes"]
+        if v["name"] == "control-tokens"
+    )
+    secret = find(docs, "Secret", "prewarm-control-tokens")
+
+    assert settings.control.auth.mode == "token"
+    assert [(t.name, t.scope.value, str(t.file)) for t in settings.control.auth.tokens] == [
+        ("admin", "write", f"{mount['mountPath']}/write"),
+        ("reader", "read", f"{mount['mountPath']}/read"),
+    ]
+    assert volume["secret"]["secretName"] == "prewarm-control-tokens"
+    assert sorted(secret["data"]) == ["read", "write"]
+    # Tokens the user configures are left alone; an existing Secret replaces the generated one.
+    assert "Secret" not in kinds(render(ACTIVE))
+    existing = render(DEFAULT, sets=["controlTokens.existingSecret=mine"])
+    assert "Secret" not in kinds(existing)
+    volumes = find(existing, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert {"secretName": "mine", "defaultMode": 288} in [v.get("secret") for v in volumes]

@@ -478,27 +478,20 @@ class AutoForecaster:
                 )
 
     def _score_pending(self) -> None:
+        """Score the pending forecasts whose whole horizon has been observed (one call each:
+        scoring step by step would cost a call per pending per cycle for the same evidence)."""
         end = self.history.end
-        while self._pending:
-            pending = self._pending[0]
-            available = min(self.score_horizon, end - pending.origin)
-            if available > pending.scored:
-                steps = np.arange(pending.scored, available, dtype=np.int64)
-                actual = self.history.gather(steps + pending.origin - end, end=end)
-                self._score(pending, actual, steps)
-                pending.scored = available
-            if pending.scored >= self.score_horizon or pending.origin < self.history.start:
-                self._pending.popleft()
+        keep: deque[_Pending] = deque()
+        for pending in self._pending:
+            if end - pending.origin < self.score_horizon:
+                keep.append(pending)
                 continue
-            break
-        for pending in list(self._pending)[1:]:
-            available = min(self.score_horizon, end - pending.origin)
-            if available > pending.scored:
-                steps = np.arange(pending.scored, available, dtype=np.int64)
-                actual = self.history.gather(steps + pending.origin - end, end=end)
-                self._score(pending, actual, steps)
-                pending.scored = available
-        self._pending = deque(p for p in self._pending if p.scored < self.score_horizon)
+            if pending.origin + self.score_horizon <= self.history.start:
+                continue  # its actuals already left the history window
+            steps = np.arange(self.score_horizon, dtype=np.int64)
+            actual = self.history.gather(steps + pending.origin - end, end=end)
+            self._score(pending, actual, steps)
+        self._pending = keep
 
     def _predict(self, horizon: int, levels: tuple[float, ...]) -> dict[ModelId, Forecast]:
         end = self.history.end

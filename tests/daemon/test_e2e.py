@@ -60,6 +60,7 @@ class Landing:
     """When (test clock) each kind of action was first seen in the cluster, and when it was gone."""
 
     first_s: dict[str, float] = field(default_factory=dict)
+    last_s: dict[str, float] = field(default_factory=dict)
 
 
 @pytest.fixture
@@ -145,8 +146,9 @@ models:
         for kind, present in seen.items():
             if present:
                 landing.first_s.setdefault(kind, now)
+                landing.last_s[kind] = now
 
-    end_s = test_day_s + 15 * 3600.0
+    end_s = test_day_s + 18 * 3600.0
     import asyncio
 
     while clock[0] < end_s:
@@ -159,8 +161,9 @@ models:
         clock[0] += STEP if near_start else 5 * STEP
 
     leads = {kind: spike_s - first for kind, first in landing.first_s.items()}
-    print(f"\nlead before the spike (s): {leads}")
-    print(daemon.model_plans(), report.plan, report.applied)
+    spike_end_s = test_day_s + SPIKE_END_H * 3600
+    released = {kind: round((last - spike_end_s) / 60) for kind, last in landing.last_s.items()}
+    print(f"\nlead before the spike (s): {leads}; last seen, minutes after it ended: {released}")
     assert set(landing.first_s) == {"placeholder", "prepull", "floor"}, landing.first_s
     assert all(lead > 0 for lead in leads.values()), leads
     # After the spike: the floor restored (0 replicas, no record left), capacity released,

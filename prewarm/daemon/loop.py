@@ -521,20 +521,7 @@ def _kind(action: Action) -> str:
 
 
 def _stale(forecast: Forecast) -> Forecast:
-    if forecast.stale:
-        return forecast
-    return Forecast(
-        model=forecast.model,
-        start_s=forecast.start_s,
-        step_s=forecast.step_s,
-        mean=forecast.mean,
-        quantiles=forecast.quantiles,
-        values=forecast.values,
-        p_active=forecast.p_active,
-        method=forecast.method,
-        stale=True,
-        notes=forecast.notes,
-    )
+    return forecast if forecast.stale else replace(forecast, stale=True)
 
 
 def _with_rate(state: ModelState | None, model: ModelId, rate: float) -> ModelState:

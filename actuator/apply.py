@@ -177,13 +177,15 @@ def results_per_action(plan: WarmPlan, report: ActuationReport) -> list[ActionRe
                     ActionResult(action, done, f"{floor.via} {floor.target} >= {floor.value}")
                 )
         else:
-            agent = agents.get(id(action))
-            if agent is None:
-                results.append(ActionResult(action, "skipped", "no GPU agent client configured"))
-            elif not agent.ok:
-                results.append(ActionResult(action, "error", agent.detail))
-            else:
-                results.append(
-                    ActionResult(action, "dry_run" if agent.dry_run else "ok", agent.detail)
-                )
+            results.append(agent_action_result(action, agents.get(id(action))))
     return results
+
+
+def agent_action_result(action: Action, agent: AgentResult | None) -> ActionResult:
+    """The :class:`ActionResult` of a Preload/Evict from what the agent answered (None: no
+    agent client was configured, so the action was skipped)."""
+    if agent is None:
+        return ActionResult(action, "skipped", "no GPU agent client configured")
+    if not agent.ok:
+        return ActionResult(action, "error", agent.detail)
+    return ActionResult(action, "dry_run" if agent.dry_run else "ok", agent.detail)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from actuator.agents import AgentActuator
-from actuator.apply import ActionResult
+from actuator.apply import ActionResult, agent_action_result
 from planner.actions import Evict, Preload, WarmPlan
 
 
@@ -26,15 +26,9 @@ class AgentOnlyApplier:
             plan.of_type(Preload), plan.of_type(Evict), now_s=plan.now_s, dry_run=dry_run
         )
         by_action = {id(result.action): result for result in agent_results}
-        results: list[ActionResult] = []
-        for action in plan.actions:
-            found = by_action.get(id(action))
-            if found is None:
-                results.append(ActionResult(action, "dry_run", "no cluster: not applied"))
-            elif not found.ok:
-                results.append(ActionResult(action, "error", found.detail))
-            else:
-                results.append(
-                    ActionResult(action, "dry_run" if found.dry_run else "ok", found.detail)
-                )
-        return results
+        return [
+            agent_action_result(action, by_action[id(action)])
+            if isinstance(action, Preload | Evict)
+            else ActionResult(action, "dry_run", "no cluster: not applied")
+            for action in plan.actions
+        ]

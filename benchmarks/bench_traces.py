@@ -37,12 +37,14 @@ FIELDS = (
 
 def _one(trace: str, policy: str) -> tuple[str, str, dict[str, float], float, dict[str, object]]:
     started = time.perf_counter()
+    cpu_started = time.process_time()
     bench = load_bench_input(Path(trace), Catalog())
     result = run_bench(bench, [policy])[policy]
     info: dict[str, object] = {
         "requests": bench.trace.requests,
         "models": len(bench.trace.models),
         "budget_gb": bench.default_budget_gb,
+        "cpu_s": time.process_time() - cpu_started,
     }
     return trace, policy, result.summary(), time.perf_counter() - started, info
 
@@ -66,23 +68,37 @@ def main() -> None:
         for future in futures:
             outcomes.append(future.result())
     total = time.perf_counter() - started
-    document: dict[str, object] = {"total_wall_s": total, "jobs": args.jobs, "traces": {}}
+    cpu_total = sum(float(str(o[4]["cpu_s"])) for o in outcomes)
+    document: dict[str, object] = {
+        "total_wall_s": total,
+        "total_cpu_s": cpu_total,
+        "jobs": args.jobs,
+        "traces": {},
+    }
     for trace in traces:
         rows = []
         per_trace: dict[str, object] = {"trace": Path(trace).name, "policies": {}}
         for policy in policies:
             match = next(o for o in outcomes if o[0] == trace and o[1] == policy)
             _, _, summary, seconds, info = match
+            cpu = info.pop("cpu_s")
             per_trace.update(info)
-            per_trace["policies"][policy] = {**summary, "wall_s": seconds}  # type: ignore[index]
-            rows.append([policy, *(summary[field] for field in FIELDS), seconds])
+            per_trace["policies"][policy] = {  # type: ignore[index]
+                **summary,
+                "wall_s": seconds,
+                "cpu_s": cpu,
+            }
+            rows.append([policy, *(summary[field] for field in FIELDS), seconds, cpu])
         document["traces"][Path(trace).name] = per_trace  # type: ignore[index]
         title = (
             f"{Path(trace).name}: {per_trace['requests']:,} requests, {per_trace['models']} "
             f"models, budget {per_trace['budget_gb']:,.0f} GB"
         )
-        print_table(title, ("policy", *FIELDS, "wall_s"), rows)
-    print(f"total wall time: {total:.1f} s on {args.jobs} worker process(es)")
+        print_table(title, ("policy", *FIELDS, "wall_s", "cpu_s"), rows)
+    print(
+        f"total wall time: {total:.1f} s on {args.jobs} worker process(es); "
+        f"CPU time of all runs: {cpu_total:.1f} s"
+    )
     if args.json is not None:
         args.json.write_text(json.dumps(document, indent=2) + "\n")
 

@@ -1,12 +1,19 @@
 """``AutoForecaster``: the forecaster the daemon, the simulator and the CLI drive.
 
-Owns: the in-memory history of every model (a ring buffer, default 14 days), a set of vectorised
-candidate point models (level, seasonal naive hourly/daily/weekly, seasonal delta daily/weekly,
-multi-seasonal, intermittent), rolling-origin evaluation of every candidate on every series as the
-actuals arrive, per-series selection on the pinball loss at the planning quantile, and conformal
-quantiles from the same residuals. All work per call is vectorised across series; the one heavy
-step (a rolling-origin warm-up over the recent history, which seeds selection and calibration) runs
-once when history first allows it and again every ``refit_interval_s`` of observed time.
+Owns: the in-memory history of every model (a ring buffer, default 14 days); a set of vectorised
+candidate point models (naive, robust medians, exponential smoothing at five speeds, seasonal naive
+hourly/daily/weekly, seasonal delta daily/weekly and multi-seasonal, intermittent demand, a
+pooled gradient-boosted quantile model, and a loss-weighted combination of the best of them);
+rolling-origin evaluation of every candidate on every series as the actuals arrive; per-series
+selection on the pinball loss at the planning quantile (the mean on its own absolute error);
+conformal quantiles from the same residuals with an adaptive width that keeps the planning
+quantile calibrated; and P(active) per step from idle-time hazards (sparse series) or the
+forecast (busy ones).
+
+Cost: every call is vectorised across series. The heavy part, a refit (the GBM fit plus a
+rolling-origin warm-up over the last day that seeds selection and calibration), starts when
+history first allows it and again every ``refit_interval_s`` of observed time, and its origins are
+evaluated a few per call (``refit_series_origins_per_call``), so no single call pays for it all.
 
 Must not: do I/O, read the clock (time comes from the batches), or return NaN.
 """
@@ -119,6 +126,9 @@ def default_candidates(
     for minutes in (1, 3, 15, 60, 360):
         alpha = min(0.9, 1.0 - math.exp(-step_s / (60.0 * minutes)))
         out.append(Candidate(f"ses-{minutes}m", partial(_ses, alpha=alpha), 1))
+        if minutes <= 3:
+            robust = partial(_ses, alpha=alpha, robust=True)
+            out.append(Candidate(f"robust-ses-{minutes}m", robust, 1))
     if hour >= 2:
         out.append(Candidate("seasonal-naive-hourly", partial(_snaive, lag=hour), hour))
     out.append(Candidate("seasonal-naive-daily", partial(_snaive, lag=day), day))
@@ -146,8 +156,10 @@ def _median(history: HistoryView, end: int, horizon: int, *, window: int) -> Flo
     return naive.median_level(history, end, horizon, window=window)
 
 
-def _ses(history: HistoryView, end: int, horizon: int, *, alpha: float) -> FloatArray:
-    return naive.smoothed_level(history, end, horizon, alpha=alpha)
+def _ses(
+    history: HistoryView, end: int, horizon: int, *, alpha: float, robust: bool = False
+) -> FloatArray:
+    return naive.smoothed_level(history, end, horizon, alpha=alpha, robust=robust)
 
 
 def _snaive(history: HistoryView, end: int, horizon: int, *, lag: int) -> FloatArray:
@@ -195,7 +207,6 @@ class _Pending:
     scale: NDArray[np.float32]  # (candidates, models)
     strata: NDArray[np.int64]  # (models,)
     final_upper: NDArray[np.float32] | None = None  # (models, horizon): the output's q forecast
-    scored: int = 0
 
 
 @dataclass(slots=True)

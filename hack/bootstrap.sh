@@ -15,7 +15,7 @@ fi
 stamp="$VENV/.prewarm-installed"
 if [ ! -f "$stamp" ] || [ requirements.lock -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "bootstrap: installing pinned dependencies into $VENV (first run downloads ~3 GB for torch)" >&2
-  "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" -r requirements.lock
+  "$VENV/bin/uv" pip install --quiet --compile-bytecode --python "$VENV/bin/python" -r requirements.lock
   "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" --no-deps -e .
   touch "$stamp"
 fi

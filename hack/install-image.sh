@@ -13,7 +13,7 @@ case "$variant" in
 esac
 python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --no-cache-dir --disable-pip-version-check "uv==0.13.9"
-"$venv/bin/uv" pip install --quiet --python "$venv/bin/python" -r "$lock"
+"$venv/bin/uv" pip install --quiet --compile-bytecode --python "$venv/bin/python" -r "$lock"
 "$venv/bin/uv" pip install --quiet --python "$venv/bin/python" --no-deps --no-cache .
 "$venv/bin/prewarm" --version
 "$venv/bin/prewarm" --help > /dev/null

@@ -45,15 +45,28 @@ def median_level(history: HistoryView, end: int, horizon: int, *, window: int) -
     return np.repeat(median[:, None], horizon, axis=1)
 
 
-def smoothed_level(history: HistoryView, end: int, horizon: int, *, alpha: float) -> FloatArray:
+def smoothed_level(
+    history: HistoryView, end: int, horizon: int, *, alpha: float, robust: bool = False
+) -> FloatArray:
     """Simple exponential smoothing's level (weight ``alpha`` on the newest step), held flat.
 
     Computed from a window long enough for the weights to decay below 1%, at most 720 steps (no
     state is kept, so it can be evaluated at any past origin); missing steps are skipped and the
-    weights renormalised over the window.
+    weights renormalised over the window. ``robust`` first clips each value to the window's
+    median +- 3 scaled MADs (robust exponential smoothing): a one-step dip or spike does not move
+    a fast level, a lasting change does, once it is the window's median.
     """
     length = max(2, min(720, int(np.ceil(np.log(0.01) / np.log(1.0 - alpha)))))
     values = history.gather(np.arange(-length, 0, dtype=np.int64), end=end)
+    if robust:
+        length = max(length, 5)
+        values = history.gather(np.arange(-length, 0, dtype=np.int64), end=end)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            center = np.nanmedian(values, axis=1, keepdims=True)
+            spread = 1.4826 * np.nanmedian(np.abs(values - center), axis=1, keepdims=True)
+        bound = 3.0 * np.maximum(spread, 1.0)
+        values = np.clip(values, center - bound, center + bound)
     weights = alpha * (1.0 - alpha) ** np.arange(length - 1, -1, -1, dtype=np.float64)
     finite = np.isfinite(values)
     total = np.where(finite, values, 0.0) @ weights

@@ -138,8 +138,34 @@ def register(app: typer.Typer) -> None:
         model_label: LabelOption = None,
         horizon: Annotated[str, typer.Option("--horizon", help="How far ahead, e.g. 30m.")] = "30m",
         as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
+        server: Annotated[
+            str | None,
+            typer.Option(
+                "--server",
+                help="Ask a running daemon's control API (host:port) instead; needs --model.",
+                show_default=False,
+            ),
+        ] = None,
+        model: Annotated[
+            str | None, typer.Option("--model", help="The model to ask the daemon about.")
+        ] = None,
     ) -> None:
         """Forecast every model's requests per step, with p50/p90 and P(any request)."""
+        if server is not None:
+            if model is None:
+                raise InvalidInput("--server needs --model NAME (the daemon forecasts per model)")
+            if trace is not None or prometheus is not None:
+                raise InvalidInput("give --server, or --trace / --prometheus, not both")
+            _, seconds = horizon_steps(horizon, 1.0)
+            from prewarm.control.client import fetch_forecast
+
+            daemon_forecast = fetch_forecast(server, model, horizon_s=seconds)
+            forecasts = {daemon_forecast.model: daemon_forecast}
+            if as_json:
+                write_json(forecast_document(server, forecasts, horizon_s=seconds), None)
+                return
+            _print(server, forecasts, seconds=seconds, step_s=daemon_forecast.step_s, level=0.9)
+            return
         batch, source = load_history(
             ctx, trace=trace, prometheus=prometheus, query=query, model_label=model_label
         )
@@ -152,20 +178,26 @@ def register(app: typer.Typer) -> None:
         if as_json:
             write_json(forecast_document(source, forecasts, horizon_s=seconds), None)
             return
-        rows = []
-        for model, item in sorted(forecasts.items()):
-            rows.append(
-                [
-                    str(model),
-                    item.method,
-                    float(item.mean.mean()),
-                    float(item.quantile(planning).max()),
-                    item.p_any_within(item.horizon),
-                ]
-            )
-        print_table(
-            f"{source}: next {format_duration(seconds)} "
-            f"(requests per {format_duration(batch.step_s)})",
-            ["model", "method", "mean", f"p{round(planning * 100)} peak", "P(any)"],
-            rows,
+        _print(source, forecasts, seconds=seconds, step_s=batch.step_s, level=planning)
+
+
+def _print(
+    source: str, forecasts: dict[Any, Forecast], *, seconds: float, step_s: float, level: float
+) -> None:
+    rows = []
+    for name, item in sorted(forecasts.items()):
+        peak = item.quantile(level) if level in item.quantiles else item.values[-1]
+        rows.append(
+            [
+                str(name),
+                item.method,
+                float(item.mean.mean()),
+                float(peak.max()),
+                item.p_any_within(item.horizon),
+            ]
         )
+    print_table(
+        f"{source}: next {format_duration(seconds)} (requests per {format_duration(step_s)})",
+        ["model", "method", "mean", f"p{round(level * 100)} peak", "P(any)"],
+        rows,
+    )

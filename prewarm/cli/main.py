@@ -22,10 +22,13 @@ from prewarm.logging import configure_logging
 from prewarm.settings import Settings, load_settings
 
 COMMAND_MODULES: tuple[str, ...] = (
-    "prewarm.cli.agent_cmd", "prewarm.cli.control_cmd",
-    "prewarm.cli.forecast_cmd", "prewarm.cli.backtest_cmd",
+    "prewarm.cli.agent_cmd",
+    "prewarm.cli.control_cmd",
+    "prewarm.cli.forecast_cmd",
+    "prewarm.cli.backtest_cmd",
     "prewarm.cli.run_cmd",
-    "prewarm.cli.demo_cmd", "prewarm.cli.bench_cmd",
+    "prewarm.cli.demo_cmd",
+    "prewarm.cli.bench_cmd",
 )
 """Modules under ``prewarm.cli`` that define ``register(app: typer.Typer) -> None``."""
 

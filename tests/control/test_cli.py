@@ -302,3 +302,27 @@ def test_plan_json_has_numbers_for_64_bit_fields(
     assert actions[2]["bytes"] == 14_500_000_000
     code, out, _ = cli(["plan", "--server", running.address], capsys, monkeypatch)
     assert "gpu on gpu-1 (14.5 GB)" in out
+
+
+def test_forecast_command_asks_the_daemon_with_server(
+    running: RunningServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running.view.forecast_map[ModelId("llama-70b")] = make_forecast(
+        "llama-70b", start_s=running.clock()
+    )
+    server = ["--server", running.address]
+    code, out, err = cli(
+        ["forecast", "--model", "llama-70b", "--json", *server], capsys, monkeypatch,
+        token=READ_TOKEN,
+    )  # fmt: skip
+    assert code == 0, err
+    document = json.loads(out)
+    assert document["source"] == running.address
+    assert list(document["models"]) == ["llama-70b"]
+    assert document["models"]["llama-70b"]["mean"]
+    code, _, err = cli(["forecast", *server], capsys, monkeypatch)
+    assert code == 2
+    assert "--server needs --model" in err
+    code, _, err = cli(["forecast", "--model", "ghost", *server], capsys, monkeypatch)
+    assert code == 1
+    assert "ghost" in err

@@ -415,7 +415,44 @@ def write_report(
             )
     (out / "report.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     _plot(record, baselines, out / "report.png")
-    return {"json": out / "report.json", "text": out / "report.txt", "png": out / "report.png"}
+    _html(document, lines, out / "report.png", out / "report.html")
+    return {
+        "json": out / "report.json",
+        "text": out / "report.txt",
+        "png": out / "report.png",
+        "html": out / "report.html",
+    }
+
+
+def _html(document: dict[str, Any], lines: list[str], png: Path, path: Path) -> None:
+    """A one-page HTML report (the PNG embedded), viewable anywhere and easy to screenshot."""
+    import base64
+    import html
+
+    image = base64.b64encode(png.read_bytes()).decode("ascii")
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{summary['cold_start_ratio']:.4f}</td>"
+        f"<td>{summary['idle_gpu_gb_hours']:.1f}</td><td>{summary['wait_p99_s']:.1f}</td></tr>"
+        for name, summary in document["baselines"].items()
+    )
+    table = (
+        "<table><tr><th>policy</th><th>cold_start_ratio</th><th>idle_gpu_gb_hours</th>"
+        f"<th>wait_p99_s</th></tr>{rows}</table>"
+        if rows
+        else ""
+    )
+    summary = "".join(f"<p>{html.escape(line)}</p>" for line in lines[:2])
+    path.write_text(
+        "<!doctype html><html><head><meta charset='utf-8'><title>prewarm demo</title><style>"
+        "body{font-family:sans-serif;margin:24px;background:#111217;color:#ccccdc}"
+        "h1{font-size:20px}table{border-collapse:collapse;margin-top:12px}"
+        "td,th{border:1px solid #333;padding:4px 10px;text-align:right}"
+        "img{max-width:100%;background:white;margin-top:12px}</style></head><body>"
+        f"<h1>prewarm: forecast vs actual and cold starts</h1>{summary}"
+        f"<img alt='forecast vs actual' src='data:image/png;base64,{image}'>{table}"
+        "</body></html>\n",
+        encoding="utf-8",
+    )
 
 
 def _plot(record: DemoRecord, baselines: dict[str, dict[str, float]], path: Path) -> None:

@@ -37,6 +37,7 @@ def test_short_demo_writes_a_report(tmp_path: Path) -> None:
     assert report["agent_errors"] == 0
     assert 0.0 <= report["live_cold_start_ratio"] <= 1.0
     assert (out / "report.png").stat().st_size > 10_000
+    assert "data:image/png;base64," in (out / "report.html").read_text()
     assert "prewarm demo on builtin:azure-functions-2019-100fn" in (out / "report.txt").read_text()
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+import torch
 from prometheus_client import generate_latest
 
 from gpu_agent.agent import Agent
@@ -50,3 +52,28 @@ def test_eviction_reasons_are_a_small_fixed_set() -> None:
     assert eviction_reason("memory pressure from other processes") == "pressure"
     assert eviction_reason("GPU memory needed for a preload") == "preload"
     assert eviction_reason("something new") == "other"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+async def test_metrics_with_real_nvml_and_a_gpu_preload(
+    start_agent, models_dir: Path, config: AgentConfig
+) -> None:
+    from gpu_agent.nvml import PynvmlNvml
+
+    path = models_dir / "m.safetensors"
+    write_model(path, numel=3_000_000)
+    agent = Agent(config, nvml=PynvmlNvml())
+    metrics = AgentMetrics(agent)
+    running = await start_agent(agent=agent)
+    await preload_all(
+        running.stub,
+        pb.PreloadRequest(model_id="m", weights=[source(path)], predicted_value=1.0),
+    )
+    text = generate_latest(metrics.registry).decode()
+    assert _value(text, 'prewarm_agent_held_bytes{tier="gpu"}') > 0
+    assert _value(text, "prewarm_agent_gpu_available") == 1
+    gpu_lines = [line for line in text.splitlines() if line.startswith("prewarm_agent_gpu_free")]
+    assert gpu_lines
+    assert all(float(line.split()[-1]) > 0 for line in gpu_lines)
+    assert _value(text, 'prewarm_agent_loaded_bytes_total{tier="gpu"}') > 0

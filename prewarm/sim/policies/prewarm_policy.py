@@ -266,8 +266,13 @@ class PrewarmPolicy:
         self.requests_seen += obs.arrivals
         self.active_ticks += obs.arrivals > 0
         load = self.scaler.update(obs.arrivals)
-        if (obs.tick > 0 and self._fold(obs.arrivals, obs.now_s)) or obs.tick == 0:
+        if obs.tick == 0:
             self._plan(obs)
+        elif self._fold(obs.arrivals, obs.now_s):
+            self.steps_since_plan += 1
+            if self.steps_since_plan >= self.plan_every:
+                self.steps_since_plan = 0
+                self._plan(obs)
         target = np.maximum(self.plan_target, load)
         return Decision(
             target=target,

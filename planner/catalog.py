@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -73,6 +74,16 @@ DEFAULT_SIZE_CLASSES: tuple[SizeClass, ...] = (
 
 
 @dataclass(frozen=True, slots=True)
+class WeightFile:
+    """One weight file of a model, as the GPU agent fetches it: ``file://`` or ``https://`` URI,
+    lowercase hex sha256 (the agent refuses files it cannot verify), size when known (0)."""
+
+    uri: str
+    sha256: str
+    size_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSpec:
     """What it costs to bring one model up, and its replica bounds.
 
@@ -91,6 +102,8 @@ class ModelSpec:
     min_replicas: int = 0
     max_replicas: int = 1_000
     workload: WorkloadRef | None = None
+    weights: tuple[WeightFile, ...] = ()
+    """The weight files the GPU agents preload (none: agents cannot preload this model)."""
     defaulted: bool = False
 
     @property
@@ -158,6 +171,7 @@ _KNOWN_FIELDS = {
     "min_replicas",
     "max_replicas",
     "workload",
+    "weights",
 }
 
 
@@ -190,6 +204,27 @@ def _workload(value: Any, *, where: str) -> WorkloadRef:
     )
 
 
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _weights(value: Any, *, where: str) -> tuple[WeightFile, ...]:
+    if not isinstance(value, list) or not value:
+        raise InvalidInput(f"{where} must be a non-empty list of {{uri, sha256, size_bytes}}")
+    files = []
+    for index, item in enumerate(value):
+        at = f"{where}[{index}]"
+        if not isinstance(item, dict) or set(item) - {"uri", "sha256", "size_bytes"}:
+            raise InvalidInput(f"{at} must be a mapping with uri, sha256 and optional size_bytes")
+        uri, digest = item.get("uri"), item.get("sha256")
+        if not isinstance(uri, str) or "://" not in uri:
+            raise InvalidInput(f"{at}.uri must be a URI such as file:///models/x.safetensors")
+        if not isinstance(digest, str) or not _SHA256.match(digest):
+            raise InvalidInput(f"{at}.sha256 must be 64 lowercase hex digits (sha256sum's output)")
+        size = _integer(item.get("size_bytes", 0), where=f"{at}.size_bytes")
+        files.append(WeightFile(uri=uri, sha256=digest, size_bytes=size))
+    return tuple(files)
+
+
 def _spec_from_entry(model: ModelId, entry: Any, *, origin: str) -> ModelSpec:
     where = f"{origin}: model {model!r}"
     if entry is None:
@@ -220,6 +255,8 @@ def _spec_from_entry(model: ModelId, entry: Any, *, origin: str) -> ModelSpec:
             changes[name] = _integer(entry[name], where=f"{where} {name}")
     if "workload" in entry:
         changes["workload"] = _workload(entry["workload"], where=f"{where} workload")
+    if "weights" in entry:
+        changes["weights"] = _weights(entry["weights"], where=f"{where} weights")
     spec = replace(spec, **changes)
     if spec.min_replicas > spec.max_replicas:
         raise InvalidInput(

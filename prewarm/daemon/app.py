@@ -26,8 +26,9 @@ from actuator.agents import AgentActuator, PodAddressResolver
 from actuator.apply import Actuator
 from actuator.config import RetryConfig
 from actuator.kube import KubeClient, default_api_client
-from common.errors import FailedPrecondition
+from common.errors import FailedPrecondition, NotFound
 from common.http_endpoints import ProbeServer
+from common.ids import ModelId
 from forecaster.cycle import PollingSource
 from forecaster.engine import AutoForecaster
 from forecaster.sources.prometheus import PrometheusSource
@@ -41,6 +42,7 @@ from prewarm.daemon.loop import Daemon
 from prewarm.daemon.metrics import DaemonMetrics
 from prewarm.daemon.observer import KubeClusterObserver
 from prewarm.settings import Settings
+from protos import gpu_agent_pb2 as pb
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +73,21 @@ class Runtime:
 def identity() -> str:
     """This replica's name in the Lease: the pod name (``POD_NAME`` or the hostname) + pid."""
     return f"{os.environ.get('POD_NAME') or socket.gethostname()}_{os.getpid()}"
+
+
+def weight_sources(catalog: Catalog, model: ModelId) -> list[pb.Source]:
+    """The agent's Preload sources of ``model``: its catalog ``weights``.
+
+    Raises :class:`NotFound` (that one Preload fails, the rest of the plan goes on) when the
+    catalog lists none, saying what to add.
+    """
+    files = catalog.spec(model).weights
+    if not files:
+        raise NotFound(
+            f"the model catalog lists no weights for {model}: add `weights: [{{uri, sha256}}]` "
+            "to its entry so GPU agents can preload it"
+        )
+    return [pb.Source(uri=f.uri, sha256=f.sha256, size_bytes=f.size_bytes) for f in files]
 
 
 def load_model_catalog(settings: Settings) -> Catalog:
@@ -105,7 +122,7 @@ def build_runtime(
     agents = AgentActuator(
         settings.actuator,
         PodAddressResolver(kube, settings.actuator),
-        weights_of=lambda model: (),
+        weights_of=lambda model: weight_sources(catalog, model),
     )
     actuator = Actuator(kube, settings.actuator, agents=agents)
     control_config = settings.control

@@ -90,3 +90,39 @@ def test_unknown_model_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
             catalog.spec(ModelId("stranger"))
     assert sum("stranger" in record.getMessage() for record in caplog.records) == 1
     assert Catalog().spec(ModelId("x")).defaulted
+
+
+def test_weights_are_parsed_and_checked() -> None:
+    from planner.catalog import WeightFile, parse_catalog
+
+    digest = "a" * 64
+    catalog = parse_catalog(
+        "models:\n  m:\n    weights:\n"
+        f"      - {{uri: 'file:///w/m.safetensors', sha256: '{digest}', size_bytes: 10}}\n"
+    )
+    assert catalog.spec(ModelId("m")).weights == (
+        WeightFile(uri="file:///w/m.safetensors", sha256=digest, size_bytes=10),
+    )
+    for bad, message in (
+        ("weights: []", "non-empty list"),
+        ("weights: [{uri: 'm.safetensors', sha256: '" + digest + "'}]", "must be a URI"),
+        ("weights: [{uri: 'file:///m', sha256: 'ABC'}]", "64 lowercase hex"),
+        ("weights: [{uri: 'file:///m', sha256: '" + digest + "', extra: 1}]", "a mapping with"),
+    ):
+        with pytest.raises(InvalidInput, match=message):
+            parse_catalog(f"models:\n  m:\n    {bad}\n")
+
+
+def test_daemon_preload_sources_come_from_the_catalog() -> None:
+    from common.errors import NotFound
+    from planner.catalog import parse_catalog
+    from prewarm.daemon.app import weight_sources
+
+    digest = "b" * 64
+    catalog = parse_catalog(
+        f"models:\n  m:\n    weights: [{{uri: 'https://models/m', sha256: '{digest}'}}]\n"
+    )
+    (source,) = weight_sources(catalog, ModelId("m"))
+    assert (source.uri, source.sha256) == ("https://models/m", digest)
+    with pytest.raises(NotFound, match="add `weights"):
+        weight_sources(catalog, ModelId("other"))

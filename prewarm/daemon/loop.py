@@ -526,14 +526,7 @@ def _stale(forecast: Forecast) -> Forecast:
 
 def _with_rate(state: ModelState | None, model: ModelId, rate: float) -> ModelState:
     base = state if state is not None else ModelState(model=model)
-    return ModelState(
-        model=model,
-        ready_replicas=base.ready_replicas,
-        starting_replicas=base.starting_replicas,
-        tier=base.tier,
-        image_cached=base.image_cached,
-        observed_rps=rate,
-    )
+    return replace(base, observed_rps=rate)
 
 
 __all__ = [

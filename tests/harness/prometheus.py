@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -120,13 +121,18 @@ def prometheus_with_history(batch: SeriesBatch, workdir: Path) -> Iterator[Runni
         _wait_ready(url, process, workdir / "prometheus.log")
         yield RunningPrometheus(url=url, data_dir=data)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)
         log.close()
+
+
+def stop_process(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM, wait up to 20 s, then SIGKILL: a test server never outlives its test."""
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
 
 
 def _wait_ready(

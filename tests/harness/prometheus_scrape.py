@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from tests.harness.prometheus import _wait_ready, binaries, free_port
+from tests.harness.prometheus import _wait_ready, binaries, free_port, stop_process
 
 
 @dataclass(frozen=True)
@@ -73,10 +73,5 @@ def scraping_prometheus(
         _wait_ready(url, process, log_path)  # type: ignore[arg-type]
         yield ScrapingPrometheus(url=url)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)
         log.close()

@@ -7,9 +7,10 @@ exactly as the daemon would (observe, then forecast, at every origin), and the s
 (:mod:`forecaster.metrics`). "One season" is a day when the training part spans at least two days,
 otherwise there is no season (period 1, i.e. naive).
 
-Point forecasts: ``prewarm``'s median (p50); the baselines' own point forecast. Every method's p90
-comes from its own residuals: the baselines' from in-sample k-step errors (per series, per step
-ahead), prewarm's from its conformal calibration. Must not: do I/O.
+Point forecasts: ``prewarm``'s mean (``Forecast.mean``, selected on absolute error); the
+baselines' own point forecast. Every method's p90 comes from its own residuals: the baselines'
+from in-sample k-step errors (per series, per step ahead), prewarm's from its conformal
+calibration. Must not: do I/O.
 """
 
 from __future__ import annotations

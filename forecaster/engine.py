@@ -1,11 +1,14 @@
 """``AutoForecaster``: the forecaster the daemon, the simulator and the CLI drive.
 
 Owns: the in-memory history of every model (a ring buffer, default 14 days); a set of vectorised
-candidate point models (naive, robust medians, exponential smoothing at five speeds, seasonal naive
+candidate point models (naive, robust medians, exponential smoothing at five speeds, mean
+reversion to the last hour's or four hours' mean at a fitted rate, seasonal naive
 hourly/daily/weekly, seasonal delta daily/weekly and multi-seasonal, intermittent demand, a
-pooled gradient-boosted quantile model, and a loss-weighted combination of the best of them);
-rolling-origin evaluation of every candidate on every series as the actuals arrive; per-series
-selection on the pinball loss at the planning quantile (the mean on its own absolute error);
+pooled gradient-boosted quantile model, and two loss-weighted combinations of the best of them:
+one weighted on the selection loss, one on absolute error); rolling-origin evaluation of every
+candidate on every series as the actuals arrive; per-series selection on the pinball loss at the
+planning quantile (the mean on its own absolute error, preferring the absolute-error combination
+unless one model is ``point_margin`` better);
 conformal quantiles from the same residuals with an adaptive width that keeps the planning
 quantile calibrated; and P(active) per step from idle-time hazards (sparse series) or the
 forecast (busy ones).
@@ -31,7 +34,7 @@ from numpy.typing import NDArray
 from common.errors import InvalidInput
 from common.ids import ModelId
 from forecaster.history import HistoryBuffer
-from forecaster.models import intermittent, naive, seasonal
+from forecaster.models import intermittent, naive, reverting, seasonal
 from forecaster.models.base import Candidate, HistoryView, IntArray
 from forecaster.models.conformal import STRATA, ResidualModel, stratum
 from forecaster.models.gbm import Calendar, GradientBoostedQuantile
@@ -48,15 +51,27 @@ LEVEL_MODELS = frozenset(
 )
 WEEK_S = 7 * DAY_S
 HOUR_S = 3600.0
+REVERT_MINUTES = (60, 240)
+"""Mean windows of the mean-reverting candidates (one each), in minutes of observed time."""
+REVERT_FIT_S = 6 * HOUR_S
+"""History their decay is fitted on (clamped to 144..720 steps)."""
+REVERT_MIN_FIT_STEPS = 60
+"""Steps of fit beyond the mean window a series needs before a mean-reverting candidate is
+eligible (or the whole fit span, if shorter)."""
 
 
 def default_candidates(
-    step_s: float, *, horizon_steps: int, lag_cache: seasonal.LagCache | None = None
+    step_s: float,
+    *,
+    horizon_steps: int,
+    lag_cache: seasonal.LagCache | None = None,
+    block_cache: reverting.BlockCache | None = None,
 ) -> tuple[Candidate, ...]:
     """The candidate point models for a step grid, in preference order (used without evidence).
 
-    ``lag_cache``, when given, is shared by the seasonal candidates; the caller clears it before
-    evaluating them at each origin (the engine does).
+    ``lag_cache``, when given, is shared by the seasonal candidates, ``block_cache`` by the
+    mean-reverting ones; the caller clears both before evaluating them at each origin (the engine
+    does).
 
     Seasonal models are only offered when their lag exceeds the horizon plus the smoothing radius,
     and a series only becomes eligible for one once it has the history it needs.
@@ -129,6 +144,16 @@ def default_candidates(
         if minutes <= 3:
             robust = partial(_ses, alpha=alpha, robust=True)
             out.append(Candidate(f"robust-ses-{minutes}m", robust, 1))
+    # Mean-reverting levels: the newest step's deviation from the mean of the last hour or
+    # four, decaying at the rate measured on the series' own history. Both read one block of
+    # history per origin (shared through ``block_cache``).
+    fit = min(720, max(144, round(REVERT_FIT_S / step_s)))
+    windows = {minutes: max(2, round(60.0 * minutes / step_s)) for minutes in REVERT_MINUTES}
+    span = fit + max(windows.values()) - 1
+    for minutes, window in windows.items():
+        revert = partial(_revert, mean_window=window, fit_steps=fit, span=span, cache=block_cache)
+        need = min(window + REVERT_MIN_FIT_STEPS, fit)
+        out.append(Candidate(f"revert-{minutes}m", revert, need))
     if hour >= 2:
         out.append(Candidate("seasonal-naive-hourly", partial(_snaive, lag=hour), hour))
     out.append(Candidate("seasonal-naive-daily", partial(_snaive, lag=day), day))
@@ -140,12 +165,14 @@ def default_candidates(
             1,
         )
     )
-    out.append(Candidate("ensemble", _unused, 1))  # computed from the others, see _points
+    # Computed from the others (see AutoForecaster._points); these two stay last, in this order.
+    out.append(Candidate("ensemble", _unused, 1))
+    out.append(Candidate("ensemble-point", _unused, 1))
     return tuple(out)
 
 
 def _unused(history: HistoryView, end: int, horizon: int) -> FloatArray:
-    raise AssertionError("the ensemble is combined in AutoForecaster._points")
+    raise AssertionError("the combinations are computed in AutoForecaster._points")
 
 
 def _level(history: HistoryView, end: int, horizon: int, *, window: int) -> FloatArray:
@@ -160,6 +187,27 @@ def _ses(
     history: HistoryView, end: int, horizon: int, *, alpha: float, robust: bool = False
 ) -> FloatArray:
     return naive.smoothed_level(history, end, horizon, alpha=alpha, robust=robust)
+
+
+def _revert(
+    history: HistoryView,
+    end: int,
+    horizon: int,
+    *,
+    mean_window: int,
+    fit_steps: int,
+    span: int,
+    cache: reverting.BlockCache | None,
+) -> FloatArray:
+    return reverting.mean_reverting(
+        history,
+        end,
+        horizon,
+        mean_window=mean_window,
+        fit_steps=fit_steps,
+        span=span,
+        cache=cache,
+    )
 
 
 def _snaive(history: HistoryView, end: int, horizon: int, *, lag: int) -> FloatArray:
@@ -226,6 +274,10 @@ class AutoForecaster:
     (cheap); ``forecast`` scores earlier forecasts against the new actuals, picks a model per
     series and returns calibrated quantiles for every known model. ``step_s`` must match the
     batches' step.
+
+    ``ensemble_margin``: the share by which a single candidate's selection loss must beat the
+    ``ensemble`` combination's for its quantiles to be used instead; ``point_margin``: the same
+    for the mean, on absolute error, against ``ensemble-point``. Both in ``[0, 1)``.
     """
 
     def __init__(
@@ -240,14 +292,19 @@ class AutoForecaster:
         refit_interval_s: float = DAY_S,
         seed: int = 0,
         ensemble_margin: float = 0.3,
+        point_margin: float = 0.1,
         refit_series_origins_per_call: int = 12_000,
     ) -> None:
         if step_s <= 0:
             raise InvalidInput(f"step_s must be > 0, got {step_s}")
         if not 0 < planning_quantile < 1:
             raise InvalidInput(f"planning_quantile must be in (0, 1), got {planning_quantile}")
+        for name, margin in (("ensemble_margin", ensemble_margin), ("point_margin", point_margin)):
+            if not 0 <= margin < 1:
+                raise InvalidInput(f"{name} must be in [0, 1), got {margin}")
         self.step_s = float(step_s)
         self.ensemble_margin = ensemble_margin
+        self.point_margin = point_margin
         self.refit_series_origins_per_call = refit_series_origins_per_call
         self._refit_queue: deque[int] = deque()
         self.planning_quantile = planning_quantile
@@ -260,15 +317,22 @@ class AutoForecaster:
         self.refit_every = max(1, round(refit_interval_s / step_s))
         self.gbm = GradientBoostedQuantile(seed=seed)
         self._lag_cache: seasonal.LagCache = {}
+        self._block_cache: reverting.BlockCache = {}
         base = default_candidates(
-            step_s, horizon_steps=self.score_horizon, lag_cache=self._lag_cache
+            step_s,
+            horizon_steps=self.score_horizon,
+            lag_cache=self._lag_cache,
+            block_cache=self._block_cache,
         )
-        # The pooled GBM is trained at refits (see refit); the ensemble stays last.
+        # The pooled GBM is trained at refits (see refit); the two combinations stay last.
         self.candidates = (
-            *base[:-1],
+            *base[:-2],
             Candidate(GBM_NAME, self.gbm.predict, 1),
-            base[-1],
+            *base[-2:],
         )
+        self._bases = len(self.candidates) - 2
+        self._ensemble = self._bases  # weighted on the selection loss: serves the quantiles
+        self._point_ensemble = self._bases + 1  # weighted on the point loss: serves the mean
         count = len(self.candidates)
         self.residuals = ResidualModel(candidates=count, horizon=self.score_horizon, seed=seed)
         self.selector = Selector(candidates=count, level=planning_quantile)
@@ -393,40 +457,37 @@ class AutoForecaster:
     def _points(self, end: int, horizon: int) -> FloatArray:
         """Point forecasts of every candidate ``(candidates, models, horizon)`` as of ``end``.
 
-        The last candidate, ``ensemble``, is the combination of the best ``ENSEMBLE_SIZE`` base
-        candidates of each series (weights inverse to their current loss): combinations are more
-        robust to a change of regime than any single pick.
+        The last two candidates combine the best ``ENSEMBLE_SIZE`` base candidates of each series
+        (weights ``(best loss / loss) ** ENSEMBLE_POWER``): combinations are more robust to a
+        change of regime than any single pick. ``ensemble`` ranks and weights them on the
+        selection loss (the planning quantile's pinball plus the point's), ``ensemble-point`` on
+        the point loss alone (absolute error): the quantiles serve the planner, the mean people
+        and error metrics, and the best combination for one is not the best for the other.
         """
         self._lag_cache.clear()
+        self._block_cache.clear()
         try:
             base = np.stack(
                 [
                     candidate.predict(self.history, end, horizon)
-                    for candidate in self.candidates[:-1]
+                    for candidate in self.candidates[: self._bases]
                 ]
             )
         finally:
             self._lag_cache.clear()
+            self._block_cache.clear()
         base = np.where(np.isfinite(base), np.maximum(base, 0.0), 0.0)
-        eligible = self._eligible(end)[:-1]
-        trusted = eligible & (self.selector.weight[:-1] >= 10.0)
-        loss = np.where(trusted, self.selector.loss[:-1], np.inf)
-        rank = np.argsort(loss, axis=0)[:ENSEMBLE_SIZE]  # (k, n)
-        rows = np.arange(base.shape[1])
-        chosen_loss = loss[rank, rows[None, :]]
-        finite = np.isfinite(chosen_loss)
-        safe = np.where(finite, np.maximum(chosen_loss, 1e-9), 1.0)
-        ratio = safe[0][None, :] / safe
-        weights = np.where(finite, ratio**ENSEMBLE_POWER, 0.0)
-        fallback = trusted.any(axis=0) == 0
+        bases = self._bases
+        trusted = self._eligible(end)[:bases] & (self.selector.weight[:bases] >= 10.0)
         # Without evidence: the mean of the eligible level models (naive and the SES speeds).
-        level_rows = [i for i, c in enumerate(self.candidates[:-1]) if c.name in LEVEL_MODELS]
-        combined = np.einsum("kn,knh->nh", weights, base[rank, rows[None, :], :])
-        total = weights.sum(axis=0)
-        combined = combined / np.maximum(total, 1e-12)[:, None]
+        fallback = trusted.any(axis=0) == 0
+        level_rows = [i for i, c in enumerate(self.candidates[:bases]) if c.name in LEVEL_MODELS]
         plain = base[level_rows].mean(axis=0)
-        ensemble = np.where(fallback[:, None], plain, combined)
-        out: FloatArray = np.concatenate([base, ensemble[None]], axis=0)
+        combined = [
+            np.where(fallback[:, None], plain, _combine(base, np.where(trusted, loss, np.inf)))
+            for loss in (self.selector.loss[:bases], self.selector.point_loss[:bases])
+        ]
+        out: FloatArray = np.concatenate([base, np.stack(combined)], axis=0)
         return out
 
     def _recent(self, end: int) -> FloatArray:
@@ -510,7 +571,7 @@ class AutoForecaster:
         points = self._points(end, reach)
         eligible = self._eligible(end)
         chosen = self.selector.choose(
-            eligible, preferred=len(self.candidates) - 1, margin=self.ensemble_margin
+            eligible, preferred=self._ensemble, margin=self.ensemble_margin
         )
         level = self._recent(end)
         strata = stratum(level)
@@ -541,7 +602,7 @@ class AutoForecaster:
         # The mean comes from the candidate with the best point loss (absolute error), which
         # may differ from the one whose quantiles serve the planner.
         point_choice = self.selector.choose(
-            eligible, preferred=len(self.candidates) - 1, margin=self.ensemble_margin, point=True
+            eligible, preferred=self._point_ensemble, margin=self.point_margin, point=True
         )
         point = points[point_choice, rows, :horizon]
         mean = point
@@ -600,6 +661,20 @@ class AutoForecaster:
             scale=scale.astype(np.float32),
             strata=strata,
         )
+
+
+def _combine(base: FloatArray, loss: FloatArray) -> FloatArray:
+    """Per series, the best ``ENSEMBLE_SIZE`` of ``base (candidates, models, horizon)`` by
+    ``loss (candidates, models)`` (``inf``: not usable), weighted ``(best / loss) ** POWER``."""
+    rank = np.argsort(loss, axis=0)[:ENSEMBLE_SIZE]  # (k, n)
+    rows = np.arange(base.shape[1])
+    chosen_loss = loss[rank, rows[None, :]]
+    finite = np.isfinite(chosen_loss)
+    safe = np.where(finite, np.maximum(chosen_loss, 1e-9), 1.0)
+    weights = np.where(finite, (safe[0][None, :] / safe) ** ENSEMBLE_POWER, 0.0)
+    combined = np.einsum("kn,knh->nh", weights, base[rank, rows[None, :], :])
+    out: FloatArray = combined / np.maximum(weights.sum(axis=0), 1e-12)[:, None]
+    return out
 
 
 def _as_stale(forecast: Forecast) -> Forecast:

@@ -144,10 +144,19 @@ class HistoryBuffer:
         valid = (steps >= self.start) & (steps < min(as_of, self.end))
         columns = np.where(valid, steps, 0) % self.capacity
         out = np.empty((self.size, columns.size), dtype=np.float64)
+        # A run of consecutive columns (the usual "last k steps", unless it wraps around the
+        # ring) is a slice; anything else goes through np.take, which is several times faster
+        # than fancy indexing a row range of these wide blocks.
+        start = int(columns[0]) if columns.size else 0
+        run = columns.size > 0 and bool(np.all(columns == start + np.arange(columns.size)))
         for index, block in enumerate(self._blocks):
             first = index * BLOCK_ROWS
             last = min(first + BLOCK_ROWS, self.size)
-            out[first:last] = block[: last - first, columns]
+            rows = block[: last - first]
+            if run:
+                out[first:last] = rows[:, start : start + columns.size]
+            else:
+                out[first:last] = np.take(rows, columns, axis=1)
         if not valid.all():
             out[:, ~valid] = np.nan
         return out

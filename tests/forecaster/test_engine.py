@@ -126,6 +126,8 @@ def test_bad_arguments_are_invalid_input(small_batch: SeriesBatch) -> None:
         engine.observe(SeriesBatch(small_batch.models, 0.0, 600.0, small_batch.counts[:, :2]))
     with pytest.raises(InvalidInput):
         AutoForecaster(step_s=0)
+    with pytest.raises(InvalidInput):
+        AutoForecaster(step_s=60, point_margin=1.0)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -35,6 +35,29 @@ def test_history_ring_buffer_keeps_the_last_window_and_overwrites_overlaps() -> 
     assert window[1, 1] == 7
 
 
+def test_gather_matches_the_ring_for_runs_wraps_and_scattered_offsets() -> None:
+    rng = np.random.default_rng(0)
+    capacity = 50
+    counts = rng.poisson(5.0, (3, 130)).astype(np.float64)
+    buffer = _history(counts, capacity=capacity)  # 130 steps into 50: the ring has wrapped
+    end = buffer.end
+    cases = [
+        np.arange(-10, 0),  # a run inside the ring
+        np.arange(-40, 0),  # a run that wraps (130 % 50 = 30)
+        np.array([-1, -7, -3, -49]),  # scattered
+        np.arange(-60, -45),  # partly older than the window: NaN there
+        np.array([-2, 0, 3]),  # at or after the end: NaN
+    ]
+    for offsets in cases:
+        got = buffer.gather(offsets.astype(np.int64), end=end)
+        steps = end + offsets
+        held = (steps >= end - capacity) & (steps < end)
+        expected = np.where(held[None, :], counts[:, np.clip(steps, 0, 129)], np.nan)
+        np.testing.assert_array_equal(got, expected)
+    past = buffer.gather(np.arange(-5, 0, dtype=np.int64), end=end - 10)
+    np.testing.assert_array_equal(past, counts[:, end - 15 : end - 10])
+
+
 def test_level_and_seasonal_naive() -> None:
     history = _history(np.arange(10.0))
     np.testing.assert_array_equal(naive.level(history, 10, 3, window=2), [[8.5, 8.5, 8.5]])

@@ -41,16 +41,21 @@ class PlannerConfig(BaseModel):
         default=0.8, gt=0, le=1, description="Share of replica_rps a replica is planned to carry."
     )
     min_value_density: float = Field(
-        default=0.3,
+        default=0.0044,
         ge=0,
         description=(
-            "Least value density (P(request in the planning window) x seconds saved / GB) "
-            "for which an idle model is held warm in GPU memory; lower holds more memory for "
-            "fewer cold starts."
+            "Least value density (P(request in the planning window) x requests a cold start "
+            "would delay / GB) for which an idle model is held warm in GPU memory; lower holds "
+            "more memory for fewer cold starts."
         ),
     )
     host_min_value_density: float = Field(
-        default=0.02, ge=0, description="The same threshold for holding weights in host memory."
+        default=0.0,
+        ge=0,
+        description=(
+            "The same threshold for holding weights in host memory (P x seconds saved vs disk / "
+            "GB); 0 fills host memory while it has room."
+        ),
     )
     hysteresis: float = Field(
         default=0.3,

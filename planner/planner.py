@@ -9,10 +9,14 @@ For every model it works out:
   for a model with observed traffic, a Poisson process at its observed rate;
 - **replicas for load**: the forecast quantile's rate over the window and the observed rate,
   each over ``replica_rps x target_utilization``; the reactive floor ``max(forecast, observed)``;
-- **value density** of holding it in a tier: ``P x seconds saved vs the next slower tier / GB``,
-  where the seconds saved count every request that would wait for the load (``1 + rate x lead``
-  of them, at the largest of the forecast quantile's rate, the observed rate and the observed
-  rate while active), not only the first.
+- **value density** of holding one replica in GPU memory: ``P x requests a cold start would
+  delay / GB``, the requests being every one that arrives while the model loads (``1 + rate x
+  lead``, at the largest of the forecast quantile's rate, the observed rate and the observed rate
+  while active), not only the first. The seconds a start takes set how many requests it delays;
+  they are not a second factor (measured on the Azure Functions sample: weighting by seconds saved
+  as well held 141 GB models as readily as 14 GB ones and gave 563 cold starts where counting
+  requests gave 495, for the same idle GB-hours). Host memory uses ``P x seconds saved vs disk /
+  GB``, and with room to spare holds everything by that order.
 
 GPU memory is then filled in three passes under the global budget: reactive floors first (what
 observed traffic needs now), then forecast replicas above the floor, then warm holds (one replica
@@ -20,7 +24,9 @@ of an idle model) by value density, held models counting ``1 + hysteresis`` high
 admitted as a prefix of that order, so a model is never evicted while one of lower density is
 kept. Host memory is filled the same way with what is not held in GPU. Replicas go down only when
 the forecast and the observation both say lower (and, above one replica, have said so for
-``scale_down_after_s``).
+``scale_down_after_s``); only replicas the last plan asked for are held that way, so the reactive
+autoscaler's own replicas stay its to remove. A forecast the observation contradicts (traffic below
+:data:`STALE_FORECAST_RATIO` of what it expected now) sizes no replicas until they agree again.
 
 Contract: never reads the clock ("now" is ``ctx.now_s``), does no I/O, and never plans more GPU
 bytes than ``gpu_memory_budget_bytes`` or more host bytes than a pool's host capacity; every
@@ -56,6 +62,8 @@ from planner.leadtime import LeadTimeBook, start_seconds, weights_seconds
 IntArray = NDArray[np.int64]
 BoolArray = NDArray[np.bool_]
 
+STALE_FORECAST_RATIO = 0.25
+"""Observed traffic below this share of the forecast's expected rate now: the forecast is stale."""
 PREPULL_MIN_PROBABILITY = 0.05
 """Pull a model's image ahead once a request within the node lead time is this likely."""
 
@@ -127,6 +135,10 @@ class PlannerState:
     host_held: frozenset[ModelId] = frozenset()
     low_since: Mapping[ModelId, float] = field(default_factory=dict)
     """When forecast and observation first both said "fewer replicas" (kept while they do)."""
+    planned: Mapping[ModelId, int] = field(default_factory=dict)
+    """The last plan's replica targets. Scale-down hysteresis keeps only replicas the planner
+    itself planned (at most what runs): replicas the reactive autoscaler added are its own to
+    remove, and a floor pinned at them would stop it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,15 +184,16 @@ def batch_outlook(
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Per model, over the window ``[now, now + seconds]`` (one length per model):
 
-    ``(P(any request), requests/s at quantile level averaged over the window, requests/s while
-    active)``; the last is ``mean / p_active`` of the first step (the size of a burst when one
-    comes). Forecast steps that began before ``now_s`` are skipped; a window longer than the
-    forecast reuses its last step; ``level`` falls back to the mean when it was not forecast.
-    Models without a forecast get zeros. Forecasts on one grid are stacked and computed together.
+    ``(P(any request), requests/s at quantile level averaged over the window, expected
+    requests/s now)``; the last is the mean of the first step (what the observation should show
+    if the forecast is right). Forecast steps that began before ``now_s`` are skipped; a window
+    longer than the forecast reuses its last step; ``level`` falls back to the mean when it was
+    not forecast. Models without a forecast get zeros. Forecasts on one grid are stacked and
+    computed together.
     """
     p_any = np.zeros(len(models))
     rate = np.zeros(len(models))
-    burst = np.zeros(len(models))
+    now_rate = np.zeros(len(models))
     groups: dict[tuple[float, float, int, tuple[float, ...]], list[int]] = {}
     for row, model in enumerate(models):
         forecast = forecasts.get(model)
@@ -203,8 +216,8 @@ def batch_outlook(
         rate[rows] = np.where(inside, counts[:, steps], 0.0).sum(axis=1) / inside.sum(axis=1)
         rate[rows] /= step_s
         first = steps[0]
-        burst[rows] = mean[:, first] / np.maximum(p_active[:, first], 1e-3) / step_s
-    return p_any, rate, burst
+        now_rate[rows] = mean[:, first] / step_s
+    return p_any, rate, now_rate
 
 
 def _replicas(rate_rps: FloatArray, replica_rps: FloatArray, utilization: float) -> IntArray:
@@ -300,7 +313,9 @@ def _table(ctx: PlanContext, state: PlannerState) -> _Table:
     lead, node_lead, warm_start, host_saved = _lead_times(ctx, state.lead, names, specs)
     level = config.replica_quantile
     window = ctx.interval_s + lead
-    p, peak, _ = batch_outlook(ctx.forecasts, names, now_s=ctx.now_s, seconds=window, level=level)
+    p, peak, expected_now = batch_outlook(
+        ctx.forecasts, names, now_s=ctx.now_s, seconds=window, level=level
+    )
     p_node, peak_node, _ = batch_outlook(
         ctx.forecasts, names, now_s=ctx.now_s, seconds=ctx.interval_s + node_lead, level=level
     )
@@ -333,10 +348,16 @@ def _table(ctx: PlanContext, state: PlannerState) -> _Table:
         floor=floor,
         # The forecast sizes replicas for load; whether an idle model keeps its *first* replica
         # is the value-density decision (a small forecast rate alone does not hold memory).
-        forecast=np.where(load_replicas > 1, load_replicas, 0),
+        # A forecast the observation contradicts (traffic far below what it expected now, e.g. an
+        # outage upstream) sizes no replicas until they agree again.
+        forecast=np.where(
+            (load_replicas > 1) & ~(observed_rps < STALE_FORECAST_RATIO * expected_now),
+            load_replicas,
+            0,
+        ),
         forecast_node=_replicas(peak_node, replica_rps, config.target_utilization),
         saved_s=saved,
-        density=p * saved * affected / safe_gb * bonus,
+        density=p * affected / safe_gb * bonus,
         host_density=p * host_saved / safe_gb * host_bonus,
         target=np.zeros(len(names), np.int64),
         host=np.zeros(len(names), np.bool_),
@@ -387,17 +408,18 @@ def plan(ctx: PlanContext, state: PlannerState) -> PlanResult:
     forecast_list = t.forecast.tolist()
     for i in range(count):
         model = t.names[i]
-        if target[i] >= current[i]:
+        base = min(current[i], state.planned.get(model, 0))
+        if target[i] >= base:
             low_since.pop(model, None)
             continue
-        observed_low = floor_list[i] < current[i]
-        forecast_low = forecast_list[i] < current[i] and not (current[i] == 1 and target[i] >= 1)
+        observed_low = floor_list[i] < base
+        forecast_low = forecast_list[i] < base and not (base == 1 and target[i] >= 1)
         if not (observed_low and forecast_low):
-            keep = current[i]
+            keep = base
             low_since.pop(model, None)
-        elif current[i] > 1 and target[i] >= 1:
+        elif base > 1 and target[i] >= 1:
             since = low_since.setdefault(model, ctx.now_s)
-            keep = target[i] if ctx.now_s - since >= config.scale_down_after_s else current[i]
+            keep = target[i] if ctx.now_s - since >= config.scale_down_after_s else base
         else:
             keep = target[i]
         keep = min(keep, highs[i])
@@ -417,10 +439,18 @@ def plan(ctx: PlanContext, state: PlannerState) -> PlanResult:
         else float(config.host_memory_budget_bytes)
     )
     host_density = t.host_density.tolist()
-    for i in sorted(range(count), key=lambda i: (-host_density[i], t.names[i])):
-        if host_density[i] < config.host_min_value_density:
+    # A model whose first GPU replica is still to come keeps its host copy: that is what it loads
+    # from (dropping it here made the load come from disk, late).
+    loading = [
+        target[i] > 0
+        and ctx.models[t.names[i]].ready_replicas == 0
+        and t.names[i] in state.host_held
+        for i in range(count)
+    ]
+    for i in sorted(range(count), key=lambda i: (not loading[i], -host_density[i], t.names[i])):
+        if host_density[i] < config.host_min_value_density and not loading[i]:
             break
-        if target[i] > 0:
+        if target[i] > 0 and not loading[i]:
             continue
         pool_name = t.specs[i].node_pool
         left = host_left.get(pool_name, float("inf"))
@@ -448,7 +478,13 @@ def plan(ctx: PlanContext, state: PlannerState) -> PlanResult:
         )
         for i, model in enumerate(t.names)
     }
-    new_state = PlannerState(lead=state.lead, held=held, host_held=host_held, low_since=low_since)
+    new_state = PlannerState(
+        lead=state.lead,
+        held=held,
+        host_held=host_held,
+        low_since=low_since,
+        planned={t.names[i]: target[i] for i in range(count) if target[i] > 0},
+    )
     return PlanResult(
         plan=WarmPlan(now_s=ctx.now_s, actions=tuple(actions)),
         state=new_state,

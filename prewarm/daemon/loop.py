@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -248,11 +249,9 @@ class Daemon:
             return TickReport(now_s, fresh, len(models), None, (), 0, gated)
         self._count_warm_requests(snapshot, now_s)
         self._pools_seen.update(snapshot.pools)
-        state = PlannerState(
+        state = dataclasses.replace(
+            self._planner_state,
             lead=self._planner_state.lead.observe(snapshot.stage_observations),
-            held=self._planner_state.held,
-            host_held=self._planner_state.host_held,
-            low_since=self._planner_state.low_since,
         )
         model_states = {
             model: _with_rate(snapshot.models.get(model), model, self._observed_rps.get(model, 0.0))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.ids import ModelId
+from common.ids import ModelId, PoolName
 from forecaster.types import Forecast
 from planner.catalog import Catalog, ModelSpec, default_spec
 from planner.config import PlannerConfig
-from planner.planner import ModelState, PlanContext
+from planner.planner import ModelState, PlanContext, PoolState
 
 STEP_S = 60.0
 
@@ -49,6 +49,7 @@ def context(
     states: dict[str, ModelState] | None = None,
     now_s: float = 0.0,
     config: PlannerConfig | None = None,
+    pools: dict[PoolName, PoolState] | None = None,
 ) -> PlanContext:
     """A planning context over ``specs`` (models without a state are idle and cold)."""
     states = states or {}
@@ -59,4 +60,5 @@ def context(
         models={s.model: states.get(str(s.model), ModelState(model=s.model)) for s in specs},
         catalog=Catalog(specs={s.model: s for s in specs}),
         config=config or PlannerConfig(),
+        pools=pools or {},
     )

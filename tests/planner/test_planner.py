@@ -50,26 +50,45 @@ def test_reactive_floor_holds_even_when_the_forecast_says_nothing() -> None:
 
 def test_forecast_raises_replicas_above_the_observation() -> None:
     specs = [spec("m", replica_rps=2.0, weights_gb=14.5)]
-    states = {"m": ModelState(model=ModelId("m"), ready_replicas=1, observed_rps=1.0)}
+    states = {"m": ModelState(model=ModelId("m"), ready_replicas=1, observed_rps=2.5)}
     ctx = context(specs, forecasts={"m": forecast("m", p_active=1.0, rate_rps=8.0)}, states=states)
     result = plan(ctx, PlannerState())
     assert targets(result)["m"] == 5
     assert result.plan.of_type(NodeCapacity)
 
 
+def test_a_forecast_the_observation_contradicts_sizes_no_replicas() -> None:
+    # The forecast expects 8 rps now; 1 rps is observed (below a quarter): it is stale.
+    specs = [spec("m", replica_rps=2.0, weights_gb=14.5)]
+    states = {"m": ModelState(model=ModelId("m"), ready_replicas=1, observed_rps=1.0)}
+    ctx = context(specs, forecasts={"m": forecast("m", p_active=1.0, rate_rps=8.0)}, states=states)
+    explained = plan(ctx, PlannerState()).models[ModelId("m")]
+    assert explained.forecast_replicas == 0
+    assert explained.target_replicas == 1
+
+
+def test_scale_down_keeps_only_replicas_the_planner_asked_for() -> None:
+    # Five replicas run, but the last plan asked for two (the autoscaler added the rest): the
+    # floor holds two, never pins the autoscaler's five.
+    specs = [spec("m", replica_rps=2.0, weights_gb=14.5)]
+    states = {"m": ModelState(model=ModelId("m"), ready_replicas=5, observed_rps=2.5)}
+    ctx = context(specs, forecasts={"m": forecast("m", p_active=1.0, rate_rps=2.5)}, states=states)
+    result = plan(ctx, PlannerState(planned={ModelId("m"): 2}))
+    assert targets(result)["m"] == 2
+
+
 def test_scale_down_waits_for_forecast_and_observation_to_agree() -> None:
     specs = [spec("m", replica_rps=2.0, weights_gb=14.5)]
     config = PlannerConfig(scale_down_after_s=300.0)
     busy = forecast("m", p_active=1.0, rate_rps=8.0)
-    quiet_state = {"m": ModelState(model=ModelId("m"), ready_replicas=5, observed_rps=1.0)}
+    quiet_state = {"m": ModelState(model=ModelId("m"), ready_replicas=5, observed_rps=2.0)}
+    planned = PlannerState(planned={ModelId("m"): 5})
     # Observation is low but the forecast is not: keep 5.
-    result = plan(
-        context(specs, forecasts={"m": busy}, states=quiet_state, config=config), PlannerState()
-    )
+    result = plan(context(specs, forecasts={"m": busy}, states=quiet_state, config=config), planned)
     assert targets(result)["m"] == 5
     # Both low: still 5 until they have agreed for 300 s, then down.
-    quiet = forecast("m", p_active=1.0, rate_rps=1.0)
-    state = PlannerState()
+    quiet = forecast("m", p_active=1.0, rate_rps=2.0)
+    state = planned
     first = plan(
         context(specs, forecasts={"m": quiet}, states=quiet_state, config=config, now_s=0.0), state
     )
@@ -78,7 +97,7 @@ def test_scale_down_waits_for_forecast_and_observation_to_agree() -> None:
         context(specs, forecasts={"m": quiet}, states=quiet_state, config=config, now_s=301.0),
         first.state,
     )
-    assert targets(later)["m"] == 1
+    assert targets(later)["m"] == 2
 
 
 def test_idle_model_is_evicted_when_both_say_idle() -> None:
@@ -250,3 +269,21 @@ def test_eviction_never_drops_a_model_valued_higher_than_a_kept_one(models, budg
     best_evicted = max(result.models[m].value_density for m in evicted)
     assert best_evicted <= worst_kept + 1e-9
     assert math.isfinite(best_evicted)
+
+
+def test_a_model_loading_into_gpu_keeps_its_host_copy() -> None:
+    # Held in host memory, now planned into GPU but not ready yet: the host copy is what the load
+    # reads, so it is kept (not evicted) even with no host room for anything else.
+    specs = [spec("m", weights_gb=26.1), spec("other", weights_gb=26.1)]
+    pools = {
+        spec("m", weights_gb=26.1).node_pool: PoolState(
+            pool=spec("m", weights_gb=26.1).node_pool, free_gpus=8, host_capacity_bytes=30 * GB
+        )
+    }
+    states = {"m": ModelState(model=ModelId("m"), tier=Tier.HOST)}
+    forecasts = {"m": forecast("m", p_active=0.9), "other": forecast("other", p_active=0.5)}
+    ctx = context(specs, forecasts=forecasts, states=states, pools=pools)
+    result = plan(ctx, PlannerState(host_held=frozenset({ModelId("m")})))
+    assert targets(result)["m"] == 1
+    assert result.models[ModelId("m")].hold_host
+    assert not result.plan.of_type(Evict)

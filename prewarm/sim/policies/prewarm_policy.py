@@ -10,6 +10,7 @@ plans, the reactive floor (observed load, HPA-like) still acts every tick.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,14 @@ from planner.actions import ImagePrepull, NodeCapacity, Preload, ReplicaFloor, T
 from planner.catalog import GB, Catalog
 from planner.config import PlannerConfig, StageDefaults
 from planner.leadtime import LeadTimeBook, Stage, StageObservation
-from planner.planner import ModelState, PlanContext, PlannerState, PoolState, plan
+from planner.planner import (
+    STALE_FORECAST_RATIO,
+    ModelState,
+    PlanContext,
+    PlannerState,
+    PoolState,
+    plan,
+)
 from planner.recency import IdleTimeRecord
 from prewarm.sim.cluster import FloatArray, IntArray
 from prewarm.sim.engine import Decision, Observation, SimSetup, StartRecord
@@ -108,6 +116,10 @@ class PrewarmPolicy:
         self.observed_steps = 0
         self.forecasts: dict[ModelId, Forecast] = {}
         self.plan_target = np.zeros(m, np.int64)
+        self.expected_rps = np.zeros(m)
+        """Each model's expected request rate now, from the last plan's forecasts."""
+        self.low_ticks = np.zeros(m, np.int64)
+        """Consecutive ticks in which the observation contradicted ``expected_rps``."""
         self.priority = np.zeros(m)
         self.host = np.zeros(m, np.bool_)
         self.prepull = np.zeros(m, np.bool_)
@@ -144,12 +156,7 @@ class PrewarmPolicy:
             items.append(
                 StageObservation(Stage.COMPILE, f"{spec.model}|{cached}", record.compile_s)
             )
-        self.state = PlannerState(
-            lead=self.state.lead.observe(items),
-            held=self.state.held,
-            host_held=self.state.host_held,
-            low_since=self.state.low_since,
-        )
+        self.state = dataclasses.replace(self.state, lead=self.state.lead.observe(items))
 
     def _fold(self, arrivals: IntArray, now_s: float) -> bool:
         """Add the last tick to the current step; True when a step completed and was observed."""
@@ -235,6 +242,12 @@ class PrewarmPolicy:
             if priority[i] == 0:
                 priority[i] = explained.value_density / GB
         self.plan_target = target
+        self.expected_rps = np.array(
+            [
+                float(f.mean[0]) / f.step_s if f is not None and f.horizon else 0.0
+                for f in (self.forecasts.get(model) for model in table.models)
+            ]
+        )
         self.priority = priority
         self.host = host
         self.prepull = prepull
@@ -273,7 +286,7 @@ class PrewarmPolicy:
             if self.steps_since_plan >= self.plan_every:
                 self.steps_since_plan = 0
                 self._plan(obs)
-        target = np.maximum(self.plan_target, load)
+        target = np.maximum(self._plan_target_now(obs.arrivals), load)
         return Decision(
             target=target,
             priority=self.priority,
@@ -281,6 +294,17 @@ class PrewarmPolicy:
             prepull=self.prepull,
             node_gpus=self.node_gpus,
         )
+
+    def _plan_target_now(self, arrivals: IntArray) -> IntArray:
+        """The plan's targets, less the replicas above one of models whose traffic has stayed
+        below :data:`planner.planner.STALE_FORECAST_RATIO` of the forecast for
+        ``scale_down_after_s``: the daemon re-plans every tick on fresh observations, and this is
+        what such a re-plan would do between the simulator's (capped) planning cycles."""
+        low = arrivals / self.setup.dt_s < STALE_FORECAST_RATIO * self.expected_rps
+        self.low_ticks = np.where(low, self.low_ticks + 1, 0)
+        stale = self.low_ticks * self.setup.dt_s >= self.config.scale_down_after_s
+        result: IntArray = np.where(stale & (self.plan_target > 1), 1, self.plan_target)
+        return result
 
     def activation_delay_s(self, arrival_s: float) -> float:
         return 0.0

@@ -35,7 +35,14 @@ class PlannerConfig(BaseModel):
         default=None, ge=0, description="Global cap on GPU bytes prewarm may hold; none = no cap."
     )
     replica_quantile: float = Field(
-        default=0.9, gt=0, lt=1, description="Forecast quantile replica counts are sized for."
+        default=0.5,
+        gt=0,
+        lt=1,
+        description=(
+            "Forecast quantile replica counts are sized for; the reactive autoscaler adds what "
+            "observed load needs above it (a higher quantile holds more idle replicas for shorter "
+            "queues)."
+        ),
     )
     target_utilization: float = Field(
         default=0.8, gt=0, le=1, description="Share of replica_rps a replica is planned to carry."

@@ -483,7 +483,12 @@ def plan(ctx: PlanContext, state: PlannerState) -> PlanResult:
         held=held,
         host_held=host_held,
         low_since=low_since,
-        planned={t.names[i]: target[i] for i in range(count) if target[i] > 0},
+        # The planner's own replicas: forecast ones and the warm hold, not the reactive floor's.
+        planned={
+            t.names[i]: min(target[i], max(forecast_list[i], 1))
+            for i in range(count)
+            if target[i] > 0
+        },
     )
     return PlanResult(
         plan=WarmPlan(now_s=ctx.now_s, actions=tuple(actions)),

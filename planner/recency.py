@@ -15,8 +15,12 @@ all models at once; the caller feeds the requests it observed, time comes from t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from numpy.typing import NDArray
+
+from common.ids import ModelId
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -81,3 +85,62 @@ def _jittered(hist: FloatArray) -> FloatArray:
     spread[:, -1] += inner[:, -1] * JITTER_SHARE
     result: FloatArray = np.concatenate([spread, hist[:, BINS:]], axis=1)
     return result
+
+
+class ModelIdleRecords:
+    """:class:`IdleTimeRecord` keyed by model id, for a caller whose set of models changes (the
+    daemon): it grows as models appear, and takes history a series at a time."""
+
+    def __init__(self) -> None:
+        self._rows: dict[ModelId, int] = {}
+        self._record = IdleTimeRecord(0)
+
+    def _row(self, model: ModelId) -> int:
+        row = self._rows.get(model)
+        if row is None:
+            row = len(self._rows)
+            self._rows[model] = row
+            record = self._record
+            if row >= record.hist.shape[0]:
+                grown = IdleTimeRecord(max(8, 2 * record.hist.shape[0]))
+                grown.hist[:row] = record.hist[:row]
+                grown.last_s[:row] = record.last_s[:row]
+                self._record = grown
+        return row
+
+    def observe_series(
+        self, model: ModelId, counts: FloatArray, *, start_s: float, step_s: float
+    ) -> None:
+        """Fold in ``counts[k]`` requests in the step ``[start + k step, start + (k+1) step)``;
+        NaN steps (no data) count as no request. Steps must come after those seen before."""
+        row = self._row(model)
+        active = np.flatnonzero(np.nan_to_num(counts, nan=0.0) > 0)
+        if active.size == 0:
+            return
+        ends = start_s + (active + 1.0) * step_s
+        previous = self._record.last_s[row]
+        since = np.concatenate([[previous], ends[:-1]])
+        gaps = (ends - since) / BIN_S - 1.0
+        known = np.isfinite(gaps)
+        bins = np.clip(np.floor(np.maximum(gaps[known], 0.0)), 0, BINS).astype(np.int64)
+        np.add.at(self._record.hist[row], bins, 1.0)
+        self._record.last_s[row] = ends[-1]
+
+    def p_within(self, now_s: float, windows_s: Mapping[ModelId, float]) -> dict[ModelId, float]:
+        """P(a request in ``[now, now + window]``) per model of ``windows_s`` (0 without a
+        record)."""
+        models = [model for model in windows_s if model in self._rows]
+        if not models:
+            return dict.fromkeys(windows_s, 0.0)
+        size = len(self._rows)
+        window = np.zeros(size)
+        for model in models:
+            window[self._rows[model]] = windows_s[model]
+        view = IdleTimeRecord(0)
+        view.hist = self._record.hist[:size]
+        view.last_s = self._record.last_s[:size]
+        p = view.p_within(now_s, window)
+        return {
+            model: float(p[self._rows[model]]) if model in self._rows else 0.0
+            for model in windows_s
+        }

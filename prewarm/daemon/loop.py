@@ -43,6 +43,7 @@ from planner.planner import (
     plan,
     workload_for,
 )
+from planner.recency import ModelIdleRecords
 from prewarm.control.overrides import ActiveOverrides, ControlState, active_overrides, apply_floors
 from prewarm.control.view import Explanation, build_explanation
 from prewarm.daemon.budget import cap_plan
@@ -58,6 +59,9 @@ agent evicts them last."""
 
 REACTIVE_IDLE_S = 300.0
 """A reactive autoscaler scales to zero after this much idle time (KEDA's default cooldown)."""
+
+DEFAULT_LEAD_S = 120.0
+"""Lead time assumed for a model's idle-time window before the planner has computed one."""
 
 
 class HistorySource(Protocol):
@@ -159,6 +163,7 @@ class Daemon:
         self._plan: WarmPlan | None = None
         self._observed_rps: dict[ModelId, float] = {}
         self._last_traffic_s: dict[ModelId, float] = {}
+        self._idle_records = ModelIdleRecords()
         self._gated: frozenset[ModelId] = frozenset()
         self._gpu_bytes_planned = 0
         self._pools_seen: set[str] = set()
@@ -253,8 +258,21 @@ class Daemon:
             self._planner_state,
             lead=self._planner_state.lead.observe(snapshot.stage_observations),
         )
+        # The idle-time evidence the simulator's prewarm policy gives the planner too, over the
+        # planning window with each model's lead time from the last plan.
+        p_observed = self._idle_records.p_within(
+            now_s,
+            {
+                model: self.config.tick_s
+                + (known.lead_s if (known := self._model_plans.get(model)) else DEFAULT_LEAD_S)
+                for model in models
+            },
+        )
         model_states = {
-            model: _with_rate(snapshot.models.get(model), model, self._observed_rps.get(model, 0.0))
+            model: replace(
+                _with_rate(snapshot.models.get(model), model, self._observed_rps.get(model, 0.0)),
+                p_observed=p_observed[model],
+            )
             for model in models
         }
         context = PlanContext(
@@ -400,6 +418,9 @@ class Daemon:
         """Score earlier one-step forecasts against the batch and remember observed rates."""
         for row, model in enumerate(batch.models):
             series = batch.counts[row]
+            self._idle_records.observe_series(
+                model, series, start_s=batch.start_s, step_s=batch.step_s
+            )
             for column in np.flatnonzero(~np.isnan(series)):
                 step_start = batch.start_s + float(column) * batch.step_s
                 self._accuracy.record_actual(

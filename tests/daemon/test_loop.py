@@ -128,3 +128,22 @@ def _metrics_text(daemon: Daemon) -> str:
 @pytest.fixture(autouse=True)
 def _quiet_numpy() -> None:
     np.seterr(all="ignore")
+
+
+async def test_the_planner_gets_the_idle_time_record_of_a_timer() -> None:
+    # A function called every 10 minutes, 7 minutes after its last call: the planning window
+    # (one tick plus the default lead time, 3 minutes) reaches its next call. Its own record of
+    # gaps says so (the forecast alone gives about 0.01 here); 2 minutes after, it says not yet.
+    timer = ModelId("timer")
+    counts = np.zeros((1, DAY))
+    counts[0, ::10] = 1.0
+    history = SeriesBatch(models=(timer,), start_s=0.0, step_s=STEP, counts=counts)
+    last_end = (DAY - 10 + 1) * STEP
+    clock = [last_end + 7 * STEP]
+    daemon = _daemon(ReplaySource(history), clock)
+    await daemon.tick()
+    clock_early = [last_end + 2 * STEP]
+    early = _daemon(ReplaySource(history), clock_early)
+    await early.tick()
+    assert daemon.model_plans()[timer].p_window > 0.75
+    assert early.model_plans()[timer].p_window < 0.05

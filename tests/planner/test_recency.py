@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from planner.recency import BIN_S, IdleTimeRecord
+from common.ids import ModelId
+from planner.recency import BIN_S, IdleTimeRecord, ModelIdleRecords
 
 
 def _timer(period_min: int, repeats: int) -> IdleTimeRecord:
@@ -40,3 +41,27 @@ def test_no_record_and_long_idle_give_zero() -> None:
     record.observe(np.array([True, False]), end_s=0.0)
     p = record.p_within(5 * 3600.0, np.array([60.0, 60.0]))
     assert p.tolist() == [0.0, 0.0]
+
+
+def test_keyed_records_take_series_grow_and_match_the_per_tick_record() -> None:
+    # A 10-minute timer fed as one series (with a no-data step) to the keyed record gives the
+    # same probabilities as the per-tick record fed tick by tick; new models grow the record.
+    counts = np.zeros(300)
+    counts[9::10] = 1.0
+    counts[5] = np.nan
+    keyed = ModelIdleRecords()
+    for k in range(12):  # more models than the initial room
+        keyed.observe_series(ModelId(f"other-{k}"), np.zeros(3), start_s=0.0, step_s=BIN_S)
+    keyed.observe_series(ModelId("timer"), counts[:150], start_s=0.0, step_s=BIN_S)
+    keyed.observe_series(ModelId("timer"), counts[150:], start_s=150 * BIN_S, step_s=BIN_S)
+    ticked = IdleTimeRecord(1)
+    for k, count in enumerate(counts):
+        ticked.observe(np.array([count > 0]), end_s=(k + 1) * BIN_S)
+    now = 300 * BIN_S + 8 * BIN_S
+    got = keyed.p_within(
+        now, {ModelId("timer"): 90.0, ModelId("other-0"): 90.0, ModelId("new"): 90.0}
+    )
+    assert got[ModelId("timer")] == ticked.p_within(now, np.array([90.0]))[0]
+    assert got[ModelId("timer")] > 0.75
+    assert got[ModelId("other-0")] == 0.0
+    assert got[ModelId("new")] == 0.0

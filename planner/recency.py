@@ -112,13 +112,15 @@ class ModelIdleRecords:
         self, model: ModelId, counts: FloatArray, *, start_s: float, step_s: float
     ) -> None:
         """Fold in ``counts[k]`` requests in the step ``[start + k step, start + (k+1) step)``;
-        NaN steps (no data) count as no request. Steps must come after those seen before."""
+        NaN steps (no data) count as no request; steps ending no later than the last request
+        already folded in are ignored (a source that delivers a step twice)."""
         row = self._row(model)
         active = np.flatnonzero(np.nan_to_num(counts, nan=0.0) > 0)
-        if active.size == 0:
-            return
-        ends = start_s + (active + 1.0) * step_s
         previous = self._record.last_s[row]
+        ends = start_s + (active + 1.0) * step_s
+        ends = ends[ends > previous]  # a step delivered again is not a new request
+        if ends.size == 0:
+            return
         since = np.concatenate([[previous], ends[:-1]])
         gaps = (ends - since) / BIN_S - 1.0
         known = np.isfinite(gaps)
@@ -129,17 +131,12 @@ class ModelIdleRecords:
     def p_within(self, now_s: float, windows_s: Mapping[ModelId, float]) -> dict[ModelId, float]:
         """P(a request in ``[now, now + window]``) per model of ``windows_s`` (0 without a
         record)."""
-        models = [model for model in windows_s if model in self._rows]
-        if not models:
-            return dict.fromkeys(windows_s, 0.0)
-        size = len(self._rows)
-        window = np.zeros(size)
-        for model in models:
-            window[self._rows[model]] = windows_s[model]
-        view = IdleTimeRecord(0)
-        view.hist = self._record.hist[:size]
-        view.last_s = self._record.last_s[:size]
-        p = view.p_within(now_s, window)
+        window = np.zeros(self._record.hist.shape[0])
+        for model, seconds in windows_s.items():
+            row = self._rows.get(model)
+            if row is not None:
+                window[row] = seconds
+        p = self._record.p_within(now_s, window)  # rows not yet used have no record: 0
         return {
             model: float(p[self._rows[model]]) if model in self._rows else 0.0
             for model in windows_s

@@ -65,3 +65,15 @@ def test_keyed_records_take_series_grow_and_match_the_per_tick_record() -> None:
     assert got[ModelId("timer")] > 0.75
     assert got[ModelId("other-0")] == 0.0
     assert got[ModelId("new")] == 0.0
+
+
+def test_a_step_delivered_twice_is_not_a_new_request() -> None:
+    once, twice = ModelIdleRecords(), ModelIdleRecords()
+    counts = np.zeros(60)
+    counts[::10] = 1.0
+    once.observe_series(ModelId("m"), counts, start_s=0.0, step_s=BIN_S)
+    twice.observe_series(ModelId("m"), counts[:35], start_s=0.0, step_s=BIN_S)
+    twice.observe_series(ModelId("m"), counts[30:], start_s=30 * BIN_S, step_s=BIN_S)
+    for tau in (2, 8, 9):
+        now = 51 * BIN_S + tau * BIN_S
+        assert once.p_within(now, {ModelId("m"): 90.0}) == twice.p_within(now, {ModelId("m"): 90.0})

@@ -23,16 +23,10 @@ sys.path.insert(0, str(REPO))
 from planner.catalog import Catalog  # noqa: E402
 from prewarm.cli.output import print_table  # noqa: E402
 from prewarm.sim.bench import load_bench_input, run_bench  # noqa: E402
+from prewarm.sim.engine import SUMMARY_FIELDS  # noqa: E402
 from prewarm.sim.policies import POLICY_NAMES  # noqa: E402
 
-FIELDS = (
-    "cold_start_ratio",
-    "cold_start_p75_per_model",
-    "wait_p50_s",
-    "wait_p99_s",
-    "idle_gpu_gb_hours",
-    "gpu_node_hours",
-)
+FIELDS = SUMMARY_FIELDS
 
 
 def _one(trace: str, policy: str) -> tuple[str, str, dict[str, float], float, dict[str, object]]:

@@ -27,18 +27,10 @@ from prewarm.sim.bench import (
     load_bench_input,
     run_bench,
 )
-from prewarm.sim.engine import SimResult
+from prewarm.sim.engine import SUMMARY_FIELDS, SimResult
 from prewarm.sim.policies import POLICY_NAMES
 
-_COLUMNS = (
-    "policy",
-    "cold_start_ratio",
-    "cold_start_p75_per_model",
-    "wait_p50_s",
-    "wait_p99_s",
-    "idle_gpu_gb_hours",
-    "gpu_node_hours",
-)
+_COLUMNS = ("policy", *SUMMARY_FIELDS)
 
 
 def _resolve_trace(text: str) -> tuple[Path, str]:

@@ -195,6 +195,17 @@ class Policy(Protocol):
         ...
 
 
+SUMMARY_FIELDS = (
+    "cold_start_ratio",
+    "cold_start_p75_per_model",
+    "wait_p50_s",
+    "wait_p99_s",
+    "idle_gpu_gb_hours",
+    "gpu_node_hours",
+)
+"""The per-policy fields of ``prewarm bench``'s JSON, in the order tables show them."""
+
+
 @dataclass(slots=True)
 class SimResult:
     """What one run measured (after the warm-up), per model and in total."""
@@ -244,7 +255,7 @@ class SimResult:
         return float(math.sqrt(WAIT_EDGES[index] * WAIT_EDGES[index + 1]))
 
     def summary(self) -> dict[str, float]:
-        """The bench JSON fields of this run."""
+        """The bench JSON fields of this run (keys: :data:`SUMMARY_FIELDS`, in that order)."""
         return {
             "cold_start_ratio": self.cold_start_ratio(),
             "cold_start_p75_per_model": self.cold_start_p75_per_model(),

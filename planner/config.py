@@ -56,6 +56,16 @@ class PlannerConfig(BaseModel):
             "more memory for fewer cold starts."
         ),
     )
+    idle_price: float = Field(
+        default=0.001,
+        ge=0,
+        description=(
+            "Price of idle GPU memory for warm holds, relative to the fleet: an idle model is "
+            "held when the requests a cold start would delay per GB reach idle_price x the "
+            "fleet's requests per second per GB the reactive autoscaler leaves idle x the "
+            "planning window. 0 turns the price off (min_value_density alone decides)."
+        ),
+    )
     host_min_value_density: float = Field(
         default=0.0,
         ge=0,

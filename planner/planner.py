@@ -20,12 +20,16 @@ For every model it works out:
 
 GPU memory is then filled in three passes under the global budget: reactive floors first (what
 observed traffic needs now), then forecast replicas above the floor, then warm holds (one replica
-of an idle model) by value density, held models counting ``1 + hysteresis`` higher. Holds are
+of an idle model) by value density, held models counting ``1 + hysteresis`` higher. A hold needs
+a density of at least ``min_value_density`` and of the price of idle memory over the planning
+window (:mod:`planner.price`: ``idle_price`` x the fleet's requests per second per GB the reactive
+autoscaler leaves idle), one threshold for all models. Holds are
 admitted as a prefix of that order, so a model is never evicted while one of lower density is
 kept. Host memory is filled the same way with what is not held in GPU. Replicas go down only when
 the forecast and the observation both say lower (and, above one replica, have said so for
-``scale_down_after_s``); only replicas the last plan asked for are held that way, so the reactive
-autoscaler's own replicas stay its to remove. A forecast the observation contradicts (traffic below
+``scale_down_after_s``); only replicas the last plan asked for are held that way (forecast
+replicas and holds worth their memory, not the reactive floor), so the reactive autoscaler's own
+replicas stay its to remove. A forecast the observation contradicts (traffic below
 :data:`STALE_FORECAST_RATIO` of what it expected now) sizes no replicas until they agree again.
 
 Contract: never reads the clock ("now" is ``ctx.now_s``), does no I/O, and never plans more GPU
@@ -58,6 +62,7 @@ from planner.actions import (
 from planner.catalog import GB, Catalog, ModelSpec
 from planner.config import PlannerConfig
 from planner.leadtime import LeadTimeBook, start_seconds, weights_seconds
+from planner.price import FleetIdle
 
 IntArray = NDArray[np.int64]
 BoolArray = NDArray[np.bool_]
@@ -139,6 +144,8 @@ class PlannerState:
     """The last plan's replica targets. Scale-down hysteresis keeps only replicas the planner
     itself planned (at most what runs): replicas the reactive autoscaler added are its own to
     remove, and a floor pinned at them would stop it."""
+    fleet: FleetIdle = field(default_factory=FleetIdle)
+    """The fleet's request rate and reactive idle memory, averaged (prices warm holds)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,10 +398,12 @@ def plan(ctx: PlanContext, state: PlannerState) -> PlanResult:
                 remaining -= fits * weights[i]
     # Pass 3: warm holds for idle models, a prefix of the density order.
     density = t.density.tolist()
+    fleet = _observe_fleet(ctx, state, t)
+    needed = _hold_threshold(ctx, fleet, t)
     for i in order:
         if target[i] > 0 or highs[i] < 1:
             continue
-        if density[i] < config.min_value_density:
+        if density[i] < needed:
             continue
         if weights[i] > remaining:
             break
@@ -485,10 +494,11 @@ def plan(ctx: PlanContext, state: PlannerState) -> PlanResult:
         low_since=low_since,
         # The planner's own replicas: forecast ones and the warm hold, not the reactive floor's.
         planned={
-            t.names[i]: min(target[i], max(forecast_list[i], 1))
+            t.names[i]: own
             for i in range(count)
-            if target[i] > 0
+            if (own := _own_replicas(target[i], forecast_list[i], density[i] >= needed)) > 0
         },
+        fleet=fleet,
     )
     return PlanResult(
         plan=WarmPlan(now_s=ctx.now_s, actions=tuple(actions)),
@@ -497,6 +507,35 @@ def plan(ctx: PlanContext, state: PlannerState) -> PlanResult:
         gpu_bytes=int((t.target * t.weights_bytes).sum()),
         host_bytes=int(t.weights_bytes[t.host].sum()),
     )
+
+
+def _own_replicas(target: int, forecast: int, worth_holding: bool) -> int:
+    """The planner's own share of ``target``: forecast replicas and a warm hold worth its
+    memory. Replicas there only because observed traffic needs them now (the reactive floor) are
+    the autoscaler's, which removes them when the traffic goes."""
+    return min(target, max(forecast, 1 if worth_holding else 0))
+
+
+def _observe_fleet(ctx: PlanContext, state: PlannerState, t: _Table) -> FleetIdle:
+    """Fold the fleet's request rate and the reactive autoscaler's idle memory into the
+    averages: the GB of replicas the last plan did not ask for, of models without traffic now."""
+    observed = np.array([ctx.models[m].observed_rps for m in t.names], dtype=np.float64)
+    own = np.array([state.planned.get(m, 0) for m in t.names], dtype=np.int64)
+    reactive = np.maximum(t.current - own, 0)
+    idle_gb = float((reactive * t.weights_gb)[observed <= 0].sum())
+    return state.fleet.observe(ctx.now_s, float(observed.sum()), idle_gb)
+
+
+def _hold_threshold(ctx: PlanContext, fleet: FleetIdle, t: _Table) -> float:
+    """Least value density for a warm hold: the configured floor, or the price of idle memory
+    (:mod:`planner.price`) over the planning window (the interval plus the median lead time), if
+    higher. One threshold for every model, so holds stay a prefix of the density order."""
+    config = ctx.config
+    per_gb_s = fleet.requests_per_idle_gb()
+    if per_gb_s is None or config.idle_price <= 0 or not t.names:
+        return config.min_value_density
+    window = ctx.interval_s + float(np.median(t.lead_s))
+    return max(config.min_value_density, config.idle_price * per_gb_s * window)
 
 
 def _actions(ctx: PlanContext, state: PlannerState, t: _Table, order: list[int]) -> list[Action]:

@@ -241,6 +241,14 @@ class PrewarmPolicy:
             i = index[model]
             if priority[i] == 0:
                 priority[i] = explained.value_density / GB
+        # Between plans only the planner's own replicas (forecast ones, warm holds) stand: the
+        # reactive floor in the plan is observed load at planning time, which the load scaler
+        # follows every tick (the daemon re-plans every tick); frozen until the next plan it
+        # would hold a replica up to a planning interval after the traffic has gone.
+        own = np.zeros(table.size, np.int64)
+        for model, count in result.state.planned.items():
+            own[index[model]] = count
+        target = np.minimum(target, own)
         self.plan_target = target
         self.expected_rps = np.array(
             [

@@ -48,22 +48,29 @@ class PlannerConfig(BaseModel):
         default=0.8, gt=0, le=1, description="Share of replica_rps a replica is planned to carry."
     )
     min_value_density: float = Field(
-        default=0.0044,
+        default=0.0005,
         ge=0,
         description=(
             "Least value density (P(request in the planning window) x requests a cold start "
-            "would delay / GB) for which an idle model is held warm in GPU memory; lower holds "
-            "more memory for fewer cold starts."
+            "would delay / GB) for which an idle model is held warm in GPU memory, whatever "
+            "idle_price says; lower holds more memory for fewer cold starts."
         ),
     )
     idle_price: float = Field(
-        default=0.001,
+        default=0.0004,
         ge=0,
         description=(
             "Price of idle GPU memory for warm holds, relative to the fleet: an idle model is "
             "held when the requests a cold start would delay per GB reach idle_price x the "
             "fleet's requests per second per GB the reactive autoscaler leaves idle x the "
             "planning window. 0 turns the price off (min_value_density alone decides)."
+        ),
+    )
+    calibrate_p: bool = Field(
+        default=True,
+        description=(
+            "Calibrate P(request within the planning window) of idle models against the outcomes "
+            "of the planner's past predictions (planner.calibration)."
         ),
     )
     host_min_value_density: float = Field(

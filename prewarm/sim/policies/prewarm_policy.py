@@ -186,6 +186,9 @@ class PrewarmPolicy:
         tiers = (Tier.REMOTE, Tier.DISK, Tier.HOST)
         p_observed = self.idle.p_within(obs.now_s, self.interval_s + obs.lead_s)
         active_rps = self.requests_seen / np.maximum(self.active_ticks, 1.0) / self.setup.dt_s
+        last_request = [
+            float(value) if math.isfinite(value) else None for value in self.idle.last_s.tolist()
+        ]
         models = {
             model: ModelState(
                 model=model,
@@ -195,6 +198,7 @@ class PrewarmPolicy:
                 image_cached=bool(obs.image_cached[i]),
                 observed_rps=float(self.recent_rate[i]),
                 p_observed=float(p_observed[i]),
+                last_request_s=last_request[i],
                 active_rps=float(active_rps[i]),
             )
             for i, model in enumerate(table.models)

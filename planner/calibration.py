@@ -11,7 +11,8 @@ the planner learns the mapping from what it predicted to what happened:
 - once the model has a request after the prediction (a hit) or the window ends without one (a
   miss), the prediction is resolved into its bin of raw P (decayed counts, :data:`HALF_LIFE_S`);
 - the calibrated P of a bin is its hit rate shrunk toward the raw P by :data:`PRIOR_TRIALS`
-  pseudo-trials, made non-decreasing across bins (pool-adjacent-violators), and interpolated
+  pseudo-trials, made non-decreasing across bins (pool-adjacent-violators weighted by each
+  bin's outcomes), and interpolated
   between bins, so the map keeps the order of raw P and is the identity before any outcome.
 """
 
@@ -75,12 +76,13 @@ class Calibration:
 
     def apply(self, raw: FloatArray) -> FloatArray:
         """Calibrated P for raw P values in ``[0, 1]`` (non-decreasing in raw P)."""
-        weight = self.trials + PRIOR_TRIALS
         centre = np.where(
             self.trials > 0, self.raw_sum / np.maximum(self.trials, 1e-12), _MIDPOINTS
         )
-        rate = (self.hits + PRIOR_TRIALS * centre) / weight
-        fitted = _pool_adjacent_violators(rate, weight)
+        rate = (self.hits + PRIOR_TRIALS * centre) / (self.trials + PRIOR_TRIALS)
+        # Order is enforced with the evidence each bin has: a bin without outcomes follows its
+        # neighbours rather than pulling them toward its raw P.
+        fitted = _pool_adjacent_violators(rate, self.trials + 1e-6)
         xs = np.concatenate([[0.0], centre, [1.0]])
         ys = np.concatenate([[0.0], fitted, [max(float(fitted[-1]), 0.0)]])
         # Keep the knots strictly ordered for interpolation.

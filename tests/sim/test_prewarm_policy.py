@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from common.ids import ModelId
 from forecaster.types import Forecast, SeriesBatch
 from planner.catalog import Catalog
+from planner.config import PlannerConfig
 from prewarm.sim.bench import BenchInput, default_budget_gb, run_policy
 from prewarm.sim.cluster import build_model_table
 from prewarm.sim.engine import to_ticks
@@ -50,3 +52,34 @@ def test_long_traces_stretch_the_planning_interval(monkeypatch: pytest.MonkeyPat
     assert engine.forecasts == 1 + 599 // 12
     # Without forecasts the reactive floor and the idle-time record still serve everything.
     assert result.total_requests == trace.requests
+
+
+class RecordingPolicy(PrewarmPolicy):
+    """The prewarm policy, recording its first model's target every tick."""
+
+    targets: list[int]
+
+    def decide(self, obs):  # type: ignore[no-untyped-def]
+        decision = super().decide(obs)
+        self.targets.append(int(decision.target[0]))
+        return decision
+
+
+def test_the_reactive_floor_is_not_frozen_between_plans() -> None:
+    # 10-minute steps: the simulator plans once per step. Traffic stops at tick 30, just as a
+    # plan sees it; with no forecast and no hold worth its memory, the replica goes with the
+    # load scaler's 5-minute window, not a whole planning interval later.
+    rows = np.zeros((1, 6))
+    rows[0, :3] = 600.0
+    trace = to_ticks(
+        SeriesBatch(models=(ModelId("a"),), start_s=0.0, step_s=600.0, counts=rows), seed=0
+    )
+    table = build_model_table(trace.models, Catalog(), CLUSTER)
+    bench = BenchInput("t", trace, table, CLUSTER, default_budget_gb(trace, table), 0, 0)
+    policy = RecordingPolicy(
+        PlannerConfig(min_value_density=1e9), engine_factory=lambda step: CountingEngine(step)
+    )
+    policy.targets = []
+    run_policy(bench, policy, budget_gb=1e6)
+    assert policy.targets[29] >= 1
+    assert policy.targets[37:40] == [0, 0, 0]

@@ -169,6 +169,8 @@ class ModelPlan:
     saved_s: float
     floor_replicas: int
     forecast_replicas: int
+    hold_threshold: float = 0.0
+    """Least value density a warm hold needed in this plan (floor or price of idle memory)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,6 +505,7 @@ def plan(ctx: PlanContext, state: PlannerState) -> PlanResult:
             saved_s=float(t.saved_s[i]),
             floor_replicas=int(t.floor[i]),
             forecast_replicas=int(t.forecast[i]),
+            hold_threshold=needed,
         )
         for i, model in enumerate(t.names)
     }

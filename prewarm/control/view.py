@@ -124,6 +124,11 @@ def build_explanation(
                 f"reactive floor: observed traffic needs {model_plan.floor_replicas} replicas, "
                 f"more than the forecast's {model_plan.forecast_replicas}"
             )
+        if model_plan.target_replicas == 0 and model_plan.value_density < model_plan.hold_threshold:
+            constraints.append(
+                f"price of idle memory: value density {model_plan.value_density:.3g} is below "
+                f"the {model_plan.hold_threshold:.3g} a warm hold needs now"
+            )
         held = "GPU" if model_plan.hold_gpu else "host memory" if model_plan.hold_host else None
         summary = (
             f"{model}: {model_plan.target_replicas} replicas planned (forecast "

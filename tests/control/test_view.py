@@ -87,3 +87,22 @@ def test_static_view_is_a_daemon_view() -> None:
     assert view.explain(LLAMA).summary == "llama-70b: no plan yet."
     with pytest.raises(NotFound, match="unknown model"):
         view.explain(ModelId("ghost"))
+
+
+def test_a_model_the_price_of_idle_memory_kept_cold_says_so() -> None:
+    got = build_explanation(
+        LLAMA,
+        forecast=None,
+        model_plan=model_plan(
+            target_replicas=0,
+            hold_gpu=False,
+            floor_replicas=0,
+            forecast_replicas=0,
+            value_density=0.002,
+            hold_threshold=0.01,
+        ),
+        plan=None,
+    )
+    assert got.constraints == (
+        "price of idle memory: value density 0.002 is below the 0.01 a warm hold needs now",
+    )

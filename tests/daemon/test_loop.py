@@ -147,3 +147,17 @@ async def test_the_planner_gets_the_idle_time_record_of_a_timer() -> None:
     await early.tick()
     assert daemon.model_plans()[timer].p_window > 0.75
     assert early.model_plans()[timer].p_window < 0.05
+
+
+async def test_the_planner_gets_each_models_last_request_for_calibration() -> None:
+    # The idle timer's P is recorded for calibration only when the daemon passes the time of its
+    # latest request (the end of the last history step with one).
+    timer = ModelId("timer")
+    counts = np.zeros((1, DAY))
+    counts[0, ::10] = 1.0
+    history = SeriesBatch(models=(timer,), start_s=0.0, step_s=STEP, counts=counts)
+    clock = [(DAY - 10 + 1) * STEP + 7 * STEP]
+    daemon = _daemon(ReplaySource(history), clock)
+    await daemon.tick()
+    pending = daemon._planner_state.calibration.pending
+    assert [batch.models for batch in pending] == [(timer,)]

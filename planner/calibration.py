@@ -12,8 +12,8 @@ the planner learns the mapping from what it predicted to what happened:
   miss), the prediction is resolved into its bin of raw P (decayed counts, :data:`HALF_LIFE_S`);
 - the calibrated P of a bin is its hit rate shrunk toward the raw P by :data:`PRIOR_TRIALS`
   pseudo-trials, made non-decreasing across bins (pool-adjacent-violators weighted by each
-  bin's outcomes), and interpolated
-  between bins, so the map keeps the order of raw P and is the identity before any outcome.
+  bin's outcomes), and interpolated between bins, so the map keeps the order of raw P and is the
+  identity before any outcome.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from common.ids import ModelId
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
-BoolArray = NDArray[np.bool_]
 
 EDGES = np.array(
     [0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0]

@@ -263,7 +263,11 @@ class _Table:
     node_lead_s: FloatArray
     p: FloatArray
     p_raw: FloatArray
+    """P before calibration (what calibration records for idle models)."""
     window_s: FloatArray
+    observed_rps: FloatArray
+    idle: BoolArray
+    """Models without observed traffic now."""
     p_node: FloatArray
     floor: IntArray
     forecast: IntArray
@@ -370,8 +374,10 @@ def _table(ctx: PlanContext, state: PlannerState) -> _Table:
         lead_s=lead,
         node_lead_s=node_lead,
         p=p,
-        p_raw=np.where(idle, p_raw, np.nan),
+        p_raw=p_raw,
         window_s=window,
+        observed_rps=observed_rps,
+        idle=idle,
         p_node=p_node,
         floor=floor,
         # The forecast sizes replicas for load; whether an idle model keeps its *first* replica
@@ -548,20 +554,17 @@ def _calibrate(ctx: PlanContext, state: PlannerState, t: _Table) -> Calibration:
     }
     raw = t.p_raw.tolist()
     window = t.window_s.tolist()
-    predictions = {
-        model: (raw[i], window[i]) for i, model in enumerate(t.names) if not math.isnan(raw[i])
-    }
+    predictions = {t.names[i]: (raw[i], window[i]) for i in np.flatnonzero(t.idle).tolist()}
     return state.calibration.update(ctx.now_s, last, predictions)
 
 
 def _observe_fleet(ctx: PlanContext, state: PlannerState, t: _Table) -> FleetIdle:
     """Fold the fleet's request rate and the reactive autoscaler's idle memory into the
     averages: the GB of replicas the last plan did not ask for, of models without traffic now."""
-    observed = np.array([ctx.models[m].observed_rps for m in t.names], dtype=np.float64)
     own = np.array([state.planned.get(m, 0) for m in t.names], dtype=np.int64)
     reactive = np.maximum(t.current - own, 0)
-    idle_gb = float((reactive * t.weights_gb)[observed <= 0].sum())
-    return state.fleet.observe(ctx.now_s, float(observed.sum()), idle_gb)
+    idle_gb = float((reactive * t.weights_gb)[t.idle].sum())
+    return state.fleet.observe(ctx.now_s, float(t.observed_rps.sum()), idle_gb)
 
 
 def _hold_threshold(ctx: PlanContext, fleet: FleetIdle, t: _Table) -> float:

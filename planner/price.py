@@ -45,7 +45,7 @@ class FleetIdle:
         """Fold in the fleet's state at ``now_s``, held since the previous observation.
 
         Negative or non-finite inputs count as zero; an observation at or before ``last_s``
-        only replaces nothing (it adds no time).
+        changes nothing (it adds no time).
         """
         rate = request_rps if math.isfinite(request_rps) and request_rps > 0 else 0.0
         idle = idle_gb if math.isfinite(idle_gb) and idle_gb > 0 else 0.0

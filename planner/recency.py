@@ -128,6 +128,14 @@ class ModelIdleRecords:
         np.add.at(self._record.hist[row], bins, 1.0)
         self._record.last_s[row] = ends[-1]
 
+    def last_request_s(self, model: ModelId) -> float | None:
+        """End of the latest step with a request of ``model`` (None: none folded in yet)."""
+        row = self._rows.get(model)
+        if row is None:
+            return None
+        last = float(self._record.last_s[row])
+        return last if np.isfinite(last) else None
+
     def p_within(self, now_s: float, windows_s: Mapping[ModelId, float]) -> dict[ModelId, float]:
         """P(a request in ``[now, now + window]``) per model of ``windows_s`` (0 without a
         record)."""

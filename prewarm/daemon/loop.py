@@ -272,7 +272,7 @@ class Daemon:
             model: replace(
                 _with_rate(snapshot.models.get(model), model, self._observed_rps.get(model, 0.0)),
                 p_observed=p_observed[model],
-                last_request_s=self._last_request_end_s(model),
+                last_request_s=self._idle_records.last_request_s(model),
             )
             for model in models
         }
@@ -455,11 +455,6 @@ class Daemon:
             log.warning("models fall back to reactive", models=sorted(gated - self._gated))
         self._gated = frozenset(gated)
         return self._gated
-
-    def _last_request_end_s(self, model: ModelId) -> float | None:
-        """End of the latest history step with a request of ``model`` (None: none seen)."""
-        start = self._last_traffic_s.get(model)
-        return None if start is None else start + self._step_s
 
     def _count_warm_requests(self, snapshot: ClusterSnapshot, now_s: float) -> None:
         """Count this step's observed requests as warm or cold by the replicas seen now."""

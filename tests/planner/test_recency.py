@@ -77,3 +77,13 @@ def test_a_step_delivered_twice_is_not_a_new_request() -> None:
     for tau in (2, 8, 9):
         now = 51 * BIN_S + tau * BIN_S
         assert once.p_within(now, {ModelId("m"): 90.0}) == twice.p_within(now, {ModelId("m"): 90.0})
+
+
+def test_the_last_request_is_the_end_of_the_last_step_with_one() -> None:
+    records = ModelIdleRecords()
+    model = ModelId("m")
+    assert records.last_request_s(model) is None
+    records.observe_series(model, np.array([1.0, 0.0, 2.0, 0.0]), start_s=600.0, step_s=60.0)
+    assert records.last_request_s(model) == 600.0 + 3 * 60.0
+    records.observe_series(ModelId("quiet"), np.zeros(3), start_s=0.0, step_s=60.0)
+    assert records.last_request_s(ModelId("quiet")) is None

@@ -87,9 +87,13 @@ class PlannerConfig(BaseModel):
         description="A held model's value density counts this much higher (avoids thrashing).",
     )
     scale_down_after_s: float = Field(
-        default=300.0,
+        default=60.0,
         ge=0,
-        description="Replicas go down only after forecast and observation agreed this long.",
+        description=(
+            "Replicas the planner added go down only after forecast and observation agreed this "
+            "long. Short: the reactive autoscaler keeps its own scale-down window (HPA: 5 "
+            "minutes) under the floor, so a long wait here only stacks a second one on it."
+        ),
     )
     lead_quantile: float = Field(
         default=0.9, gt=0, lt=1, description="Quantile of observed stage durations planned for."

@@ -6,8 +6,9 @@ For every model it works out:
   durations, :mod:`planner.leadtime`), including a node when its pool has no free GPU;
 - **P(request within the planning window)** ``[now, now + interval + lead]``: the largest of the
   forecast's (from ``p_active``) and the model's idle-time record's (:mod:`planner.recency`),
-  calibrated for an idle model against past outcomes (:mod:`planner.calibration`), and, for a
-  model with observed traffic, a Poisson process at its observed rate;
+  calibrated for an idle model against past outcomes in its context (which estimate P came from,
+  how long the model has been idle, how many gaps its record holds: :mod:`planner.calibration`),
+  and, for a model with observed traffic, a Poisson process at its observed rate;
 - **replicas for load**: the forecast quantile's rate over the lead time and the observed rate,
   each over ``replica_rps x target_utilization``; the reactive floor ``max(forecast, observed)``;
 - **value density** of holding one replica in GPU memory: ``P x requests a cold start would
@@ -60,7 +61,7 @@ from planner.actions import (
     WarmPlan,
     WorkloadRef,
 )
-from planner.calibration import Calibration
+from planner.calibration import Calibration, Prediction, contexts
 from planner.catalog import GB, Catalog, ModelSpec
 from planner.config import PlannerConfig
 from planner.leadtime import LeadTimeBook, start_seconds, weights_seconds
@@ -96,6 +97,9 @@ class ModelState:
     last_request_s: float | None = None
     """When the model's latest request was seen (None: unknown); resolves the planner's past
     predictions for :mod:`planner.calibration`."""
+    idle_gaps: int = 0
+    """Idle gaps (times between requests) in the model's idle-time record: how much evidence
+    ``p_observed`` rests on (part of the calibration context)."""
 
     @property
     def current_replicas(self) -> int:
@@ -264,6 +268,8 @@ class _Table:
     p: FloatArray
     p_raw: FloatArray
     """P before calibration (what calibration records for idle models)."""
+    context: IntArray
+    """Each model's calibration context (:func:`planner.calibration.contexts`)."""
     window_s: FloatArray
     observed_rps: FloatArray
     idle: BoolArray
@@ -349,7 +355,13 @@ def _table(ctx: PlanContext, state: PlannerState) -> _Table:
     # a Poisson process at the observed rate.
     p_raw = np.maximum(p, p_observed)
     idle = observed_rps <= 0
-    p_idle = state.calibration.apply(p_raw) if config.calibrate_p else p_raw
+    last_request = np.array(
+        [-math.inf if o.last_request_s is None else o.last_request_s for o in observed]
+    )
+    context = contexts(
+        p, p_observed, ctx.now_s - last_request, np.array([o.idle_gaps for o in observed])
+    )
+    p_idle = state.calibration.apply(p_raw, context) if config.calibrate_p else p_raw
     p = np.where(idle, p_idle, np.maximum(p_raw, 1.0 - np.exp(-observed_rps * window)))
     floor = _replicas(observed_rps, replica_rps, config.target_utilization)
     floor = np.where(observed_rps > 0, np.maximum(floor, 1), floor)
@@ -375,6 +387,7 @@ def _table(ctx: PlanContext, state: PlannerState) -> _Table:
         node_lead_s=node_lead,
         p=p,
         p_raw=p_raw,
+        context=context,
         window_s=window,
         observed_rps=observed_rps,
         idle=idle,
@@ -554,7 +567,11 @@ def _calibrate(ctx: PlanContext, state: PlannerState, t: _Table) -> Calibration:
     }
     raw = t.p_raw.tolist()
     window = t.window_s.tolist()
-    predictions = {t.names[i]: (raw[i], window[i]) for i in np.flatnonzero(t.idle).tolist()}
+    context = t.context.tolist()
+    predictions = {
+        t.names[i]: Prediction(raw[i], window[i], context[i])
+        for i in np.flatnonzero(t.idle).tolist()
+    }
     return state.calibration.update(ctx.now_s, last, predictions)
 
 

@@ -53,6 +53,11 @@ class IdleTimeRecord:
             np.add.at(self.hist, (rows, bins), 1.0)
         self.last_s[active] = end_s
 
+    def gaps(self) -> FloatArray:
+        """Gaps recorded per model."""
+        result: FloatArray = self.hist.sum(axis=1)
+        return result
+
     def p_within(self, now_s: float, window_s: FloatArray) -> FloatArray:
         """P(a request in ``[now, now + window]``) per model from its gap record (0 without one)."""
         tau = (now_s - self.last_s) / BIN_S
@@ -127,6 +132,11 @@ class ModelIdleRecords:
         bins = np.clip(np.floor(np.maximum(gaps[known], 0.0)), 0, BINS).astype(np.int64)
         np.add.at(self._record.hist[row], bins, 1.0)
         self._record.last_s[row] = ends[-1]
+
+    def gaps(self, model: ModelId) -> int:
+        """Gaps recorded for ``model`` (0 for a model not seen)."""
+        row = self._rows.get(model)
+        return 0 if row is None else round(float(self._record.hist[row].sum()))
 
     def last_request_s(self, model: ModelId) -> float | None:
         """End of the latest step with a request of ``model`` (None: none folded in yet)."""

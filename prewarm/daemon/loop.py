@@ -273,6 +273,7 @@ class Daemon:
                 _with_rate(snapshot.models.get(model), model, self._observed_rps.get(model, 0.0)),
                 p_observed=p_observed[model],
                 last_request_s=self._idle_records.last_request_s(model),
+                idle_gaps=self._idle_records.gaps(model),
             )
             for model in models
         }

@@ -161,3 +161,6 @@ async def test_the_planner_gets_each_models_last_request_for_calibration() -> No
     await daemon.tick()
     pending = daemon._planner_state.calibration.pending
     assert [batch.models for batch in pending] == [(timer,)]
+    # ... and the number of gaps in its idle-time record: the context says the record is not thin.
+    thin = pending[0].contexts[0] % 2
+    assert thin == 0

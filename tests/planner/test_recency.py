@@ -87,3 +87,13 @@ def test_the_last_request_is_the_end_of_the_last_step_with_one() -> None:
     assert records.last_request_s(model) == 600.0 + 3 * 60.0
     records.observe_series(ModelId("quiet"), np.zeros(3), start_s=0.0, step_s=60.0)
     assert records.last_request_s(ModelId("quiet")) is None
+
+
+def test_the_records_count_their_gaps() -> None:
+    record = _timer(10, 5)
+    assert record.gaps().tolist() == [4.0]
+    records = ModelIdleRecords()
+    model = ModelId("m")
+    assert records.gaps(model) == 0
+    records.observe_series(model, np.array([1.0, 0.0, 2.0, 1.0]), start_s=0.0, step_s=60.0)
+    assert records.gaps(model) == 2

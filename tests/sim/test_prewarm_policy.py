@@ -83,3 +83,24 @@ def test_the_reactive_floor_is_not_frozen_between_plans() -> None:
     run_policy(bench, policy, budget_gb=1e6)
     assert policy.targets[29] >= 1
     assert policy.targets[37:40] == [0, 0, 0]
+
+
+def test_forecast_replicas_stand_while_traffic_meets_the_forecast_with_no_wait() -> None:
+    # scale_down_after_s=0: replicas above one go as soon as the traffic falls short of the
+    # forecast, and not before (a zero wait once stripped them every tick).
+    trace = to_ticks(
+        SeriesBatch(
+            models=(ModelId("a"),), start_s=0.0, step_s=60.0, counts=np.full((1, 3), 600.0)
+        ),
+        seed=0,
+    )
+    table = build_model_table(trace.models, Catalog(), CLUSTER)
+    bench = BenchInput("t", trace, table, CLUSTER, default_budget_gb(trace, table), 0, 0)
+    policy = PrewarmPolicy(
+        PlannerConfig(scale_down_after_s=0.0), engine_factory=lambda step: CountingEngine(step)
+    )
+    run_policy(bench, policy, budget_gb=1e6)
+    policy.plan_target = np.array([3])
+    policy.expected_rps = np.array([10.0])
+    assert policy._plan_target_now(np.array([600])).tolist() == [3]
+    assert policy._plan_target_now(np.array([0])).tolist() == [1]

@@ -189,6 +189,7 @@ class PrewarmPolicy:
         last_request = [
             float(value) if math.isfinite(value) else None for value in self.idle.last_s.tolist()
         ]
+        gaps = np.rint(self.idle.gaps()).astype(np.int64).tolist()
         models = {
             model: ModelState(
                 model=model,
@@ -199,6 +200,7 @@ class PrewarmPolicy:
                 observed_rps=float(self.recent_rate[i]),
                 p_observed=float(p_observed[i]),
                 last_request_s=last_request[i],
+                idle_gaps=gaps[i],
                 active_rps=float(active_rps[i]),
             )
             for i, model in enumerate(table.models)
@@ -314,7 +316,9 @@ class PrewarmPolicy:
         what such a re-plan would do between the simulator's (capped) planning cycles."""
         low = arrivals / self.setup.dt_s < STALE_FORECAST_RATIO * self.expected_rps
         self.low_ticks = np.where(low, self.low_ticks + 1, 0)
-        stale = self.low_ticks * self.setup.dt_s >= self.config.scale_down_after_s
+        stale = (self.low_ticks > 0) & (
+            self.low_ticks * self.setup.dt_s >= self.config.scale_down_after_s
+        )
         result: IntArray = np.where(stale & (self.plan_target > 1), 1, self.plan_target)
         return result
 

@@ -45,7 +45,8 @@ EDGES = np.array(
 )
 """Bin edges over raw P (finer near 0 and 1, where most predictions fall)."""
 PRIOR_TRIALS = 20.0
-"""Pseudo-trials at the raw P that each bin's hit rate is shrunk toward."""
+"""Pseudo-trials at its prior that each bin's hit rate is shrunk toward (the prior: the raw P for
+the pooled map, the pooled map for a context's own)."""
 HALF_LIFE_S = 12 * 3600.0
 """Half-life of resolved outcomes."""
 MAX_PENDING = 256

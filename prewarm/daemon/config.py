@@ -72,6 +72,15 @@ class DaemonConfig(BaseModel):
     forecast_horizons_s: tuple[int, ...] = Field(
         default=(0, 300, 900, 1800), description="Horizons published as prewarm_forecast_rps."
     )
+    autoscaler_cooldown_s: float = Field(
+        default=300.0,
+        ge=0,
+        description=(
+            "Seconds your reactive autoscaler keeps a model's last replica after its last "
+            "request (a KEDA ScaledObject's cooldownPeriod, 300 by default). A request that "
+            "finds a warm replica after a longer silence counts as a cold start avoided."
+        ),
+    )
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     quality_gate: QualityGateConfig = Field(default_factory=QualityGateConfig)
     leader_election: LeaderElectionConfig = Field(default_factory=LeaderElectionConfig)

@@ -57,9 +57,6 @@ MANUAL_VALUE_PER_BYTE = 1e-3
 """Value density given to manually requested holds: far above any forecast-derived one, so the
 agent evicts them last."""
 
-REACTIVE_IDLE_S = 300.0
-"""A reactive autoscaler scales to zero after this much idle time (KEDA's default cooldown)."""
-
 DEFAULT_LEAD_S = 120.0
 """Lead time assumed for a model's idle-time window before the planner has computed one."""
 
@@ -163,6 +160,12 @@ class Daemon:
         self._plan: WarmPlan | None = None
         self._observed_rps: dict[ModelId, float] = {}
         self._last_traffic_s: dict[ModelId, float] = {}
+        """Start of each model's latest step with requests."""
+        self._step_uncounted = False
+        """A step was observed whose requests are not counted as warm or cold yet."""
+        self._silence_before_s: dict[ModelId, float] = {}
+        """Seconds without requests before each model's latest observed step, if it had some
+        (``inf`` for a model's first requests)."""
         self._idle_records = ModelIdleRecords()
         self._gated: frozenset[ModelId] = frozenset()
         self._gpu_bytes_planned = 0
@@ -383,6 +386,7 @@ class Daemon:
         if batch is not None and batch.steps > 0:
             self._engine.observe(batch)
             self._score(batch)
+            self._step_uncounted = True
         forecasts = self._engine.forecast(
             horizon_steps=self._horizon_steps, quantiles=self._quantiles
         )
@@ -428,8 +432,13 @@ class Daemon:
                 self._accuracy.record_actual(
                     model, step_start_s=step_start, actual=float(series[column])
                 )
+                last = self._last_traffic_s.get(model)
                 if series[column] > 0:
+                    silence = math.inf if last is None else step_start - last - batch.step_s
+                    self._silence_before_s[model] = silence
                     self._last_traffic_s[model] = step_start
+                else:
+                    self._silence_before_s.pop(model, None)
             valid = series[~np.isnan(series)]
             if valid.size:
                 rate = float(valid[-1]) / batch.step_s
@@ -458,7 +467,11 @@ class Daemon:
         return self._gated
 
     def _count_warm_requests(self, snapshot: ClusterSnapshot, now_s: float) -> None:
-        """Count this step's observed requests as warm or cold by the replicas seen now."""
+        """Count the latest observed step's requests as warm or cold by the replicas seen now,
+        once per step (ticks may come more often than steps)."""
+        if not self._step_uncounted:
+            return
+        self._step_uncounted = False
         for model, rate in self._observed_rps.items():
             if rate <= 0:
                 continue
@@ -468,9 +481,9 @@ class Daemon:
             (self.metrics.requests_warm if warm else self.metrics.requests_cold).labels(
                 model=model
             ).inc(count)
-            last = self._last_traffic_s.get(model)
-            idle_before = last is None or now_s - last > REACTIVE_IDLE_S + self._step_s
-            if warm and idle_before:
+            # Silent for longer than the autoscaler's cooldown: it would have scaled to zero.
+            silence = self._silence_before_s.get(model, 0.0)
+            if warm and silence > self.config.autoscaler_cooldown_s:
                 self.metrics.cold_starts_avoided.labels(model=model).inc()
 
     async def _apply(self, capped: WarmPlan) -> list[ActionOutcome]:

@@ -110,8 +110,9 @@ class DaemonMetrics:
         )
         self.cold_starts_avoided = Counter(
             "prewarm_cold_starts_avoided",
-            "Steps with traffic that found a replica prewarm had warmed ahead of demand (a "
-            "reactive policy would have started cold).",
+            "Steps with traffic after a silence longer than the autoscaler's cooldown "
+            "(daemon.autoscaler_cooldown_s) that found a ready replica: the reactive autoscaler "
+            "alone would have scaled to zero and started cold.",
             ["model"],
             registry=r,
         )

@@ -164,3 +164,69 @@ async def test_the_planner_gets_each_models_last_request_for_calibration() -> No
     # ... and the number of gaps in its idle-time record: the context says the record is not thin.
     thin = pending[0].contexts[0] % 2
     assert thin == 0
+
+
+def _timer_history(days: int = 2) -> SeriesBatch:
+    counts = np.zeros((1, days * DAY))
+    counts[0, ::10] = 1.0
+    return SeriesBatch(models=(ModelId("timer"),), start_s=0.0, step_s=STEP, counts=counts)
+
+
+def _avoided(daemon: Daemon, model: ModelId) -> float:
+    value = daemon.metrics.registry.get_sample_value(
+        "prewarm_cold_starts_avoided_total", {"model": model}
+    )
+    return 0.0 if value is None else value
+
+
+@pytest.mark.parametrize(("cooldown_s", "avoided"), [(300.0, 1.0), (600.0, 0.0)])
+async def test_a_warm_request_after_a_silence_longer_than_the_cooldown_is_a_cold_start_avoided(
+    cooldown_s: float, avoided: float
+) -> None:
+    # A timer every 10 minutes: 9 silent minutes (540 s) before each call. The first tick, 7
+    # minutes after a call, holds it; the next call finds that replica. The reactive autoscaler
+    # would have scaled to zero after a 300 s cooldown (a cold start avoided), not after 600 s.
+    timer = ModelId("timer")
+    clock = [(DAY + 8) * STEP]
+    daemon: Daemon
+    pools = {PoolName("gpu"): PoolState(pool=PoolName("gpu"), free_gpus=8)}
+    observer = PlannedClusterObserver(lambda: daemon.plan(), pools=pools)
+    daemon = Daemon(
+        DaemonConfig(tick_s=60.0, autoscaler_cooldown_s=cooldown_s),
+        source=ReplaySource(_timer_history()),
+        engine=AutoForecaster(STEP),
+        observer=observer,
+        applier=None,
+        catalog=Catalog(),
+        planner_config=PlannerConfig(),
+        horizon_s=1800,
+        planning_quantile=0.9,
+        step_s=STEP,
+        clock=lambda: clock[0],
+    )
+    await daemon.tick()
+    assert daemon.model_plans()[timer].hold_gpu
+    clock[0] = (DAY + 11) * STEP
+    await daemon.tick()
+    assert _avoided(daemon, timer) == avoided
+
+
+async def test_requests_are_counted_once_per_step_when_ticks_come_more_often() -> None:
+    # Ticks every 15 s over 60 s steps: the second tick sees no new step and counts nothing.
+    clock = [2 * DAY * STEP]
+    daemon = _daemon(ReplaySource(_history()), clock)
+    await daemon.tick()
+    registry = daemon.metrics.registry
+
+    def counted() -> float:
+        return sum(
+            registry.get_sample_value(name, {"model": BUSY}) or 0.0
+            for name in ("prewarm_requests_warm_total", "prewarm_requests_cold_total")
+        )
+
+    once = counted()
+    last_step = _history().counts[0, 2 * DAY - 1]
+    assert once == pytest.approx(last_step)
+    clock[0] += 15.0
+    await daemon.tick()
+    assert counted() == pytest.approx(once)

@@ -35,6 +35,12 @@ def _history(days: int = 3) -> SeriesBatch:
     )
 
 
+def _timer_history(days: int = 2) -> SeriesBatch:
+    counts = np.zeros((1, days * DAY))
+    counts[0, ::10] = 1.0
+    return SeriesBatch(models=(ModelId("timer"),), start_s=0.0, step_s=STEP, counts=counts)
+
+
 class FlakySource:
     """Wraps a source and fails on demand (a Prometheus outage)."""
 
@@ -48,12 +54,12 @@ class FlakySource:
         return await self.inner.fetch(now_s=now_s)
 
 
-def _daemon(source: object, clock: list[float]) -> Daemon:
+def _daemon(source: object, clock: list[float], config: DaemonConfig | None = None) -> Daemon:
     daemon: Daemon
     pools = {PoolName("gpu"): PoolState(pool=PoolName("gpu"), free_gpus=8)}
     observer = PlannedClusterObserver(lambda: daemon.plan(), pools=pools)
     daemon = Daemon(
-        DaemonConfig(tick_s=60.0),
+        config or DaemonConfig(tick_s=60.0),
         source=source,  # type: ignore[arg-type]
         engine=AutoForecaster(STEP),
         observer=observer,
@@ -135,9 +141,7 @@ async def test_the_planner_gets_the_idle_time_record_of_a_timer() -> None:
     # (one tick plus the default lead time, 3 minutes) reaches its next call. Its own record of
     # gaps says so (the forecast alone gives about 0.01 here); 2 minutes after, it says not yet.
     timer = ModelId("timer")
-    counts = np.zeros((1, DAY))
-    counts[0, ::10] = 1.0
-    history = SeriesBatch(models=(timer,), start_s=0.0, step_s=STEP, counts=counts)
+    history = _timer_history(days=1)
     last_end = (DAY - 10 + 1) * STEP
     clock = [last_end + 7 * STEP]
     daemon = _daemon(ReplaySource(history), clock)
@@ -153,9 +157,7 @@ async def test_the_planner_gets_each_models_last_request_for_calibration() -> No
     # The idle timer's P is recorded for calibration only when the daemon passes the time of its
     # latest request (the end of the last history step with one).
     timer = ModelId("timer")
-    counts = np.zeros((1, DAY))
-    counts[0, ::10] = 1.0
-    history = SeriesBatch(models=(timer,), start_s=0.0, step_s=STEP, counts=counts)
+    history = _timer_history(days=1)
     clock = [(DAY - 10 + 1) * STEP + 7 * STEP]
     daemon = _daemon(ReplaySource(history), clock)
     await daemon.tick()
@@ -164,12 +166,6 @@ async def test_the_planner_gets_each_models_last_request_for_calibration() -> No
     # ... and the number of gaps in its idle-time record: the context says the record is not thin.
     thin = pending[0].contexts[0] % 2
     assert thin == 0
-
-
-def _timer_history(days: int = 2) -> SeriesBatch:
-    counts = np.zeros((1, days * DAY))
-    counts[0, ::10] = 1.0
-    return SeriesBatch(models=(ModelId("timer"),), start_s=0.0, step_s=STEP, counts=counts)
 
 
 def _avoided(daemon: Daemon, model: ModelId) -> float:
@@ -188,22 +184,8 @@ async def test_a_warm_request_after_a_silence_longer_than_the_cooldown_is_a_cold
     # would have scaled to zero after a 300 s cooldown (a cold start avoided), not after 600 s.
     timer = ModelId("timer")
     clock = [(DAY + 8) * STEP]
-    daemon: Daemon
-    pools = {PoolName("gpu"): PoolState(pool=PoolName("gpu"), free_gpus=8)}
-    observer = PlannedClusterObserver(lambda: daemon.plan(), pools=pools)
-    daemon = Daemon(
-        DaemonConfig(tick_s=60.0, autoscaler_cooldown_s=cooldown_s),
-        source=ReplaySource(_timer_history()),
-        engine=AutoForecaster(STEP),
-        observer=observer,
-        applier=None,
-        catalog=Catalog(),
-        planner_config=PlannerConfig(),
-        horizon_s=1800,
-        planning_quantile=0.9,
-        step_s=STEP,
-        clock=lambda: clock[0],
-    )
+    config = DaemonConfig(tick_s=60.0, autoscaler_cooldown_s=cooldown_s)
+    daemon = _daemon(ReplaySource(_timer_history()), clock, config)
     await daemon.tick()
     assert daemon.model_plans()[timer].hold_gpu
     clock[0] = (DAY + 11) * STEP

@@ -63,7 +63,10 @@ class PlannerConfig(BaseModel):
             "Price of idle GPU memory for warm holds, relative to the fleet: an idle model is "
             "held when the requests a cold start would delay per GB reach idle_price x the "
             "fleet's requests per second per GB the reactive autoscaler leaves idle x the "
-            "planning window. 0 turns the price off (min_value_density alone decides)."
+            "planning window. 0 turns the price off (min_value_density alone decides). The "
+            "default is measured with an autoscaler that keeps a model's last replica 5 minutes "
+            "(KEDA's default cooldownPeriod); with a much shorter cooldown it leaves little "
+            "memory idle, the price rises and the same value holds far less: lower it."
         ),
     )
     calibrate_p: bool = Field(

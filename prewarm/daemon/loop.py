@@ -255,7 +255,7 @@ class Daemon:
             log.warning("cluster observation failed; tick skipped", error=str(error))
             self.metrics.ticks.labels(result="skipped").inc()
             return TickReport(now_s, fresh, len(models), None, (), 0, gated)
-        self._count_warm_requests(snapshot, now_s)
+        self._count_warm_requests(snapshot)
         self._pools_seen.update(snapshot.pools)
         state = dataclasses.replace(
             self._planner_state,
@@ -432,8 +432,8 @@ class Daemon:
                 self._accuracy.record_actual(
                     model, step_start_s=step_start, actual=float(series[column])
                 )
-                last = self._last_traffic_s.get(model)
                 if series[column] > 0:
+                    last = self._last_traffic_s.get(model)
                     silence = math.inf if last is None else step_start - last - batch.step_s
                     self._silence_before_s[model] = silence
                     self._last_traffic_s[model] = step_start
@@ -466,7 +466,7 @@ class Daemon:
         self._gated = frozenset(gated)
         return self._gated
 
-    def _count_warm_requests(self, snapshot: ClusterSnapshot, now_s: float) -> None:
+    def _count_warm_requests(self, snapshot: ClusterSnapshot) -> None:
         """Count the latest observed step's requests as warm or cold by the replicas seen now,
         once per step (ticks may come more often than steps)."""
         if not self._step_uncounted:

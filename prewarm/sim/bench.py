@@ -17,6 +17,7 @@ import numpy as np
 
 from common.errors import InvalidInput
 from forecaster.sources.trace import read_trace_with_info
+from forecaster.types import SeriesBatch
 from planner.catalog import Catalog
 from prewarm.sim.cluster import ClusterSpec, FloatArray, ModelTable, build_model_table
 from prewarm.sim.engine import Policy, SimResult, Simulator, TickTrace, to_ticks
@@ -28,7 +29,10 @@ WORKING_SET_WINDOW_S = 600.0
 BUDGET_HEADROOM = 1.25
 WARMUP_SHARE = 0.2
 WARMUP_MAX_S = 86_400.0
-PER_REQUEST_STEP_S = 10.0
+PER_REQUEST_STEPS_S = (10.0, 20.0, 30.0, 60.0)
+MAX_PER_REQUEST_TICKS = 200_000
+"""A per-request trace is replayed on the finest of :data:`PER_REQUEST_STEPS_S` that keeps it
+within this many ticks: 10 s up to 23 days, 60 s up to 138 days (a replay costs time per tick)."""
 SWEEP_FACTORS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
 
 
@@ -54,10 +58,9 @@ def load_bench_input(
     seed: int = 0,
 ) -> BenchInput:
     """Read the trace at ``path`` and prepare a bench (raises InvalidInput on a bad trace)."""
-    _, info = read_trace_with_info(path)
-    batch, _ = read_trace_with_info(
-        path, step_s=PER_REQUEST_STEP_S if info.bucket_s is None else None
-    )
+    batch, info = read_trace_with_info(path, per_request_step_s=PER_REQUEST_STEPS_S[0])
+    if info.bucket_s is None:
+        batch = _coarsen_per_request(batch)
     trace = to_ticks(batch, seed=seed)
     if trace.requests == 0:
         raise InvalidInput(f"{path}: the trace has no requests")
@@ -72,6 +75,24 @@ def load_bench_input(
         default_budget_gb=default_budget_gb(trace, table),
         warmup_ticks=int(warmup_s // trace.dt_s),
         seed=seed,
+    )
+
+
+def _coarsen_per_request(batch: SeriesBatch) -> SeriesBatch:
+    """``batch`` (on the finest per-request grid) summed onto the finest allowed grid that keeps
+    it within :data:`MAX_PER_REQUEST_TICKS` steps (the coarsest allowed when none does)."""
+    steps = batch.counts.shape[1]
+    group = 1
+    for step_s in PER_REQUEST_STEPS_S:
+        group = round(step_s / batch.step_s)
+        if math.ceil(steps / group) <= MAX_PER_REQUEST_TICKS:
+            break
+    if group == 1:
+        return batch
+    padded = np.pad(batch.counts, ((0, 0), (0, (-steps) % group)))
+    counts = padded.reshape(padded.shape[0], -1, group).sum(axis=2)
+    return SeriesBatch(
+        models=batch.models, start_s=batch.start_s, step_s=batch.step_s * group, counts=counts
     )
 
 

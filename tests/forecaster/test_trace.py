@@ -102,7 +102,6 @@ def test_infer_bucket_width() -> None:
         ("timestamp,model,requests\n0,m,1\n60,m,-2\n", "line 3: requests -2 is negative"),
         ("timestamp,model,requests\n0,m,1\n60,m,many\n", "line 3: requests 'many' is not a number"),
         ("timestamp,model,requests\n0,m,1\n60,m,nan\n", "line 3: requests 'nan' is not a number"),
-        ("timestamp,model,requests\n120,m,1\n60,m,1\n", "line 3: rows are not sorted"),
         ("timestamp,model,requests\n0,,1\n", "line 2: empty model id"),
         ("timestamp,model,requests\n0,m,1\n,m,1\n", "line 3: empty timestamp"),
         ("timestamp,model,requests\n0,m,1\n60,m,1,extra\n", "line 3"),
@@ -113,6 +112,48 @@ def test_malformed_traces_name_the_line(tmp_path: Path, text: str, message: str)
     with pytest.raises(InvalidInput, match=message) as caught:
         read_trace(path)
     assert str(path) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        # grouped by model, each model's rows in time order (a common export order)
+        ["0,a,1", "60,a,2", "180,a,1", "0,b,4", "120,b,1"],
+        # no order at all
+        ["180,a,1", "120,b,1", "0,b,4", "60,a,2", "0,a,1"],
+    ],
+)
+def test_rows_in_any_order_read_like_sorted_rows(tmp_path: Path, rows: list[str]) -> None:
+    header = "timestamp,model,requests\n"
+    ordered = sorted(rows, key=lambda row: int(row.split(",")[0]))
+    expected, expected_info = read_trace_with_info(
+        _write(tmp_path, header + "\n".join(ordered) + "\n")
+    )
+    path = tmp_path / "unordered.csv"
+    path.write_text(header + "\n".join(rows) + "\n")
+    batch, info = read_trace_with_info(path)
+    assert batch.models == expected.models == ("a", "b")
+    assert (batch.start_s, batch.step_s) == (expected.start_s, expected.step_s) == (0.0, 60.0)
+    np.testing.assert_array_equal(batch.counts, expected.counts)
+    np.testing.assert_array_equal(batch.counts, [[1, 2, 0, 1], [4, 0, 1, 0]])
+    assert info.bucket_s == expected_info.bucket_s == 60.0
+
+
+def test_per_request_step_applies_to_per_request_traces_only(tmp_path: Path) -> None:
+    per_request = _write(
+        tmp_path,
+        "timestamp,model\n"
+        "2025-01-01T00:00:00.5Z,m\n2025-01-01T00:00:03.25Z,m\n2025-01-01T00:00:17.1Z,m\n",
+    )
+    bucketed = tmp_path / "bucketed.csv"
+    bucketed.write_text("timestamp,model,requests\n0,m,1\n600,m,2\n")
+    batch, info = read_trace_with_info(per_request, per_request_step_s=10.0)
+    assert info.bucket_s is None
+    assert batch.step_s == 10.0
+    np.testing.assert_array_equal(batch.counts, [[2, 1]])
+    batch, info = read_trace_with_info(bucketed, per_request_step_s=10.0)
+    assert info.bucket_s == batch.step_s == 600.0
+    np.testing.assert_array_equal(batch.counts, [[1, 2]])
 
 
 def test_missing_file_is_invalid_input(tmp_path: Path) -> None:

@@ -56,6 +56,10 @@ def write_json(document: Any, destination: Path | None) -> None:
         raise
 
 
+PIPE_COLUMNS = 200
+"""Width of tables written to a pipe or a file (``COLUMNS`` overrides it)."""
+
+
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """Print a human-readable table on stdout."""
     table = Table(title=title)
@@ -63,10 +67,16 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*(_cell(value) for value in row))
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        # A pipe or a file has no width: rich would assume 80 and fold numbers across lines.
+        console = Console(width=PIPE_COLUMNS)
+    console.print(table)
 
 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
-        return "-" if not math.isfinite(value) else f"{value:.4g}"
+        if not math.isfinite(value):
+            return "-"
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
     return str(value)

@@ -1,9 +1,9 @@
 """Reads the project's trace CSV (DESIGN.md) into a dense :class:`SeriesBatch`.
 
-Owns: parsing and validating ``timestamp,model,requests`` files (ISO-8601 UTC or integer epoch
-seconds; ``requests`` optional, default 1; zero rows may be omitted; rows in any order),
-inferring the bucket width (per-request, 1 min, 10 min, any regular width) and re-bucketing onto
-a step grid.
+Owns: parsing and validating ``timestamp,model,requests`` files (ISO-8601 UTC or epoch
+seconds, fractions allowed; ``requests`` optional, default 1; zero rows may be omitted; rows in
+any order), inferring the bucket width (per-request, 1 min, 10 min, any regular width) and
+re-bucketing onto a step grid.
 Must not: guess around malformed input. Every problem is one :class:`InvalidInput` naming the file
 and the 1-based line number (the header is line 1), so the CLI exits 2 before writing anything.
 """
@@ -188,9 +188,9 @@ def _parse_timestamps(source: Path, column: pd.Series) -> FloatArray:
     empty = text == ""
     if bool(empty.any()):
         raise InvalidInput(f"{source}: line {_line(empty)}: empty timestamp")
-    epoch = text.str.fullmatch(r"-?\d+")
+    epoch = text.str.fullmatch(r"-?\d+(?:\.\d*)?")
     if bool(epoch.all()):
-        values: FloatArray = text.astype(np.int64).to_numpy().astype(np.float64)
+        values: FloatArray = text.astype(np.float64).to_numpy()
         negative = values < 0
         if negative.any():
             line = int(np.flatnonzero(negative)[0]) + 2
@@ -201,7 +201,7 @@ def _parse_timestamps(source: Path, column: pd.Series) -> FloatArray:
         line = _line(~epoch)
         raise InvalidInput(
             f"{source}: line {line}: bad timestamp {text[~epoch].iloc[0]!r}; this file uses "
-            "integer epoch seconds"
+            "epoch seconds"
         )
     if bool(epoch.any()):
         line = _line(epoch)
@@ -216,7 +216,7 @@ def _parse_timestamps(source: Path, column: pd.Series) -> FloatArray:
         value = text[bad].iloc[0]
         raise InvalidInput(
             f"{source}: line {line}: bad timestamp {value!r}; use ISO-8601 UTC "
-            "(2025-03-03T00:00:00Z) or integer epoch seconds"
+            "(2025-03-03T00:00:00Z) or epoch seconds (1741000000 or 1741000000.25)"
         )
     nanos = parsed.dt.as_unit("ns").astype("int64").to_numpy()
     seconds: FloatArray = nanos.astype(np.float64) / 1e9

@@ -65,6 +65,14 @@ def test_epoch_timestamps_and_coarser_step(tmp_path: Path) -> None:
     np.testing.assert_array_equal(batch.counts, [[3, 7]])
 
 
+def test_fractional_epoch_seconds_are_per_request_times(tmp_path: Path) -> None:
+    path = _write(tmp_path, "timestamp,model\n1741000000.5,m\n1741000003.25,m\n1741000071.,m\n")
+    batch, info = read_trace_with_info(path)
+    assert info.bucket_s is None
+    assert batch.start_s == 1741000000 - 1741000000 % 60
+    np.testing.assert_array_equal(batch.counts, [[2, 1]])
+
+
 def test_finer_step_than_buckets_is_refused(tmp_path: Path) -> None:
     path = _write(tmp_path, "timestamp,model,requests\n0,m,1\n600,m,2\n")
     with pytest.raises(InvalidInput, match="not a whole multiple"):

@@ -53,6 +53,22 @@ def nanmean(values: FloatArray, axis: int) -> FloatArray:
     return out
 
 
+def nanmedian(values: FloatArray, axis: int) -> FloatArray:
+    """Median over ``axis`` ignoring NaN; NaN where every value is NaN (no warnings).
+
+    The same numbers as ``np.nanmedian``, by one sort (NaN sort last) instead of its masked-array
+    path, which costs about half a millisecond per call on the short windows forecasts use.
+    """
+    ordered = np.moveaxis(np.sort(values, axis=axis), axis, -1)
+    count = (~np.isnan(ordered)).sum(axis=-1)
+    low = np.maximum((count - 1) // 2, 0)[..., None]
+    high = np.maximum(count // 2, 0)[..., None]
+    lower = np.take_along_axis(ordered, low, axis=-1)[..., 0]
+    upper = np.take_along_axis(ordered, high, axis=-1)[..., 0]
+    out: FloatArray = np.where(count > 0, 0.5 * (lower + upper), np.nan)
+    return out
+
+
 def fill_nan(values: FloatArray, fallback: FloatArray) -> FloatArray:
     """``values`` with NaN replaced by ``fallback`` broadcast along the last axis, then by 0."""
     filled = np.where(np.isfinite(values), values, fallback[..., None])

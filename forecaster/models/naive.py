@@ -8,11 +8,9 @@ Must not: do I/O.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
-from forecaster.models.base import HistoryView, IntArray, fill_nan, nanmean
+from forecaster.models.base import HistoryView, IntArray, fill_nan, nanmean, nanmedian
 from forecaster.types import FloatArray
 
 
@@ -38,9 +36,7 @@ def median_level(history: HistoryView, end: int, horizon: int, *, window: int) -
     """The median of the last ``window`` observed steps, held flat: a naive forecast that one
     odd step (a dip from a failed scrape, a one-minute burst) does not throw off."""
     values = history.gather(np.arange(-window, 0, dtype=np.int64), end=end)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        median = np.nanmedian(values, axis=1)
+    median = nanmedian(values, axis=1)
     median = np.where(np.isfinite(median), median, recent_level(history, end, window))
     return np.repeat(median[:, None], horizon, axis=1)
 
@@ -61,10 +57,8 @@ def smoothed_level(
     if robust:
         length = max(length, 5)
         values = history.gather(np.arange(-length, 0, dtype=np.int64), end=end)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            center = np.nanmedian(values, axis=1, keepdims=True)
-            spread = 1.4826 * np.nanmedian(np.abs(values - center), axis=1, keepdims=True)
+        center = nanmedian(values, axis=1)[:, None]
+        spread = 1.4826 * nanmedian(np.abs(values - center), axis=1)[:, None]
         bound = 3.0 * np.maximum(spread, 1.0)
         values = np.clip(values, center - bound, center + bound)
     weights = alpha * (1.0 - alpha) ** np.arange(length - 1, -1, -1, dtype=np.float64)

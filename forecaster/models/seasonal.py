@@ -15,26 +15,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from forecaster.models.base import HistoryView, nanmean
+from forecaster.models.base import HistoryView, nanmean, nanmedian
 from forecaster.models.naive import recent_level
 from forecaster.types import FloatArray
 
 MAX_RATIO = 3.0
-
-
-def _nanmedian(stacked: FloatArray) -> FloatArray:
-    """Median over axis 0 ignoring NaN; NaN where all are NaN (sort-based: no masked arrays)."""
-    if stacked.shape[0] == 1:
-        out: FloatArray = stacked[0]
-        return out
-    ordered = np.sort(stacked, axis=0)  # NaN sort last
-    count = np.isfinite(ordered).sum(axis=0)
-    low = np.maximum((count - 1) // 2, 0)
-    high = np.maximum(count // 2, 0)
-    lower = np.take_along_axis(ordered, low[None], axis=0)[0]
-    upper = np.take_along_axis(ordered, high[None], axis=0)[0]
-    median: FloatArray = np.where(count > 0, 0.5 * (lower + upper), np.nan)
-    return median
 
 
 LagKey = tuple[int, int, int, int, int]
@@ -88,7 +73,7 @@ def seasonal_delta(
             changes.append((shape + 1.0) / (then[:, None] + 1.0))
         else:
             changes.append(shape - then[:, None])
-    change = _nanmedian(np.stack(changes))
+    change = nanmedian(np.stack(changes), axis=0)
     if multiplicative:
         change = np.clip(np.where(np.isfinite(change), change, 1.0), 1 / MAX_RATIO, MAX_RATIO)
         out = (now[:, None] + 1.0) * change - 1.0

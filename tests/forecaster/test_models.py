@@ -6,10 +6,14 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from common.ids import ModelId
 from forecaster.history import HistoryBuffer
 from forecaster.models import holt_winters, intermittent, naive, seasonal
+from forecaster.models.base import nanmedian
 from forecaster.models.conformal import ResidualModel, stratum
 from forecaster.types import SeriesBatch
 
@@ -173,3 +177,18 @@ def test_conformal_without_evidence_uses_a_wide_default() -> None:
     table = model.quantiles((0.5, 0.9))
     assert table.shape == (2, 7, 2, 4)
     assert np.all(table[:, :, 1] > table[:, :, 0])
+
+
+@given(
+    arrays(
+        np.float64,
+        st.tuples(st.integers(1, 6), st.integers(1, 9)),
+        elements=st.one_of(st.just(np.nan), st.floats(-1e6, 1e6), st.sampled_from([0.0, 1.0])),
+    ),
+    st.sampled_from([0, 1]),
+)
+def test_nanmedian_matches_numpy(values: np.ndarray, axis: int) -> None:  # type: ignore[type-arg]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = np.nanmedian(values, axis=axis)
+    np.testing.assert_array_equal(nanmedian(values, axis=axis), expected)

@@ -3,11 +3,13 @@
 Prints a table (or ``--json``) of cold starts, waits, idle GPU memory and node-hours per policy on
 one simulated cluster under one GPU memory budget. ``--sweep`` varies the budget and reports each
 policy's curve of cold starts against idle GB-hours; ``--plot`` draws it, with a forecast-vs-actual
-panel for the busiest models. Progress goes to stderr; bad input exits 2 before any run.
+panel for the busiest models. Progress goes to stderr: a live bar on a terminal, plain lines
+(each policy at each quarter of the trace) in a log or a pipe. Bad input exits 2 before any run.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,15 +41,46 @@ def _resolve_trace(text: str) -> tuple[Path, str]:
     return path, text if text.startswith("builtin:") else path.name
 
 
+class _LineProgress:
+    """Progress as plain lines on stderr, for a log file or a pipe (no live bar there): one line
+    per policy when it passes each quarter of the trace, with the seconds since it began."""
+
+    def __init__(self, total_ticks: int, label: str) -> None:
+        self.total = max(1, total_ticks)
+        self.label = label
+        self.done: dict[str, int] = {}
+        self.began: dict[str, float] = {}
+        self.next_begins = time.monotonic()
+        """Policies run one after another: the next one begins when the last one finished."""
+
+    def advance(self, name: str, ticks: int) -> None:
+        now = time.monotonic()
+        before = self.done.get(name, 0)
+        self.began.setdefault(name, self.next_begins)
+        after = before + ticks
+        self.done[name] = after
+        quarter_before, quarter_after = 4 * before // self.total, 4 * after // self.total
+        if quarter_after > quarter_before:
+            state = "done" if after >= self.total else f"{25 * quarter_after}%"
+            elapsed = now - self.began[name]
+            if after >= self.total:
+                self.next_begins = now
+            typer.echo(f"bench: {self.label}{name} {state} ({elapsed:.1f} s)", err=True)
+
+
 def _run_with_progress(
     bench: BenchInput, names: list[str], budget_gb: float | None, label: str
 ) -> dict[str, SimResult]:
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        lines = _LineProgress(bench.trace.ticks, label)
+        return run_bench(bench, names, budget_gb=budget_gb, progress=lines.advance)
     with Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         TextColumn("{task.percentage:>3.0f}%"),
         TimeElapsedColumn(),
-        console=Console(stderr=True),
+        console=console,
         transient=True,
     ) as progress:
         tasks = {

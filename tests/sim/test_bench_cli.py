@@ -54,6 +54,9 @@ def test_json_document_has_the_documented_shape(tmp_path: Path) -> None:
         str(plot),
     )
     assert result.returncode == 0, result.stderr
+    # stderr is a pipe here: progress comes as plain lines, one per policy when it is done.
+    assert "bench: keepalive-10m done (" in result.stderr
+    assert "bench: oracle done (" in result.stderr
     document = json.loads(out.read_text())
     assert set(document) == {"trace", "requests", "models", "policies"}
     assert document["requests"] == 60 * 2 + 6

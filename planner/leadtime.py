@@ -104,6 +104,61 @@ _WEIGHT_STAGES = frozenset(
 """Stages learned as bandwidth (GB/s) rather than seconds."""
 
 
+@dataclass(frozen=True, slots=True)
+class StartCosts:
+    """One model's planned stage costs (seconds) from one book: what every start is summed from.
+
+    ``weights_s`` is indexed by the tier the weights come from (REMOTE, DISK, HOST).
+    """
+
+    container_s: float
+    node_s: float
+    pull_s: float
+    weights_s: tuple[float, float, float]
+    compile_cached_s: float
+    compile_cold_s: float
+
+    @classmethod
+    def plan(cls, book: LeadTimeBook, spec: ModelSpec, defaults: StageDefaults) -> StartCosts:
+        """The costs of ``spec``'s stages: learned quantiles where known, else the defaults."""
+        pool = str(spec.node_pool)
+        return cls(
+            container_s=defaults.container_start_s,
+            node_s=book.seconds(Stage.NODE, pool, defaults.node_provision_s),
+            pull_s=spec.image_gb
+            / book.bandwidth(Stage.IMAGE, spec.image, defaults.image_pull_gbps),
+            weights_s=(
+                weights_seconds(book, spec, defaults, tier=Tier.REMOTE),
+                weights_seconds(book, spec, defaults, tier=Tier.DISK),
+                weights_seconds(book, spec, defaults, tier=Tier.HOST),
+            ),
+            compile_cached_s=book.seconds(
+                Stage.COMPILE,
+                f"{spec.model}|cached",
+                spec.compile_s * defaults.compile_cached_fraction,
+            ),
+            compile_cold_s=book.seconds(Stage.COMPILE, f"{spec.model}|cold", spec.compile_s),
+        )
+
+    def start(self, *, tier: Tier, image_cached: bool, needs_node: bool) -> float:
+        """Planned seconds to bring one replica up from weights held in ``tier``.
+
+        ``tier`` is where the weights are now (``GPU`` means nothing is left to do). A new node
+        has no caches: the image is pulled and the weights come from remote storage.
+        """
+        if tier == Tier.GPU:
+            return 0.0
+        total = self.container_s
+        if needs_node:
+            total += self.node_s
+        if not image_cached or needs_node:
+            total += self.pull_s
+        total += self.weights_s[Tier.REMOTE if needs_node else tier]
+        cached = tier >= Tier.DISK and not needs_node
+        total += self.compile_cached_s if cached else self.compile_cold_s
+        return total
+
+
 def start_seconds(
     book: LeadTimeBook,
     spec: ModelSpec,
@@ -113,25 +168,10 @@ def start_seconds(
     image_cached: bool,
     needs_node: bool,
 ) -> float:
-    """Planned seconds to bring one replica of ``spec`` up from weights held in ``tier``.
-
-    ``tier`` is where the weights are now (``GPU`` means nothing is left to do).
-    """
-    if tier == Tier.GPU:
-        return 0.0
-    pool = str(spec.node_pool)
-    total = defaults.container_start_s
-    if needs_node:
-        total += book.seconds(Stage.NODE, pool, defaults.node_provision_s)
-    if not image_cached or needs_node:
-        pull = book.bandwidth(Stage.IMAGE, spec.image, defaults.image_pull_gbps)
-        total += spec.image_gb / pull
-    total += weights_seconds(book, spec, defaults, tier=Tier.REMOTE if needs_node else tier)
-    cached = tier >= Tier.DISK and not needs_node
-    compile_default = spec.compile_s * (defaults.compile_cached_fraction if cached else 1.0)
-    key = f"{spec.model}|{'cached' if cached else 'cold'}"
-    total += book.seconds(Stage.COMPILE, key, compile_default)
-    return total
+    """Planned seconds to bring one replica of ``spec`` up from weights held in ``tier``
+    (:meth:`StartCosts.start`; plan the costs once when asking for several starts)."""
+    costs = StartCosts.plan(book, spec, defaults)
+    return costs.start(tier=tier, image_cached=image_cached, needs_node=needs_node)
 
 
 def weights_seconds(

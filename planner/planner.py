@@ -41,6 +41,7 @@ target lies in the model's ``[min_replicas, max_replicas]`` except where the bud
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -64,7 +65,7 @@ from planner.actions import (
 from planner.calibration import Calibration, Prediction, contexts
 from planner.catalog import GB, Catalog, ModelSpec
 from planner.config import PlannerConfig
-from planner.leadtime import LeadTimeBook, start_seconds, weights_seconds
+from planner.leadtime import LeadTimeBook, StartCosts
 from planner.price import FleetIdle
 
 IntArray = NDArray[np.int64]
@@ -194,50 +195,78 @@ def gpus_per_replica(weights_bytes: int, gpu_memory_bytes: int, *, headroom: flo
     return 1 << (needed - 1).bit_length()
 
 
-def batch_outlook(
-    forecasts: Mapping[ModelId, Forecast],
-    models: list[ModelId],
-    *,
-    now_s: float,
-    seconds: FloatArray,
-    level: float,
-) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Per model, over the window ``[now, now + seconds]`` (one length per model):
+@dataclass(frozen=True, slots=True)
+class _ForecastGroup:
+    """Forecasts on one grid, stacked: rows of ``models`` and their per-step arrays."""
 
-    ``(P(any request), requests/s at quantile level averaged over the window, expected
-    requests/s now)``; the last is the mean of the first step (what the observation should show
-    if the forecast is right). Forecast steps that began before ``now_s`` are skipped; a window
-    longer than the forecast reuses its last step; ``level`` falls back to the mean when it was
-    not forecast. Models without a forecast get zeros. Forecasts on one grid are stacked and
-    computed together.
-    """
-    p_any = np.zeros(len(models))
-    rate = np.zeros(len(models))
-    now_rate = np.zeros(len(models))
-    groups: dict[tuple[float, float, int, tuple[float, ...]], list[int]] = {}
-    for row, model in enumerate(models):
-        forecast = forecasts.get(model)
-        if forecast is None or forecast.horizon == 0:
-            continue
-        key = (forecast.start_s, forecast.step_s, forecast.horizon, forecast.quantiles)
-        groups.setdefault(key, []).append(row)
-    for (start_s, step_s, horizon, levels), rows in groups.items():
-        stacked = [forecasts[models[row]] for row in rows]
-        p_active = np.stack([f.p_active for f in stacked])
-        mean = np.stack([f.mean for f in stacked])
-        counts = np.stack([f.quantile(level) if level in levels else f.mean for f in stacked])
-        offset = max(0, int((now_s - start_s) // step_s))
-        ends = np.maximum(offset + 1, np.ceil((now_s + seconds[rows] - start_s) / step_s))
-        positions = np.arange(offset, int(ends.max()))
-        steps = np.minimum(positions, horizon - 1)
-        inside = positions[None, :] < ends[:, None]
-        p_window = np.where(inside, p_active[:, steps], 0.0)
-        p_any[rows] = 1.0 - np.prod(1.0 - p_window, axis=1)
-        rate[rows] = np.where(inside, counts[:, steps], 0.0).sum(axis=1) / inside.sum(axis=1)
-        rate[rows] /= step_s
-        first = steps[0]
-        now_rate[rows] = mean[:, first] / step_s
-    return p_any, rate, now_rate
+    start_s: float
+    step_s: float
+    horizon: int
+    rows: list[int]
+    p_active: FloatArray
+    mean: FloatArray
+    counts: FloatArray
+    """Requests per step at the outlook's quantile level (the mean where it was not forecast)."""
+
+
+class Outlook:
+    """The forecasts of ``models`` stacked once per grid, to be read over many windows."""
+
+    def __init__(
+        self, forecasts: Mapping[ModelId, Forecast], models: list[ModelId], *, level: float
+    ) -> None:
+        self.size = len(models)
+        grouped: dict[tuple[float, float, int, tuple[float, ...]], list[int]] = {}
+        for row, model in enumerate(models):
+            forecast = forecasts.get(model)
+            if forecast is None or forecast.horizon == 0:
+                continue
+            key = (forecast.start_s, forecast.step_s, forecast.horizon, forecast.quantiles)
+            grouped.setdefault(key, []).append(row)
+        self.groups: list[_ForecastGroup] = []
+        for (start_s, step_s, horizon, levels), rows in grouped.items():
+            stacked = [forecasts[models[row]] for row in rows]
+            self.groups.append(
+                _ForecastGroup(
+                    start_s=start_s,
+                    step_s=step_s,
+                    horizon=horizon,
+                    rows=rows,
+                    p_active=np.stack([f.p_active for f in stacked]),
+                    mean=np.stack([f.mean for f in stacked]),
+                    counts=np.stack(
+                        [f.quantile(level) if level in levels else f.mean for f in stacked]
+                    ),
+                )
+            )
+
+    def over(self, now_s: float, seconds: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Per model, over the window ``[now, now + seconds]`` (one length per model):
+
+        ``(P(any request), requests/s at the quantile level averaged over the window, expected
+        requests/s now)``; the last is the mean of the first step (what the observation should
+        show if the forecast is right). Forecast steps that began before ``now_s`` are skipped; a
+        window longer than the forecast reuses its last step. Models without a forecast get
+        zeros.
+        """
+        p_any = np.zeros(self.size)
+        rate = np.zeros(self.size)
+        now_rate = np.zeros(self.size)
+        for group in self.groups:
+            rows, step_s = group.rows, group.step_s
+            offset = max(0, int((now_s - group.start_s) // step_s))
+            ends = np.maximum(offset + 1, np.ceil((now_s + seconds[rows] - group.start_s) / step_s))
+            positions = np.arange(offset, int(ends.max()))
+            steps = np.minimum(positions, group.horizon - 1)
+            inside = positions[None, :] < ends[:, None]
+            p_window = np.where(inside, group.p_active[:, steps], 0.0)
+            p_any[rows] = 1.0 - np.prod(1.0 - p_window, axis=1)
+            rate[rows] = np.where(inside, group.counts[:, steps], 0.0).sum(axis=1) / inside.sum(
+                axis=1
+            )
+            rate[rows] /= step_s
+            now_rate[rows] = group.mean[:, steps[0]] / step_s
+        return p_any, rate, now_rate
 
 
 def _replicas(rate_rps: FloatArray, replica_rps: FloatArray, utilization: float) -> IntArray:
@@ -248,7 +277,13 @@ def _replicas(rate_rps: FloatArray, replica_rps: FloatArray, utilization: float)
 def _workload(spec: ModelSpec) -> WorkloadRef:
     if spec.workload is not None:
         return spec.workload
-    name = "".join(c if c.isalnum() else "-" for c in spec.model.lower()).strip("-") or "model"
+    return _default_workload(spec.model)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _default_workload(model: str) -> WorkloadRef:
+    """The workload a model without one in the catalog maps to (its id as a DNS-1123 name)."""
+    name = "".join(c if c.isalnum() else "-" for c in model.lower()).strip("-") or "model"
     return WorkloadRef(namespace="default", name=name[:63])
 
 
@@ -303,27 +338,17 @@ def _lead_times(
         gpu_bytes = pool.gpu_memory_bytes if pool is not None else 80 * GB
         gpr = gpus_per_replica(spec.weights_bytes, gpu_bytes)
         needs_node = pool is not None and pool.free_gpus < gpr
-        lead[position] = start_seconds(
-            book,
-            spec,
-            stages,
-            tier=observed.tier,
-            image_cached=observed.image_cached,
-            needs_node=needs_node,
+        costs = StartCosts.plan(book, spec, stages)
+        lead[position] = costs.start(
+            tier=observed.tier, image_cached=observed.image_cached, needs_node=needs_node
         )
-        node_lead[position] = start_seconds(
-            book, spec, stages, tier=Tier.REMOTE, image_cached=False, needs_node=True
-        )
+        node_lead[position] = costs.start(tier=Tier.REMOTE, image_cached=False, needs_node=True)
         warm_start[position] = (
             lead[position]
             if observed.image_cached and not needs_node
-            else start_seconds(
-                book, spec, stages, tier=observed.tier, image_cached=True, needs_node=False
-            )
+            else costs.start(tier=observed.tier, image_cached=True, needs_node=False)
         )
-        host_saved[position] = weights_seconds(book, spec, stages, tier=Tier.DISK) - (
-            weights_seconds(book, spec, stages, tier=Tier.HOST)
-        )
+        host_saved[position] = costs.weights_s[Tier.DISK] - costs.weights_s[Tier.HOST]
     return lead, node_lead, warm_start, np.maximum(host_saved, 0.0)
 
 
@@ -341,16 +366,13 @@ def _table(ctx: PlanContext, state: PlannerState) -> _Table:
     lead, node_lead, warm_start, host_saved = _lead_times(ctx, state.lead, names, specs)
     level = config.replica_quantile
     window = ctx.interval_s + lead
-    p, _, expected_now = batch_outlook(
-        ctx.forecasts, names, now_s=ctx.now_s, seconds=window, level=level
-    )
+    outlook = Outlook(ctx.forecasts, names, level=level)
+    p, _, expected_now = outlook.over(ctx.now_s, window)
     # Replicas are sized for the forecast over the lead time, when a replica started now could
     # serve: later rises are for later plans (measured on ServeGen: the whole planning window
     # held 318,000 idle GB-hours for a wait p99 of 1,029 s, the lead time 308,000 for 1,090 s).
-    _, peak, _ = batch_outlook(ctx.forecasts, names, now_s=ctx.now_s, seconds=lead, level=level)
-    p_node, peak_node, _ = batch_outlook(
-        ctx.forecasts, names, now_s=ctx.now_s, seconds=ctx.interval_s + node_lead, level=level
-    )
+    _, peak, _ = outlook.over(ctx.now_s, lead)
+    p_node, peak_node, _ = outlook.over(ctx.now_s, ctx.interval_s + node_lead)
     # An idle model's P is calibrated against past outcomes; observed traffic is evidence too:
     # a Poisson process at the observed rate.
     p_raw = np.maximum(p, p_observed)

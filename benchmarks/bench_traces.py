@@ -5,7 +5,10 @@
 
 Runs what ``prewarm bench --trace F`` runs (default budget, seed 0) for each ``*.csv`` in the
 directory (default ``../shared/traces`` next to the repository), one (trace, policy) pair per task
-on ``--jobs`` worker processes (default 2), and prints one table per trace and the total time.
+on ``--jobs`` worker processes (default 2), and prints one table per trace, then prewarm's ratios
+against each baseline measured in the same run with issue 3's target for each (hybrid-histogram:
+at most half its cold-start ratio and no more idle memory; keepalive-10m and tyche: less of both),
+and the total time.
 """
 
 from __future__ import annotations
@@ -27,6 +30,56 @@ from prewarm.sim.engine import SUMMARY_FIELDS  # noqa: E402
 from prewarm.sim.policies import POLICY_NAMES  # noqa: E402
 
 FIELDS = SUMMARY_FIELDS
+TARGETS = {"hybrid-histogram": 0.5, "keepalive-10m": 1.0, "tyche": 1.0}
+"""Baseline -> the largest share of its cold-start ratio prewarm may have (issue 3)."""
+TIE_TOLERANCE = 0.001
+"""Idle memory within this share of the baseline's, with no cold starts for either: a tie."""
+
+
+def _ratio(ours: float, theirs: float) -> float:
+    if theirs > 0:
+        return ours / theirs
+    return 1.0 if ours == 0 else float("inf")
+
+
+def verdict(ours: dict[str, float], theirs: dict[str, float], cold_share: float) -> str:
+    """Whether ``ours`` meets the target against ``theirs``: ``meets``, ``misses`` or ``tie``.
+
+    ``cold_share`` < 1 asks for at most that share of their cold-start ratio and no more idle
+    memory; 1 asks for less of both (no cold starts against none counts as less). Neither policy
+    with a cold start and idle memory within :data:`TIE_TOLERANCE` is a tie: nothing to win.
+    """
+    cold, idle = ours["cold_start_ratio"], ours["idle_gpu_gb_hours"]
+    their_cold, their_idle = theirs["cold_start_ratio"], theirs["idle_gpu_gb_hours"]
+    if cold == 0 and their_cold == 0 and abs(_ratio(idle, their_idle) - 1.0) <= TIE_TOLERANCE:
+        return "tie"
+    if cold_share < 1.0:
+        met = cold <= cold_share * their_cold and idle <= their_idle
+    else:
+        met = (cold < their_cold or cold == their_cold == 0) and idle < their_idle
+    return "meets" if met else "misses"
+
+
+def ratio_rows(summaries: dict[str, dict[str, float]]) -> list[list[object]]:
+    """prewarm against each baseline of :data:`TARGETS` present in ``summaries``."""
+    if "prewarm" not in summaries:
+        return []
+    ours = summaries["prewarm"]
+    rows: list[list[object]] = []
+    for baseline, share in TARGETS.items():
+        if baseline not in summaries:
+            continue
+        theirs = summaries[baseline]
+        rows.append(
+            [
+                baseline,
+                _ratio(ours["cold_start_ratio"], theirs["cold_start_ratio"]),
+                _ratio(ours["idle_gpu_gb_hours"], theirs["idle_gpu_gb_hours"]),
+                f"cold <= {share:g}x, idle <= 1x" if share < 1 else "cold < 1x, idle < 1x",
+                verdict(ours, theirs, share),
+            ]
+        )
+    return rows
 
 
 def _one(trace: str, policy: str) -> tuple[str, str, dict[str, float], float, dict[str, object]]:
@@ -89,6 +142,21 @@ def main() -> None:
             f"models, budget {per_trace['budget_gb']:,.0f} GB"
         )
         print_table(title, ("policy", *FIELDS, "wall_s", "cpu_s"), rows)
+        summaries = {
+            policy: next(o[2] for o in outcomes if o[0] == trace and o[1] == policy)
+            for policy in policies
+        }
+        ratios = ratio_rows(summaries)
+        if ratios:
+            print_table(
+                f"{Path(trace).name}: prewarm / baseline, same run",
+                ("baseline", "cold_start_ratio", "idle_gpu_gb_hours", "target", "verdict"),
+                ratios,
+            )
+            per_trace["prewarm_vs"] = {
+                row[0]: {"cold_start_ratio": row[1], "idle_gpu_gb_hours": row[2], "verdict": row[4]}
+                for row in ratios
+            }
     print(
         f"total wall time: {total:.1f} s on {args.jobs} worker process(es); "
         f"CPU time of all runs: {cpu_total:.1f} s"

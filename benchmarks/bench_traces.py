@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from planner.catalog import Catalog  # noqa: E402
 from prewarm.cli.output import print_table  # noqa: E402
-from prewarm.sim.bench import load_bench_input, run_bench  # noqa: E402
+from prewarm.sim.bench import load_bench_input, ratio, run_bench  # noqa: E402
 from prewarm.sim.engine import SUMMARY_FIELDS  # noqa: E402
 from prewarm.sim.policies import POLICY_NAMES  # noqa: E402
 
@@ -34,12 +34,6 @@ TARGETS = {"hybrid-histogram": 0.5, "keepalive-10m": 1.0, "tyche": 1.0}
 """Baseline -> the largest share of its cold-start ratio prewarm may have (issue 3)."""
 TIE_TOLERANCE = 0.001
 """Idle memory within this share of the baseline's, with no cold starts for either: a tie."""
-
-
-def _ratio(ours: float, theirs: float) -> float:
-    if theirs > 0:
-        return ours / theirs
-    return 1.0 if ours == 0 else float("inf")
 
 
 def verdict(ours: dict[str, float], theirs: dict[str, float], cold_share: float) -> str:
@@ -51,7 +45,7 @@ def verdict(ours: dict[str, float], theirs: dict[str, float], cold_share: float)
     """
     cold, idle = ours["cold_start_ratio"], ours["idle_gpu_gb_hours"]
     their_cold, their_idle = theirs["cold_start_ratio"], theirs["idle_gpu_gb_hours"]
-    if cold == 0 and their_cold == 0 and abs(_ratio(idle, their_idle) - 1.0) <= TIE_TOLERANCE:
+    if cold == 0 and their_cold == 0 and abs(ratio(idle, their_idle) - 1.0) <= TIE_TOLERANCE:
         return "tie"
     if cold_share < 1.0:
         met = cold <= cold_share * their_cold and idle <= their_idle
@@ -73,8 +67,8 @@ def ratio_rows(summaries: dict[str, dict[str, float]]) -> list[list[object]]:
         rows.append(
             [
                 baseline,
-                _ratio(ours["cold_start_ratio"], theirs["cold_start_ratio"]),
-                _ratio(ours["idle_gpu_gb_hours"], theirs["idle_gpu_gb_hours"]),
+                ratio(ours["cold_start_ratio"], theirs["cold_start_ratio"]),
+                ratio(ours["idle_gpu_gb_hours"], theirs["idle_gpu_gb_hours"]),
                 f"cold <= {share:g}x, idle <= 1x" if share < 1 else "cold < 1x, idle < 1x",
                 verdict(ours, theirs, share),
             ]

@@ -26,6 +26,7 @@ from prewarm.sim.bench import (
     BenchInput,
     bench_document,
     check_policy_names,
+    comparison_lines,
     load_bench_input,
     run_bench,
 )
@@ -179,6 +180,8 @@ def register(app: typer.Typer) -> None:
             f"models, GPU budget {base:,.0f} GB"
         )
         print_table(title, _COLUMNS, rows)
+        for line in comparison_lines(results):
+            typer.echo(line)
         if curves is not None:
             sweep_rows = [
                 [

@@ -173,6 +173,36 @@ def run_bench(
     return results
 
 
+def ratio(ours: float, theirs: float) -> float:
+    """``ours / theirs``: 1 when both are 0 (the same), ``inf`` when only ``theirs`` is."""
+    if theirs > 0:
+        return ours / theirs
+    return 1.0 if ours == 0 else math.inf
+
+
+def comparison_lines(results: dict[str, SimResult], *, ours: str = "prewarm") -> list[str]:
+    """One line per other policy: ``ours``'s cold starts and idle GPU memory relative to it
+    (empty when ``ours`` did not run or ran alone)."""
+    if ours not in results:
+        return []
+    mine = results[ours].summary()
+    lines: list[str] = []
+    for name, result in results.items():
+        if name == ours:
+            continue
+        theirs = result.summary()
+        cold = ratio(mine["cold_start_ratio"], theirs["cold_start_ratio"])
+        idle = ratio(mine["idle_gpu_gb_hours"], theirs["idle_gpu_gb_hours"])
+        if mine["cold_start_ratio"] == theirs["cold_start_ratio"] == 0:
+            cold_text = "no cold starts for either"
+        elif math.isinf(cold):
+            cold_text = f"cold starts where {name} has none"
+        else:
+            cold_text = f"{cold:.2f}x the cold-start ratio"
+        lines.append(f"{ours} vs {name}: {cold_text}, {idle:.2f}x the idle GPU GB-hours")
+    return lines
+
+
 def bench_document(bench: BenchInput, results: dict[str, SimResult]) -> dict[str, object]:
     """The ``prewarm bench --json`` document (the shape the issue fixes)."""
     return {

@@ -1,4 +1,5 @@
-"""The development-set bench's verdicts against issue 3's targets (benchmarks/bench_traces.py)."""
+"""prewarm against the other policies: the development-set bench's verdicts against issue 3's
+targets (benchmarks/bench_traces.py) and the comparison lines ``prewarm bench`` prints."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ import importlib.util
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
+
+from common.ids import ModelId
+from prewarm.sim.bench import comparison_lines
+from prewarm.sim.engine import WAIT_EDGES, SimResult
 
 
 def _bench_traces() -> ModuleType:
@@ -61,3 +67,37 @@ def test_ratio_rows_cover_the_baselines_present() -> None:
     assert rows[1][1:3] == [pytest.approx(0.1), pytest.approx(0.5)]
     assert rows[1][4] == "meets"
     assert module.ratio_rows({"tyche": _s(0.1, 1.0)}) == []
+
+
+def _result(name: str, cold: float, idle_gb_hours: float) -> SimResult:
+    return SimResult(
+        policy=name,
+        models=(ModelId("m"),),
+        requests=np.array([1000], np.int64),
+        cold=np.array([cold]),
+        wait_hist=np.zeros(len(WAIT_EDGES) - 1),
+        idle_gb_s=idle_gb_hours * 3600.0,
+        node_s=0.0,
+        overflow_gb_s=0.0,
+        scored_s=3600.0,
+        held_gb_s=0.0,
+    )
+
+
+def test_prewarm_bench_states_prewarm_against_each_other_policy() -> None:
+    results = {
+        "keepalive-10m": _result("keepalive-10m", 40.0, 200.0),
+        "prewarm": _result("prewarm", 4.0, 150.0),
+        "oracle": _result("oracle", 0.0, 100.0),
+        "reactive": _result("reactive", 0.0, 150.0),
+    }
+    assert comparison_lines(results) == [
+        "prewarm vs keepalive-10m: 0.10x the cold-start ratio, 0.75x the idle GPU GB-hours",
+        "prewarm vs oracle: cold starts where oracle has none, 1.50x the idle GPU GB-hours",
+        "prewarm vs reactive: cold starts where reactive has none, 1.00x the idle GPU GB-hours",
+    ]
+    results["prewarm"] = _result("prewarm", 0.0, 150.0)
+    assert comparison_lines(results)[2] == (
+        "prewarm vs reactive: no cold starts for either, 1.00x the idle GPU GB-hours"
+    )
+    assert comparison_lines({"oracle": results["oracle"]}) == []

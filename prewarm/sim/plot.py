@@ -51,6 +51,8 @@ def draw_bench(
     left.set_xlabel("idle GPU GB-hours")
     left.set_ylabel("cold-start ratio")
     left.set_yscale("symlog", linthresh=1e-4)
+    # A ratio is never negative: no negative decades, just room for the markers at 0.
+    left.set_ylim(bottom=-2e-5)
     left.set_title(f"{bench.name}: cold starts vs idle GPU memory")
     left.grid(alpha=0.3)
     left.legend(fontsize=8)

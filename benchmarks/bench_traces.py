@@ -118,10 +118,12 @@ def main() -> None:
     }
     for trace in traces:
         rows = []
+        summaries: dict[str, dict[str, float]] = {}
         per_trace: dict[str, object] = {"trace": Path(trace).name, "policies": {}}
         for policy in policies:
             match = next(o for o in outcomes if o[0] == trace and o[1] == policy)
             _, _, summary, seconds, info = match
+            summaries[policy] = summary
             cpu = info.pop("cpu_s")
             per_trace.update(info)
             per_trace["policies"][policy] = {  # type: ignore[index]
@@ -136,10 +138,6 @@ def main() -> None:
             f"models, budget {per_trace['budget_gb']:,.0f} GB"
         )
         print_table(title, ("policy", *FIELDS, "wall_s", "cpu_s"), rows)
-        summaries = {
-            policy: next(o[2] for o in outcomes if o[0] == trace and o[1] == policy)
-            for policy in policies
-        }
         ratios = ratio_rows(summaries)
         if ratios:
             print_table(

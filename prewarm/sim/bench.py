@@ -20,7 +20,7 @@ from forecaster.sources.trace import read_trace_with_info
 from forecaster.types import SeriesBatch
 from planner.catalog import Catalog
 from prewarm.sim.cluster import ClusterSpec, FloatArray, ModelTable, build_model_table
-from prewarm.sim.engine import Policy, SimResult, Simulator, TickTrace, to_ticks
+from prewarm.sim.engine import Policy, SimResult, Simulator, TickTrace, sum_steps, to_ticks
 from prewarm.sim.policies import POLICY_NAMES, make_policy
 from prewarm.sim.policies.base import replicas_for_rate
 from prewarm.sim.policies.prewarm_policy import PrewarmPolicy
@@ -89,10 +89,11 @@ def _coarsen_per_request(batch: SeriesBatch) -> SeriesBatch:
             break
     if group == 1:
         return batch
-    padded = np.pad(batch.counts, ((0, 0), (0, (-steps) % group)))
-    counts = padded.reshape(padded.shape[0], -1, group).sum(axis=2)
     return SeriesBatch(
-        models=batch.models, start_s=batch.start_s, step_s=batch.step_s * group, counts=counts
+        models=batch.models,
+        start_s=batch.start_s,
+        step_s=batch.step_s * group,
+        counts=sum_steps(batch.counts, group),
     )
 
 

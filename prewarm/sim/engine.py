@@ -24,9 +24,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
+from numpy.typing import NDArray
 
 from common.errors import InvalidInput
 from common.ids import ModelId
@@ -78,6 +79,14 @@ def tick_width_s(step_s: float) -> float:
     return step_s * math.ceil(10.0 / step_s)
 
 
+def sum_steps(counts: NDArray[Any], group: int) -> NDArray[Any]:
+    """``counts`` (series x steps) with every ``group`` consecutive steps summed into one (the
+    last group padded with zeros)."""
+    padded = np.pad(counts, ((0, 0), (0, (-counts.shape[1]) % group)))
+    summed: NDArray[Any] = padded.reshape(counts.shape[0], -1, group).sum(axis=2)
+    return summed
+
+
 def to_ticks(batch: SeriesBatch, *, seed: int) -> TickTrace:
     """Put ``batch`` on the tick grid: coarse buckets are split (seeded multinomial), fine summed.
 
@@ -92,10 +101,7 @@ def to_ticks(batch: SeriesBatch, *, seed: int) -> TickTrace:
         split = rng.multinomial(whole, np.full(parts, 1.0 / parts))
         ticks = split.reshape(whole.shape[0], whole.shape[1] * parts)
     elif dt > batch.step_s + 1e-9:
-        group = round(dt / batch.step_s)
-        pad = (-whole.shape[1]) % group
-        padded = np.pad(whole, ((0, 0), (0, pad)))
-        ticks = padded.reshape(whole.shape[0], -1, group).sum(axis=2)
+        ticks = sum_steps(whole, round(dt / batch.step_s))
     else:
         ticks = whole
     return TickTrace(

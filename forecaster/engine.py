@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -35,7 +36,7 @@ from common.errors import InvalidInput
 from common.ids import ModelId
 from forecaster.history import HistoryBuffer
 from forecaster.models import intermittent, naive, reverting, seasonal
-from forecaster.models.base import Candidate, HistoryView, IntArray
+from forecaster.models.base import HistoryView, IntArray, PointModel
 from forecaster.models.conformal import STRATA, ResidualModel, stratum
 from forecaster.models.gbm import Calendar, GradientBoostedQuantile
 from forecaster.selection import Selector
@@ -60,18 +61,92 @@ REVERT_MIN_FIT_STEPS = 60
 eligible (or the whole fit span, if shorter)."""
 
 
-def default_candidates(
-    step_s: float,
-    *,
-    horizon_steps: int,
-    lag_cache: seasonal.LagCache | None = None,
-    block_cache: reverting.BlockCache | None = None,
-) -> tuple[Candidate, ...]:
-    """The candidate point models for a step grid, in preference order (used without evidence).
+ENSEMBLE = "ensemble"
+"""The combination weighted on the selection loss: its quantiles serve the planner."""
+ENSEMBLE_POINT = "ensemble-point"
+"""The combination weighted on the point loss (absolute error): it serves ``Forecast.mean``."""
+COMBINATIONS = (ENSEMBLE, ENSEMBLE_POINT)
+"""Candidates computed from the point models' forecasts (see ``AutoForecaster._points``)."""
 
-    ``lag_cache``, when given, is shared by the seasonal candidates, ``block_cache`` by the
-    mean-reverting ones; the caller clears both before evaluating them at each origin (the engine
-    does).
+
+@dataclass(slots=True)
+class OriginLookups:
+    """History lookups that the point models evaluated at one origin share: the seasonal lag parts
+    and the mean-reverting block. :meth:`Candidates.predict` makes one for each call and drops it,
+    so nothing computed from one origin's history (or from history a later batch overwrote) is
+    read again."""
+
+    lags: seasonal.LagCache = field(default_factory=dict)
+    blocks: reverting.BlockCache = field(default_factory=dict)
+
+
+SharedPointModel = Callable[[HistoryView, int, int, OriginLookups], FloatArray]
+"""A :data:`forecaster.models.base.PointModel` that may share the lookups of its origin."""
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A named point model and the history (in steps) a series needs before it is trusted."""
+
+    name: str
+    predict: SharedPointModel
+    min_history_steps: int
+
+    @classmethod
+    def alone(cls, name: str, predict: PointModel, min_history_steps: int) -> Candidate:
+        """A candidate that shares no lookups with the others (e.g. the pooled GBM)."""
+
+        def shared(history: HistoryView, end: int, horizon: int, _: OriginLookups) -> FloatArray:
+            return predict(history, end, horizon)
+
+        return cls(name, shared, min_history_steps)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """Every candidate the engine scores, by name, in preference order (used without evidence).
+
+    ``models`` are point models evaluated on history (:meth:`predict`); the :data:`COMBINATIONS`
+    follow them and are computed by the engine from the models' forecasts. Every per-candidate
+    array the engine keeps has one row per entry of :attr:`names`, in that order.
+    """
+
+    models: tuple[Candidate, ...]
+
+    def __post_init__(self) -> None:
+        names = [candidate.name for candidate in self.models]
+        if len(set(names)) != len(names) or set(names) & set(COMBINATIONS):
+            raise InvalidInput(f"candidate names must be unique and not {COMBINATIONS}: {names}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The models' names, then the combinations'."""
+        return (*(candidate.name for candidate in self.models), *COMBINATIONS)
+
+    @property
+    def min_history_steps(self) -> tuple[int, ...]:
+        """Per name: the steps of history a series needs (1 for a combination)."""
+        return (*(c.min_history_steps for c in self.models), *(1 for _ in COMBINATIONS))
+
+    def index(self, name: str) -> int:
+        """The row of ``name`` in every per-candidate array."""
+        return self.names.index(name)
+
+    def plus(self, candidate: Candidate) -> Candidates:
+        """These candidates with ``candidate`` after the other models (before the combinations)."""
+        return Candidates((*self.models, candidate))
+
+    def predict(self, history: HistoryView, end: int, horizon: int) -> FloatArray:
+        """Every model's point forecasts ``(models, series, horizon)`` as of ``end``."""
+        lookups = OriginLookups()
+        out: FloatArray = np.stack(
+            [candidate.predict(history, end, horizon, lookups) for candidate in self.models]
+        )
+        return out
+
+
+def default_candidates(step_s: float, *, horizon_steps: int) -> Candidates:
+    """The candidate point models for a step grid, in preference order (used without evidence).
 
     Seasonal models are only offered when their lag exceeds the horizon plus the smoothing radius,
     and a series only becomes eligible for one once it has the history it needs.
@@ -89,7 +164,6 @@ def default_candidates(
                 "multi-seasonal",
                 partial(
                     _delta,
-                    cache=lag_cache,
                     lags=(day, 2 * day, 3 * day, week, 2 * week),
                     radius=radius,
                     window=short,
@@ -100,13 +174,7 @@ def default_candidates(
         out.append(
             Candidate(
                 "seasonal-delta-daily",
-                partial(
-                    _delta,
-                    cache=lag_cache,
-                    lags=(day, 2 * day, 3 * day),
-                    radius=radius,
-                    window=short,
-                ),
+                partial(_delta, lags=(day, 2 * day, 3 * day), radius=radius, window=short),
                 day + short,
             )
         )
@@ -115,7 +183,6 @@ def default_candidates(
                 "seasonal-ratio-daily",
                 partial(
                     _delta,
-                    cache=lag_cache,
                     lags=(day, 2 * day, 3 * day),
                     radius=radius,
                     window=short,
@@ -128,51 +195,42 @@ def default_candidates(
         out.append(
             Candidate(
                 "seasonal-delta-weekly",
-                partial(
-                    _delta, cache=lag_cache, lags=(week, 2 * week), radius=radius, window=short
-                ),
+                partial(_delta, lags=(week, 2 * week), radius=radius, window=short),
                 week + short,
             )
         )
-    out.append(Candidate("naive", partial(_level, window=1), 1))
-    out.append(Candidate("median-3", partial(_median, window=3), 1))
-    out.append(Candidate("median-5", partial(_median, window=5), 1))
-    # Exponential smoothing levels at three speeds, in time units (1-min and 10-min data alike).
+    out.append(Candidate.alone("naive", partial(_level, window=1), 1))
+    out.append(Candidate.alone("median-3", partial(_median, window=3), 1))
+    out.append(Candidate.alone("median-5", partial(_median, window=5), 1))
+    # Exponential smoothing levels at five speeds, in time units (1-min and 10-min data alike).
     for minutes in (1, 3, 15, 60, 360):
         alpha = min(0.9, 1.0 - math.exp(-step_s / (60.0 * minutes)))
-        out.append(Candidate(f"ses-{minutes}m", partial(_ses, alpha=alpha), 1))
+        out.append(Candidate.alone(f"ses-{minutes}m", partial(_ses, alpha=alpha), 1))
         if minutes <= 3:
             robust = partial(_ses, alpha=alpha, robust=True)
-            out.append(Candidate(f"robust-ses-{minutes}m", robust, 1))
+            out.append(Candidate.alone(f"robust-ses-{minutes}m", robust, 1))
     # Mean-reverting levels: the newest step's deviation from the mean of the last hour or
     # four, decaying at the rate measured on the series' own history. Both read one block of
-    # history per origin (shared through ``block_cache``).
+    # history per origin (shared through ``OriginLookups.blocks``).
     fit = min(720, max(144, round(REVERT_FIT_S / step_s)))
     windows = {minutes: max(2, round(60.0 * minutes / step_s)) for minutes in REVERT_MINUTES}
     span = fit + max(windows.values()) - 1
     for minutes, window in windows.items():
-        revert = partial(_revert, mean_window=window, fit_steps=fit, span=span, cache=block_cache)
+        revert = partial(_revert, mean_window=window, fit_steps=fit, span=span)
         need = min(window + REVERT_MIN_FIT_STEPS, fit)
         out.append(Candidate(f"revert-{minutes}m", revert, need))
     if hour >= 2:
-        out.append(Candidate("seasonal-naive-hourly", partial(_snaive, lag=hour), hour))
-    out.append(Candidate("seasonal-naive-daily", partial(_snaive, lag=day), day))
-    out.append(Candidate("seasonal-naive-weekly", partial(_snaive, lag=week), week))
+        out.append(Candidate.alone("seasonal-naive-hourly", partial(_snaive, lag=hour), hour))
+    out.append(Candidate.alone("seasonal-naive-daily", partial(_snaive, lag=day), day))
+    out.append(Candidate.alone("seasonal-naive-weekly", partial(_snaive, lag=week), week))
     out.append(
-        Candidate(
+        Candidate.alone(
             "intermittent",
             partial(_intermittent, window=min(day, max(60, 6 * hour)), max_idle=max(4, 2 * hour)),
             1,
         )
     )
-    # Computed from the others (see AutoForecaster._points); these two stay last, in this order.
-    out.append(Candidate("ensemble", _unused, 1))
-    out.append(Candidate("ensemble-point", _unused, 1))
-    return tuple(out)
-
-
-def _unused(history: HistoryView, end: int, horizon: int) -> FloatArray:
-    raise AssertionError("the combinations are computed in AutoForecaster._points")
+    return Candidates(tuple(out))
 
 
 def _level(history: HistoryView, end: int, horizon: int, *, window: int) -> FloatArray:
@@ -193,11 +251,11 @@ def _revert(
     history: HistoryView,
     end: int,
     horizon: int,
+    lookups: OriginLookups,
     *,
     mean_window: int,
     fit_steps: int,
     span: int,
-    cache: reverting.BlockCache | None,
 ) -> FloatArray:
     return reverting.mean_reverting(
         history,
@@ -206,7 +264,7 @@ def _revert(
         mean_window=mean_window,
         fit_steps=fit_steps,
         span=span,
-        cache=cache,
+        cache=lookups.blocks,
     )
 
 
@@ -218,12 +276,12 @@ def _delta(
     history: HistoryView,
     end: int,
     horizon: int,
+    lookups: OriginLookups,
     *,
     lags: tuple[int, ...],
     radius: int,
     window: int,
     multiplicative: bool = False,
-    cache: seasonal.LagCache | None = None,
 ) -> FloatArray:
     return seasonal.seasonal_delta(
         history,
@@ -233,7 +291,7 @@ def _delta(
         radius=radius,
         level_window=window,
         multiplicative=multiplicative,
-        cache=cache,
+        cache=lookups.lags,
     )
 
 
@@ -316,24 +374,14 @@ class AutoForecaster:
         self.warmup_origins = warmup_origins
         self.refit_every = max(1, round(refit_interval_s / step_s))
         self.gbm = GradientBoostedQuantile(seed=seed)
-        self._lag_cache: seasonal.LagCache = {}
-        self._block_cache: reverting.BlockCache = {}
-        base = default_candidates(
-            step_s,
-            horizon_steps=self.score_horizon,
-            lag_cache=self._lag_cache,
-            block_cache=self._block_cache,
+        # The pooled GBM is trained at refits (see refit); it is the last point model.
+        self.candidates = default_candidates(step_s, horizon_steps=self.score_horizon).plus(
+            Candidate.alone(GBM_NAME, self.gbm.predict, 1)
         )
-        # The pooled GBM is trained at refits (see refit); the two combinations stay last.
-        self.candidates = (
-            *base[:-2],
-            Candidate(GBM_NAME, self.gbm.predict, 1),
-            *base[-2:],
-        )
-        self._bases = len(self.candidates) - 2
-        self._ensemble = self._bases  # weighted on the selection loss: serves the quantiles
-        self._point_ensemble = self._bases + 1  # weighted on the point loss: serves the mean
-        count = len(self.candidates)
+        self._bases = len(self.candidates.models)
+        self._ensemble = self.candidates.index(ENSEMBLE)
+        self._point_ensemble = self.candidates.index(ENSEMBLE_POINT)
+        count = len(self.candidates.names)
         self.residuals = ResidualModel(candidates=count, horizon=self.score_horizon, seed=seed)
         self.selector = Selector(candidates=count, level=planning_quantile)
         self._pending: deque[_Pending] = deque()
@@ -448,40 +496,29 @@ class AutoForecaster:
 
     def _eligible(self, end: int) -> NDArray[np.bool_]:
         have = self.history.history_steps(end=end)
-        need = np.asarray([c.min_history_steps for c in self.candidates], dtype=np.int64)
+        need = np.asarray(self.candidates.min_history_steps, dtype=np.int64)
         out: NDArray[np.bool_] = have[None, :] >= need[:, None]
         if not self.gbm.fitted:
-            out[[c.name for c in self.candidates].index(GBM_NAME)] = False
+            out[self.candidates.index(GBM_NAME)] = False
         return out
 
     def _points(self, end: int, horizon: int) -> FloatArray:
         """Point forecasts of every candidate ``(candidates, models, horizon)`` as of ``end``.
 
-        The last two candidates combine the best ``ENSEMBLE_SIZE`` base candidates of each series
+        The :data:`COMBINATIONS` combine the best ``ENSEMBLE_SIZE`` point models of each series
         (weights ``(best loss / loss) ** ENSEMBLE_POWER``): combinations are more robust to a
         change of regime than any single pick. ``ensemble`` ranks and weights them on the
         selection loss (the planning quantile's pinball plus the point's), ``ensemble-point`` on
         the point loss alone (absolute error): the quantiles serve the planner, the mean people
         and error metrics, and the best combination for one is not the best for the other.
         """
-        self._lag_cache.clear()
-        self._block_cache.clear()
-        try:
-            base = np.stack(
-                [
-                    candidate.predict(self.history, end, horizon)
-                    for candidate in self.candidates[: self._bases]
-                ]
-            )
-        finally:
-            self._lag_cache.clear()
-            self._block_cache.clear()
+        base = self.candidates.predict(self.history, end, horizon)
         base = np.where(np.isfinite(base), np.maximum(base, 0.0), 0.0)
         bases = self._bases
         trusted = self._eligible(end)[:bases] & (self.selector.weight[:bases] >= 10.0)
         # Without evidence: the mean of the eligible level models (naive and the SES speeds).
         fallback = trusted.any(axis=0) == 0
-        level_rows = [i for i, c in enumerate(self.candidates[:bases]) if c.name in LEVEL_MODELS]
+        level_rows = [i for i, c in enumerate(self.candidates.models) if c.name in LEVEL_MODELS]
         plain = base[level_rows].mean(axis=0)
         combined = [
             np.where(fallback[:, None], plain, _combine(base, np.where(trusted, loss, np.inf)))
@@ -517,10 +554,12 @@ class AutoForecaster:
         residuals = actual[None, :n, :] - points
         scale = pending.scale.astype(np.float64)
         if n < total:
-            pad = np.full((len(self.candidates), total - n, len(steps)), np.nan)
+            pad = np.full((len(self.candidates.names), total - n, len(steps)), np.nan)
             residuals = np.concatenate([residuals, pad], axis=1)
             upper = np.concatenate([upper, pad], axis=1)
-            scale = np.concatenate([scale, np.ones((len(self.candidates), total - n))], axis=1)
+            scale = np.concatenate(
+                [scale, np.ones((len(self.candidates.names), total - n))], axis=1
+            )
             points_full = np.concatenate([points, pad], axis=1)
             actual_full = actual
         else:
@@ -622,7 +661,7 @@ class AutoForecaster:
         hazard = np.maximum(estimate.hazard, poisson)
         p_active = np.clip(np.where(sparse, hazard, poisson), 0.0, 1.0)
 
-        names = [candidate.name for candidate in self.candidates]
+        names = self.candidates.names
         methods = [names[int(index)] for index in chosen]
         counts: dict[str, int] = {}
         for method in methods:

@@ -6,7 +6,6 @@ Must not: import I/O clients or know where history comes from.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -32,15 +31,6 @@ class HistoryView(Protocol):
 
 PointModel = Callable[[HistoryView, int, int], FloatArray]
 """``(history, end, horizon) -> (models, horizon)`` finite, non-negative point forecasts."""
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """A named point model and the history (in steps) a series needs before it is trusted."""
-
-    name: str
-    predict: PointModel
-    min_history_steps: int
 
 
 def nanmean(values: FloatArray, axis: int) -> FloatArray:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from common.errors import InvalidInput
 from common.ids import ModelId
-from forecaster.engine import AutoForecaster
+from forecaster.engine import COMBINATIONS, AutoForecaster, Candidate, default_candidates
 from forecaster.types import Forecast, ForecastEngine, SeriesBatch
 from tests.forecaster.conftest import synthetic_batch
 
@@ -113,6 +113,19 @@ def test_periodic_intermittent_model_gets_a_high_p_active_where_it_fires() -> No
     assert forecast.p_active[0] > 0.8  # step 600 = 585 + 15
     assert forecast.p_active[1:14].max() < 0.3
     assert forecast.p_any_within(20) > 0.8
+
+
+def test_candidates_are_named_and_the_combinations_follow_the_point_models() -> None:
+    candidates = default_candidates(60.0, horizon_steps=30)
+    names = candidates.names
+    assert len(set(names)) == len(names)
+    assert names[-len(COMBINATIONS) :] == COMBINATIONS
+    gbm = Candidate.alone("gbm", lambda history, end, horizon: np.zeros((history.size, horizon)), 1)
+    extended = candidates.plus(gbm)
+    assert extended.index("gbm") == len(candidates.models)
+    assert extended.names[-len(COMBINATIONS) :] == COMBINATIONS
+    with pytest.raises(InvalidInput, match="unique"):
+        candidates.plus(Candidate(COMBINATIONS[0], gbm.predict, 1))
 
 
 def test_bad_arguments_are_invalid_input(small_batch: SeriesBatch) -> None:

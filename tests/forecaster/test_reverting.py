@@ -145,5 +145,4 @@ def test_engine_point_forecast_beats_naive_on_a_mean_reverting_series() -> None:
         engine_error.append(np.abs(actual - forecast.mean).mean())
         naive_error.append(np.abs(actual - values[origin - 1]).mean())
     assert np.mean(engine_error) < 0.95 * np.mean(naive_error)
-    names = [candidate.name for candidate in engine.candidates]
-    assert names[-2:] == ["ensemble", "ensemble-point"]
+    assert engine.candidates.names[-2:] == ("ensemble", "ensemble-point")

@@ -205,16 +205,6 @@ def forecasts_from_arrays(
     return out
 
 
-def forecasts_by_model(forecasts: Sequence[Forecast]) -> dict[ModelId, Forecast]:
-    """Index forecasts by model id; raises :class:`InvalidInput` on duplicates."""
-    indexed: dict[ModelId, Forecast] = {}
-    for forecast in forecasts:
-        if forecast.model in indexed:
-            raise InvalidInput(f"duplicate forecast for model {forecast.model}")
-        indexed[forecast.model] = forecast
-    return indexed
-
-
 class ForecastEngine(Protocol):
     """What the daemon, the simulator and the CLI drive: fold in new history, forecast everyone.
 

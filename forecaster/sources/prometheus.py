@@ -6,7 +6,8 @@ queries split into chunks under Prometheus's 11,000-points-per-series limit, inc
 rate sampled at ``t`` into the count of the step ``[t - step, t)``, typed errors, and retries with
 exponential backoff. Must not: forecast, or hide a failure: after the retries it raises
 :class:`TemporaryError` (down, slow, 5xx, 429, garbage) or :class:`InvalidInput` (400: a bad query)
-or :class:`PermissionDenied` (401/403), and the caller skips the cycle (see ``forecaster.cycle``).
+or :class:`PermissionDenied` (401/403), and the caller skips the cycle (see
+:class:`forecaster.sources.PollingSource`).
 
 Quirks handled here:
 - A range query evaluates the expression at ``start, start+step, ...``; ``rate(x[1m])`` at ``t``

@@ -29,8 +29,8 @@ from actuator.kube import KubeClient, default_api_client
 from common.errors import FailedPrecondition, NotFound
 from common.http_endpoints import ProbeServer
 from common.ids import ModelId
-from forecaster.cycle import PollingSource
 from forecaster.engine import AutoForecaster
+from forecaster.sources import PollingSource
 from forecaster.sources.prometheus import PrometheusSource
 from forecaster.types import SeriesBatch
 from planner.catalog import Catalog, load_catalog

@@ -2,7 +2,7 @@
 
 Real server: history is backfilled with promtool from a synthetic batch; the source must yield the
 same series as the file source. Fake: down, slow, 4xx/5xx, garbage and partial JSON give typed
-errors after retries with backoff; a forecasting cycle then keeps the last good forecasts, marked
+errors after retries with backoff; the engine then still serves its last good forecasts, marked
 stale, with no NaN.
 """
 
@@ -16,7 +16,6 @@ import pytest
 from common.errors import InvalidInput, PermissionDenied, TemporaryError
 from common.ids import ModelId
 from forecaster.config import PrometheusSourceConfig
-from forecaster.cycle import run_cycle
 from forecaster.engine import AutoForecaster
 from forecaster.sources.prometheus import PrometheusSource
 from forecaster.sources.trace import read_trace
@@ -155,22 +154,23 @@ def test_range_queries_are_chunked_under_the_point_limit() -> None:
     assert np.all(np.isfinite(batch.counts))
 
 
-def test_failed_cycle_keeps_last_good_forecasts_marked_stale() -> None:
+def test_failed_poll_leaves_the_engine_with_its_last_good_forecasts_marked_stale() -> None:
     behaviour = Behaviour(answers=["ok", "status:500"])
+    quantiles = (0.5, 0.9)
     with fake_prometheus(behaviour) as url:
         source, _ = _source(url, retries=1, history_window_s=6 * 3600)
         engine = AutoForecaster(step_s=60)
         now = 1_700_000_000.0 - (1_700_000_000.0 % 60)
-        good = run_cycle(source, engine, now_s=now, horizon_steps=10, quantiles=(0.5, 0.9))
-        assert not good.stale
-        assert set(good.forecasts) == {ModelId("m1")}
-        bad = run_cycle(source, engine, now_s=now + 300, horizon_steps=10, quantiles=(0.5, 0.9))
-    assert bad.stale
-    assert bad.error is not None
-    assert "500" in bad.error
-    forecast = bad.forecasts[ModelId("m1")]
+        engine.observe(source.poll(now_s=now))
+        good = engine.forecast(horizon_steps=10, quantiles=quantiles)
+        assert set(good) == {ModelId("m1")}
+        assert not good[ModelId("m1")].stale
+        with pytest.raises(TemporaryError, match="500"):
+            source.poll(now_s=now + 300)
+    stale = engine.last_forecasts(stale=True)
+    forecast = stale[ModelId("m1")]
     assert forecast.stale
-    np.testing.assert_array_equal(forecast.mean, good.forecasts[ModelId("m1")].mean)
+    np.testing.assert_array_equal(forecast.mean, good[ModelId("m1")].mean)
     assert np.all(np.isfinite(forecast.values))
 
 

@@ -187,7 +187,7 @@ def test_conformal_without_evidence_uses_a_wide_default() -> None:
     ),
     st.sampled_from([0, 1]),
 )
-def test_nanmedian_matches_numpy(values: np.ndarray, axis: int) -> None:  # type: ignore[type-arg]
+def test_nanmedian_matches_numpy(values: np.ndarray, axis: int) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         expected = np.nanmedian(values, axis=axis)

@@ -12,7 +12,11 @@ Time advances in ticks of ``dt_s`` (10 s to 60 s, from the trace's resolution). 
    starting triggers a start (the platform's activator, common to every policy) after the policy's
    activation delay; memory for it is made by evicting the lowest-priority idle models;
 4. warm requests queue when the ready replicas' capacity (``replica_rps``) is exceeded (a fluid
-   queue); idle GPU memory, node-hours and waits are accumulated after the warm-up period.
+   queue); idle GPU memory, node-hours and waits are accumulated after the warm-up period. A
+   request waits for one cause: a cold request for its start, a warm one in the queue. Waits are
+   kept in one histogram over all scored requests and in one per cause, so a wait p99 can be
+   read as cold starts or queueing. Memory holding a model with a queue counts as busy, never
+   idle: queued time is service the replicas owe.
 
 A model with requests in the last tick or a queue keeps at least one replica (a serving replica is
 not killed mid-request), whatever the policy says. Deterministic for a seed: arrival offsets and
@@ -206,10 +210,38 @@ SUMMARY_FIELDS = (
     "cold_start_p75_per_model",
     "wait_p50_s",
     "wait_p99_s",
+    "cold_wait_p99_s",
+    "queue_wait_p99_s",
     "idle_gpu_gb_hours",
     "gpu_node_hours",
 )
-"""The per-policy fields of ``prewarm bench``'s JSON, in the order tables show them."""
+"""The per-policy fields of ``prewarm bench``'s JSON, in the order tables show them.
+
+``cold_wait_p99_s`` and ``queue_wait_p99_s`` split ``wait_p99_s`` by cause: each is the 99th
+percentile over all scored requests of the wait from that cause alone (a request that waited for
+the other cause, or not at all, counts as no wait). Each is at most ``wait_p99_s``, and the larger
+one is what the p99 is made of; both are 0 when neither cause alone reaches 1 % of requests.
+"""
+
+
+def _empty_hist() -> FloatArray:
+    return np.zeros(len(WAIT_EDGES) - 1)
+
+
+def hist_quantile_s(hist: FloatArray, level: float, *, total: float | None = None) -> float:
+    """Quantile ``level`` of the waits in ``hist`` (bins of :data:`WAIT_EDGES`; bin midpoint, 0
+    for no wait). ``total`` (default: the histogram's mass) counts requests the histogram leaves
+    out as no wait."""
+    mass = float(hist.sum())
+    whole = mass if total is None else max(float(total), mass)
+    if whole <= 0:
+        return 0.0
+    cumulative = np.cumsum(hist) + (whole - mass)
+    index = int(np.searchsorted(cumulative, level * whole, side="left"))
+    index = min(index, len(hist) - 1)
+    if index == 0:
+        return 0.0
+    return float(math.sqrt(WAIT_EDGES[index] * WAIT_EDGES[index + 1]))
 
 
 @dataclass(slots=True)
@@ -227,6 +259,10 @@ class SimResult:
     scored_s: float
     held_gb_s: float
     idle_gb_s_per_model: FloatArray | None = None
+    cold_wait_hist: FloatArray = field(default_factory=_empty_hist)
+    """Waits for a start (cold requests only), same bins as ``wait_hist``."""
+    queue_wait_hist: FloatArray = field(default_factory=_empty_hist)
+    """Waits in a queue on ready replicas (warm requests that queued), same bins."""
     forecasts: tuple[tuple[int, ...], list[float], list[FloatArray]] | None = None
     """For the prewarm policy: (busiest model rows, times, one-step-ahead forecast rates)."""
 
@@ -250,15 +286,15 @@ class SimResult:
 
     def wait_quantile_s(self, level: float) -> float:
         """Quantile ``level`` of added wait over scored requests (bin midpoint; 0 for no wait)."""
-        total = self.wait_hist.sum()
-        if total <= 0:
-            return 0.0
-        cumulative = np.cumsum(self.wait_hist)
-        index = int(np.searchsorted(cumulative, level * total, side="left"))
-        index = min(index, len(self.wait_hist) - 1)
-        if index == 0:
-            return 0.0
-        return float(math.sqrt(WAIT_EDGES[index] * WAIT_EDGES[index + 1]))
+        return hist_quantile_s(self.wait_hist, level)
+
+    def cold_wait_quantile_s(self, level: float) -> float:
+        """Quantile ``level`` over scored requests of the wait for a start (others: none)."""
+        return hist_quantile_s(self.cold_wait_hist, level, total=float(self.wait_hist.sum()))
+
+    def queue_wait_quantile_s(self, level: float) -> float:
+        """Quantile ``level`` over scored requests of the wait in a queue (others: none)."""
+        return hist_quantile_s(self.queue_wait_hist, level, total=float(self.wait_hist.sum()))
 
     def summary(self) -> dict[str, float]:
         """The bench JSON fields of this run (keys: :data:`SUMMARY_FIELDS`, in that order)."""
@@ -267,6 +303,8 @@ class SimResult:
             "cold_start_p75_per_model": self.cold_start_p75_per_model(),
             "wait_p50_s": self.wait_quantile_s(0.50),
             "wait_p99_s": self.wait_quantile_s(0.99),
+            "cold_wait_p99_s": self.cold_wait_quantile_s(0.99),
+            "queue_wait_p99_s": self.queue_wait_quantile_s(0.99),
             "idle_gpu_gb_hours": self.idle_gb_s / 3600.0,
             "gpu_node_hours": self.node_s / 3600.0,
         }
@@ -572,7 +610,9 @@ class _Run:
         policy.bind(sim.setup())
         requests = np.zeros(m, np.int64)
         cold_total = np.zeros(m)
-        hist = np.zeros(len(WAIT_EDGES) - 1)
+        hist = _empty_hist()
+        cold_hist = _empty_hist()
+        queue_hist = _empty_hist()
         idle_gb_s = 0.0
         idle_per_model = np.zeros(m)
         held_gb_s = 0.0
@@ -657,6 +697,7 @@ class _Run:
                             0.0, ready_at[idx] - (first[idx] + (cold_n[idx] - 1) * step)
                         )
                         _add_waits(hist, low, high, cold_n[idx])
+                        _add_waits(cold_hist, low, high, cold_n[idx])
                     queue_wait = np.where(
                         serving > 0,
                         (before + after) / 2.0 / np.maximum(serving * rps[active], 1e-9),
@@ -666,6 +707,7 @@ class _Run:
                     if queued.any():
                         q = np.flatnonzero(queued)
                         _add_waits(hist, queue_wait[q] * 0.5, queue_wait[q] * 1.5, warm_n[q])
+                        _add_waits(queue_hist, queue_wait[q] * 0.5, queue_wait[q] * 1.5, warm_n[q])
                     hist[0] += float(warm_n[~queued].sum())
             idle_rows = np.flatnonzero(self.backlog > 0)
             if idle_rows.size:
@@ -679,6 +721,7 @@ class _Run:
             if scored:
                 held = (self.ready + self.pend_n) * weights
                 busy = 1.0 - np.exp(-n * service / dt)
+                # A queue is service owed: memory holding it is busy, however long it waits.
                 busy = np.where(self.backlog > 0, 1.0, busy)
                 idle_now = held * (1.0 - busy) * dt
                 idle_per_model += idle_now
@@ -698,6 +741,8 @@ class _Run:
             requests=requests,
             cold=cold_total,
             wait_hist=hist,
+            cold_wait_hist=cold_hist,
+            queue_wait_hist=queue_hist,
             idle_gb_s=idle_gb_s,
             node_s=node_s,
             overflow_gb_s=overflow_gb_s,

@@ -14,6 +14,8 @@ FIELDS = {
     "cold_start_p75_per_model",
     "wait_p50_s",
     "wait_p99_s",
+    "cold_wait_p99_s",
+    "queue_wait_p99_s",
     "idle_gpu_gb_hours",
     "gpu_node_hours",
 }

@@ -80,6 +80,8 @@ def test_every_policy_runs_and_reports_sane_numbers(name: str) -> None:
         "cold_start_p75_per_model",
         "wait_p50_s",
         "wait_p99_s",
+        "cold_wait_p99_s",
+        "queue_wait_p99_s",
         "idle_gpu_gb_hours",
         "gpu_node_hours",
     }
@@ -138,3 +140,23 @@ def test_budget_is_shared_and_evicts_the_least_recently_used() -> None:
     assert ReactivePolicy().activation_delay_s(10.0) == pytest.approx(20.0)
     assert make_policy("oracle", bench.trace).name == "oracle"
     assert ModelId("a") in bench.trace.models
+
+
+def test_waits_are_split_into_cold_starts_and_queueing() -> None:
+    # A first request (cold), then an hour at 1 request/s on one replica of 2 requests/s, then a
+    # minute at 10 requests/s: the burst queues on the ready replica while the scaler adds more.
+    counts = [1.0] + [60.0] * 60 + [600.0] + [60.0] * 10
+    model = spec("m", weights_gb=10.0, image_gb=2.0, compile_s=10.0, replica_rps=2.0)
+    bench = _bench(batch({"m": counts}), catalog(model))
+    result = run_bench(bench, ["keepalive-10m"], budget_gb=1000.0)["keepalive-10m"]
+    summary = result.summary()
+    # Each request waits for one cause: the combined histogram is the two causes' plus no-waits.
+    assert np.allclose(result.wait_hist[1:], result.cold_wait_hist[1:] + result.queue_wait_hist[1:])
+    assert result.cold_wait_hist.sum() == pytest.approx(result.cold.sum())
+    assert result.wait_hist.sum() == pytest.approx(result.total_requests)
+    # 22 of 4,801 requests came during the first start: under 1 %, so cold-start waits do not
+    # reach the p99 and queueing makes all of it.
+    assert summary["cold_wait_p99_s"] == 0.0
+    assert summary["queue_wait_p99_s"] > 1.0
+    assert summary["wait_p99_s"] == summary["queue_wait_p99_s"]
+    assert result.cold_wait_quantile_s(1.0) == pytest.approx(28.0, rel=0.05)

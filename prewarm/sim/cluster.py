@@ -176,21 +176,6 @@ _POOL_PARAMS = (
 )
 
 
-def full_chain_s(table: ModelTable, cluster: ClusterSpec) -> FloatArray:
-    """Seconds of the slowest cold start of each model: new node, image, remote weights, compile."""
-    median = table.pool_params["provision_median_s"]
-    sigma = table.pool_params["provision_sigma"]
-    node_p90 = median * np.exp(1.2816 * sigma)
-    cold = warm_node_chain_s(
-        table,
-        cluster,
-        tier=np.zeros(table.size, np.int64),
-        image_cached=np.zeros(table.size, np.bool_),
-    )
-    result: FloatArray = node_p90 + cold
-    return result
-
-
 def warm_node_chain_s(
     table: ModelTable,
     cluster: ClusterSpec,

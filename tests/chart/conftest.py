@@ -1,63 +1,20 @@
-"""Helpers of the chart tests: the real helm binary, rendering with values files, and the pod
-environment a rendered container would get (for validating the rendered settings)."""
+"""Helpers of the chart tests: the values files, finding rendered objects, and the pod environment
+a rendered container would get (for validating the rendered settings). Rendering itself (the real
+helm binary) is in :mod:`tests.harness.helm`."""
 
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from tests.harness.k8s import REPO_ROOT, require_binary
+from tests.harness.helm import CHART, Obj
 
-CHART = REPO_ROOT / "charts" / "prewarm"
 VALUES = Path(__file__).with_name("values")
 GOOD_VALUES = sorted(VALUES.glob("*.yaml"))
 BAD_VALUES = sorted((VALUES / "bad").glob("*.yaml"))
-
-Obj = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Helm:
-    """The result of one helm invocation."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def helm(*args: str) -> Helm:
-    """Run the real helm binary (``PREWARM_HELM_BIN``)."""
-    binary = require_binary("PREWARM_HELM_BIN")
-    done = subprocess.run([str(binary), *args], check=False, capture_output=True, text=True)
-    return Helm(done.returncode, done.stdout, done.stderr)
-
-
-def values_args(values: Path | None, sets: Sequence[str] = ()) -> list[str]:
-    args = ["--values", str(values)] if values is not None else []
-    for item in sets:
-        args += ["--set", item]
-    return args
-
-
-def render(
-    values: Path | None = None,
-    *,
-    release: str = "prewarm",
-    namespace: str = "prewarm",
-    sets: Sequence[str] = (),
-) -> list[Obj]:
-    """``helm template`` of the chart: the rendered objects (fails the test if helm fails)."""
-    result = helm(
-        "template", release, str(CHART), "--namespace", namespace, *values_args(values, sets)
-    )
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 def find(docs: Sequence[Obj], kind: str, name: str | None = None) -> Obj:

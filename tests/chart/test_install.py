@@ -24,7 +24,8 @@ from kubernetes import client as k8s_client
 
 from actuator.config import RetryConfig
 from actuator.kube import KubeClient
-from tests.chart.conftest import CHART, GOOD_VALUES, VALUES, Obj, helm, render
+from tests.chart.conftest import GOOD_VALUES, VALUES
+from tests.harness.helm import CHART, Obj, helm, render
 from tests.harness.k8s import ControlPlane, wait_for
 
 pytestmark = [pytest.mark.k8s, pytest.mark.helm]

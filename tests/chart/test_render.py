@@ -21,18 +21,14 @@ from prewarm.daemon.metrics import DaemonMetrics
 from prewarm.settings import load_settings
 from tests.chart.conftest import (
     BAD_VALUES,
-    CHART,
     GOOD_VALUES,
     VALUES,
-    Obj,
     container,
     find,
-    helm,
     kinds,
     pod_environment,
-    render,
-    values_args,
 )
+from tests.harness.helm import CHART, Obj, helm, render, values_args
 from tests.harness.k8s import REPO_ROOT, require_binary
 
 pytestmark = [pytest.mark.helm]

@@ -22,6 +22,7 @@ from planner.actions import Evict, Preload, Tier
 from protos import gpu_agent_pb2 as pb
 from protos import gpu_agent_pb2_grpc as pb_grpc
 from tests.harness.k8s import make_kwok_nodes, wait_for
+from tests.harness.workloads import apply_pod, pod_body
 
 NOW = 1_800_000_000.0
 
@@ -214,13 +215,15 @@ async def test_dry_run_calls_nothing(agent: tuple[RecordingAgent, str]) -> None:
 def agent_pod(k8s_api: k8s_client.ApiClient, kube: KubeClient, config: ActuatorConfig) -> str:
     node = make_kwok_nodes(k8s_api, pool=f"agents-{config.namespace}", count=1)[0]
     labels = {"app.kubernetes.io/name": "prewarm-gpu-agent"}
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "agent", "namespace": config.namespace, "labels": labels},
-        "spec": {"nodeName": node, "containers": [{"name": "agent", "image": "prewarm:dev"}]},
-    }
-    kube.apply(PODS.path(config.namespace, "agent"), pod, field_manager="test", dry_run=False)
+    pod = pod_body(
+        "agent",
+        namespace=config.namespace,
+        image="prewarm:dev",
+        container="agent",
+        node=node,
+        labels=labels,
+    )
+    apply_pod(kube, pod)
     return node
 
 

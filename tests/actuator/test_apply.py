@@ -19,8 +19,8 @@ from planner.actions import (
     WarmPlan,
     WorkloadRef,
 )
-from tests.actuator.test_floors import deployment, get
 from tests.harness.k8s import make_kwok_nodes, make_namespace, wait_for
+from tests.harness.workloads import deployment, get
 
 pytestmark = pytest.mark.k8s
 

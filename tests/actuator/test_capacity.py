@@ -14,6 +14,7 @@ from actuator.config import ActuatorConfig, MachineDeploymentRef, PlaceholderCon
 from actuator.kube import DEPLOYMENTS, KubeClient
 from common.ids import PoolName
 from planner.actions import NodeCapacity
+from tests.harness.workloads import get, machine_deployment
 
 pytestmark = pytest.mark.k8s
 
@@ -32,8 +33,7 @@ def test_placeholder_deployment_holds_gpus_in_the_pool(
 
     assert result.changed
     assert result.replicas == 3  # ceil(5 / 2)
-    deployment = kube.get(DEPLOYMENTS.path(config.namespace, "prewarm-placeholder-a100"))
-    assert deployment is not None
+    deployment = get(kube, DEPLOYMENTS.path(config.namespace, "prewarm-placeholder-a100"))
     assert deployment["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "prewarm"
     managers = {entry["manager"] for entry in deployment["metadata"]["managedFields"]}
     assert managers == {"prewarm"}
@@ -63,8 +63,7 @@ def test_apply_is_idempotent_and_resizes(kube: KubeClient, config: ActuatorConfi
 
     resized = placeholders.apply(capacity("h100", 6))
     assert resized.changed
-    third = kube.get(path)
-    assert third is not None
+    third = get(kube, path)
     assert third["spec"]["replicas"] == 6
     deployments = kube.list(DEPLOYMENTS.path(config.namespace))
     assert [d["metadata"]["name"] for d in deployments] == ["prewarm-placeholder-h100"]
@@ -89,8 +88,7 @@ def test_reconcile_releases_pools_no_longer_planned(
     actuator = NodeCapacityActuator(kube, config)
     actuator.reconcile([capacity("a", 1), capacity("b", 2), capacity("b", 3)])
     assert actuator.placeholders.pools() == {"a", "b"}
-    b = kube.get(DEPLOYMENTS.path(config.namespace, "prewarm-placeholder-b"))
-    assert b is not None
+    b = get(kube, DEPLOYMENTS.path(config.namespace, "prewarm-placeholder-b"))
     assert b["spec"]["replicas"] == 3  # the largest request per pool wins
 
     actuator.reconcile([capacity("b", 3)], dry_run=True)
@@ -104,23 +102,11 @@ def test_reconcile_releases_pools_no_longer_planned(
     assert actuator.placeholders.pools() == set()
 
 
-def _machine_deployment(kube: KubeClient, namespace: str, replicas: int) -> str:
-    path = f"/apis/cluster.x-k8s.io/v1beta1/namespaces/{namespace}/machinedeployments/gpu-md"
-    body = {
-        "apiVersion": "cluster.x-k8s.io/v1beta1",
-        "kind": "MachineDeployment",
-        "metadata": {"name": "gpu-md", "namespace": namespace},
-        "spec": {"clusterName": "test", "replicas": replicas},
-    }
-    kube.apply(path, body, field_manager="cluster-api", dry_run=False)
-    return path
-
-
 @pytest.mark.usefixtures("capi_crd")
 def test_machine_deployment_scaled_through_scale_and_restored(
     kube: KubeClient, config: ActuatorConfig
 ) -> None:
-    path = _machine_deployment(kube, config.namespace, replicas=2)
+    path = machine_deployment(kube, config.namespace, "gpu-md", replicas=2)
     ref = MachineDeploymentRef(namespace=config.namespace, name="gpu-md")
     config = config.model_copy(
         update={"pools": {"a100": PoolConfig(gpus_per_node=8, machine_deployment=ref)}}
@@ -129,28 +115,24 @@ def test_machine_deployment_scaled_through_scale_and_restored(
 
     dry = actuator.reconcile([capacity("a100", 12)], dry_run=True)
     assert dry[0].replicas == 4
-    unchanged = kube.get(path)
-    assert unchanged is not None
+    unchanged = get(kube, path)
     assert unchanged["spec"]["replicas"] == 2
 
     results = actuator.reconcile([capacity("a100", 12)])
 
     assert results[0].target == f"machinedeployment/{config.namespace}/gpu-md"
-    md = kube.get(path)
-    assert md is not None
+    md = get(kube, path)
     assert md["spec"]["replicas"] == 4  # 2 original + ceil(12 / 8)
     assert md["metadata"]["annotations"][ORIGINAL_REPLICAS] == "2"
     assert actuator.placeholders.pools() == set()  # an MD pool gets no placeholders
     rv = md["metadata"]["resourceVersion"]
     assert not actuator.reconcile([capacity("a100", 12)])[0].changed
-    md_again = kube.get(path)
-    assert md_again is not None
+    md_again = get(kube, path)
     assert md_again["metadata"]["resourceVersion"] == rv
 
     actuator.reconcile([])
 
-    restored = kube.get(path)
-    assert restored is not None
+    restored = get(kube, path)
     assert restored["spec"]["replicas"] == 2
     assert ORIGINAL_REPLICAS not in (restored["metadata"].get("annotations") or {})
 
@@ -175,7 +157,7 @@ def test_missing_cluster_api_disables_direct_scaling_with_one_warning(
 def test_machine_deployment_never_lowers_a_count_someone_else_raised(
     kube: KubeClient, config: ActuatorConfig
 ) -> None:
-    path = _machine_deployment(kube, config.namespace, replicas=2)
+    path = machine_deployment(kube, config.namespace, "gpu-md", replicas=2)
     ref = MachineDeploymentRef(namespace=config.namespace, name="gpu-md")
     config = config.model_copy(update={"pools": {"a100": PoolConfig(machine_deployment=ref)}})
     actuator = NodeCapacityActuator(kube, config)
@@ -184,12 +166,10 @@ def test_machine_deployment_never_lowers_a_count_someone_else_raised(
     kube.merge_patch(path + "/scale", {"spec": {"replicas": 6}}, field_manager="ca", dry_run=False)
 
     actuator.reconcile([capacity("a100", 8)])
-    md = kube.get(path)
-    assert md is not None
+    md = get(kube, path)
     assert md["spec"]["replicas"] == 6
 
     actuator.reconcile([])  # restore keeps the autoscaler's count, drops the record
-    restored = kube.get(path)
-    assert restored is not None
+    restored = get(kube, path)
     assert restored["spec"]["replicas"] == 6
     assert ORIGINAL_REPLICAS not in (restored["metadata"].get("annotations") or {})

@@ -22,8 +22,8 @@ from common.errors import TemporaryError
 from common.ids import ModelId, PoolName
 from planner.actions import ImagePrepull, NodeCapacity, ReplicaFloor, WorkloadRef
 from tests.actuator.faultproxy import Fault, FaultProxy
-from tests.actuator.test_floors import deployment, get, hpa
 from tests.harness.k8s import ControlPlane, make_kwok_nodes, wait_for
+from tests.harness.workloads import deployment, get, hpa
 
 pytestmark = pytest.mark.k8s
 

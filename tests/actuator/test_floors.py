@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from actuator.config import ActuatorConfig
@@ -14,77 +12,15 @@ from actuator.floors import (
     SET_REPLICAS,
     ReplicaFloors,
 )
-from actuator.kube import DEPLOYMENTS, HPAS, SCALED_OBJECTS, KubeClient, Obj
+from actuator.kube import KubeClient, Obj
 from common.errors import NotFound
 from common.ids import ModelId
 from planner.actions import ReplicaFloor, WorkloadRef
+from tests.harness.workloads import deployment, get, hpa, scaled_object
 
 pytestmark = pytest.mark.k8s
 
 NOW = 1_800_000_000.0
-
-
-def deployment(kube: KubeClient, namespace: str, name: str = "llama", replicas: int = 1) -> str:
-    """A user's serving Deployment (applied by 'kubectl', not prewarm); returns its path."""
-    labels = {"app": name}
-    body = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "server", "image": "vllm/vllm-openai:v0.9"}]},
-            },
-        },
-    }
-    path = DEPLOYMENTS.path(namespace, name)
-    kube.apply(path, body, field_manager="kubectl", dry_run=False)
-    return path
-
-
-def hpa(kube: KubeClient, namespace: str, target: str, *, min_replicas: int | None = 2) -> str:
-    spec: dict[str, Any] = {
-        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
-        "maxReplicas": 10,
-        "metrics": [
-            {
-                "type": "Resource",
-                "resource": {
-                    "name": "cpu",
-                    "target": {"type": "Utilization", "averageUtilization": 80},
-                },
-            }
-        ],
-    }
-    if min_replicas is not None:
-        spec["minReplicas"] = min_replicas
-    body = {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": f"{target}-hpa", "namespace": namespace},
-        "spec": spec,
-    }
-    path = HPAS.path(namespace, f"{target}-hpa")
-    kube.apply(path, body, field_manager="kubectl", dry_run=False)
-    return path
-
-
-def scaled_object(kube: KubeClient, namespace: str, target: str, *, minimum: int | None) -> str:
-    spec: dict[str, Any] = {"scaleTargetRef": {"name": target}, "maxReplicaCount": 20}
-    if minimum is not None:
-        spec["minReplicaCount"] = minimum
-    body = {
-        "apiVersion": "keda.sh/v1alpha1",
-        "kind": "ScaledObject",
-        "metadata": {"name": f"{target}-so", "namespace": namespace},
-        "spec": spec,
-    }
-    path = SCALED_OBJECTS.path(namespace, f"{target}-so")
-    kube.apply(path, body, field_manager="kubectl", dry_run=False)
-    return path
 
 
 def floor(
@@ -98,12 +34,6 @@ def floor(
         reason="forecast p90 needs 4 replicas at 09:00",
         value=300.0,
     )
-
-
-def get(kube: KubeClient, path: str) -> Obj:
-    obj = kube.get(path)
-    assert obj is not None, path
-    return obj
 
 
 def annotations_of(obj: Obj) -> dict[str, str]:

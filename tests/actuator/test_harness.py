@@ -7,6 +7,7 @@ from kubernetes import client as k8s_client
 
 from actuator.kube import NODES, PODS, KubeClient
 from tests.harness.k8s import GPU_RESOURCE, ControlPlane, make_kwok_nodes, require_binary, wait_for
+from tests.harness.workloads import apply_pod, pod_body
 
 
 @pytest.mark.k8s
@@ -31,13 +32,7 @@ def test_kwok_nodes_in_a_pool_become_ready_and_run_bound_pods(
     assert node is not None
     assert node["status"]["allocatable"][GPU_RESOURCE] == "4"
     assert node["metadata"]["labels"]["prewarm.io/pool"] == f"h-{k8s_namespace}"
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "p", "namespace": k8s_namespace},
-        "spec": {"nodeName": names[0], "containers": [{"name": "c", "image": "x:1"}]},
-    }
-    kube.apply(PODS.path(k8s_namespace, "p"), pod, field_manager="test", dry_run=False)
+    apply_pod(kube, pod_body("p", namespace=k8s_namespace, image="x:1", node=names[0]))
     wait_for(
         lambda: (
             (kube.get(PODS.path(k8s_namespace, "p")) or {}).get("status", {}).get("phase")

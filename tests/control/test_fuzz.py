@@ -31,6 +31,7 @@ from tests.control.conftest import (
     start_server,
     stop_server,
 )
+from tests.harness.rpc import bearer, refusal_of
 
 ALLOWED = {
     grpc.StatusCode.OK,
@@ -120,7 +121,7 @@ def _invoke(
     channel: grpc.Channel, path: str, method: MethodDescriptor, request: Message
 ) -> grpc.StatusCode:
     response_class = GetMessageClass(method.output_type)
-    metadata = (("authorization", f"Bearer {WRITE_TOKEN}"),)
+    metadata = bearer(WRITE_TOKEN)
     try:
         if method.server_streaming:
             stream = channel.unary_stream(
@@ -137,8 +138,8 @@ def _invoke(
             response_deserializer=response_class.FromString,
         )(request, metadata=metadata, timeout=5)
     except grpc.RpcError as error:
-        code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
-        details = error.details()  # type: ignore[attr-defined]
+        refusal = refusal_of(error)
+        code, details = refusal.code, refusal.details
     else:
         return grpc.StatusCode.OK
     if code == grpc.StatusCode.CANCELLED and method.server_streaming:
@@ -185,8 +186,8 @@ def test_random_messages_never_crash_or_wedge_the_server() -> None:
                     else:
                         channel.unary_unary(path)(payload, timeout=5)
                 except grpc.RpcError as error:
-                    code = error.code()  # type: ignore[attr-defined]
-                    details = error.details()  # type: ignore[attr-defined]
+                    refusal = refusal_of(error)
+                    code, details = refusal.code, refusal.details
                 else:
                     return
                 if code == grpc.StatusCode.CANCELLED and method.server_streaming:
@@ -205,13 +206,13 @@ def test_random_messages_never_crash_or_wedge_the_server() -> None:
             control = control_pb2_grpc.ControlStub(channel)
             warmed = control.Warm(
                 control_pb2.WarmRequest(model="mistral-7b", replicas=1, duration_s=60),
-                metadata=(("authorization", f"Bearer {WRITE_TOKEN}"),),
+                metadata=bearer(WRITE_TOKEN),
                 timeout=5,
             )
             assert warmed.request.state == "active"
             listing = control.ListRequests(
                 control_pb2.ListRequestsRequest(),
-                metadata=(("authorization", f"Bearer {WRITE_TOKEN}"),),
+                metadata=bearer(WRITE_TOKEN),
                 timeout=5,
             )
         assert {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION} <= seen

@@ -12,6 +12,7 @@ from prewarm.control.metrics import ControlMetrics
 from prewarm.control.overrides import ControlState, ManualRequest, Pause, Pin
 from protos import control_pb2, control_pb2_grpc, externalscaler_pb2, externalscaler_pb2_grpc
 from tests.control.conftest import WRITE_TOKEN, RunningServer, make_forecast
+from tests.harness.rpc import bearer
 
 NOW = 1_800_000_000.0
 
@@ -48,7 +49,7 @@ def test_override_gauges_follow_the_state() -> None:
 
 
 def test_calls_are_counted_by_method_and_code(running: RunningServer) -> None:
-    write = (("authorization", f"Bearer {WRITE_TOKEN}"),)
+    write = bearer(WRITE_TOKEN)
     running.view.forecast_map[ModelId("llama-70b")] = make_forecast(
         "llama-70b", start_s=running.clock()
     )

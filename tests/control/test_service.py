@@ -29,9 +29,10 @@ from tests.control.conftest import (
     start_server,
     stop_server,
 )
+from tests.harness.rpc import bearer, refused
 
-WRITE = (("authorization", f"Bearer {WRITE_TOKEN}"),)
-READ = (("authorization", f"Bearer {READ_TOKEN}"),)
+WRITE = bearer(WRITE_TOKEN)
+READ = bearer(READ_TOKEN)
 
 
 @pytest.fixture
@@ -44,11 +45,6 @@ def warm_request(**fields: object) -> control_pb2.WarmRequest:
     base: dict[str, object] = {"model": "llama-70b", "replicas": 4, "duration_s": 7200.0}
     base.update(fields)
     return control_pb2.WarmRequest(**base)  # type: ignore[arg-type]
-
-
-def code_of(call: object) -> tuple[grpc.StatusCode, str]:
-    assert isinstance(call, grpc.RpcError)
-    return call.code(), call.details()  # type: ignore[attr-defined]
 
 
 def test_warm_is_stored_and_listed_with_its_author(
@@ -103,20 +99,17 @@ def test_bad_warm_requests_get_the_right_code_and_store_nothing(
     code: grpc.StatusCode,
     message: str,
 ) -> None:
-    with pytest.raises(grpc.RpcError) as caught:
-        stub.Warm(warm_request(**fields), metadata=WRITE, timeout=5)
-    got_code, details = code_of(caught.value)
-    assert got_code == code, details
-    assert message in details
+    refusal = refused(stub.Warm, warm_request(**fields), metadata=WRITE)
+    assert refusal.code == code, refusal.details
+    assert message in refusal.details
     assert running.state() == ControlState()
 
 
 def test_replicas_unset_and_no_tier_is_invalid(stub: control_pb2_grpc.ControlStub) -> None:
     request = control_pb2.WarmRequest(model="llama-70b", duration_s=60)
-    with pytest.raises(grpc.RpcError) as caught:
-        stub.Warm(request, metadata=WRITE, timeout=5)
-    assert code_of(caught.value)[0] == grpc.StatusCode.INVALID_ARGUMENT
-    assert "--replicas" in code_of(caught.value)[1]
+    refusal = refused(stub.Warm, request, metadata=WRITE)
+    assert refusal.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "--replicas" in refusal.details
 
 
 def test_gpu_budget_cap_refuses_with_the_reason() -> None:
@@ -127,12 +120,11 @@ def test_gpu_budget_cap_refuses_with_the_reason() -> None:
     try:
         with grpc.insecure_channel(handle.address) as channel:
             stub = control_pb2_grpc.ControlStub(channel)
-            with pytest.raises(grpc.RpcError) as caught:
-                stub.Warm(warm_request(replicas=1, tier=control_pb2.TIER_GPU), metadata=WRITE)
-            code, details = code_of(caught.value)
-            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "141.0 GB" in details
-            assert "max_gpu_bytes_per_request" in details
+            gpu = warm_request(replicas=1, tier=control_pb2.TIER_GPU)
+            refusal = refused(stub.Warm, gpu, metadata=WRITE, timeout=None)
+            assert refusal.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "141.0 GB" in refusal.details
+            assert "max_gpu_bytes_per_request" in refusal.details
             stub.Warm(warm_request(replicas=1, tier=control_pb2.TIER_HOST), metadata=WRITE)
         assert len(handle.state().requests) == 1
     finally:
@@ -146,9 +138,8 @@ def test_too_many_stored_requests_is_resource_exhausted() -> None:
             stub = control_pb2_grpc.ControlStub(channel)
             for _ in range(2):
                 stub.Warm(warm_request(), metadata=WRITE, timeout=5)
-            with pytest.raises(grpc.RpcError) as caught:
-                stub.Warm(warm_request(), metadata=WRITE, timeout=5)
-            assert code_of(caught.value)[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+            refusal = refused(stub.Warm, warm_request(), metadata=WRITE)
+            assert refusal.code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert len(handle.state().requests) == 2
     finally:
         stop_server(handle)
@@ -165,9 +156,8 @@ def test_cancel(running: RunningServer, stub: control_pb2_grpc.ControlStub) -> N
         ("drop table", grpc.StatusCode.INVALID_ARGUMENT),
         ("", grpc.StatusCode.INVALID_ARGUMENT),
     ):
-        with pytest.raises(grpc.RpcError) as caught:
-            stub.Cancel(control_pb2.CancelRequest(id=request_id), metadata=WRITE, timeout=5)
-        assert code_of(caught.value)[0] == code
+        refusal = refused(stub.Cancel, control_pb2.CancelRequest(id=request_id), metadata=WRITE)
+        assert refusal.code == code
 
 
 def test_requests_expire_on_time(
@@ -212,9 +202,7 @@ def test_pin_unpin_pause_resume(running: RunningServer, stub: control_pb2_grpc.C
             grpc.StatusCode.INVALID_ARGUMENT,
         ),
     ):
-        with pytest.raises(grpc.RpcError) as caught:
-            call(request, metadata=WRITE, timeout=5)
-        assert code_of(caught.value)[0] == code
+        assert refused(call, request, metadata=WRITE).code == code
     assert running.state() == ControlState()
 
 
@@ -236,14 +224,11 @@ def test_auth_missing_wrong_and_read_only_tokens(
         (READ, "read-only; Warm needs a write token", grpc.StatusCode.PERMISSION_DENIED),
     )
     for metadata, message, expected in cases:
-        with pytest.raises(grpc.RpcError) as caught:
-            stub.Warm(warm_request(), metadata=metadata, timeout=5)
-        code, details = code_of(caught.value)
-        assert code == expected
-        assert message in details
-    with pytest.raises(grpc.RpcError) as caught:
-        stub.ListRequests(control_pb2.ListRequestsRequest(), timeout=5)
-    assert code_of(caught.value)[0] == grpc.StatusCode.UNAUTHENTICATED
+        refusal = refused(stub.Warm, warm_request(), metadata=metadata)
+        assert refusal.code == expected
+        assert message in refusal.details
+    listing = refused(stub.ListRequests, control_pb2.ListRequestsRequest())
+    assert listing.code == grpc.StatusCode.UNAUTHENTICATED
     assert running.state() == ControlState()
     # Both scopes read; bearer scheme is case-insensitive.
     stub.ListRequests(control_pb2.ListRequestsRequest(), metadata=READ, timeout=5)
@@ -260,17 +245,13 @@ def test_writes_on_a_follower_name_the_leader_and_store_nothing() -> None:
     try:
         with grpc.insecure_channel(handle.address) as channel:
             stub = control_pb2_grpc.ControlStub(channel)
-            with pytest.raises(grpc.RpcError) as caught:
-                stub.Warm(warm_request(), metadata=WRITE, timeout=5)
-            code, details = code_of(caught.value)
-            assert code == grpc.StatusCode.FAILED_PRECONDITION
-            assert "10.0.0.7:9090" in details
-            trailing = dict(caught.value.trailing_metadata())  # type: ignore[attr-defined]
-            assert trailing["prewarm-leader"] == "10.0.0.7:9090"
+            refusal = refused(stub.Warm, warm_request(), metadata=WRITE)
+            assert refusal.code == grpc.StatusCode.FAILED_PRECONDITION
+            assert "10.0.0.7:9090" in refusal.details
+            assert refusal.trailing["prewarm-leader"] == "10.0.0.7:9090"
             view.leader_at = None
-            with pytest.raises(grpc.RpcError) as caught:
-                stub.Pin(control_pb2.PinRequest(model="llama-70b"), metadata=WRITE, timeout=5)
-            assert "no leader is known yet" in code_of(caught.value)[1]
+            pin = control_pb2.PinRequest(model="llama-70b")
+            assert "no leader is known yet" in refused(stub.Pin, pin, metadata=WRITE).details
             # Reads are served by followers.
             stub.ListRequests(control_pb2.ListRequestsRequest(), metadata=READ, timeout=5)
         assert handle.state() == ControlState()
@@ -293,10 +274,10 @@ def test_the_server_caps_every_call_deadline() -> None:
         with grpc.insecure_channel(handle.address) as channel:
             stub = control_pb2_grpc.ControlStub(channel)
             began = time.monotonic()
-            with pytest.raises(grpc.RpcError) as caught:
-                stub.Warm(warm_request(), metadata=WRITE)  # no client deadline
-            assert code_of(caught.value)[0] == grpc.StatusCode.DEADLINE_EXCEEDED
-            assert "0.3 s budget" in code_of(caught.value)[1]
+            # No client deadline: the server's own cap must end the call.
+            refusal = refused(stub.Warm, warm_request(), metadata=WRITE, timeout=None)
+            assert refusal.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "0.3 s budget" in refusal.details
             assert time.monotonic() - began < 5
             # The server is not stuck afterwards.
             stub.ListRequests(control_pb2.ListRequestsRequest(), metadata=READ, timeout=5)
@@ -326,9 +307,7 @@ def test_get_forecast(running: RunningServer, stub: control_pb2_grpc.ControlStub
         (control_pb2.GetForecastRequest(model="mistral-7b"), "FAILED_PRECONDITION"),
         (control_pb2.GetForecastRequest(model="ghost"), "NOT_FOUND"),
     ):
-        with pytest.raises(grpc.RpcError) as caught:
-            stub.GetForecast(request, metadata=READ, timeout=5)
-        assert code_of(caught.value)[0].name == code
+        assert refused(stub.GetForecast, request, metadata=READ).code.name == code
 
 
 def sample_plan(now_s: float) -> WarmPlan:
@@ -397,9 +376,8 @@ def test_get_plan_and_explain(running: RunningServer, stub: control_pb2_grpc.Con
     assert answer.constraints == ["gpu memory budget: 160 GB of 160 GB planned"]
     assert answer.overrides[0] == "llama-70b is paused"
     assert "manual request req-0000000000000001 by oncall (>= 4 replicas)" in answer.overrides[1]
-    with pytest.raises(grpc.RpcError) as caught:
-        stub.Explain(control_pb2.ExplainRequest(model="ghost"), metadata=READ, timeout=5)
-    assert code_of(caught.value)[0] == grpc.StatusCode.NOT_FOUND
+    ghost = control_pb2.ExplainRequest(model="ghost")
+    assert refused(stub.Explain, ghost, metadata=READ).code == grpc.StatusCode.NOT_FOUND
 
 
 def test_health_and_reflection_need_no_token(running: RunningServer) -> None:
@@ -441,15 +419,11 @@ def test_stop_goes_not_serving_and_is_idempotent() -> None:
 def test_undecodable_bytes_are_invalid_argument(running: RunningServer) -> None:
     with grpc.insecure_channel(running.address) as channel:
         call = channel.unary_unary("/prewarm.control.v1.Control/Warm")
-        with pytest.raises(grpc.RpcError) as caught:
-            call(b"\xff\xff\xff", metadata=WRITE, timeout=5)
-        code, details = code_of(caught.value)
-        assert code == grpc.StatusCode.INVALID_ARGUMENT
-        assert "not a valid protobuf message" in details
+        refusal = refused(call, b"\xff\xff\xff", metadata=WRITE)
+        assert refusal.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid protobuf message" in refusal.details
         # Without a token the credential check comes first.
-        with pytest.raises(grpc.RpcError) as caught:
-            call(b"\xff\xff\xff", timeout=5)
-        assert code_of(caught.value)[0] == grpc.StatusCode.UNAUTHENTICATED
+        assert refused(call, b"\xff\xff\xff").code == grpc.StatusCode.UNAUTHENTICATED
     assert running.state() == ControlState()
 
 

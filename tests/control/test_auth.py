@@ -100,8 +100,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_mutual_tls_scopes_by_common_name(pki: Path) -> None:
-    config = ControlConfig.model_validate(
+def mtls_config(pki: Path, **scopes: str) -> ControlConfig:
+    """Mutual TLS with the server certificate of ``pki``, the scope of each common name given."""
+    subjects = [{"common_name": name, "scope": scope} for name, scope in scopes.items()]
+    return ControlConfig.model_validate(
         {
             "listen_address": "127.0.0.1:0",
             "auth": {"mode": "mtls"},
@@ -109,14 +111,14 @@ def test_mutual_tls_scopes_by_common_name(pki: Path) -> None:
                 "cert_file": str(pki / "server.crt"),
                 "key_file": str(pki / "server.key"),
                 "client_ca_file": str(pki / "ca.crt"),
-                "subjects": [
-                    {"common_name": "oncall", "scope": "write"},
-                    {"common_name": "grafana", "scope": "read"},
-                ],
+                "subjects": subjects,
             },
         }
     )
-    handle = start_server(config=config)
+
+
+def test_mutual_tls_scopes_by_common_name(pki: Path) -> None:
+    handle = start_server(config=mtls_config(pki, oncall="write", grafana="read"))
 
     def client(name: str) -> ControlClient:
         return ControlClient(
@@ -150,19 +152,7 @@ def test_cli_over_mutual_tls(
 ) -> None:
     from tests.control.test_cli import cli
 
-    config = ControlConfig.model_validate(
-        {
-            "listen_address": "127.0.0.1:0",
-            "auth": {"mode": "mtls"},
-            "tls": {
-                "cert_file": str(pki / "server.crt"),
-                "key_file": str(pki / "server.key"),
-                "client_ca_file": str(pki / "ca.crt"),
-                "subjects": [{"common_name": "oncall", "scope": "write"}],
-            },
-        }
-    )
-    handle = start_server(config=config)
+    handle = start_server(config=mtls_config(pki, oncall="write"))
     tls = ["--tls-ca", str(pki / "ca.crt"), "--tls-cert", str(pki / "oncall.crt")]
     try:
         server = ["--server", handle.address]

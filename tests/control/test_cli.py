@@ -174,52 +174,25 @@ def test_token_file(
 
 def test_the_documented_command_line_in_a_subprocess(running: RunningServer) -> None:
     env = {**os.environ, "PREWARM_TOKEN": WRITE_TOKEN, "PREWARM_SERVER": running.address}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "prewarm",
-            "warm",
-            "llama-70b",
-            "--replicas",
-            "4",
-            "--at",
-            "08:45",
-            "--for",
-            "2h",
-            "--json",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+
+    def prewarm(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "prewarm", *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    done = prewarm("warm", "llama-70b", "--replicas", "4", "--at", "08:45", "--for", "2h", "--json")
     assert done.returncode == 0, done.stderr
     stored = json.loads(done.stdout)
     assert stored["model"] == "llama-70b"
     assert stored["replicas"] == 4
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "prewarm",
-            "warm",
-            "llama-70b",
-            "--replicas",
-            "4",
-            "--at",
-            "2001-01-01T00:00:00Z",
-            "--for",
-            "2h",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    bad = prewarm(
+        "warm", "llama-70b", "--replicas", "4", "--at", "2001-01-01T00:00:00Z", "--for", "2h"
     )
     assert bad.returncode == 2
     assert bad.stderr.startswith("prewarm: error: start time is")

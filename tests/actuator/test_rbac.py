@@ -9,15 +9,11 @@ and shows a verb outside the rules is refused.
 
 from __future__ import annotations
 
-import copy
 import re
-import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client as k8s_client
 
 from actuator.capacity import CapacityResult, NodeCapacityActuator
@@ -29,48 +25,22 @@ from common.errors import PermissionDenied
 from common.ids import ModelId, PoolName
 from planner.actions import ImagePrepull, NodeCapacity, ReplicaFloor, WorkloadRef
 from tests.actuator.conftest import FAST_RETRY
-from tests.actuator.test_floors import deployment, hpa, scaled_object
-from tests.harness.k8s import (
-    REPO_ROOT,
-    ControlPlane,
-    make_kwok_nodes,
-    make_namespace,
-    require_binary,
-    wait_for,
+from tests.harness.helm import CHART, helm, render
+from tests.harness.k8s import ControlPlane, make_kwok_nodes, make_namespace, wait_for
+from tests.harness.rbac import (
+    RBAC_KINDS,
+    RULE_KINDS,
+    apply_as_helm,
+    grants,
+    revoked,
+    service_account_token,
+    service_account_user,
 )
+from tests.harness.workloads import deployment, hpa, machine_deployment, scaled_object
 
 pytestmark = [pytest.mark.k8s, pytest.mark.helm]
 
 NOW = 1_800_000_000.0
-RBAC_KINDS = {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
-
-
-def helm_template(release: str, namespace: str) -> list[Obj]:
-    """The chart rendered by the real helm binary."""
-    helm = require_binary("PREWARM_HELM_BIN")
-    rendered = subprocess.run(
-        [str(helm), "template", release, str(REPO_ROOT / "charts" / "prewarm"),
-         "--namespace", namespace],
-        check=False, capture_output=True, text=True,
-    )  # fmt: skip
-    assert rendered.returncode == 0, rendered.stderr
-    return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
-
-
-def object_path(obj: Obj) -> str:
-    group_version = obj["apiVersion"]
-    plural = {
-        "ServiceAccount": "serviceaccounts",
-        "PriorityClass": "priorityclasses",
-        "ClusterRole": "clusterroles",
-        "ClusterRoleBinding": "clusterrolebindings",
-        "Role": "roles",
-        "RoleBinding": "rolebindings",
-    }[obj["kind"]]
-    root = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
-    namespace = obj["metadata"].get("namespace")
-    middle = f"/namespaces/{namespace}" if namespace else ""
-    return f"{root}{middle}/{plural}/{obj['metadata']['name']}"
 
 
 @dataclass
@@ -95,7 +65,7 @@ def setup(
     keda = install_crd(kube, "scaledobjects.yaml")
     capi = install_crd(kube, "machinedeployments.yaml")
     release = f"r{k8s_namespace}"
-    docs = helm_template(release, k8s_namespace)
+    docs = render(release=release, namespace=k8s_namespace)
     # The actuator's part of the chart (the chart also holds the daemon, agent, monitoring, ...).
     actuator_rbac = [
         doc for doc in docs
@@ -103,29 +73,17 @@ def setup(
     ]  # fmt: skip
     assert sorted(doc["kind"] for doc in actuator_rbac) == sorted(RBAC_KINDS)
     needed = [doc for doc in docs if doc["kind"] in {"ServiceAccount", "PriorityClass"}]
-    for doc in [*needed, *actuator_rbac]:
-        kube.apply(object_path(doc), doc, field_manager="helm", dry_run=False)
+    apply_as_helm(kube, [*needed, *actuator_rbac])
     binding = next(doc for doc in actuator_rbac if doc["kind"] == "ClusterRoleBinding")
     sa = binding["subjects"][0]["name"]  # the ServiceAccount the actuator's rules are bound to
-    token_request = kube.create(
-        f"/api/v1/namespaces/{k8s_namespace}/serviceaccounts/{sa}/token",
-        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-         "spec": {"expirationSeconds": 3600}},
-        dry_run=False,
-    )  # fmt: skip
-    actor = KubeClient(plane.token_client(token_request["status"]["token"]), FAST_RETRY)
+    token = service_account_token(kube, k8s_namespace, sa)
+    actor = KubeClient(plane.token_client(token), FAST_RETRY)
 
     apps_ns = f"{k8s_namespace}-apps"
     make_namespace(k8s_api, apps_ns)
     pool = f"rbac-{k8s_namespace}"
     make_kwok_nodes(k8s_api, pool=pool, count=1)
-    md_path = f"/apis/cluster.x-k8s.io/v1beta1/namespaces/{apps_ns}/machinedeployments/md"
-    kube.apply(
-        md_path,
-        {"apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "MachineDeployment",
-         "metadata": {"name": "md", "namespace": apps_ns}, "spec": {"replicas": 1}},
-        field_manager="capi", dry_run=False,
-    )  # fmt: skip
+    md_path = machine_deployment(kube, apps_ns, "md", replicas=1)
     deployment(kube, apps_ns, "plain")
     deployment(kube, apps_ns, "withhpa")
     hpa(kube, apps_ns, "withhpa")
@@ -140,12 +98,12 @@ def setup(
     yield Setup(
         admin=kube,
         actor=actor,
-        user=f"system:serviceaccount:{k8s_namespace}:{sa}",
+        user=service_account_user(k8s_namespace, sa),
         prewarm_ns=k8s_namespace,
         apps_ns=apps_ns,
         pool=pool,
         md_path=md_path,
-        rbac=[doc for doc in actuator_rbac if doc["kind"] in {"ClusterRole", "Role"}],
+        rbac=[doc for doc in actuator_rbac if doc["kind"] in RULE_KINDS],
         config=config,
     )
     remove_crd(kube, keda, "keda.sh/v1alpha1")
@@ -203,24 +161,6 @@ def reset(s: Setup) -> None:
     assert s.admin.list(DEPLOYMENTS.path(s.prewarm_ns)) == []
 
 
-def allowed(s: Setup, rule_ns: str | None, verb: str, group: str, resource: str) -> bool:
-    """What the apiserver's authorizer answers now (a SubjectAccessReview)."""
-    resource_name, _, subresource = resource.partition("/")
-    attributes: dict[str, Any] = {
-        "verb": verb, "group": group, "resource": resource_name, "subresource": subresource,
-    }  # fmt: skip
-    if rule_ns:
-        attributes["namespace"] = rule_ns
-    review = s.admin.create(
-        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
-        {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-         "spec": {"user": s.user, "groups": ["system:serviceaccounts", "system:authenticated"],
-                  "resourceAttributes": attributes}},
-        dry_run=False,
-    )  # fmt: skip
-    return bool(review["status"].get("allowed"))
-
-
 def test_every_operation_succeeds_as_the_service_account(setup: Setup) -> None:
     every_operation(setup, setup.actor)
 
@@ -245,52 +185,22 @@ def test_a_verb_outside_the_rules_is_refused(setup: Setup) -> None:
     assert setup.admin.get(DEPLOYMENTS.path(setup.apps_ns, "plain")) is not None
 
 
-def revoke_and_expect_403(setup: Setup, role: Obj, index: int, verb: str) -> None:
-    """Apply ``role`` without ``verb`` in rule ``index``: the operations must now get a 403."""
-    path = object_path(role)
-    namespace = role["metadata"].get("namespace")
-    rule = role["rules"][index]
-    group, resource = rule["apiGroups"][0], rule["resources"][0]
-    reduced = copy.deepcopy(role)
-    rest = [v for v in rule["verbs"] if v != verb]
-    if rest:
-        reduced["rules"][index]["verbs"] = rest
-    else:
-        del reduced["rules"][index]
-    setup.admin.apply(path, reduced, field_manager="helm", dry_run=False)
-    # RBAC is enforced from an informer cache: wait until the authorizer sees the change.
-    wait_for(
-        lambda: not allowed(setup, namespace, verb, group, resource),
-        what=f"{verb} {resource} revoked",
-    )
-    try:
-        # The refusal names exactly the revoked verb and resource.
-        refused = f'cannot {verb} resource "{resource}"'
-        with pytest.raises(PermissionDenied, match=re.escape(refused)):
-            every_operation(setup, setup.actor)
-    finally:
-        setup.admin.apply(path, role, field_manager="helm", dry_run=False)
-        wait_for(
-            lambda: allowed(setup, namespace, verb, group, resource),
-            what=f"{verb} {resource} granted again",
-        )
-        reset(setup)
-
-
 @pytest.mark.slow
 def test_no_verb_is_superfluous(setup: Setup) -> None:
     """Removing any single verb from the chart's rules makes some operation fail with 403."""
     checked = 0
-    for role in setup.rbac:
-        for index, rule in enumerate(role["rules"]):
-            for verb in rule["verbs"]:
-                revoke_and_expect_403(setup, role, index, verb)
-                checked += 1
+    for grant in grants(setup.rbac):
+        with revoked(setup.admin, setup.user, grant, then=lambda: reset(setup)):
+            # The refusal names exactly the revoked verb and resource.
+            refused = f'cannot {grant.verb} resource "{grant.resource}"'
+            with pytest.raises(PermissionDenied, match=re.escape(refused)):
+                every_operation(setup, setup.actor)
+        checked += 1
     assert checked >= 15
 
 
 def test_chart_priority_class_is_negative_and_matches_the_actuator_default() -> None:
-    docs = helm_template("prewarm", "prewarm")
+    docs = render()
     name = ActuatorConfig().placeholder.priority_class
     classes = [doc for doc in docs if doc["kind"] == "PriorityClass"]
     priority_class = next(doc for doc in classes if doc["metadata"]["name"] == name)
@@ -301,10 +211,6 @@ def test_chart_priority_class_is_negative_and_matches_the_actuator_default() -> 
 
 
 def test_chart_passes_helm_lint() -> None:
-    helm = require_binary("PREWARM_HELM_BIN")
-    linted = subprocess.run(
-        [str(helm), "lint", str(REPO_ROOT / "charts" / "prewarm")],
-        check=False, capture_output=True, text=True,
-    )  # fmt: skip
+    linted = helm("lint", str(CHART))
     assert linted.returncode == 0, linted.stdout + linted.stderr
     assert "0 chart(s) failed" in linted.stdout

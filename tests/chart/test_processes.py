@@ -22,6 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -36,13 +37,17 @@ from forecaster.types import SeriesBatch
 from prewarm.daemon.leader import LEASES
 from protos import control_pb2, control_pb2_grpc
 from tests.actuator.conftest import FAST_RETRY
-from tests.chart.conftest import Obj, container, find, pod_environment, render
+from tests.chart.conftest import container, find, pod_environment
+from tests.harness.helm import Obj, render
 from tests.harness.k8s import ControlPlane, free_port
 from tests.harness.prometheus import prometheus_with_history
+from tests.harness.rbac import RBAC_KINDS, apply_as_helm, delete_cluster_rbac, service_account_token
+from tests.harness.rpc import bearer, refused
 
 pytestmark = [pytest.mark.helm, pytest.mark.slow]
 
 PREWARM = [sys.executable, "-m", "prewarm"]
+PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
 
 
 def http_get(url: str) -> tuple[int, str]:
@@ -115,10 +120,12 @@ def relocate(text: str, mounted: dict[str, str]) -> str:
     return pattern.sub(lambda m: mounted[m[1]], text)
 
 
-def start(
+@contextmanager
+def started(
     workload: Obj, name: str, docs: list[Obj], tmp_path: Path, extra_env: dict[str, str]
-) -> subprocess.Popen[str]:
-    """Start the container ``name`` of ``workload`` as a local process."""
+) -> Iterator[subprocess.Popen[str]]:
+    """The container ``name`` of ``workload`` as a local process; killed at the end of the block
+    if the test did not stop it."""
     spec = container(workload, name)
     env = pod_environment(spec, pod_ip="127.0.0.1")
     mounted = mount_volumes(workload, spec, docs, tmp_path / "mounts")
@@ -127,25 +134,30 @@ def start(
     env["PREWARM_CONFIG"] = str(settings)
     env["HOME"] = str(tmp_path)
     assert spec["command"] == ["prewarm"]
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [*PREWARM, *spec["args"]],
         env={"PATH": os.environ["PATH"], **env, **extra_env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
-def wait_for_probes(
-    process: subprocess.Popen[str], spec: Obj, port_of: dict[str, int], *, kinds: tuple[str, ...]
-) -> None:
+def wait_for_probes(process: subprocess.Popen[str], spec: Obj, port_of: dict[str, int]) -> None:
+    """Make every probe of :data:`PROBES` until all succeed at once (90 s at most)."""
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()[0]
-        if all(probe(spec[kind], port_of) for kind in kinds):
+        if all(probe(spec[kind], port_of) for kind in PROBES):
             return
         time.sleep(0.3)
-    raise AssertionError(f"probes {kinds} did not succeed in 90 s")
+    raise AssertionError(f"probes {PROBES} did not succeed in 90 s")
 
 
 def stop(process: subprocess.Popen[str]) -> str:
@@ -161,29 +173,13 @@ def sa_kubeconfig(
 ) -> Iterator[tuple[Path, list[Obj]]]:
     """The chart rendered for this namespace, its ServiceAccount and RBAC applied, and a kubeconfig
     holding that ServiceAccount's token."""
-    from tests.chart.test_rbac_daemon import object_path
-
     admin = KubeClient(k8s_control_plane.admin_client(), FAST_RETRY)
     release = f"p{k8s_namespace}"
     docs = render(release=release, namespace=k8s_namespace)
-    applied = [
-        d
-        for d in docs
-        if d["kind"]
-        in {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
-    ]
-    for doc in applied:
-        admin.apply(object_path(doc), doc, field_manager="helm", dry_run=False)
+    applied = [d for d in docs if d["kind"] in {"ServiceAccount", *RBAC_KINDS}]
+    apply_as_helm(admin, applied)
     account = find(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
-    token = admin.create(
-        f"/api/v1/namespaces/{k8s_namespace}/serviceaccounts/{account}/token",
-        {
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 3600},
-        },
-        dry_run=False,
-    )["status"]["token"]
+    token = service_account_token(admin, k8s_namespace, account)
     kubeconfig = tmp_path / "sa.kubeconfig"
     cluster = {
         "server": k8s_control_plane.url,
@@ -200,9 +196,7 @@ def sa_kubeconfig(
     }
     kubeconfig.write_text(yaml.safe_dump(document), encoding="utf-8")
     yield kubeconfig, docs
-    for doc in applied:
-        if doc["kind"] in {"ClusterRole", "ClusterRoleBinding"}:
-            admin.delete(object_path(doc), dry_run=False)
+    delete_cluster_rbac(admin, applied)
 
 
 @pytest.mark.k8s
@@ -229,12 +223,10 @@ def test_daemon_runs_with_the_charts_config_rbac_and_probes(
         ])  # fmt: skip
         deployment = find(docs, "Deployment")
         spec = container(deployment, "daemon")
-        process = start(deployment, "daemon", docs, tmp_path, {"KUBECONFIG": str(kubeconfig)})
-        try:
+        extra_env = {"KUBECONFIG": str(kubeconfig)}
+        with started(deployment, "daemon", docs, tmp_path, extra_env) as process:
             ports = {"http": http, "grpc": grpc_port}
-            wait_for_probes(
-                process, spec, ports, kinds=("startupProbe", "livenessProbe", "readinessProbe")
-            )
+            wait_for_probes(process, spec, ports)
             status, metrics = http_get(f"http://127.0.0.1:{http}/metrics")
             assert status == 200
             assert "prewarm_is_leader 1.0" in metrics  # it took the Lease with the chart's RBAC
@@ -249,17 +241,10 @@ def test_daemon_runs_with_the_charts_config_rbac_and_probes(
             with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
                 stub = control_pb2_grpc.ControlStub(channel)
                 request = control_pb2.ListRequestsRequest()
-                stub.ListRequests(
-                    request, metadata=[("authorization", f"Bearer {token}")], timeout=10
-                )
-                with pytest.raises(grpc.RpcError) as refused:
-                    stub.ListRequests(request, timeout=10)
-                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                stub.ListRequests(request, metadata=bearer(token), timeout=10)
+                refusal = refused(stub.ListRequests, request, timeout=10)
+                assert refusal.code == grpc.StatusCode.UNAUTHENTICATED
             output = stop(process)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
     assert "forbidden" not in output.lower()
 
 
@@ -275,17 +260,10 @@ def test_agent_runs_with_the_charts_config_and_probes(tmp_path: Path) -> None:
         (tmp_path / directory).mkdir()  # the kubelet's DirectoryOrCreate
     daemonset = find(docs, "DaemonSet")
     spec = container(daemonset, "agent")
-    process = start(daemonset, "agent", docs, tmp_path, {})
-    try:
+    with started(daemonset, "agent", docs, tmp_path, {}) as process:
         ports = {"grpc": grpc_port, "metrics": metrics_port}
-        wait_for_probes(
-            process, spec, ports, kinds=("startupProbe", "livenessProbe", "readinessProbe")
-        )
+        wait_for_probes(process, spec, ports)
         status, metrics = http_get(f"http://127.0.0.1:{metrics_port}/metrics")
         assert status == 200
         assert "prewarm_agent_headroom_bytes" in metrics
         stop(process)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()

@@ -12,7 +12,6 @@ with 403, so no verb is superfluous.
 from __future__ import annotations
 
 import asyncio
-import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -30,44 +29,23 @@ from prewarm.control.store import ConfigMapControlStore
 from prewarm.daemon.leader import LEASES, LeaseElector
 from prewarm.daemon.observer import KubeClusterObserver
 from tests.actuator.conftest import FAST_RETRY
-from tests.chart.conftest import render
-from tests.harness.k8s import ControlPlane, make_kwok_nodes, make_namespace, wait_for
+from tests.harness.helm import render
+from tests.harness.k8s import ControlPlane, make_kwok_nodes, make_namespace
+from tests.harness.rbac import (
+    RBAC_KINDS,
+    RULE_KINDS,
+    apply_as_helm,
+    delete_cluster_rbac,
+    grants,
+    revoked,
+    service_account_token,
+    service_account_user,
+)
+from tests.harness.workloads import pod_body
 
 pytestmark = [pytest.mark.k8s, pytest.mark.helm]
 
-RBAC_KINDS = {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
 NOW = 1_800_000_000.0
-
-
-def object_path(obj: Obj) -> str:
-    """The REST path of one of the kinds applied here."""
-    plural = {
-        "ServiceAccount": "serviceaccounts", "ClusterRole": "clusterroles",
-        "ClusterRoleBinding": "clusterrolebindings", "Role": "roles", "RoleBinding": "rolebindings",
-    }[obj["kind"]]  # fmt: skip
-    group_version = obj["apiVersion"]
-    root = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
-    namespace = obj["metadata"].get("namespace")
-    middle = f"/namespaces/{namespace}" if namespace else ""
-    return f"{root}{middle}/{plural}/{obj['metadata']['name']}"
-
-
-def allowed_for(
-    admin: KubeClient, user: str, namespace: str | None, verb: str, group: str, resource: str,
-    *, name: str = "",
-) -> bool:  # fmt: skip
-    """What the API server's authorizer answers now for ``user`` (a SubjectAccessReview)."""
-    attributes = {"verb": verb, "group": group, "resource": resource, "name": name}
-    if namespace:
-        attributes["namespace"] = namespace
-    review = admin.create(
-        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
-        {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-         "spec": {"user": user, "groups": ["system:serviceaccounts", "system:authenticated"],
-                  "resourceAttributes": attributes}},
-        dry_run=False,
-    )  # fmt: skip
-    return bool(review["status"].get("allowed"))
 
 
 class LeaseRefused(Exception):
@@ -97,48 +75,37 @@ def setup(
     rbac = [doc for doc in docs if doc["kind"] in RBAC_KINDS and doc["metadata"]["name"] in names]
     assert len(rbac) == 8
     accounts = [doc for doc in docs if doc["kind"] == "ServiceAccount"]
-    for doc in [*accounts, *rbac]:
-        admin.apply(object_path(doc), doc, field_manager="helm", dry_run=False)
+    apply_as_helm(admin, [*accounts, *rbac])
     binding = next(
         doc for doc in rbac
         if doc["kind"] == "RoleBinding" and doc["metadata"]["name"] == f"{release}-prewarm-daemon"
     )  # fmt: skip
     account = binding["subjects"][0]["name"]
-    token = admin.create(
-        f"/api/v1/namespaces/{k8s_namespace}/serviceaccounts/{account}/token",
-        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-         "spec": {"expirationSeconds": 3600}},
-        dry_run=False,
-    )["status"]["token"]  # fmt: skip
+    token = service_account_token(admin, k8s_namespace, account)
     actor_api = k8s_control_plane.token_client(token)
     # Something to observe: a GPU node and a serving pod in another namespace.
     apps = f"{k8s_namespace}-apps"
     make_namespace(k8s_api, apps)
     make_kwok_nodes(k8s_api, pool=f"daemon-{k8s_namespace}", count=1)
-    k8s_client.CoreV1Api(k8s_api).create_namespaced_pod(
-        apps,
-        {"metadata": {"name": "model"},  # type: ignore[arg-type]
-         "spec": {"containers": [{"name": "c", "image": "registry.example/m:1"}]}},
-    )  # fmt: skip
+    model_pod = pod_body("model", image="registry.example/m:1")
+    k8s_client.CoreV1Api(k8s_api).create_namespaced_pod(apps, model_pod)  # type: ignore[arg-type]
     config = yaml_config(docs, f"{release}-prewarm-config")
     daemon_rules = [
         doc for doc in rbac
-        if doc["kind"] in {"Role", "ClusterRole"}
+        if doc["kind"] in RULE_KINDS
         and doc["metadata"]["name"] == f"{release}-prewarm-daemon"
     ]  # fmt: skip
     yield Setup(
         admin=admin,
         actor_api=actor_api,
         actor=KubeClient(actor_api, FAST_RETRY),
-        user=f"system:serviceaccount:{k8s_namespace}:{account}",
+        user=service_account_user(k8s_namespace, account),
         namespace=k8s_namespace,
         lease=config["daemon"].get("leader_election", {}).get("lease_name", "prewarm-leader"),
         store=config["control"].get("configmap_name", "prewarm-control"),
         rules=daemon_rules,
     )
-    for doc in rbac:
-        if doc["kind"] in {"ClusterRole", "ClusterRoleBinding"}:
-            admin.delete(object_path(doc), dry_run=False)
+    delete_cluster_rbac(admin, rbac)
 
 
 def yaml_config(docs: list[Obj], name: str) -> Obj:
@@ -222,42 +189,15 @@ def test_outside_its_rules_the_daemon_is_refused(setup: Setup) -> None:
         setup.actor.delete(f"/api/v1/namespaces/{setup.namespace}-apps/pods/model", dry_run=False)
 
 
-def revoke_and_expect_refusal(setup: Setup, role: Obj, index: int, verb: str) -> None:
-    """Apply ``role`` without ``verb`` in rule ``index``: the daemon's operations must now fail."""
-    path = object_path(role)
-    namespace = role["metadata"].get("namespace")
-    rule = role["rules"][index]
-    attributes = (verb, rule["apiGroups"][0], rule["resources"][0])
-    name = (rule.get("resourceNames") or [""])[0]
-    reduced = copy.deepcopy(role)
-    rest = [v for v in rule["verbs"] if v != verb]
-    if rest:
-        reduced["rules"][index]["verbs"] = rest
-    else:
-        del reduced["rules"][index]
-
-    def authorized() -> bool:
-        return allowed_for(setup.admin, setup.user, namespace, *attributes, name=name)
-
-    setup.admin.apply(path, reduced, field_manager="helm", dry_run=False)
-    # RBAC is enforced from an informer cache: wait until the authorizer sees the change.
-    wait_for(lambda: not authorized(), what=f"{verb} {attributes[2]} revoked")
-    try:
-        with pytest.raises((PermissionDenied, LeaseRefused)):
-            every_daemon_operation(setup)
-    finally:
-        setup.admin.apply(path, role, field_manager="helm", dry_run=False)
-        wait_for(authorized, what=f"{verb} {attributes[2]} granted again")
-        reset(setup)
-
-
 @pytest.mark.slow
 def test_no_daemon_verb_is_superfluous(setup: Setup) -> None:
     """Removing any single verb from the daemon's rules makes one of its operations fail."""
     checked = 0
-    for role in setup.rules:
-        for index, rule in enumerate(role["rules"]):
-            for verb in rule["verbs"]:
-                revoke_and_expect_refusal(setup, role, index, verb)
-                checked += 1
+    for grant in grants(setup.rules):
+        with (
+            revoked(setup.admin, setup.user, grant, then=lambda: reset(setup)),
+            pytest.raises((PermissionDenied, LeaseRefused)),
+        ):
+            every_daemon_operation(setup)
+        checked += 1
     assert checked == 7  # leases create, get, patch; configmaps create, get, update; pods list

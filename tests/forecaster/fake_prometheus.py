@@ -23,8 +23,16 @@ class Behaviour:
 
     answers: list[str]
     stall_s: float = 2.0
+    samples: list[list[object]] = field(default_factory=list)
+    """What the answer ``"samples"`` serves as the values of one series, model ``a``."""
     requests: int = 0
     queries: list[dict[str, list[str]]] = field(default_factory=list)
+
+
+def _matrix(result: list[dict[str, object]]) -> bytes:
+    return json.dumps(
+        {"status": "success", "data": {"resultType": "matrix", "result": result}}
+    ).encode()
 
 
 def _good_body(query: dict[str, list[str]]) -> bytes:
@@ -36,10 +44,7 @@ def _good_body(query: dict[str, list[str]]) -> bytes:
     while stamp <= end + 1e-9:
         values.append([stamp, "0.5"])
         stamp += step
-    result = [{"metric": {"model": "m1"}, "values": values}]
-    return json.dumps(
-        {"status": "success", "data": {"resultType": "matrix", "result": result}}
-    ).encode()
+    return _matrix([{"metric": {"model": "m1"}, "values": values}])
 
 
 @contextmanager
@@ -68,6 +73,8 @@ def fake_prometheus(behaviour: Behaviour) -> Iterator[str]:
                 self._send(200, b'{"status":"success","data":{"resultType":"matrix","res')
             elif answer == "no-data":
                 self._send(200, b'{"status":"success"}')
+            elif answer == "samples":
+                self._send(200, _matrix([{"metric": {"model": "a"}, "values": behaviour.samples}]))
             else:
                 self._send(200, _good_body(query))
 

@@ -183,17 +183,15 @@ def test_series_without_the_model_label_is_invalid_input() -> None:
 
 
 def test_negative_and_nan_samples_are_missing_not_counts() -> None:
-    source, _ = _source("http://127.0.0.1:9")
-    parsed = source._parse(
-        [
-            {
-                "metric": {"model": "a"},
-                "values": [[60, "1"], [120, "NaN"], [180, "-2"], [240, "+Inf"]],
-            }
-        ]
-    )
-    (_, times, counts) = parsed[0]
-    np.testing.assert_array_equal(times, [60, 120, 180, 240])
+    samples: list[list[object]] = [[60, "1"], [120, "NaN"], [180, "-2"], [240, "+Inf"]]
+    behaviour = Behaviour(answers=["samples"], samples=samples)
+    with fake_prometheus(behaviour) as url:
+        source, _ = _source(url)
+        batch = source.fetch(start_s=0, end_s=240)
+    assert isinstance(batch, SeriesBatch)
+    assert batch.models == (ModelId("a"),)
+    # Each sample lands on the step that ends at its time (60, 120, 180, 240).
+    assert (batch.start_s, batch.steps) == (0, 4)
+    counts = batch.counts[0]
     assert counts[0] == 60.0
     assert np.isnan(counts[1:]).all()
-    assert isinstance(SeriesBatch, type)

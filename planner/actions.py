@@ -8,20 +8,11 @@ actuator applies actions idempotently: applying the same plan twice changes noth
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import TypeVar
 
 from common.ids import ModelId, NodeName, PoolName
-
-
-class Tier(enum.IntEnum):
-    """Where a model's weights can be held on a node, slowest first."""
-
-    REMOTE = 0
-    DISK = 1
-    HOST = 2
-    GPU = 3
+from common.tiers import Tier as Tier  # re-exported: actions are stated in these tiers
 
 
 @dataclass(frozen=True, slots=True)

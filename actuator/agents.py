@@ -26,13 +26,13 @@ from actuator.kube import PODS, KubeClient
 from common.errors import InvalidInput, NotFound, PrewarmError, TemporaryError
 from common.grpc_status import error_for
 from common.ids import ModelId, NodeName
-from planner.actions import Evict, Preload, Tier
+from common.tiers import HELD_TIERS
+from planner.actions import Evict, Preload
 from protos import gpu_agent_pb2 as pb
 from protos import gpu_agent_pb2_grpc as pb_grpc
+from protos.tiers import agent_tier
 
 _log = logging.getLogger(__name__)
-
-_TIERS = {Tier.DISK: pb.TIER_DISK, Tier.HOST: pb.TIER_HOST, Tier.GPU: pb.TIER_GPU}
 
 AddressOf = Callable[[NodeName], Awaitable[str]]
 """Returns ``host:port`` of the GPU agent on a node; raises NotFound when the node has none."""
@@ -107,7 +107,7 @@ class AgentActuator:
         of tens of GB takes minutes, and the agent stops the load when the deadline passes.
         """
         try:
-            if action.tier not in _TIERS:
+            if action.tier not in HELD_TIERS:
                 raise InvalidInput(f"cannot preload {action.model} into tier {action.tier.name}")
             weights = list(self._weights_of(action.model))
         except PrewarmError as error:
@@ -116,7 +116,7 @@ class AgentActuator:
         request = pb.PreloadRequest(
             model_id=action.model,
             weights=weights,
-            target_tier=_TIERS[action.tier],
+            target_tier=agent_tier(action.tier),
             predicted_value=action.value,
             deadline=_timestamp(action.deadline_s),
         )
@@ -144,9 +144,7 @@ class AgentActuator:
         ``Tier.REMOTE`` means every tier. A model the agent does not hold is already evicted:
         NOT_FOUND counts as success.
         """
-        request = pb.EvictRequest(
-            model_id=action.model, tier=_TIERS.get(action.tier, pb.TIER_UNSPECIFIED)
-        )
+        request = pb.EvictRequest(model_id=action.model, tier=agent_tier(action.tier))
         if dry_run or self._config.dry_run:
             return AgentResult(action, True, "dry run: would evict", True)
 

@@ -23,13 +23,14 @@ from google.protobuf.message import Message
 
 from common.durations import format_duration, parse_duration_s
 from common.errors import InvalidInput
+from common.tiers import HELD_TIERS, Tier
 from prewarm.cli.output import print_table, write_json
 from prewarm.control.client import DEFAULT_SERVER, TOKEN_ENV, ControlClient, read_token
 from protos import control_pb2
+from protos.tiers import tier_label
 
 _HHMM = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2}))?$")
-_TIERS = {"disk": control_pb2.TIER_DISK, "host": control_pb2.TIER_HOST, "gpu": control_pb2.TIER_GPU}
-_TIER_NAMES = {value: name for name, value in _TIERS.items()}
+_TIERS = {tier.label: tier for tier in HELD_TIERS}
 
 
 def _zone(tz: str) -> ZoneInfo:
@@ -78,9 +79,9 @@ def _duration(text: str, option: str) -> float:
     return seconds
 
 
-def _tier(text: str | None) -> control_pb2.Tier.ValueType:
+def _tier(text: str | None) -> Tier | None:
     if text is None:
-        return control_pb2.TIER_UNSPECIFIED
+        return None
     try:
         return _TIERS[text.strip().lower()]
     except KeyError:
@@ -176,7 +177,7 @@ def _print_requests(requests: list[control_pb2.ManualRequest], *, title: str) ->
                 r.id,
                 r.model,
                 r.replicas if r.HasField("replicas") else "-",
-                _TIER_NAMES.get(r.tier, "-"),
+                tier_label(r.tier, default="-"),
                 _when(r.start_s),
                 format_duration(r.end_s - r.start_s),
                 r.state,
@@ -271,7 +272,7 @@ def register(app: typer.Typer) -> None:
         """Keep a model resident in a tier."""
         duration_s = _duration(duration, "--for") if duration is not None else 0.0
         with _client(server, token_file, timeout, tls=(tls_ca, tls_cert, tls_key)) as client:
-            stored = client.pin(model, tier=_tier(tier), duration_s=duration_s)
+            stored = client.pin(model, tier=_tier(tier) or Tier.GPU, duration_s=duration_s)
         _print_pin(stored, json_output=json_output, title="pinned")
 
     @app.command("unpin")
@@ -353,7 +354,12 @@ def register(app: typer.Typer) -> None:
                 "pins",
                 ("model", "tier", "until (UTC)", "by"),
                 [
-                    (p.model, _TIER_NAMES.get(p.tier, "-"), _when(p.until_s), p.created_by or "-")
+                    (
+                        p.model,
+                        tier_label(p.tier, default="-"),
+                        _when(p.until_s),
+                        p.created_by or "-",
+                    )
                     for p in listing.pins
                 ],
             )
@@ -438,8 +444,10 @@ def _scope(model: str | None, all_models: bool) -> str | None:
 def _target(action: control_pb2.PlanAction) -> str:
     describe: dict[str, Callable[[control_pb2.PlanAction], str]] = {
         "replica_floor": lambda a: f">= {a.min_replicas} replicas of {a.workload}",
-        "preload": lambda a: f"{_TIER_NAMES.get(a.tier, '?')} on {a.node} ({a.bytes / 1e9:.1f} GB)",
-        "evict": lambda a: f"drop {_TIER_NAMES.get(a.tier, '?')} on {a.node}",
+        "preload": lambda a: (
+            f"{tier_label(a.tier, default='?')} on {a.node} ({a.bytes / 1e9:.1f} GB)"
+        ),
+        "evict": lambda a: f"drop {tier_label(a.tier, default='?')} on {a.node}",
         "node_capacity": lambda a: f"{a.gpus} GPUs",
         "image_prepull": lambda a: a.image,
     }
@@ -454,7 +462,7 @@ def _print_pin(pin: control_pb2.Pin, *, json_output: bool, title: str) -> None:
     print_table(
         title,
         ("model", "tier", "until (UTC)", "by"),
-        [(pin.model, _TIER_NAMES.get(pin.tier, "-"), _when(pin.until_s), pin.created_by or "-")],
+        [(pin.model, tier_label(pin.tier, default="-"), _when(pin.until_s), pin.created_by or "-")],
     )
 
 

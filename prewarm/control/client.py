@@ -20,9 +20,11 @@ import numpy as np
 from common.errors import InvalidInput, PrewarmError
 from common.grpc_status import error_for
 from common.ids import ModelId
+from common.tiers import Tier
 from forecaster.types import Forecast
 from prewarm.control.calls import LEADER_METADATA_KEY
 from protos import control_pb2, control_pb2_grpc
+from protos.tiers import control_tier
 
 T = TypeVar("T")
 
@@ -156,7 +158,7 @@ class ControlClient:
         model: str,
         *,
         replicas: int | None = None,
-        tier: control_pb2.Tier.ValueType = control_pb2.TIER_UNSPECIFIED,
+        tier: Tier | None = None,
         start_s: float = 0.0,
         duration_s: float,
         reason: str = "",
@@ -164,7 +166,7 @@ class ControlClient:
         """Store a warm request; returns it (with its id)."""
         request = control_pb2.WarmRequest(
             model=model,
-            tier=tier,
+            tier=control_tier(tier),
             start_s=start_s,
             duration_s=duration_s,
             reason=reason,
@@ -185,11 +187,13 @@ class ControlClient:
         self,
         model: str,
         *,
-        tier: control_pb2.Tier.ValueType = control_pb2.TIER_GPU,
+        tier: Tier = Tier.GPU,
         duration_s: float = 0.0,
     ) -> control_pb2.Pin:
         """Pin ``model`` in ``tier`` (for ``duration_s``; 0 = until unpinned)."""
-        request = control_pb2.PinRequest(model=model, tier=tier, duration_s=duration_s)
+        request = control_pb2.PinRequest(
+            model=model, tier=control_tier(tier), duration_s=duration_s
+        )
         response: control_pb2.PinResponse = self._call(lambda s: s.Pin, request, write=True)
         return response.pin
 

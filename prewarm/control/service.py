@@ -68,6 +68,7 @@ from prewarm.control.overrides import (
 from prewarm.control.store import ControlStore
 from prewarm.control.view import DaemonView
 from protos import control_pb2, control_pb2_grpc, externalscaler_pb2, externalscaler_pb2_grpc
+from protos.tiers import control_tier, tier_from_proto
 
 log = structlog.get_logger(__name__)
 
@@ -96,31 +97,6 @@ def limits_of(config: ControlConfig) -> Limits:
     )
 
 
-_TIER_TO_PROTO = {
-    Tier.DISK: control_pb2.TIER_DISK,
-    Tier.HOST: control_pb2.TIER_HOST,
-    Tier.GPU: control_pb2.TIER_GPU,
-}
-_TIER_FROM_PROTO = {value: tier for tier, value in _TIER_TO_PROTO.items()}
-
-
-def tier_from_proto(value: int) -> Tier | None:
-    """The planner tier of a proto ``Tier`` (None for TIER_UNSPECIFIED); :class:`InvalidInput`."""
-    if value == control_pb2.TIER_UNSPECIFIED:
-        return None
-    try:
-        return _TIER_FROM_PROTO[value]  # type: ignore[index]
-    except KeyError:
-        raise InvalidInput(f"unknown tier {value}; use TIER_DISK, TIER_HOST or TIER_GPU") from None
-
-
-def tier_to_proto(tier: Tier | None) -> control_pb2.Tier.ValueType:
-    """The proto ``Tier`` of a planner tier (REMOTE and None map to TIER_UNSPECIFIED)."""
-    if tier is None:
-        return control_pb2.TIER_UNSPECIFIED
-    return _TIER_TO_PROTO.get(tier, control_pb2.TIER_UNSPECIFIED)
-
-
 def _finite_duration(value: float, what: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise InvalidInput(f"{what} must be a finite number of seconds >= 0, got {value}")
@@ -132,7 +108,7 @@ def request_to_proto(request: ManualRequest, *, now_s: float) -> control_pb2.Man
     message = control_pb2.ManualRequest(
         id=request.id,
         model=request.model,
-        tier=tier_to_proto(request.tier),
+        tier=control_tier(request.tier),
         start_s=request.start_s,
         end_s=request.end_s,
         created_s=request.created_s,
@@ -149,7 +125,7 @@ def pin_to_proto(pin: Pin) -> control_pb2.Pin:
     """``pin`` as its protobuf message (``until_s`` 0 = until unpinned)."""
     return control_pb2.Pin(
         model=pin.model,
-        tier=tier_to_proto(pin.tier),
+        tier=control_tier(pin.tier),
         created_s=pin.created_s,
         created_by=pin.created_by,
         until_s=pin.until_s or 0.0,
@@ -185,7 +161,7 @@ def action_to_proto(action: Action) -> control_pb2.PlanAction:
             kind="preload",
             model=action.model,
             node=action.node,
-            tier=tier_to_proto(action.tier),
+            tier=control_tier(action.tier),
             bytes=action.bytes,
             deadline_s=action.deadline_s,
             value_per_byte=action.value_per_byte,
@@ -197,7 +173,7 @@ def action_to_proto(action: Action) -> control_pb2.PlanAction:
             kind="evict",
             model=action.model,
             node=action.node,
-            tier=tier_to_proto(action.tier),
+            tier=control_tier(action.tier),
             reason=action.reason,
             value=action.value,
         )

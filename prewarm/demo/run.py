@@ -53,6 +53,7 @@ from prewarm.demo.applier import AgentOnlyApplier
 from prewarm.demo.models import write_model
 from protos import gpu_agent_pb2 as pb
 from protos import gpu_agent_pb2_grpc as pb_grpc
+from protos.tiers import tier_label
 
 DEFAULT_TRACE = "builtin:azure-functions-2019-100fn"
 POOL = PoolName("demo")
@@ -228,7 +229,7 @@ def _view(
     record: DemoRecord, daemon: Daemon, status: pb.StatusResponse | None, step: int, steps: int
 ) -> Table:
     held = (
-        {m.model_id: pb.Tier.Name(m.tier).removeprefix("TIER_").lower() for m in status.models}
+        {m.model_id: tier_label(m.tier, default="unspecified") for m in status.models}
         if status
         else {}
     )
@@ -337,7 +338,7 @@ async def run_live(
         status = await _agent_status(port)
         if status is not None:
             for holding in status.models:
-                name = pb.Tier.Name(holding.tier).removeprefix("TIER_").lower()
+                name = tier_label(holding.tier, default="unspecified")
                 record.agent_tiers[name] = record.agent_tiers.get(name, 0) + 1
     finally:
         if live is not None:

@@ -24,9 +24,10 @@ from actuator.prepull import ImagePrepuller, PrepullStatus
 from common.errors import PermissionDenied
 from common.ids import ModelId, PoolName
 from planner.actions import ImagePrepull, NodeCapacity, ReplicaFloor, WorkloadRef
-from tests.actuator.conftest import FAST_RETRY
+from tests.actuator.conftest import CRDS
 from tests.harness.helm import CHART, helm, render
 from tests.harness.k8s import ControlPlane, make_kwok_nodes, make_namespace, wait_for
+from tests.harness.kube import FAST_RETRY, install_crd, remove_crds
 from tests.harness.rbac import (
     RBAC_KINDS,
     RULE_KINDS,
@@ -60,10 +61,8 @@ class Setup:
 def setup(
     plane: ControlPlane, kube: KubeClient, k8s_api: k8s_client.ApiClient, k8s_namespace: str
 ) -> Iterator[Setup]:
-    from tests.actuator.conftest import install_crd, remove_crd
-
-    keda = install_crd(kube, "scaledobjects.yaml")
-    capi = install_crd(kube, "machinedeployments.yaml")
+    keda = install_crd(kube, CRDS / "scaledobjects.yaml")
+    capi = install_crd(kube, CRDS / "machinedeployments.yaml")
     release = f"r{k8s_namespace}"
     docs = render(release=release, namespace=k8s_namespace)
     # The actuator's part of the chart (the chart also holds the daemon, agent, monitoring, ...).
@@ -106,8 +105,8 @@ def setup(
         rbac=[doc for doc in actuator_rbac if doc["kind"] in RULE_KINDS],
         config=config,
     )
-    remove_crd(kube, keda, "keda.sh/v1alpha1")
-    remove_crd(kube, capi, "cluster.x-k8s.io/v1beta1")
+    remove_crds(kube, [keda], "keda.sh/v1alpha1")
+    remove_crds(kube, [capi], "cluster.x-k8s.io/v1beta1")
 
 
 def raise_first(results: Sequence[CapacityResult | FloorResult | PrepullStatus]) -> None:

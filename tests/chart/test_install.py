@@ -19,45 +19,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client as k8s_client
 
-from actuator.config import RetryConfig
 from actuator.kube import KubeClient
 from tests.chart.conftest import GOOD_VALUES, VALUES
 from tests.harness.helm import CHART, Obj, helm, render
-from tests.harness.k8s import ControlPlane, wait_for
+from tests.harness.k8s import ControlPlane
+from tests.harness.kube import FAST_RETRY, install_crd, remove_crds
 
 pytestmark = [pytest.mark.k8s, pytest.mark.helm]
 
 CRDS = Path(__file__).with_name("crds")
 MONITORING = "monitoring.coreos.com/v1"
-FAST_RETRY = RetryConfig(attempts=10, initial_backoff_s=0.05, max_backoff_s=0.5)
 
 
 @pytest.fixture(scope="module")
 def monitoring_crds(k8s_control_plane: ControlPlane) -> Iterator[None]:
     """The stand-in ServiceMonitor, PodMonitor and PrometheusRule CRDs, for this module."""
     kube = KubeClient(k8s_control_plane.admin_client(), FAST_RETRY)
-    paths = []
-    plurals = []
-    for file in sorted(CRDS.glob("*.yaml")):
-        crd = yaml.safe_load(file.read_text(encoding="utf-8"))
-        path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}"
-        kube.apply(path, crd, field_manager="test", dry_run=False)
-        paths.append(path)
-        plurals.append(crd["spec"]["names"]["plural"])
-
-    def served() -> bool:
-        listing = kube.get(f"/apis/{MONITORING}")
-        names = {r["name"] for r in listing["resources"]} if listing else set()
-        return set(plurals) <= names
-
-    wait_for(served, what=f"{MONITORING} served")
+    paths = [install_crd(kube, file) for file in sorted(CRDS.glob("*.yaml"))]
     yield
-    for path in paths:
-        kube.delete(path, dry_run=False)
-    wait_for(lambda: kube.get(f"/apis/{MONITORING}") is None, what=f"{MONITORING} gone")
+    remove_crds(kube, paths, MONITORING)
 
 
 def call(api: k8s_client.ApiClient, method: str, path: str, **kwargs: Any) -> tuple[int, Obj]:

@@ -36,10 +36,10 @@ from common.ids import ModelId
 from forecaster.types import SeriesBatch
 from prewarm.daemon.leader import LEASES
 from protos import control_pb2, control_pb2_grpc
-from tests.actuator.conftest import FAST_RETRY
 from tests.chart.conftest import container, find, pod_environment
 from tests.harness.helm import Obj, render
 from tests.harness.k8s import ControlPlane, free_port
+from tests.harness.kube import FAST_RETRY
 from tests.harness.prometheus import prometheus_with_history
 from tests.harness.rbac import RBAC_KINDS, apply_as_helm, delete_cluster_rbac, service_account_token
 from tests.harness.rpc import bearer, refused

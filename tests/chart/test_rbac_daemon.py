@@ -28,9 +28,9 @@ from prewarm.control.overrides import ControlState, Pause
 from prewarm.control.store import ConfigMapControlStore
 from prewarm.daemon.leader import LEASES, LeaseElector
 from prewarm.daemon.observer import KubeClusterObserver
-from tests.actuator.conftest import FAST_RETRY
 from tests.harness.helm import render
 from tests.harness.k8s import ControlPlane, make_kwok_nodes, make_namespace
+from tests.harness.kube import FAST_RETRY
 from tests.harness.rbac import (
     RBAC_KINDS,
     RULE_KINDS,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Literal
 
 from actuator.agents import AgentActuator, AgentResult
 from actuator.capacity import CapacityResult, NodeCapacityActuator
@@ -24,13 +23,24 @@ from actuator.prepull import ImagePrepuller, PrepullStatus
 from common.errors import PrewarmError
 from planner.actions import (
     Action,
+    ActionResult,
     Evict,
     ImagePrepull,
     NodeCapacity,
+    Outcome,
     Preload,
     ReplicaFloor,
     WarmPlan,
 )
+
+__all__ = [
+    "ActionResult",
+    "ActuationReport",
+    "Actuator",
+    "Outcome",
+    "agent_action_result",
+    "results_per_action",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -55,19 +65,6 @@ class ActuationReport:
             and all(part.error is None for part in parts)
             and all(result.ok for result in self.agents)
         )
-
-
-Outcome = Literal["ok", "dry_run", "error", "skipped"]
-
-
-@dataclass(frozen=True, slots=True)
-class ActionResult:
-    """The result of one action of the plan: ``ok``, ``dry_run``, ``error`` or ``skipped`` (the
-    feature is off: no GPU agent client, Cluster API not installed), with a detail for people."""
-
-    action: Action
-    result: Outcome
-    detail: str = ""
 
 
 class Actuator:

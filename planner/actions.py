@@ -9,7 +9,7 @@ actuator applies actions idempotently: applying the same plan twice changes noth
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from common.ids import ModelId, NodeName, PoolName
 from common.tiers import Tier as Tier  # re-exported: actions are stated in these tiers
@@ -84,6 +84,8 @@ class Evict:
     tier: Tier
     reason: str
     value: float
+    value_per_byte: float = 0.0
+    """The model's value density now (what a memory-pressure eviction order would use)."""
 
 
 _A = TypeVar("_A")
@@ -101,3 +103,17 @@ class WarmPlan:
     def of_type(self, kind: type[_A]) -> tuple[_A, ...]:
         """The actions of one type, in plan order."""
         return tuple(action for action in self.actions if isinstance(action, kind))
+
+
+Outcome = Literal["ok", "dry_run", "error", "skipped"]
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """The result of applying one action of a plan: ``ok``, ``dry_run``, ``error`` or ``skipped``
+    (the feature is off: no GPU agent client, Cluster API not installed), with a detail for
+    people."""
+
+    action: Action
+    result: Outcome
+    detail: str = ""

@@ -667,6 +667,7 @@ def _actions(ctx: PlanContext, state: PlannerState, t: _Table, order: list[int])
                     tier=Tier.GPU,
                     reason=f"value density {density:.3g} s/GB is below what is kept",
                     value=value,
+                    value_per_byte=density / GB,
                 )
             )
         if t.host[i]:

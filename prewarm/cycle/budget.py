@@ -8,12 +8,12 @@ never capped.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-from common.ids import PoolName
+from common.ids import ModelId, PoolName
 from planner.actions import Action, ImagePrepull, NodeCapacity, Preload, Tier, WarmPlan
-from prewarm.daemon.config import BudgetConfig
+from prewarm.cycle.config import BudgetConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,9 +25,16 @@ class CappedPlan:
 
 
 def cap_plan(
-    plan: WarmPlan, budget: BudgetConfig, *, current_placeholder_gpus: Mapping[PoolName, int]
+    plan: WarmPlan,
+    budget: BudgetConfig,
+    *,
+    current_placeholder_gpus: Mapping[PoolName, int],
+    gpu_preloaded: Collection[ModelId] = frozenset(),
 ) -> CappedPlan:
     """Keep the plan's actions in order until each cap is reached; defer the rest.
+
+    ``gpu_preloaded`` are models whose GPU preload was applied last tick: repeating it adds
+    nothing, so it does not count against ``max_gpu_bytes``.
 
     A ``NodeCapacity`` above the cap is not dropped but clipped to what the cap allows (the
     remainder is deferred), so capacity still grows toward the target tick by tick.
@@ -64,7 +71,9 @@ def cap_plan(
             else:
                 deferred.append((action, "max_prepulls"))
         elif isinstance(action, Preload) and action.tier is Tier.GPU:
-            if action.bytes <= bytes_left:
+            if action.model in gpu_preloaded:
+                kept.append(action)
+            elif action.bytes <= bytes_left:
                 bytes_left -= action.bytes
                 kept.append(action)
             else:

@@ -12,6 +12,7 @@ of steps whose actual exceeded the planning-quantile forecast (for a calibrated 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from common.ids import ModelId
@@ -41,15 +42,32 @@ class LiveAccuracy:
         self._window = window_steps
         self._max_pending = max_pending
         self._tracks: dict[ModelId, _ModelTrack] = {}
+        self._pending_starts: dict[float, int] = {}
+        """How many models have a forecast waiting for each step start."""
 
     def record_forecast(
         self, model: ModelId, *, step_start_s: float, mean: float, planning_quantile: float
     ) -> None:
         """Remember what was forecast for the step starting at ``step_start_s``."""
         track = self._tracks.setdefault(model, _ModelTrack())
+        if step_start_s not in track.pending:
+            self._pending_starts[step_start_s] = self._pending_starts.get(step_start_s, 0) + 1
         track.pending[step_start_s] = (mean, planning_quantile)
         if len(track.pending) > self._max_pending:  # actuals never came (a gap): drop the oldest
-            del track.pending[min(track.pending)]
+            oldest = min(track.pending)
+            del track.pending[oldest]
+            self._settled(oldest)
+
+    def has_pending(self, step_start_s: float) -> bool:
+        """Whether any model has a forecast waiting for the step starting at ``step_start_s``."""
+        return step_start_s in self._pending_starts
+
+    def _settled(self, step_start_s: float) -> None:
+        left = self._pending_starts.get(step_start_s, 0) - 1
+        if left > 0:
+            self._pending_starts[step_start_s] = left
+        else:
+            self._pending_starts.pop(step_start_s, None)
 
     def record_actual(self, model: ModelId, *, step_start_s: float, actual: float) -> None:
         """Score the forecast made for this step, if there was one; NaN actuals are ignored."""
@@ -59,6 +77,7 @@ class LiveAccuracy:
         forecast = track.pending.pop(step_start_s, None)
         if forecast is None:
             return
+        self._settled(step_start_s)
         mean, upper = forecast
         track.errors.append(abs(actual - mean))
         track.actuals.append(actual)
@@ -88,7 +107,14 @@ class LiveAccuracy:
 
     def forget(self, model: ModelId) -> None:
         """Drop a model that disappeared."""
-        self._tracks.pop(model, None)
+        track = self._tracks.pop(model, None)
+        for start in track.pending if track is not None else ():
+            self._settled(start)
+
+    def retain(self, models: Collection[ModelId]) -> None:
+        """Forget every model not in ``models``."""
+        for model in [m for m in self._tracks if m not in models]:
+            self.forget(model)
 
     def models(self) -> list[ModelId]:
         """Models with any tracked state."""

@@ -6,34 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-
-class BudgetConfig(BaseModel):
-    """Per-tick caps on what one tick may start; actions over a cap wait for a later tick."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_nodes_added: int = Field(default=4, ge=0, description="Placeholder GPUs added per tick.")
-    max_prepulls: int = Field(default=8, ge=0, description="Image pre-pulls started per tick.")
-    max_gpu_bytes: int = Field(
-        default=200 * 1024**3, ge=0, description="Bytes of GPU preloads requested per tick."
-    )
-
-
-class QualityGateConfig(BaseModel):
-    """When a model's live forecast is too poor to act on, it falls back to reactive handling."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    window_steps: int = Field(default=120, ge=5, description="Steps of live error history used.")
-    min_steps: int = Field(default=30, ge=1, description="Steps observed before the gate judges.")
-    max_error_ratio: float = Field(
-        default=1.0,
-        gt=0,
-        description="Mean |actual - forecast| / mean actual above which to fall back.",
-    )
-    max_under_forecast_ratio: float = Field(
-        default=0.3, gt=0, le=1, description="Share of steps above the planning quantile allowed."
-    )
+from prewarm.cycle.config import BudgetConfig, QualityGateConfig
 
 
 class LeaderElectionConfig(BaseModel):

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from common.ids import ModelId, NodeName, PoolName
 from planner.actions import Evict, ImagePrepull, NodeCapacity, Preload, Tier, WarmPlan
-from prewarm.daemon.budget import cap_plan
-from prewarm.daemon.config import BudgetConfig
+from prewarm.cycle.budget import cap_plan
+from prewarm.cycle.config import BudgetConfig
 
 POOL = PoolName("a100")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import math
 
 from common.ids import ModelId
-from prewarm.daemon.quality import LiveAccuracy, Quality, passes_gate
+from prewarm.cycle.quality import LiveAccuracy, Quality, passes_gate
 
 M = ModelId("m")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from actuator.capacity import (
@@ -102,15 +104,19 @@ def test_reconcile_releases_pools_no_longer_planned(
     assert actuator.placeholders.pools() == set()
 
 
+def md_pool(config: ActuatorConfig, **pool: Any) -> tuple[ActuatorConfig, MachineDeploymentRef]:
+    """``config`` with pool ``a100`` scaled through the MachineDeployment ``gpu-md``."""
+    ref = MachineDeploymentRef(namespace=config.namespace, name="gpu-md")
+    pools = {"a100": PoolConfig(machine_deployment=ref, **pool)}
+    return config.model_copy(update={"pools": pools}), ref
+
+
 @pytest.mark.usefixtures("capi_crd")
 def test_machine_deployment_scaled_through_scale_and_restored(
     kube: KubeClient, config: ActuatorConfig
 ) -> None:
     path = machine_deployment(kube, config.namespace, "gpu-md", replicas=2)
-    ref = MachineDeploymentRef(namespace=config.namespace, name="gpu-md")
-    config = config.model_copy(
-        update={"pools": {"a100": PoolConfig(gpus_per_node=8, machine_deployment=ref)}}
-    )
+    config, _ = md_pool(config, gpus_per_node=8)
     actuator = NodeCapacityActuator(kube, config)
 
     dry = actuator.reconcile([capacity("a100", 12)], dry_run=True)
@@ -140,8 +146,7 @@ def test_machine_deployment_scaled_through_scale_and_restored(
 def test_missing_cluster_api_disables_direct_scaling_with_one_warning(
     kube: KubeClient, config: ActuatorConfig, warnings_of: pytest.LogCaptureFixture
 ) -> None:
-    ref = MachineDeploymentRef(namespace=config.namespace, name="gpu-md")
-    config = config.model_copy(update={"pools": {"a100": PoolConfig(machine_deployment=ref)}})
+    config, ref = md_pool(config)
     actuator = NodeCapacityActuator(kube, config)
 
     assert actuator.reconcile([capacity("a100", 8)]) == []
@@ -158,8 +163,7 @@ def test_machine_deployment_never_lowers_a_count_someone_else_raised(
     kube: KubeClient, config: ActuatorConfig
 ) -> None:
     path = machine_deployment(kube, config.namespace, "gpu-md", replicas=2)
-    ref = MachineDeploymentRef(namespace=config.namespace, name="gpu-md")
-    config = config.model_copy(update={"pools": {"a100": PoolConfig(machine_deployment=ref)}})
+    config, _ = md_pool(config)
     actuator = NodeCapacityActuator(kube, config)
     actuator.reconcile([capacity("a100", 8)])  # 2 + 1
     # The cluster autoscaler scales the MachineDeployment up while the capacity is held.

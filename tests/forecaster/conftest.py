@@ -62,3 +62,15 @@ def synthetic_batch(
 def small_batch() -> SeriesBatch:
     """Three models, two days of per-minute counts with a daily cycle, one of them intermittent."""
     return synthetic_batch(sparse=True)
+
+
+def write_trace(batch: SeriesBatch, path: Path) -> Path:
+    """``batch`` as a bucketed trace CSV (``timestamp,model,requests``; zero counts left out)."""
+    lines = ["timestamp,model,requests"]
+    for step in range(batch.steps):
+        for row, model in enumerate(batch.models):
+            count = int(batch.counts[row, step])
+            if count:
+                lines.append(f"{int(batch.start_s + step * batch.step_s)},{model},{count}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -14,21 +14,9 @@ from typer.testing import CliRunner
 from common.errors import InvalidInput
 from forecaster.backtest import METHODS, plan_backtest, run_backtest
 from forecaster.metrics import naive_scale, score
-from forecaster.types import SeriesBatch
 from prewarm.cli.main import app
 from prewarm.data import builtin_traces, resolve_trace
-from tests.forecaster.conftest import synthetic_batch
-
-
-def _write_trace(batch: SeriesBatch, path: Path) -> Path:
-    lines = ["timestamp,model,requests"]
-    for step in range(batch.steps):
-        for row, model in enumerate(batch.models):
-            count = int(batch.counts[row, step])
-            if count:
-                lines.append(f"{int(batch.start_s + step * batch.step_s)},{model},{count}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+from tests.forecaster.conftest import synthetic_batch, write_trace
 
 
 def test_metrics_on_known_values() -> None:
@@ -59,7 +47,7 @@ def test_too_short_for_a_backtest_is_invalid_input() -> None:
 
 
 def test_backtest_json_has_exactly_the_documented_shape(tmp_path: Path) -> None:
-    trace = _write_trace(synthetic_batch(models=2, days=0.3, seed=4), tmp_path / "t.csv")
+    trace = write_trace(synthetic_batch(models=2, days=0.3, seed=4), tmp_path / "t.csv")
     out = tmp_path / "result.json"
     result = CliRunner().invoke(
         app,
@@ -94,7 +82,7 @@ def test_backtest_json_has_exactly_the_documented_shape(tmp_path: Path) -> None:
 
 
 def test_backtest_table_without_json(tmp_path: Path) -> None:
-    trace = _write_trace(synthetic_batch(models=1, days=0.3, seed=2), tmp_path / "t.csv")
+    trace = write_trace(synthetic_batch(models=1, days=0.3, seed=2), tmp_path / "t.csv")
     result = CliRunner().invoke(
         app, ["backtest", "--trace", str(trace), "--methods", "prewarm,seasonal-naive"]
     )
@@ -104,7 +92,7 @@ def test_backtest_table_without_json(tmp_path: Path) -> None:
 
 
 def test_forecast_json(tmp_path: Path) -> None:
-    trace = _write_trace(synthetic_batch(models=2, days=0.2, seed=1), tmp_path / "t.csv")
+    trace = write_trace(synthetic_batch(models=2, days=0.2, seed=1), tmp_path / "t.csv")
     result = CliRunner().invoke(
         app, ["forecast", "--trace", str(trace), "--horizon", "30m", "--json"]
     )
@@ -123,7 +111,7 @@ def test_forecast_json(tmp_path: Path) -> None:
 
 
 def test_forecast_table(tmp_path: Path) -> None:
-    trace = _write_trace(synthetic_batch(models=2, days=0.2, seed=1), tmp_path / "t.csv")
+    trace = write_trace(synthetic_batch(models=2, days=0.2, seed=1), tmp_path / "t.csv")
     result = CliRunner().invoke(app, ["forecast", "--trace", str(trace)])
     assert result.exit_code == 0, result.output
     assert "model-0" in result.output

@@ -20,7 +20,7 @@ from forecaster.engine import AutoForecaster
 from forecaster.sources.prometheus import PrometheusSource
 from forecaster.sources.trace import read_trace
 from forecaster.types import SeriesBatch
-from tests.forecaster.conftest import PrometheusFactory, synthetic_batch
+from tests.forecaster.conftest import PrometheusFactory, synthetic_batch, write_trace
 from tests.forecaster.fake_prometheus import Behaviour, fake_prometheus
 from tests.harness.prometheus import free_port
 
@@ -51,15 +51,7 @@ def test_prometheus_source_yields_the_same_series_as_the_trace_file(
     prometheus_server: PrometheusFactory, tmp_path: Path
 ) -> None:
     batch = synthetic_batch(models=3, days=0.25, seed=3)
-    trace = tmp_path / "trace.csv"
-    lines = ["timestamp,model,requests"]
-    for step in range(batch.steps):
-        for row, model in enumerate(batch.models):
-            count = int(batch.counts[row, step])
-            if count:
-                lines.append(f"{int(batch.start_s + step * 60)},{model},{count}")
-    trace.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    from_file = read_trace(trace)
+    from_file = read_trace(write_trace(batch, tmp_path / "trace.csv"))
 
     server = prometheus_server(batch)
     # Small chunks force several range queries (the 11,000-point limit, scaled down).

@@ -68,16 +68,13 @@ def pod_body(
 def apply_pod(kube: KubeClient, body: Obj, *, field_manager: str = "test") -> str:
     """Apply the Pod ``body`` (which names its namespace); returns its path."""
     path = PODS.path(body["metadata"]["namespace"], body["metadata"]["name"])
-    kube.apply(path, body, field_manager=field_manager, dry_run=False)
-    return path
+    return _apply(kube, path, body, field_manager)
 
 
 def deployment(kube: KubeClient, namespace: str, name: str = "llama", replicas: int = 1) -> str:
     """A user's serving Deployment (applied by 'kubectl', not prewarm); returns its path."""
     body = deployment_body(name, namespace=namespace, replicas=replicas)
-    path = DEPLOYMENTS.path(namespace, name)
-    kube.apply(path, body, field_manager="kubectl", dry_run=False)
-    return path
+    return _apply(kube, DEPLOYMENTS.path(namespace, name), body, "kubectl")
 
 
 def hpa(kube: KubeClient, namespace: str, target: str, *, min_replicas: int | None = 2) -> str:
@@ -104,9 +101,7 @@ def hpa(kube: KubeClient, namespace: str, target: str, *, min_replicas: int | No
         "metadata": {"name": f"{target}-hpa", "namespace": namespace},
         "spec": spec,
     }
-    path = HPAS.path(namespace, f"{target}-hpa")
-    kube.apply(path, body, field_manager="kubectl", dry_run=False)
-    return path
+    return _apply(kube, HPAS.path(namespace, f"{target}-hpa"), body, "kubectl")
 
 
 def scaled_object(kube: KubeClient, namespace: str, target: str, *, minimum: int | None) -> str:
@@ -121,9 +116,7 @@ def scaled_object(kube: KubeClient, namespace: str, target: str, *, minimum: int
         "metadata": {"name": f"{target}-so", "namespace": namespace},
         "spec": spec,
     }
-    path = SCALED_OBJECTS.path(namespace, f"{target}-so")
-    kube.apply(path, body, field_manager="kubectl", dry_run=False)
-    return path
+    return _apply(kube, SCALED_OBJECTS.path(namespace, f"{target}-so"), body, "kubectl")
 
 
 def machine_deployment(kube: KubeClient, namespace: str, name: str, *, replicas: int) -> str:
@@ -136,8 +129,7 @@ def machine_deployment(kube: KubeClient, namespace: str, name: str, *, replicas:
         "metadata": {"name": name, "namespace": namespace},
         "spec": {"clusterName": "test", "replicas": replicas},
     }
-    kube.apply(path, body, field_manager="cluster-api", dry_run=False)
-    return path
+    return _apply(kube, path, body, "cluster-api")
 
 
 def get(kube: KubeClient, path: str) -> Obj:
@@ -145,3 +137,8 @@ def get(kube: KubeClient, path: str) -> Obj:
     obj = kube.get(path)
     assert obj is not None, path
     return obj
+
+
+def _apply(kube: KubeClient, path: str, body: Obj, field_manager: str) -> str:
+    kube.apply(path, body, field_manager=field_manager, dry_run=False)
+    return path

@@ -153,21 +153,6 @@ async def test_the_planner_gets_the_idle_time_record_of_a_timer() -> None:
     assert early.model_plans()[timer].p_window < 0.05
 
 
-async def test_the_planner_gets_each_models_last_request_for_calibration() -> None:
-    # The idle timer's P is recorded for calibration only when the daemon passes the time of its
-    # latest request (the end of the last history step with one).
-    timer = ModelId("timer")
-    history = _timer_history(days=1)
-    clock = [(DAY - 10 + 1) * STEP + 7 * STEP]
-    daemon = _daemon(ReplaySource(history), clock)
-    await daemon.tick()
-    pending = daemon._planner_state.calibration.pending
-    assert [batch.models for batch in pending] == [(timer,)]
-    # ... and the number of gaps in its idle-time record: the context says the record is not thin.
-    thin = pending[0].contexts[0] % 2
-    assert thin == 0
-
-
 def _avoided(daemon: Daemon, model: ModelId) -> float:
     value = daemon.metrics.registry.get_sample_value(
         "prewarm_cold_starts_avoided_total", {"model": model}

@@ -11,9 +11,14 @@ replica should take), ``activationProbability``. Missing keys take ``control.ked
 The metric (requests/s) is ``max(forecast at the quantile over [now, now + leadTime], observed,
 manual floor x targetPerReplica)``; KEDA's HPA divides it by ``targetPerReplica`` (AverageValue), so
 the replicas for predicted traffic are requested ``leadTime`` ahead of it. ``IsActive`` is true when
-P(a request within leadTime) exceeds ``activationProbability``, a manual request or pin applies, or
-traffic is observed, so KEDA scales from zero before the first request. A paused model (or a global
-pause) is served reactively: observed traffic only.
+P(a request within leadTime) (the planner's :class:`planner.planner.Outlook` over the forecast)
+exceeds ``activationProbability``, a manual request or pin applies, or traffic is observed, so KEDA
+scales from zero before the first request.
+
+The scaler reads only what the decision cycle published (:class:`prewarm.control.view.DaemonView`):
+the forecasts, the quality gate's verdict (a gated model is served reactively: its forecast is
+ignored, as the planner ignores it), and the manual requests, pins and pauses the cycle applied,
+with the cycle's own lead times. A paused model (or a global pause) is served reactively too.
 """
 
 from __future__ import annotations
@@ -31,19 +36,14 @@ import numpy as np
 import structlog
 
 from common.durations import parse_duration_s
-from common.errors import InvalidInput, NotFound, PrewarmError, TemporaryError
+from common.errors import InvalidInput, NotFound, PrewarmError
 from common.ids import ModelId
 from forecaster.types import Forecast
+from planner.planner import Outlook
 from prewarm.control.calls import abort, guarded
 from prewarm.control.config import KedaConfig
 from prewarm.control.metrics import ControlMetrics
-from prewarm.control.overrides import (
-    ActiveOverrides,
-    ControlState,
-    active_overrides,
-    check_model_id,
-)
-from prewarm.control.store import ControlStore
+from prewarm.control.overrides import ActiveOverrides, check_model_id
 from prewarm.control.view import DaemonView
 from protos import externalscaler_pb2, externalscaler_pb2_grpc
 
@@ -129,16 +129,6 @@ class ScalerReading:
     floor_rps: float
 
 
-def _window(forecast: Forecast, *, now_s: float, lead_time_s: float) -> slice | None:
-    """Steps of ``forecast`` overlapping ``[now_s, now_s + lead_time_s]``; None if none do."""
-    first = max(0, math.floor((now_s - forecast.start_s) / forecast.step_s))
-    last = math.ceil((now_s + lead_time_s - forecast.start_s) / forecast.step_s)
-    last = min(forecast.horizon, max(last, first + 1))
-    if first >= forecast.horizon or last <= 0:
-        return None
-    return slice(first, last)
-
-
 def _level(forecast: Forecast, quantile: float) -> float:
     for level in forecast.quantiles:
         if abs(level - quantile) < 1e-9:
@@ -156,6 +146,7 @@ def evaluate(
     observed_rps: float | None,
     overrides: ActiveOverrides,
     now_s: float,
+    gated: bool = False,
 ) -> ScalerReading:
     """The metric and activity of ``query`` at ``now_s`` (pure). See the module docstring."""
     finite = observed_rps is not None and math.isfinite(observed_rps)
@@ -171,13 +162,16 @@ def evaluate(
         )
     forecast_rps: float | None = None
     p_request: float | None = None
-    if forecast is not None:
-        window = _window(forecast, now_s=now_s, lead_time_s=query.lead_time_s)
+    if forecast is not None and not gated and forecast.horizon > 0:
         level = _level(forecast, query.quantile)
-        if window is not None:
-            counts = forecast.quantile(level)[window]
+        lead = np.array([query.lead_time_s])
+        p_any, _, _ = Outlook({query.model: forecast}, [query.model], level=level).over(now_s, lead)
+        p_request = float(p_any[0])
+        first = max(0, math.floor((now_s - forecast.start_s) / forecast.step_s))
+        last = math.ceil((now_s + query.lead_time_s - forecast.start_s) / forecast.step_s)
+        if first < forecast.horizon:
+            counts = forecast.quantile(level)[first : min(forecast.horizon, max(last, first + 1))]
             forecast_rps = float(np.max(counts)) / forecast.step_s
-            p_request = float(1.0 - np.prod(1.0 - forecast.p_active[window]))
     floor = overrides.floors.get(query.model)
     floor_rps = floor.min_replicas * query.target_per_replica if floor is not None else 0.0
     manual = floor is not None or query.model in overrides.tiers
@@ -199,14 +193,13 @@ def evaluate(
 
 
 class KedaScaler(externalscaler_pb2_grpc.ExternalScalerServicer):
-    """The external scaler over the daemon's view, the control store (for manual requests and
-    pauses), the ``control.keda`` defaults and a clock.
+    """The external scaler over what the daemon's cycle published (its view), the
+    ``control.keda`` defaults and a clock.
     """
 
     def __init__(
         self,
         view: DaemonView,
-        store: ControlStore,
         *,
         config: KedaConfig,
         clock: Callable[[], float] = time.time,
@@ -215,12 +208,10 @@ class KedaScaler(externalscaler_pb2_grpc.ExternalScalerServicer):
     ) -> None:
         self._metrics = metrics if metrics is not None else ControlMetrics()
         self._view = view
-        self._store = store
         self._config = config
         self._clock = clock
         self._max_call_s = max_call_s
         self._closing = asyncio.Event()
-        self._last_state: ControlState | None = None
 
     def close(self) -> None:
         """End every stream (server shutdown)."""
@@ -242,23 +233,13 @@ class KedaScaler(externalscaler_pb2_grpc.ExternalScalerServicer):
                 f"{ref.namespace}/{ref.name}); check its `model` metadata"
             )
         now_s = self._clock()
-        try:
-            state = await self._store.load(max_age_s=self._config.state_max_age_s)
-            self._last_state = state
-        except TemporaryError:
-            # The ConfigMap is unreachable for a moment: keep serving the forecast with the last
-            # manual state seen (a KEDA error would drop to its fallback replica count instead).
-            if self._last_state is None:
-                raise
-            log.warning("control state unavailable; KEDA scaler uses the last one read")
-            state = self._last_state
-        overrides = active_overrides(state, now_s, lead_time_s=query.lead_time_s)
         reading = evaluate(
             query,
             forecast=forecast,
             observed_rps=self._view.observed_rps(query.model),
-            overrides=overrides,
+            overrides=self._view.overrides(),
             now_s=now_s,
+            gated=query.model in self._view.gated_models(),
         )
         self._metrics.observe_keda(query.model, value_rps=reading.value_rps, active=reading.active)
         return query, reading

@@ -598,7 +598,6 @@ class ControlServer:
         )
         self.keda = KedaScaler(
             view,
-            store,
             config=config.keda,
             clock=clock,
             max_call_s=config.max_call_s,

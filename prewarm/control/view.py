@@ -20,6 +20,7 @@ from common.ids import ModelId
 from forecaster.types import Forecast
 from planner.actions import WarmPlan
 from planner.planner import ModelPlan
+from prewarm.cycle.manual import ActiveOverrides
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +181,14 @@ class DaemonView(Protocol):
         """The latest observed request rate of ``model`` (requests/s), or None if unknown."""
         ...
 
+    def gated_models(self) -> frozenset[ModelId]:
+        """Models the latest cycle's forecast quality gate sent back to reactive handling."""
+        ...
+
+    def overrides(self) -> ActiveOverrides:
+        """The manual requests, pins and pauses the latest cycle applied (empty before one)."""
+        ...
+
     def is_leader(self) -> bool:
         """Whether this replica holds the leader Lease (only the leader accepts writes)."""
         ...
@@ -203,6 +212,8 @@ class StaticDaemonView:
     explanations: dict[ModelId, Explanation] = field(default_factory=dict)
     models: set[ModelId] = field(default_factory=set)
     observed: dict[ModelId, float] = field(default_factory=dict)
+    gated: set[ModelId] = field(default_factory=set)
+    active: ActiveOverrides = field(default_factory=lambda: ActiveOverrides(now_s=0.0))
     leader: bool = True
     leader_at: str | None = None
 
@@ -231,6 +242,14 @@ class StaticDaemonView:
     def observed_rps(self, model: ModelId) -> float | None:
         """See :meth:`DaemonView.observed_rps`."""
         return self.observed.get(model)
+
+    def gated_models(self) -> frozenset[ModelId]:
+        """See :meth:`DaemonView.gated_models`."""
+        return frozenset(self.gated)
+
+    def overrides(self) -> ActiveOverrides:
+        """See :meth:`DaemonView.overrides`."""
+        return self.active
 
     def is_leader(self) -> bool:
         """See :meth:`DaemonView.is_leader`."""

@@ -9,13 +9,17 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from common.errors import InvalidInput, TemporaryError
+from common.errors import InvalidInput
 from common.ids import ModelId
 from planner.actions import Tier
 from prewarm.control.config import KedaConfig
 from prewarm.control.keda import ScalerQuery, evaluate, parse_metadata
-from prewarm.control.overrides import ActiveOverrides, ControlState, FloorOverride, TierOverride
-from prewarm.control.store import MemoryControlStore
+from prewarm.control.overrides import (
+    ActiveOverrides,
+    FloorOverride,
+    TierOverride,
+    active_overrides,
+)
 from protos import control_pb2, control_pb2_grpc, externalscaler_pb2, externalscaler_pb2_grpc
 from tests.control.conftest import (
     WRITE_TOKEN,
@@ -229,11 +233,20 @@ def test_a_manual_warm_request_activates_the_scaler(
             metadata=(("authorization", f"Bearer {WRITE_TOKEN}"),),
             timeout=5,
         )
+    # The scaler reads what the cycle published: the daemon's next tick applies the request.
+    assert not scaler.IsActive(near, timeout=5).result
+    running.view.active = publish(running)
     assert scaler.IsActive(near, timeout=5).result
     values = scaler.GetMetrics(
         externalscaler_pb2.GetMetricsRequest(scaledObjectRef=near), timeout=5
     )
     assert values.metricValues[0].metricValueFloat == pytest.approx(6.0)  # 3 replicas x 2 req/s
+
+
+def publish(running: RunningServer) -> ActiveOverrides:
+    """What a daemon's cycle publishes from the stored manual state now."""
+    state = running.run(running.store.load())
+    return active_overrides(state, running.clock())
 
 
 def test_bad_triggers_get_status_codes(scaler: externalscaler_pb2_grpc.ExternalScalerStub) -> None:
@@ -319,37 +332,34 @@ def test_keda_needs_a_token_when_not_anonymous() -> None:
         stop_server(handle)
 
 
-class FlakyStore(MemoryControlStore):
-    """A store whose reads fail while ``down`` is set (the API server unreachable)."""
+def test_a_gated_model_is_served_reactively(
+    running: RunningServer, scaler: externalscaler_pb2_grpc.ExternalScalerStub
+) -> None:
+    ahead = ref(model="llama-70b", leadTime="3m", quantile="0.5")
+    assert scaler.IsActive(ahead, timeout=5).result
+    running.view.gated.add(LLAMA)  # the cycle's quality gate sent it back to reactive handling
+    assert not scaler.IsActive(ahead, timeout=5).result
+    request = externalscaler_pb2.GetMetricsRequest(scaledObjectRef=ahead)
+    assert scaler.GetMetrics(request, timeout=5).metricValues[0].metricValueFloat == 0.0
+    running.view.observed[LLAMA] = 0.4
+    assert scaler.IsActive(ahead, timeout=5).result
+    assert scaler.GetMetrics(request, timeout=5).metricValues[0].metricValueFloat == 0.4
 
-    down = False
 
-    async def load(self, *, max_age_s: float = 0.0) -> ControlState:
-        if self.down:
-            raise TemporaryError("the Kubernetes API is unreachable; retry shortly")
-        return await super().load(max_age_s=max_age_s)
-
-
-def test_a_store_outage_keeps_the_last_manual_state() -> None:
+def test_the_scaler_serves_the_manual_state_the_cycle_published() -> None:
     clock = Clock()
-    store = FlakyStore(clock=clock)
-    store.down = True
-    handle = start_server(store=store, clock=clock)
+    handle = start_server(clock=clock)
     try:
         with grpc.insecure_channel(handle.address) as channel:
             scaler = externalscaler_pb2_grpc.ExternalScalerStub(channel)
             trigger = ref(model="mistral-7b")
-            with pytest.raises(grpc.RpcError) as caught:
-                scaler.IsActive(trigger, timeout=5)  # nothing read yet: UNAVAILABLE, KEDA retries
-            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
-            store.down = False
             control_pb2_grpc.ControlStub(channel).Pin(
                 control_pb2.PinRequest(model="mistral-7b"),
                 metadata=(("authorization", f"Bearer {WRITE_TOKEN}"),),
                 timeout=5,
             )
+            assert not scaler.IsActive(trigger, timeout=5).result  # not published yet
+            handle.view.active = publish(handle)
             assert scaler.IsActive(trigger, timeout=5).result
-            store.down = True
-            assert scaler.IsActive(trigger, timeout=5).result  # the pin still counts
     finally:
         stop_server(handle)

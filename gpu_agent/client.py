@@ -34,9 +34,11 @@ import torch
 
 from common.errors import NotFound, PrewarmError, TemporaryError
 from common.grpc_status import error_for
+from common.tiers import Tier
 from gpu_agent.copy_engine import TORCH_DTYPES
 from protos import gpu_agent_pb2 as pb
 from protos import gpu_agent_pb2_grpc as pb_grpc
+from protos.tiers import agent_tier, tier_from_proto
 
 DEFAULT_TARGET = "127.0.0.1:50061"
 
@@ -92,7 +94,7 @@ def attach(
     *,
     token: str | None = None,
     credentials: grpc.ChannelCredentials | None = None,
-    max_tier: int = pb.TIER_GPU,
+    max_tier: Tier = Tier.GPU,
     fallback_files: Sequence[Path] = (),
     fallback_device: str = "cpu",
     timeout_s: float = 10.0,
@@ -114,13 +116,11 @@ def attach(
     stub = pb_grpc.GpuAgentStub(channel)
     tier = max_tier
     try:
-        while tier >= pb.TIER_DISK:
+        while tier >= Tier.DISK:
             try:
                 response = stub.Attach(
                     pb.AttachRequest(
-                        model_id=model_id,
-                        max_tier=tier,  # type: ignore[arg-type]
-                        client_pid=os.getpid(),
+                        model_id=model_id, max_tier=agent_tier(tier), client_pid=os.getpid()
                     ),
                     metadata=metadata,
                     timeout=timeout_s,
@@ -143,7 +143,8 @@ def attach(
                 # Not mappable from here (different node/GPU, no IPC namespace, no shm mount):
                 # give the lease back and ask for the next slower tier.
                 _end_lease(stub, response.lease_id, metadata=metadata)
-                tier = min(tier, response.tier) - 1
+                offered = tier_from_proto(response.tier) or Tier.DISK
+                tier = Tier(min(tier, offered) - 1)
         raise NotFound(f"model {model_id}: no tier of the agent's copy is reachable from here")
     except (NotFound, TemporaryError):
         channel.close()
@@ -163,13 +164,14 @@ def _end_lease(stub: Any, lease_id: str, *, metadata: tuple[tuple[str, str], ...
 
 
 def _map(response: pb.AttachResponse, attached: AttachedModel) -> None:
-    if response.tier == pb.TIER_GPU:
+    tier = tier_from_proto(response.tier)
+    if tier == Tier.GPU:
         base = _open_cuda_ipc(response.cuda)
         attached.tier = "gpu"
         attached._keep.append(base)
         attached.tensors = {t.name: _view(base, t, offset=t.offset_bytes) for t in response.tensors}
         return
-    if response.tier == pb.TIER_HOST:
+    if tier == Tier.HOST:
         bases = []
         for file in response.files:
             with open(file.path, "rb") as handle:

@@ -17,8 +17,10 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from gpu_agent.agent import TIER_NAMES, Agent
+from common.tiers import Tier
+from gpu_agent.agent import Agent
 from protos import gpu_agent_pb2 as pb
+from protos.tiers import tier_label
 
 
 def eviction_reason(text: str) -> str:
@@ -51,7 +53,7 @@ class _StatusCollector(Collector):
             "prewarm_agent_held_models", "Models held, by tier.", labels=["tier"]
         )
         for usage in status.tiers:
-            name = TIER_NAMES.get(usage.tier, str(usage.tier))
+            name = tier_label(usage.tier, default=str(usage.tier))
             held.add_metric([name], float(usage.used_bytes))
             capacity.add_metric([name], float(usage.capacity_bytes))
             models.add_metric([name], float(usage.models))
@@ -117,10 +119,16 @@ class AgentMetrics:
         agent.add_listener(self._on_event)
 
     def _on_event(
-        self, kind: int, model_id: str, tier: int, nbytes: int, reason: str, duration_s: float
+        self,
+        kind: int,
+        model_id: str,
+        tier: Tier | None,
+        nbytes: int,
+        reason: str,
+        duration_s: float,
     ) -> None:
         del model_id, duration_s
-        tier_name = TIER_NAMES.get(tier, "unknown")
+        tier_name = tier.label if tier is not None else "unknown"
         if kind == pb.Event.KIND_EVICTED:
             self.evictions.labels(tier=tier_name, reason=eviction_reason(reason)).inc()
         elif kind == pb.Event.KIND_LOADED:

@@ -25,11 +25,14 @@ from common.errors import InvalidInput, PrewarmError, Unauthenticated
 from common.grpc_status import status_for
 from common.http_endpoints import ProbeServer
 from common.ids import ModelId
-from gpu_agent.agent import Agent, ArtifactSpec, PreloadSpec, SourceSpec
+from common.tiers import Tier
+from gpu_agent.agent import Agent
 from gpu_agent.config import AgentConfig
 from gpu_agent.metrics import AgentMetrics
+from gpu_agent.specs import ArtifactSpec, PreloadSpec, SourceSpec
 from protos import gpu_agent_pb2 as pb
 from protos import gpu_agent_pb2_grpc as pb_grpc
+from protos.tiers import tier_from_proto
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,8 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: PrewarmErro
 
 
 def preload_spec(request: pb.PreloadRequest) -> PreloadSpec:
-    """The agent's view of a PreloadRequest (no validation beyond types; the agent validates)."""
+    """The agent's view of a PreloadRequest (no validation beyond types and the tier enum; the
+    agent validates). An unspecified target tier is the GPU."""
     deadline = None
     if request.HasField("deadline"):
         deadline = request.deadline.ToNanoseconds() / 1e9
@@ -54,7 +58,7 @@ def preload_spec(request: pb.PreloadRequest) -> PreloadSpec:
             ArtifactSpec(SourceSpec(a.source.uri, a.source.sha256), a.kind, a.install_dir)
             for a in request.artifacts
         ),
-        target_tier=request.target_tier or pb.TIER_GPU,
+        target_tier=tier_from_proto(request.target_tier) or Tier.GPU,
         predicted_value=request.predicted_value,
         deadline_unix_s=deadline,
         gpu_uuid=request.gpu_uuid,
@@ -84,7 +88,9 @@ class GpuAgentService(pb_grpc.GpuAgentServicer):
         self, request: pb.EvictRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.EvictResponse:
         try:
-            return await self._agent.evict(request.model_id, tier=request.tier, force=request.force)
+            return await self._agent.evict(
+                request.model_id, tier=tier_from_proto(request.tier), force=request.force
+            )
         except PrewarmError as error:
             await _abort(context, error)
             raise  # unreachable: abort raises
@@ -105,7 +111,9 @@ class GpuAgentService(pb_grpc.GpuAgentServicer):
     ) -> pb.AttachResponse:
         try:
             return self._agent.attach(
-                request.model_id, max_tier=request.max_tier, client_pid=request.client_pid
+                request.model_id,
+                max_tier=tier_from_proto(request.max_tier) or Tier.GPU,
+                client_pid=request.client_pid,
             )
         except PrewarmError as error:
             await _abort(context, error)

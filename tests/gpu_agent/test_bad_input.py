@@ -224,7 +224,7 @@ async def test_client_disconnect_mid_stream_cleans_up(
         assert any(p.suffix == ".partial" for p in leftovers(Path(config.cache_dir)))
         call.cancel()
         for _ in range(100):
-            if not leftovers(Path(config.cache_dir) / "models") and not running.agent._loading:
+            if not leftovers(Path(config.cache_dir) / "models") and not running.agent.loading():
                 break
             await asyncio.sleep(0.05)
     assert_clean(config)

@@ -45,7 +45,7 @@ async def test_preload_to_gpu_with_real_nvml(start_agent, models_dir: Path, conf
         pb.PreloadRequest(model_id="m", weights=[source(path)], predicted_value=1.0),
     )
     assert progress[-1].tier == pb.TIER_GPU
-    holding = running.agent._holdings["m"]  # type: ignore[index]
+    holding = running.agent.holding("m")
     assert holding.gpu is not None
     assert holding.gpu.buffer.is_cuda
     views = tensor_views(holding.gpu.buffer, holding.gpu.placements)
@@ -77,7 +77,7 @@ async def test_cuda_ipc_attach_from_another_process(
         assert first["devices"] == ["cuda:0"]
         assert first["sums"] == pytest.approx(expected_sums(tensors), rel=1e-6)
         # Zero-copy: write into the agent's allocation; the child sees it through its IPC mapping.
-        holding = running.agent._holdings["m"]  # type: ignore[index]
+        holding = running.agent.holding("m")
         assert holding.gpu is not None
         views = tensor_views(holding.gpu.buffer, holding.gpu.placements)
         views["embed"].fill_(1)
@@ -178,7 +178,7 @@ async def test_host_tier_is_page_locked_and_fills_the_gpu_from_it(
     running = await start_gpu_agent(start_agent, config)
     request = pb.PreloadRequest(model_id="m", weights=[source(path)], target_tier=pb.TIER_HOST)
     await preload_all(running.stub, request)
-    holding = running.agent._holdings["m"]  # type: ignore[index]
+    holding = running.agent.holding("m")
     assert len(holding.host_pinned) == 1
     upgrade = pb.PreloadRequest(model_id="m", target_tier=pb.TIER_GPU)  # no sources: held
     progress = await preload_all(running.stub, upgrade)

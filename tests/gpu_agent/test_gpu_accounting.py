@@ -46,7 +46,7 @@ async def test_gpu_tier_fill_is_exact(start_agent, models_dir: Path, config) -> 
     progress = await preload_all(running.stub, gpu_request("m", path, 1.0))
     assert progress[-1].tier == pb.TIER_GPU
     assert any(p.stage == pb.PreloadProgress.STAGE_GPU and p.gbps > 0 for p in progress)
-    holding = running.agent._holdings["m"]  # type: ignore[index]
+    holding = running.agent.holding("m")
     assert holding.gpu is not None
     from gpu_agent.copy_engine import tensor_views
 

@@ -1,0 +1,155 @@
+"""The registry of what the agent holds: per model, its files and allocations in each tier.
+
+Owns :class:`Holding` (a model's disk files, host shared-memory files and page-locked mappings,
+GPU allocation and open leases), the lock every read-modify-write of a holding takes, the loads in
+flight, and the views other modules decide from (eviction candidates per tier, GPU bytes held).
+It must not do I/O, free memory or decide what to evict: the tier modules and
+:mod:`gpu_agent.reclaim` do, under :attr:`Holdings.lock`.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from common.ids import ModelId
+from common.tiers import Tier
+from gpu_agent.control import LoadControl
+from gpu_agent.copy_engine import PinnedMapping, Placement
+from gpu_agent.eviction import Candidate
+from gpu_agent.safetensors_format import SafetensorsLayout
+
+
+@dataclass(slots=True)
+class GpuResidency:
+    """A model's one allocation on one GPU and where each file's data lies in it."""
+
+    buffer: torch.Tensor
+    placements: list[Placement]
+    gpu_uuid: str
+    nbytes: int
+
+
+@dataclass(slots=True)
+class Holding:
+    """Everything the agent holds for one model. Mutated only under :attr:`Holdings.lock`."""
+
+    model_id: ModelId
+    predicted_value: float
+    last_used: float
+    disk_files: list[Path]
+    layouts: list[SafetensorsLayout]
+    disk_bytes: int
+    host_files: list[Path] | None = None
+    host_pinned: dict[Path, PinnedMapping] = field(default_factory=dict)
+    gpu: GpuResidency | None = None
+    leases: dict[str, int] = field(default_factory=dict)
+    """Open leases: lease id -> the attached client's pid."""
+
+    @property
+    def data_bytes(self) -> int:
+        return sum(layout.data_bytes for layout in self.layouts)
+
+    @property
+    def file_bytes(self) -> int:
+        return sum(layout.file_bytes for layout in self.layouts)
+
+    @property
+    def tier(self) -> Tier:
+        """The fastest tier the model is held in."""
+        if self.gpu is not None:
+            return Tier.GPU
+        if self.host_files is not None:
+            return Tier.HOST
+        return Tier.DISK
+
+    def candidate(self, nbytes: int) -> Candidate:
+        return Candidate(self.model_id, nbytes, self.predicted_value, self.last_used)
+
+
+class Holdings:
+    """The agent's holdings by model id, and its loads in flight.
+
+    Loads in flight are registered and removed on the event loop and read from worker threads
+    without the lock (single dict operations), so the event loop never waits on a worker that
+    holds :attr:`lock` while it frees memory.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        """Taken by every read-modify-write of a holding (re-entrant: eviction nests in it)."""
+        self._by_id: dict[ModelId, Holding] = {}
+        self._loading: dict[ModelId, LoadControl] = {}
+
+    def get(self, model_id: ModelId) -> Holding | None:
+        return self._by_id.get(model_id)
+
+    def __contains__(self, model_id: object) -> bool:
+        return model_id in self._by_id
+
+    def put(self, holding: Holding) -> None:
+        self._by_id[holding.model_id] = holding
+
+    def pop(self, model_id: ModelId) -> Holding | None:
+        return self._by_id.pop(model_id, None)
+
+    def all(self) -> list[Holding]:
+        """The holdings now, in the order they were added."""
+        with self.lock:
+            return list(self._by_id.values())
+
+    # --------------------------------------------------------------------------- in flight
+
+    def start_load(self, model_id: ModelId, control: LoadControl) -> None:
+        self._loading[model_id] = control
+
+    def end_load(self, model_id: ModelId) -> None:
+        self._loading.pop(model_id, None)
+
+    def load_control(self, model_id: ModelId) -> LoadControl | None:
+        """The control of the load of ``model_id`` in flight, if any."""
+        return self._loading.get(model_id)
+
+    def loading(self) -> frozenset[ModelId]:
+        """The models with a load in flight."""
+        return frozenset(self._loading)
+
+    def cancel_loads(self, reason: str) -> None:
+        """Ask every load in flight to stop at its next checkpoint."""
+        for control in list(self._loading.values()):
+            control.cancel(reason)
+
+    # ------------------------------------------------------------------------------- views
+
+    def gpu_candidates(self, gpu_uuid: str) -> list[Candidate]:
+        """Models on GPU ``gpu_uuid`` that may be evicted: not attached, not being loaded."""
+        with self.lock:
+            return [
+                h.candidate(h.gpu.nbytes)
+                for h in self._by_id.values()
+                if h.gpu is not None
+                and h.gpu.gpu_uuid == gpu_uuid
+                and not h.leases
+                and h.model_id not in self._loading
+            ]
+
+    def host_candidates(self) -> list[Candidate]:
+        """Models in host memory that may be evicted: not attached, not being loaded."""
+        with self.lock:
+            return [
+                h.candidate(h.file_bytes)
+                for h in self._by_id.values()
+                if h.host_files is not None and not h.leases and h.model_id not in self._loading
+            ]
+
+    def gpu_bytes(self, gpu_uuid: str | None = None) -> int:
+        """Bytes of GPU memory held (on one GPU, or all)."""
+        with self.lock:
+            return sum(
+                h.gpu.nbytes
+                for h in self._by_id.values()
+                if h.gpu is not None and (gpu_uuid is None or h.gpu.gpu_uuid == gpu_uuid)
+            )

@@ -220,6 +220,8 @@ class TychePolicy:
     def __init__(self, *, window: int = 5, p_load: float = 0.06, p_offload: float = 0.94) -> None:
         self.name = "tyche"
         self.window = window
+        self.p_load = p_load
+        self.p_offload = p_offload
         self.t_load = -math.log(1.0 - p_load)
         self.t_off = -math.log(1.0 - p_offload)
 

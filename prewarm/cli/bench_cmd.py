@@ -1,39 +1,60 @@
 """``prewarm bench``: replay a trace against prewarm and the policies people use today.
 
-Prints a table (or ``--json``) of cold starts, waits, idle GPU memory and node-hours per policy on
-one simulated cluster under one GPU memory budget. ``--sweep`` varies the budget and reports each
-policy's curve of cold starts against idle GB-hours; ``--plot`` draws it, with a forecast-vs-actual
-panel for the busiest models. Progress goes to stderr: a live bar on a terminal, plain lines
-(each policy at each quarter of the trace) in a log or a pipe. Bad input exits 2 before any run.
+Prints a table (or ``--json``) of cold starts, waits (p99 split into cold-start wait and
+queueing), idle GPU memory and node-hours per policy on one simulated cluster under one GPU memory
+budget. ``--sweep`` runs each tunable policy at its documented settings, giving its curve of cold
+starts against idle GB-hours, and compares prewarm with each baseline *at the same idle GPU
+memory* (read off the baseline's curve, ``prewarm.sim.matched``). ``--budget-sweep`` varies the
+budget instead. ``--plot`` draws the curves, with a forecast-vs-actual panel for the busiest
+models. Progress goes to stderr: a live bar on a terminal, plain lines (each run at each quarter
+of the trace) in a log or a pipe. Bad input exits 2 before any run.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from common.errors import InvalidInput
 from planner.catalog import Catalog, load_catalog
 from prewarm.cli.output import print_table, write_json
 from prewarm.data import resolve_trace
 from prewarm.sim.bench import (
-    SWEEP_FACTORS,
+    SERVING_OBJECTIVE_P99_S,
     BenchInput,
     bench_document,
     check_policy_names,
     comparison_lines,
+    curves_json,
     load_bench_input,
+    matched_verdicts,
+    own_point,
     run_bench,
+    run_budget_sweep,
+    run_sweep,
+    serving_check,
 )
-from prewarm.sim.engine import SUMMARY_FIELDS, SimResult
+from prewarm.sim.engine import SUMMARY_FIELDS
+from prewarm.sim.matched import CurvePoint, verdict_json, verdict_line
 from prewarm.sim.policies import POLICY_NAMES
 
 _COLUMNS = ("policy", *SUMMARY_FIELDS)
+_CURVE_COLUMNS = (
+    "policy",
+    "setting",
+    "cold_start_ratio",
+    "idle_gpu_gb_hours",
+    "wait_p99_s",
+    "cold_wait_p99_s",
+    "queue_wait_p99_s",
+)
 
 
 def _resolve_trace(text: str) -> tuple[Path, str]:
@@ -69,13 +90,14 @@ class _LineProgress:
             typer.echo(f"bench: {self.label}{name} {state} ({elapsed:.1f} s)", err=True)
 
 
-def _run_with_progress(
-    bench: BenchInput, names: list[str], budget_gb: float | None, label: str
-) -> dict[str, SimResult]:
+@contextmanager
+def _progress(bench: BenchInput) -> Iterator[Callable[[str, int], None]]:
+    """``advance(label, ticks)`` for the runs made inside: a bar per run on a terminal, plain
+    lines otherwise."""
     console = Console(stderr=True)
     if not console.is_terminal:
-        lines = _LineProgress(bench.trace.ticks, label)
-        return run_bench(bench, names, budget_gb=budget_gb, progress=lines.advance)
+        yield _LineProgress(bench.trace.ticks, "").advance
+        return
     with Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -84,33 +106,30 @@ def _run_with_progress(
         console=console,
         transient=True,
     ) as progress:
-        tasks = {
-            name: progress.add_task(f"{label}{name}", total=bench.trace.ticks) for name in names
-        }
+        tasks: dict[str, TaskID] = {}
 
-        def advance(name: str, ticks: int) -> None:
-            progress.advance(tasks[name], ticks)
+        def advance(label: str, ticks: int) -> None:
+            if label not in tasks:
+                tasks[label] = progress.add_task(label, total=bench.trace.ticks)
+            progress.advance(tasks[label], ticks)
 
-        return run_bench(bench, names, budget_gb=budget_gb, progress=advance)
+        yield advance
 
 
-def _sweep(
-    bench: BenchInput, names: list[str], base_gb: float
-) -> dict[str, list[dict[str, float]]]:
-    curves: dict[str, list[dict[str, float]]] = {name: [] for name in names}
-    for factor in SWEEP_FACTORS:
-        budget = base_gb * factor
-        results = _run_with_progress(bench, names, budget, f"{budget:,.0f} GB ")
-        for name, result in results.items():
-            summary = result.summary()
-            curves[name].append(
-                {
-                    "gpu_memory_budget_gb": budget,
-                    "cold_start_ratio": summary["cold_start_ratio"],
-                    "idle_gpu_gb_hours": summary["idle_gpu_gb_hours"],
-                }
-            )
-    return curves
+def _curve_rows(curves: dict[str, list[CurvePoint]]) -> list[list[object]]:
+    return [
+        [
+            name,
+            point.label,
+            point.cold_start_ratio,
+            point.idle_gpu_gb_hours,
+            point.wait_p99_s,
+            point.cold_wait_p99_s,
+            point.queue_wait_p99_s,
+        ]
+        for name, points in curves.items()
+        for point in points
+    ]
 
 
 def register(app: typer.Typer) -> None:
@@ -137,13 +156,24 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         sweep: Annotated[
-            bool, typer.Option("--sweep", help="Vary the budget; report cold starts vs idle GB-h.")
+            bool,
+            typer.Option(
+                "--sweep",
+                help="Run each tunable policy at its documented settings (cold starts vs idle "
+                "GB-h) and compare prewarm with each baseline at the same idle GB-h.",
+            ),
+        ] = False,
+        budget_sweep: Annotated[
+            bool,
+            typer.Option(
+                "--budget-sweep", help="Vary the GPU memory budget (0.25x-4x) for every policy."
+            ),
         ] = False,
         json_out: Annotated[
             Path | None, typer.Option("--json", help="Write the JSON document here ('-': stdout).")
         ] = None,
         plot: Annotated[
-            Path | None, typer.Option("--plot", help="Draw the sweep and forecasts to a PNG.")
+            Path | None, typer.Option("--plot", help="Draw the curves and forecasts to a PNG.")
         ] = None,
         seed: Annotated[int, typer.Option("--seed", help="Seed of arrivals and delays.")] = 0,
     ) -> None:
@@ -157,16 +187,40 @@ def register(app: typer.Typer) -> None:
         path, label = _resolve_trace(trace)
         bench_input = load_bench_input(path, models, name=label, seed=seed)
         budget = gpu_memory_budget if gpu_memory_budget is not None else None
-        results = _run_with_progress(bench_input, names, budget, "")
-        document: dict[str, Any] = bench_document(bench_input, results)
-        base = budget if budget is not None else bench_input.default_budget_gb
-        curves = _sweep(bench_input, names, base) if sweep else None
+        curves: dict[str, list[CurvePoint]] | None = None
+        budget_curves: dict[str, list[CurvePoint]] | None = None
+        with _progress(bench_input) as advance:
+            results = run_bench(bench_input, names, budget_gb=budget, progress=advance)
+            if sweep:
+                curves = run_sweep(
+                    bench_input, names, budget_gb=budget, done=results, progress=advance
+                )
+            if budget_sweep:
+                budget_curves = run_budget_sweep(
+                    bench_input, names, base_gb=budget, progress=advance
+                )
+        document: dict[str, Any] = bench_document(bench_input, results, budget_gb=budget)
+        verdicts = []
         if curves is not None:
-            document["sweep"] = curves
+            document["sweep"] = curves_json(curves)
+            if "prewarm" in results:
+                verdicts = matched_verdicts(own_point("prewarm", results["prewarm"]), curves)
+                document["matched_memory"] = {v.baseline: verdict_json(v) for v in verdicts}
+        if budget_curves is not None:
+            document["budget_sweep"] = curves_json(budget_curves)
+        warning = serving_check(results)
+        if "oracle" in results:
+            document["serving_objective"] = {
+                "wait_p99_s": SERVING_OBJECTIVE_P99_S,
+                "oracle_wait_p99_s": results["oracle"].summary()["wait_p99_s"],
+                "met": warning is None,
+            }
+        if warning is not None:
+            typer.echo(f"bench: warning: {warning}", err=True)
         if plot is not None:
             from prewarm.sim.plot import draw_bench
 
-            draw_bench(plot, bench_input, results, curves)
+            draw_bench(plot, bench_input, results, curves or budget_curves)
         if json_out is not None:
             write_json(document, None if str(json_out) == "-" else json_out)
             if str(json_out) == "-":
@@ -177,24 +231,18 @@ def register(app: typer.Typer) -> None:
         ]
         title = (
             f"{label}: {bench_input.trace.requests:,} requests, {len(bench_input.trace.models)} "
-            f"models, GPU budget {base:,.0f} GB"
+            f"models, GPU budget {document['gpu_memory_budget_gb']:,.0f} GB"
         )
         print_table(title, _COLUMNS, rows)
         for line in comparison_lines(results):
             typer.echo(line)
         if curves is not None:
-            sweep_rows = [
-                [
-                    name,
-                    point["gpu_memory_budget_gb"],
-                    point["cold_start_ratio"],
-                    point["idle_gpu_gb_hours"],
-                ]
-                for name, points in curves.items()
-                for point in points
-            ]
+            print_table("sweep: each policy at its settings", _CURVE_COLUMNS, _curve_rows(curves))
+            for matched in verdicts:
+                typer.echo(verdict_line(matched))
+        if budget_curves is not None:
             print_table(
-                "budget sweep",
-                ("policy", "gpu_memory_budget_gb", "cold_start_ratio", "idle_gpu_gb_hours"),
-                sweep_rows,
+                "budget sweep: each policy at its own setting",
+                _CURVE_COLUMNS,
+                _curve_rows(budget_curves),
             )

@@ -1,26 +1,29 @@
 """Draws ``prewarm bench --plot``: cold starts vs idle GPU memory per policy, and forecasts.
 
-Left: each policy's point at the chosen budget and, with ``--sweep``, its curve over budgets
-(cold-start ratio against idle GPU GB-hours; lower-left is better). Right: for the busiest models,
+Left: each policy's point at its own setting and, with ``--sweep``, its curve over its settings
+(``--budget-sweep``: over budgets): cold-start ratio against idle GPU GB-hours, lower-left is
+better. Right: for the busiest models,
 the prewarm policy's one-step-ahead forecast against the actual request rate. Matplotlib with the
 Agg backend (no display needed).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from prewarm.sim.bench import BenchInput
 from prewarm.sim.engine import SimResult
+from prewarm.sim.matched import CurvePoint
 
 
 def draw_bench(
     path: Path,
     bench: BenchInput,
     results: dict[str, SimResult],
-    curves: dict[str, list[dict[str, float]]] | None,
+    curves: Mapping[str, Sequence[CurvePoint]] | None,
 ) -> None:
     """Write the figure to ``path`` (PNG)."""
     import matplotlib
@@ -33,8 +36,9 @@ def draw_bench(
         summary = result.summary()
         points = curves.get(name) if curves else None
         if points:
-            xs = [p["idle_gpu_gb_hours"] for p in points]
-            ys = [p["cold_start_ratio"] for p in points]
+            ordered = sorted(points, key=lambda p: p.idle_gpu_gb_hours)
+            xs = [p.idle_gpu_gb_hours for p in ordered]
+            ys = [p.cold_start_ratio for p in ordered]
             (line,) = left.plot(xs, ys, marker="o", label=name)
             color = line.get_color()
         else:

@@ -60,13 +60,64 @@ def test_json_document_has_the_documented_shape(tmp_path: Path) -> None:
     assert "bench: keepalive-10m done (" in result.stderr
     assert "bench: oracle done (" in result.stderr
     document = json.loads(out.read_text())
-    assert set(document) == {"trace", "requests", "models", "policies"}
+    assert set(document) == {
+        "trace",
+        "requests",
+        "models",
+        "gpu_memory_budget_gb",
+        "policies",
+        "serving_objective",
+    }
+    assert document["serving_objective"]["met"] is True
     assert document["requests"] == 60 * 2 + 6
     assert document["models"] == 2
     assert list(document["policies"]) == ["keepalive-10m", "oracle"]
     for summary in document["policies"].values():
         assert set(summary) == FIELDS
     assert plot.stat().st_size > 1000
+
+
+def test_sweep_gives_curves_and_the_verdict_at_matched_memory(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = _bench(
+        "--trace",
+        str(_trace(tmp_path)),
+        "--policies",
+        "keepalive-10m,tyche,prewarm",
+        "--sweep",
+        "--json",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads(out.read_text())
+    assert [len(document["sweep"][name]) for name in ("keepalive-10m", "tyche", "prewarm")] == [
+        5,
+        5,
+        5,
+    ]
+    point = document["sweep"]["keepalive-10m"][0]
+    assert set(point) == {
+        "setting",
+        "params",
+        "cold_start_ratio",
+        "idle_gpu_gb_hours",
+        "wait_p99_s",
+        "cold_wait_p99_s",
+        "queue_wait_p99_s",
+    }
+    assert point["params"] == {"keep_s": 300.0}
+    matched = document["matched_memory"]
+    assert list(matched) == ["keepalive-10m", "tyche"]
+    for verdict in matched.values():
+        assert verdict["verdict"] in {"meets", "misses", "tie", "beyond the curve"}
+        assert verdict["idle_gpu_gb_hours"] == document["policies"]["prewarm"]["idle_gpu_gb_hours"]
+    # The table and the verdict lines, without --json.
+    shown = _bench(
+        "--trace", str(_trace(tmp_path)), "--policies", "keepalive-10m,prewarm", "--sweep"
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "prewarm vs keepalive-10m at " in shown.stdout
+    assert "keep 60 min" in shown.stdout
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,11 @@
-"""prewarm against the other policies: the development-set bench's verdicts against issue 3's
-targets (benchmarks/bench_traces.py) and the comparison lines ``prewarm bench`` prints."""
+"""prewarm against the other policies: the development-set bench's verdicts at matched memory
+(benchmarks/bench_traces.py) and the comparison lines ``prewarm bench`` prints."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -15,58 +17,59 @@ from prewarm.sim.bench import comparison_lines
 from prewarm.sim.engine import WAIT_EDGES, SimResult
 
 
+@functools.cache
 def _bench_traces() -> ModuleType:
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_traces.py"
     spec = importlib.util.spec_from_file_location("bench_traces", path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    # Dataclasses look their module up by name while the class is built.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
 
-def _s(cold: float, idle: float) -> dict[str, float]:
-    return {"cold_start_ratio": cold, "idle_gpu_gb_hours": idle}
+def _run(label: str, cold: float, idle: float, *, own: bool = False, wait: float = 0.0) -> object:
+    summary = {
+        "cold_start_ratio": cold,
+        "idle_gpu_gb_hours": idle,
+        "wait_p99_s": wait,
+        "cold_wait_p99_s": 0.0,
+        "queue_wait_p99_s": wait,
+    }
+    return _bench_traces().Run(label, {}, summary, 1.0, 1.0, own)
 
 
-@pytest.mark.parametrize(
-    ("ours", "theirs", "share", "expected"),
-    [
-        # hybrid-histogram: at most half its cold-start ratio, no more idle memory
-        (_s(0.000196, 54_882), _s(0.000376, 80_253), 0.5, "misses"),  # 0.52x
-        (_s(0.000188, 80_253), _s(0.000376, 80_253), 0.5, "meets"),
-        (_s(0.000100, 80_254), _s(0.000376, 80_253), 0.5, "misses"),
-        # keepalive-10m, tyche: less of both
-        (_s(0.000196, 54_882), _s(0.00163, 55_368), 1.0, "meets"),
-        (_s(0.000191, 309_329), _s(0.00194, 278_815), 1.0, "misses"),
-        (_s(0.0, 50.0), _s(0.0, 61.0), 1.0, "meets"),
-        # nobody has a cold start and the memory is the same: nothing to win
-        (_s(0.0, 9.433), _s(0.0, 9.431), 1.0, "tie"),
-        (_s(0.0, 61.02), _s(0.0, 61.02), 0.5, "tie"),
-    ],
-)
-def test_verdicts(
-    ours: dict[str, float], theirs: dict[str, float], share: float, expected: str
-) -> None:
-    assert _bench_traces().verdict(ours, theirs, share) == expected
+def _task(policy: str, *runs: object) -> object:
+    return _bench_traces().Task("t.csv", policy, tuple(runs), {})
 
 
-def test_ratio_rows_cover_the_baselines_present() -> None:
+def test_the_development_bench_reads_each_baseline_at_prewarms_idle_memory() -> None:
     module = _bench_traces()
-    rows = module.ratio_rows(
-        {
-            "prewarm": _s(0.0002, 100.0),
-            "tyche": _s(0.002, 200.0),
-            "hybrid-histogram": _s(0.0, 50.0),
-            "reactive": _s(0.01, 10.0),
-        }
-    )
-    assert [row[0] for row in rows] == ["hybrid-histogram", "tyche"]
-    assert rows[0][1] == float("inf")
-    assert rows[0][4] == "misses"
-    assert rows[1][1:3] == [pytest.approx(0.1), pytest.approx(0.5)]
-    assert rows[1][4] == "meets"
-    assert module.ratio_rows({"tyche": _s(0.1, 1.0)}) == []
+    tasks = [
+        _task("reactive", _run("default", 0.01, 40_000.0, own=True)),
+        _task(
+            "keepalive-10m",
+            _run("keep 5 min", 0.004, 48_000.0),
+            _run("keep 10 min", 0.002, 56_000.0, own=True, wait=5.0),
+        ),
+        _task("tyche", _run("a", 0.003, 60_000.0, own=True), _run("b", 0.002, 70_000.0)),
+        _task("prewarm", _run("idle_price 0.0004", 0.0002, 54_000.0, own=True, wait=1_000.0)),
+    ]
+    verdicts = module.trace_verdicts(tasks)
+    # reactive has no target; tyche's leanest setting holds more than prewarm.
+    assert [(v.baseline, v.outcome) for v in verdicts] == [
+        ("keepalive-10m", "meets"),
+        ("tyche", "beyond the curve"),
+    ]
+    # 54,000 is 3/4 of the way from 48,000 to 56,000: 0.004 - 0.75 x 0.002 = 0.0025.
+    assert verdicts[0].matched is not None
+    assert verdicts[0].matched.cold_start_ratio == pytest.approx(0.0025)
+    assert verdicts[0].matched.wait_p99_s == pytest.approx(3.75)
+    assert verdicts[0].cold_ratio == pytest.approx(0.08)
+    assert module.trace_verdicts(tasks[:3]) == []
+    assert list(module.curves_of(tasks)) == ["reactive", "keepalive-10m", "tyche", "prewarm"]
 
 
 def _result(name: str, cold: float, idle_gb_hours: float) -> SimResult:

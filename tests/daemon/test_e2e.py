@@ -127,7 +127,10 @@ models:
         observer=KubeClusterObserver(kube, config=actuator_config, catalog=catalog),
         applier=Actuator(kube, actuator_config),
         catalog=catalog,
-        planner_config=PlannerConfig(),
+        # Warm holds of the idle model are priced out: a miss would delay ~770 requests (10/s
+        # over the lead time), which would justify holding it at P = 0.3 % per tick; this test
+        # is about the spike's actions landing ahead of it and being restored after it.
+        planner_config=PlannerConfig(min_value_density=1.0),
         horizon_s=1800,
         planning_quantile=0.9,
         step_s=STEP,

@@ -1,9 +1,9 @@
 """Run in a separate process by the tests: attach to a model and report what it sees.
 
 Usage: python -m tests.gpu_agent.attach_child TARGET MODEL_ID MAX_TIER [FALLBACK...]
-Prints one JSON line: tier, per-tensor sums, and whether the storages are file mappings; then
-waits for a line on stdin (so the parent can change the file underneath), prints the sums again,
-releases and exits.
+MAX_TIER is a :class:`common.tiers.Tier` value (3 = GPU). Prints one JSON line: tier, per-tensor
+sums, and the devices of the tensors; then waits for a line on stdin (so the parent can change the
+memory underneath), prints the sums again, releases and exits.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from common.tiers import Tier
 from gpu_agent.client import attach
 
 
@@ -22,7 +23,7 @@ def sums(tensors: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 def main() -> None:
-    target, model_id, max_tier = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    target, model_id, max_tier = sys.argv[1], sys.argv[2], Tier(int(sys.argv[3]))
     fallback = [Path(p) for p in sys.argv[4:]]
     model = attach(model_id, target, max_tier=max_tier, fallback_files=fallback)
     devices = sorted({str(t.device) for t in model.tensors.values()})

@@ -1,47 +1,25 @@
-"""Fixtures for the GPU agent's tests: tiny safetensors models, configs, a real gRPC server."""
+"""Fixtures for the GPU agent's tests: a config under tmp_path and real gRPC agent servers.
+
+The helpers they share (tiny models, Preload to completion, bad-input checks, attach children)
+are in :mod:`tests.harness.agent`.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
-import safetensors.torch
-import torch
 
 from gpu_agent.agent import Agent
 from gpu_agent.config import AgentConfig
 from gpu_agent.nvml import Nvml
 from gpu_agent.server import serve
-from protos import gpu_agent_pb2 as pb
 from protos import gpu_agent_pb2_grpc as pb_grpc
 from tests.gpu_agent.fakes import FakeNoGpuNvml
-
-
-def write_model(path: Path, *, seed: int = 0, numel: int = 1000) -> dict[str, torch.Tensor]:
-    """Write a tiny safetensors model with mixed dtypes; return its tensors."""
-    generator = torch.Generator().manual_seed(seed)
-    tensors = {
-        "layer.weight": torch.randn(numel, generator=generator).reshape(-1, 10),
-        "layer.bias": torch.randn(10, generator=generator).to(torch.float16),
-        "embed": torch.randint(0, 100, (7, 3), generator=generator, dtype=torch.int64),
-        "scale": torch.randn(3, generator=generator).to(torch.bfloat16),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file(tensors, str(path))
-    return tensors
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def source(path: Path) -> pb.Source:
-    return pb.Source(uri=path.as_uri(), sha256=sha256(path))
+from tests.harness.agent import Running, StartAgent, write_model
 
 
 @pytest.fixture
@@ -81,22 +59,8 @@ def config(tmp_path: Path, models_dir: Path) -> AgentConfig:
     )
 
 
-@dataclass
-class Running:
-    """A real agent server on 127.0.0.1 and an aio stub talking to it."""
-
-    agent: Agent
-    stub: pb_grpc.GpuAgentStub
-    channel: grpc.aio.Channel
-    port: int
-    stop: asyncio.Event
-
-
-StartAgent = Callable[..., "asyncio.Future[Running]"]
-
-
 @pytest.fixture
-async def start_agent(config: AgentConfig) -> AsyncIterator[Callable[..., object]]:
+async def start_agent(config: AgentConfig) -> AsyncIterator[StartAgent]:
     """Start agents (real gRPC servers on port 0); all are stopped at the end of the test."""
     started: list[tuple[Running, asyncio.Task[None]]] = []
 
@@ -128,13 +92,9 @@ async def start_agent(config: AgentConfig) -> AsyncIterator[Callable[..., object
         await asyncio.wait_for(task, 30)
 
 
-async def preload_all(
-    stub: pb_grpc.GpuAgentStub, request: pb.PreloadRequest, **kwargs: object
-) -> list[pb.PreloadProgress]:
-    """Run a Preload to completion; return every progress message."""
-    return [item async for item in stub.Preload(request, **kwargs)]
-
-
-def leftovers(root: Path) -> list[Path]:
-    """Files under ``root`` (partial files included)."""
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+@pytest.fixture
+def model_file(models_dir: Path) -> Path:
+    """``models/m.safetensors``: a tiny model (:func:`write_model`'s defaults) under the roots."""
+    path = models_dir / "m.safetensors"
+    write_model(path)
+    return path

@@ -12,7 +12,7 @@ import pytest
 from gpu_agent.artifacts import install_cache_tar, mega_cache_path
 from gpu_agent.client import load_compile_artifacts
 from protos import gpu_agent_pb2 as pb
-from tests.gpu_agent.conftest import leftovers, preload_all, source, write_model
+from tests.harness.agent import leftovers, preload_all, source, write_model
 
 
 def make_tar(path: Path, members: dict[str, bytes]) -> None:

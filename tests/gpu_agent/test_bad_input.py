@@ -13,24 +13,20 @@ import pytest
 import torch
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from gpu_agent.config import AgentConfig
 from protos import gpu_agent_pb2 as pb
-from tests.gpu_agent.conftest import leftovers, preload_all, sha256, source, write_model
 from tests.gpu_agent.httpserver import serve_files
+from tests.harness.agent import (
+    assert_clean,
+    expect,
+    leftovers,
+    preload_all,
+    refused_preload,
+    sha256,
+    source,
+    write_model,
+)
 
 CODE = grpc.StatusCode
-
-
-async def expect(code: grpc.StatusCode, call: object) -> str:
-    with pytest.raises(grpc.aio.AioRpcError) as failure:
-        await call  # type: ignore[misc]
-    assert failure.value.code() == code, failure.value.details()
-    return failure.value.details() or ""
-
-
-def assert_clean(config: AgentConfig) -> None:
-    assert leftovers(Path(config.cache_dir) / "models") == []
-    assert leftovers(Path(config.shm_dir)) == []
 
 
 @pytest.mark.parametrize(
@@ -43,13 +39,10 @@ def assert_clean(config: AgentConfig) -> None:
         ("x" * 100_000, "at most 256"),
     ],
 )
-async def test_bad_model_ids(start_agent, models_dir: Path, config, model_id: str, why: str):
-    path = models_dir / "m.safetensors"
-    write_model(path)
+async def test_bad_model_ids(start_agent, model_file: Path, config, model_id: str, why: str):
     running = await start_agent()
-    request = pb.PreloadRequest(model_id=model_id, weights=[source(path)])
-    details = await expect(CODE.INVALID_ARGUMENT, preload_all(running.stub, request))
-    assert why in details
+    request = pb.PreloadRequest(model_id=model_id, weights=[source(model_file)])
+    assert why in await refused_preload(running.stub, request, CODE.INVALID_ARGUMENT)
     await expect(CODE.INVALID_ARGUMENT, running.stub.Evict(pb.EvictRequest(model_id=model_id)))
     await expect(CODE.INVALID_ARGUMENT, running.stub.Attach(pb.AttachRequest(model_id=model_id)))
     assert_clean(config)
@@ -67,8 +60,7 @@ async def test_missing_source_file_is_not_found(start_agent, models_dir: Path, c
     request = pb.PreloadRequest(
         model_id="m", weights=[pb.Source(uri=(models_dir / "no.safetensors").as_uri(),
                                          sha256="0" * 64)])  # fmt: skip
-    await expect(CODE.NOT_FOUND, preload_all(running.stub, request))
-    assert_clean(config)
+    await refused_preload(running.stub, request, CODE.NOT_FOUND, clean=config)
 
 
 @pytest.mark.parametrize(
@@ -91,8 +83,7 @@ async def test_uris_outside_policy(
     running = await start_agent()
     uri = uri.replace("{models}", models_dir.as_uri())
     request = pb.PreloadRequest(model_id="m", weights=[pb.Source(uri=uri, sha256="0" * 64)])
-    await expect(code, preload_all(running.stub, request))
-    assert_clean(config)
+    await refused_preload(running.stub, request, code, clean=config)
 
 
 async def test_symlink_out_of_root_is_denied(start_agent, models_dir: Path, config) -> None:
@@ -101,28 +92,23 @@ async def test_symlink_out_of_root_is_denied(start_agent, models_dir: Path, conf
     (models_dir / "link.safetensors").symlink_to(outside)
     running = await start_agent()
     request = pb.PreloadRequest(model_id="m", weights=[source(models_dir / "link.safetensors")])
-    await expect(CODE.PERMISSION_DENIED, preload_all(running.stub, request))
+    await refused_preload(running.stub, request, CODE.PERMISSION_DENIED)
 
 
 @pytest.mark.parametrize("sha", ["", "abc", "g" * 64])
-async def test_bad_or_missing_sha256(start_agent, models_dir: Path, sha: str) -> None:
-    path = models_dir / "m.safetensors"
-    write_model(path)
+async def test_bad_or_missing_sha256(start_agent, model_file: Path, sha: str) -> None:
     running = await start_agent()
-    request = pb.PreloadRequest(model_id="m", weights=[pb.Source(uri=path.as_uri(), sha256=sha)])
-    await expect(CODE.INVALID_ARGUMENT, preload_all(running.stub, request))
+    weights = [pb.Source(uri=model_file.as_uri(), sha256=sha)]
+    request = pb.PreloadRequest(model_id="m", weights=weights)
+    await refused_preload(running.stub, request, CODE.INVALID_ARGUMENT)
 
 
-async def test_checksum_mismatch_is_data_loss(start_agent, models_dir: Path, config) -> None:
-    path = models_dir / "m.safetensors"
-    write_model(path)
+async def test_checksum_mismatch_is_data_loss(start_agent, model_file: Path, config) -> None:
     running = await start_agent()
-    request = pb.PreloadRequest(
-        model_id="m", weights=[pb.Source(uri=path.as_uri(), sha256="a" * 64)]
-    )
-    details = await expect(CODE.DATA_LOSS, preload_all(running.stub, request))
+    weights = [pb.Source(uri=model_file.as_uri(), sha256="a" * 64)]
+    request = pb.PreloadRequest(model_id="m", weights=weights)
+    details = await refused_preload(running.stub, request, CODE.DATA_LOSS, clean=config)
     assert "checksum mismatch" in details
-    assert_clean(config)
     status = await running.stub.Status(pb.StatusRequest())
     assert list(status.models) == []
 
@@ -135,7 +121,7 @@ async def test_http_checksum_mismatch_is_data_loss(start_agent, models_dir: Path
         request = pb.PreloadRequest(
             model_id="m", weights=[pb.Source(uri=base + path.name, sha256="b" * 64)]
         )
-        await expect(CODE.DATA_LOSS, preload_all(running.stub, request))
+        await refused_preload(running.stub, request, CODE.DATA_LOSS)
     assert_clean(config)
 
 
@@ -157,38 +143,29 @@ async def test_truncated_or_corrupt_safetensors(
     path.write_bytes(data)
     running = await start_agent()
     request = pb.PreloadRequest(model_id="m", weights=[source(path)])
-    await expect(CODE.DATA_LOSS, preload_all(running.stub, request))
-    assert_clean(config)
+    await refused_preload(running.stub, request, CODE.DATA_LOSS, clean=config)
 
 
-async def test_larger_than_free_host_memory(start_agent, models_dir: Path, config) -> None:
-    path = models_dir / "m.safetensors"
-    write_model(path)
+async def test_larger_than_free_host_memory(start_agent, model_file: Path, config) -> None:
     running = await start_agent(config.model_copy(update={"host_headroom_bytes": 1 << 60}))
-    request = pb.PreloadRequest(model_id="m", weights=[source(path)], target_tier=pb.TIER_HOST)
-    details = await expect(CODE.RESOURCE_EXHAUSTED, preload_all(running.stub, request))
+    weights = [source(model_file)]
+    request = pb.PreloadRequest(model_id="m", weights=weights, target_tier=pb.TIER_HOST)
+    details = await refused_preload(running.stub, request, CODE.RESOURCE_EXHAUSTED, clean=config)
     assert "host shared memory" in details
-    assert_clean(config)
 
 
-async def test_larger_than_free_disk(start_agent, models_dir: Path, config) -> None:
-    path = models_dir / "m.safetensors"
-    write_model(path)
+async def test_larger_than_free_disk(start_agent, model_file: Path, config) -> None:
     running = await start_agent(config.model_copy(update={"disk_headroom_bytes": 1 << 60}))
-    request = pb.PreloadRequest(model_id="m", weights=[source(path)])
-    await expect(CODE.RESOURCE_EXHAUSTED, preload_all(running.stub, request))
-    assert_clean(config)
+    request = pb.PreloadRequest(model_id="m", weights=[source(model_file)])
+    await refused_preload(running.stub, request, CODE.RESOURCE_EXHAUSTED, clean=config)
 
 
-async def test_deadline_already_passed(start_agent, models_dir: Path, config) -> None:
-    path = models_dir / "m.safetensors"
-    write_model(path)
+async def test_deadline_already_passed(start_agent, model_file: Path, config) -> None:
     running = await start_agent()
     past = Timestamp()
     past.FromNanoseconds(int((time.time() - 5) * 1e9))
-    request = pb.PreloadRequest(model_id="m", weights=[source(path)], deadline=past)
-    await expect(CODE.DEADLINE_EXCEEDED, preload_all(running.stub, request))
-    assert_clean(config)
+    request = pb.PreloadRequest(model_id="m", weights=[source(model_file)], deadline=past)
+    await refused_preload(running.stub, request, CODE.DEADLINE_EXCEEDED, clean=config)
 
 
 async def test_deadline_passing_mid_load(start_agent, models_dir: Path, config) -> None:
@@ -202,7 +179,7 @@ async def test_deadline_passing_mid_load(start_agent, models_dir: Path, config) 
             model_id="m", weights=[pb.Source(uri=base + path.name, sha256=sha256(path))],
             deadline=soon,
         )  # fmt: skip
-        await expect(CODE.DEADLINE_EXCEEDED, preload_all(running.stub, request))
+        await refused_preload(running.stub, request, CODE.DEADLINE_EXCEEDED)
     assert_clean(config)
 
 
@@ -270,9 +247,8 @@ async def test_pickle_weights_refused_by_default(start_agent, models_dir: Path, 
     torch.save({"w": torch.ones(3)}, path)
     running = await start_agent()
     request = pb.PreloadRequest(model_id="m", weights=[source(path)], allow_pickle=True)
-    details = await expect(CODE.PERMISSION_DENIED, preload_all(running.stub, request))
+    details = await refused_preload(running.stub, request, CODE.PERMISSION_DENIED, clean=config)
     assert "pickle" in details
-    assert_clean(config)
 
 
 async def test_pickle_weights_allowed_are_loaded_weights_only(
@@ -291,10 +267,10 @@ async def test_pickle_weights_allowed_are_loaded_weights_only(
     evil.write_bytes(buffer.getvalue())
     running = await start_agent(config.model_copy(update={"allow_pickle": True}))
     refused = pb.PreloadRequest(model_id="good", weights=[source(good)])
-    await expect(CODE.PERMISSION_DENIED, preload_all(running.stub, refused))
+    await refused_preload(running.stub, refused, CODE.PERMISSION_DENIED)
     ok = pb.PreloadRequest(model_id="good", weights=[source(good)], allow_pickle=True)
     assert (await preload_all(running.stub, ok))[-1].stage == pb.PreloadProgress.STAGE_DONE
     bad = pb.PreloadRequest(model_id="evil", weights=[source(evil)], allow_pickle=True)
-    await expect(CODE.DATA_LOSS, preload_all(running.stub, bad))
+    await refused_preload(running.stub, bad, CODE.DATA_LOSS)
     status = await running.stub.Status(pb.StatusRequest())
     assert [m.model_id for m in status.models] == ["good"]

@@ -15,12 +15,22 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.tiers import Tier
 from gpu_agent.config import AgentConfig
 from gpu_agent.copy_engine import tensor_views
 from gpu_agent.nvml import PynvmlNvml
 from protos import gpu_agent_pb2 as pb
-from tests.gpu_agent.conftest import Running, preload_all, source, write_model
-from tests.gpu_agent.test_attach import expected_sums, read_json, start_child
+from tests.harness.agent import (
+    Running,
+    StartAgent,
+    attach_child,
+    expected_sums,
+    is_eviction,
+    preload_all,
+    source,
+    watch_until,
+    write_model,
+)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -30,8 +40,8 @@ pytestmark = [
 ]
 
 
-async def start_gpu_agent(start_agent, config: AgentConfig) -> Running:
-    running: Running = await start_agent(config, nvml=PynvmlNvml())
+async def start_gpu_agent(start_agent: StartAgent, config: AgentConfig) -> Running:
+    running = await start_agent(config, nvml=PynvmlNvml())
     assert running.agent.gpu_unavailable_reason() is None
     return running
 
@@ -46,6 +56,7 @@ async def test_preload_to_gpu_with_real_nvml(start_agent, models_dir: Path, conf
     )
     assert progress[-1].tier == pb.TIER_GPU
     holding = running.agent.holding("m")
+    assert holding is not None
     assert holding.gpu is not None
     assert holding.gpu.buffer.is_cuda
     views = tensor_views(holding.gpu.buffer, holding.gpu.placements)
@@ -70,26 +81,22 @@ async def test_cuda_ipc_attach_from_another_process(
     tensors = write_model(path, numel=1_000_000)
     running = await start_gpu_agent(start_agent, config)
     await preload_all(running.stub, pb.PreloadRequest(model_id="m", weights=[source(path)]))
-    child = start_child(repo_root, f"127.0.0.1:{running.port}", "m", str(pb.TIER_GPU))
-    try:
-        first = await read_json(child)
+    with attach_child(repo_root, running, "m", Tier.GPU) as child:
+        first = await child.report()
         assert first["tier"] == "gpu", first
         assert first["devices"] == ["cuda:0"]
         assert first["sums"] == pytest.approx(expected_sums(tensors), rel=1e-6)
         # Zero-copy: write into the agent's allocation; the child sees it through its IPC mapping.
         holding = running.agent.holding("m")
+        assert holding is not None
         assert holding.gpu is not None
         views = tensor_views(holding.gpu.buffer, holding.gpu.placements)
         views["embed"].fill_(1)
         torch.cuda.synchronize()
-        assert child.stdin is not None
-        child.stdin.write("\n")
-        child.stdin.flush()
-        second = await read_json(child)
+        child.poke()
+        second = await child.report()
         assert second["sums"]["embed"] == 21.0  # type: ignore[index]
-        assert await asyncio.to_thread(child.wait, 60) == 0
-    finally:
-        child.kill()
+        assert await child.exit_code(60) == 0
 
 
 async def test_ipc_unreachable_falls_back_to_a_slower_tier(
@@ -99,18 +106,11 @@ async def test_ipc_unreachable_falls_back_to_a_slower_tier(
     tensors = write_model(path)
     running = await start_gpu_agent(start_agent, config)
     await preload_all(running.stub, pb.PreloadRequest(model_id="m", weights=[source(path)]))
-    child = subprocess.Popen(  # noqa: ASYNC220 - the child runs while we await
-        [sys.executable, "-m", "tests.gpu_agent.attach_child", f"127.0.0.1:{running.port}", "m",
-         str(pb.TIER_GPU)],
-        cwd=repo_root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-    )  # fmt: skip
-    try:
-        first = await read_json(child)
+    no_cuda = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    with attach_child(repo_root, running, "m", Tier.GPU, env=no_cuda) as child:
+        first = await child.report()
         assert first["tier"] == "disk"
         assert first["sums"] == pytest.approx(expected_sums(tensors))
-    finally:
-        child.kill()
 
 
 async def test_pressure_from_another_process_evicts_our_model(
@@ -124,16 +124,7 @@ async def test_pressure_from_another_process_evicts_our_model(
     )
     await preload_all(running.stub, pb.PreloadRequest(model_id="m", weights=[source(path)]))
     free = (await running.stub.Status(pb.StatusRequest())).gpus[0].free_bytes
-    events: list[pb.Event] = []
-
-    async def collect() -> None:
-        async for event in running.stub.Watch(pb.WatchRequest()):
-            events.append(event)
-            if event.kind == pb.Event.KIND_EVICTED:
-                return
-
-    collector = asyncio.create_task(collect())
-    await asyncio.sleep(0.3)
+    events, collector = await watch_until(running.stub, is_eviction, settle_s=0.3)
     take = free - gib  # leaves 1 GiB free: below the 2 GiB headroom
     hog = subprocess.Popen(  # noqa: ASYNC220
         [sys.executable, "-c",
@@ -179,6 +170,7 @@ async def test_host_tier_is_page_locked_and_fills_the_gpu_from_it(
     request = pb.PreloadRequest(model_id="m", weights=[source(path)], target_tier=pb.TIER_HOST)
     await preload_all(running.stub, request)
     holding = running.agent.holding("m")
+    assert holding is not None
     assert len(holding.host_pinned) == 1
     upgrade = pb.PreloadRequest(model_id="m", target_tier=pb.TIER_GPU)  # no sources: held
     progress = await preload_all(running.stub, upgrade)

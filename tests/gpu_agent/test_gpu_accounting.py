@@ -10,25 +10,35 @@ import asyncio
 from pathlib import Path
 
 import grpc
-import pytest
 import safetensors.torch
 import torch
 
 from gpu_agent.config import AgentConfig
+from gpu_agent.copy_engine import tensor_views
 from protos import gpu_agent_pb2 as pb
-from tests.gpu_agent.conftest import Running, preload_all, source, write_model
 from tests.gpu_agent.fakes import FakeNvml
+from tests.harness.agent import (
+    Running,
+    StartAgent,
+    expect,
+    held_tiers,
+    is_eviction,
+    preload_all,
+    refused_preload,
+    source,
+    watch_until,
+    write_model,
+)
 
 MB = 1_000_000
+EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 async def start_with_fake_gpu(
-    start_agent, config: AgentConfig, total: int
+    start_agent: StartAgent, config: AgentConfig, total: int
 ) -> tuple[Running, FakeNvml]:
     nvml = FakeNvml(total)
-    running: Running = await start_agent(
-        config, nvml=nvml, gpu_device=lambda _gpu: torch.device("cpu")
-    )
+    running = await start_agent(config, nvml=nvml, gpu_device=lambda _gpu: torch.device("cpu"))
     nvml.ours = running.agent.gpu_bytes_held
     return running, nvml
 
@@ -47,9 +57,8 @@ async def test_gpu_tier_fill_is_exact(start_agent, models_dir: Path, config) -> 
     assert progress[-1].tier == pb.TIER_GPU
     assert any(p.stage == pb.PreloadProgress.STAGE_GPU and p.gbps > 0 for p in progress)
     holding = running.agent.holding("m")
+    assert holding is not None
     assert holding.gpu is not None
-    from gpu_agent.copy_engine import tensor_views
-
     views = tensor_views(holding.gpu.buffer, holding.gpu.placements)
     for name, tensor in tensors.items():
         assert torch.equal(views[name], tensor)
@@ -71,26 +80,21 @@ async def test_admission_evicts_only_cheaper_models(start_agent, models_dir: Pat
     await preload_all(running.stub, gpu_request("a", paths["a"], 10.0))
     await preload_all(running.stub, gpu_request("b", paths["b"], 1.0))
     # c is worth less per byte than both: refused, nothing evicted.
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await preload_all(running.stub, gpu_request("c", paths["c"], 0.5))
-    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    held = {m.model_id: m.tier for m in (await running.stub.Status(pb.StatusRequest())).models}
+    await refused_preload(running.stub, gpu_request("c", paths["c"], 0.5), EXHAUSTED)
+    held = await held_tiers(running.stub)
     assert held["a"] == held["b"] == pb.TIER_GPU
     assert "c" not in held  # a failed preload leaves nothing behind, its disk copy included
     # c worth more than b: b (the cheapest) goes, a stays.
     await preload_all(running.stub, gpu_request("c", paths["c"], 5.0))
-    held = {m.model_id: m.tier for m in (await running.stub.Status(pb.StatusRequest())).models}
-    assert held == {"a": pb.TIER_GPU, "b": pb.TIER_DISK, "c": pb.TIER_GPU}
+    assert await held_tiers(running.stub) == {"a": pb.TIER_GPU, "b": pb.TIER_DISK, "c": pb.TIER_GPU}
 
 
 async def test_model_larger_than_any_gpu(start_agent, models_dir: Path, config) -> None:
     path = models_dir / "m.safetensors"
     write_model(path, numel=100_000)
     running, _ = await start_with_fake_gpu(start_agent, config, 100_000)
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await preload_all(running.stub, gpu_request("m", path, 1.0))
-    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "largest GPU" in (refused.value.details() or "")
+    details = await refused_preload(running.stub, gpu_request("m", path, 1.0), EXHAUSTED)
+    assert "largest GPU" in details
     assert list((await running.stub.Status(pb.StatusRequest())).models) == []
     assert not list((Path(config.cache_dir) / "models").rglob("*.safetensors"))
 
@@ -106,17 +110,7 @@ async def test_pressure_from_other_processes_evicts_lowest_density_first(
     running, nvml = await start_with_fake_gpu(start_agent, config, 10 * size)
     await preload_all(running.stub, gpu_request("cheap", paths["cheap"], 1.0))
     await preload_all(running.stub, gpu_request("dear", paths["dear"], 100.0))
-    events: list[pb.Event] = []
-    watch = running.stub.Watch(pb.WatchRequest())
-
-    async def collect() -> None:
-        async for event in watch:
-            events.append(event)
-            if event.kind == pb.Event.KIND_EVICTED:
-                return
-
-    collector = asyncio.create_task(collect())
-    await asyncio.sleep(0.2)
+    events, collector = await watch_until(running.stub, is_eviction)
     # Another process takes all the free memory: free (0) < headroom (1000 bytes). How fast the
     # agent reacts is measured by the benchmark, not asserted here.
     nvml.other_bytes = 8 * size
@@ -124,8 +118,7 @@ async def test_pressure_from_other_processes_evicts_lowest_density_first(
     evicted = [e for e in events if e.kind == pb.Event.KIND_EVICTED]
     assert [e.model_id for e in evicted] == ["cheap"]
     assert any(e.kind == pb.Event.KIND_PRESSURE for e in events)
-    held = {m.model_id: m.tier for m in (await running.stub.Status(pb.StatusRequest())).models}
-    assert held == {"cheap": pb.TIER_DISK, "dear": pb.TIER_GPU}
+    assert await held_tiers(running.stub) == {"cheap": pb.TIER_DISK, "dear": pb.TIER_GPU}
     status = await running.stub.Status(pb.StatusRequest())
     assert status.gpus[0].other_processes_bytes == nvml.other_bytes
 
@@ -143,9 +136,9 @@ async def test_attached_models_are_not_evicted_under_pressure(
     assert lease.tier == pb.TIER_DISK
     nvml.other_bytes = 4 * size
     assert running.agent.relieve_pressure() == 0
-    with pytest.raises(grpc.aio.AioRpcError) as busy:
-        await running.stub.Evict(pb.EvictRequest(model_id="m"))
-    assert busy.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    await expect(
+        grpc.StatusCode.FAILED_PRECONDITION, running.stub.Evict(pb.EvictRequest(model_id="m"))
+    )
     await running.stub.Release(pb.ReleaseRequest(lease_id=lease.lease_id))
     assert running.agent.relieve_pressure() > 0
     loaded = safetensors.torch.load_file(lease.files[0].path)

@@ -12,8 +12,8 @@ from gpu_agent.agent import Agent
 from gpu_agent.config import AgentConfig
 from gpu_agent.metrics import AgentMetrics, eviction_reason
 from protos import gpu_agent_pb2 as pb
-from tests.gpu_agent.conftest import preload_all, source, write_model
 from tests.gpu_agent.fakes import FakeNoGpuNvml
+from tests.harness.agent import preload_all, source, write_model
 
 
 def _value(text: str, series: str) -> float:

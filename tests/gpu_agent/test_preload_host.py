@@ -15,8 +15,8 @@ from pydantic import SecretStr
 
 from gpu_agent.config import AgentConfig, AuthConfig
 from protos import gpu_agent_pb2 as pb
-from tests.gpu_agent.conftest import leftovers, preload_all, source, write_model
 from tests.gpu_agent.httpserver import serve_files
+from tests.harness.agent import expect, leftovers, preload_all, source, watch_until, write_model
 
 
 async def test_preload_without_gpu_lands_in_host_memory_and_says_so(
@@ -109,17 +109,11 @@ async def test_watch_sees_load_and_evict(start_agent, models_dir: Path, config: 
     path = models_dir / "m.safetensors"
     write_model(path)
     running = await start_agent()
-    watch = running.stub.Watch(pb.WatchRequest(model_ids=["m"]))
-    events: list[pb.Event] = []
-
-    async def collect() -> None:
-        async for event in watch:
-            events.append(event)
-            if event.kind == pb.Event.KIND_EVICTED and event.tier == pb.TIER_DISK:
-                return
-
-    collector = asyncio.create_task(collect())
-    await asyncio.sleep(0.2)  # let the subscription register
+    events, collector = await watch_until(
+        running.stub,
+        lambda e: e.kind == pb.Event.KIND_EVICTED and e.tier == pb.TIER_DISK,
+        model_ids=["m"],
+    )
     await preload_all(running.stub, pb.PreloadRequest(model_id="m", weights=[source(path)]))
     evicted = await running.stub.Evict(pb.EvictRequest(model_id="m"))
     assert evicted.bytes_freed >= 2 * path.stat().st_size  # host copy + disk copy
@@ -155,15 +149,11 @@ async def test_bearer_token_is_required(start_agent, config: AgentConfig) -> Non
         update={"auth": AuthConfig(mode="token", token=SecretStr("s3cret"))}
     )
     running = await start_agent(secured)
-    with pytest.raises(grpc.aio.AioRpcError) as denied:
-        await running.stub.Status(pb.StatusRequest())
-    assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    with pytest.raises(grpc.aio.AioRpcError) as wrong:
-        await running.stub.Status(pb.StatusRequest(), metadata=(("authorization", "Bearer x"),))
-    assert wrong.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    with pytest.raises(grpc.aio.AioRpcError) as stream_denied:
-        await preload_all(running.stub, pb.PreloadRequest(model_id="m"))
-    assert stream_denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    denied = grpc.StatusCode.UNAUTHENTICATED
+    await expect(denied, running.stub.Status(pb.StatusRequest()))
+    wrong = (("authorization", "Bearer x"),)
+    await expect(denied, running.stub.Status(pb.StatusRequest(), metadata=wrong))
+    await expect(denied, preload_all(running.stub, pb.PreloadRequest(model_id="m")))
     ok = await running.stub.Status(
         pb.StatusRequest(), metadata=(("authorization", "Bearer s3cret"),)
     )

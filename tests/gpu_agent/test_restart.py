@@ -16,8 +16,8 @@ import yaml
 from gpu_agent.config import AgentConfig
 from protos import gpu_agent_pb2 as pb
 from protos import gpu_agent_pb2_grpc as pb_grpc
-from tests.gpu_agent.conftest import sha256, source, write_model
 from tests.gpu_agent.httpserver import serve_files
+from tests.harness.agent import sha256, source, write_model
 
 
 def start_agent_process(config: AgentConfig, tmp_path: Path) -> tuple[subprocess.Popen[bytes], int]:

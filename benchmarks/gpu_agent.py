@@ -47,6 +47,7 @@ import safetensors.torch  # noqa: E402
 import torch  # noqa: E402
 
 from common.ids import ModelId  # noqa: E402
+from common.tiers import Tier  # noqa: E402
 from gpu_agent.agent import Agent  # noqa: E402
 from gpu_agent.artifacts import install_cache_tar, install_mega_cache  # noqa: E402
 from gpu_agent.config import AgentConfig  # noqa: E402
@@ -65,6 +66,7 @@ from gpu_agent.server import serve  # noqa: E402
 from gpu_agent.sources import copy_with_progress  # noqa: E402
 from protos import gpu_agent_pb2 as pb  # noqa: E402
 from protos import gpu_agent_pb2_grpc as pb_grpc  # noqa: E402
+from protos.tiers import agent_tier  # noqa: E402
 
 GB = 1e9
 MIB = 1024**2
@@ -214,10 +216,11 @@ ATTACH_CHILD = textwrap.dedent(
     import json, statistics, sys, time
     sys.path.insert(0, sys.argv[1])
     import torch
+    from common.tiers import Tier
     from gpu_agent.client import attach
     target, model_id = sys.argv[2], sys.argv[3]
-    repeats, max_tier = int(sys.argv[4]), int(sys.argv[5])
-    if max_tier == 3:
+    repeats, max_tier = int(sys.argv[4]), Tier(int(sys.argv[5]))
+    if max_tier == Tier.GPU:
         torch.cuda.init()
         torch.empty(1, device="cuda")
     started = time.perf_counter()
@@ -238,10 +241,10 @@ ATTACH_CHILD = textwrap.dedent(
 )
 
 
-def attach_in_child(port: int, model_id: str, *, max_tier: int, repeats: int) -> dict[str, Any]:
+def attach_in_child(port: int, model_id: str, *, max_tier: Tier, repeats: int) -> dict[str, Any]:
     result = subprocess.run(
         [sys.executable, "-c", ATTACH_CHILD, str(REPO), f"127.0.0.1:{port}", model_id,
-         str(repeats), str(max_tier)],
+         str(repeats), str(int(max_tier))],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     if result.returncode != 0:
@@ -296,12 +299,15 @@ class AgentHarness:
         await self._task
 
     async def preload(
-        self, model_id: str, tier: int, sources: list[pb.Source] | None = None
+        self, model_id: str, tier: Tier, sources: list[pb.Source] | None = None
     ) -> float:
         assert self.stub is not None
         started = time.perf_counter()
         request = pb.PreloadRequest(
-            model_id=model_id, weights=sources or [], target_tier=tier, predicted_value=1.0
+            model_id=model_id,
+            weights=sources or [],
+            target_tier=agent_tier(tier),
+            predicted_value=1.0,
         )
         stages = [p.stage async for p in self.stub.Preload(request)]
         assert stages[-1] == pb.PreloadProgress.STAGE_DONE, stages
@@ -431,9 +437,9 @@ async def gpu_section(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         async with AgentHarness(config, PynvmlNvml()) as harness:
             for size in sizes:
                 model_id = f"attach-{size:g}gb"
-                load_s = await harness.preload(model_id, pb.TIER_GPU)
+                load_s = await harness.preload(model_id, Tier.GPU)
                 measured = await asyncio.to_thread(
-                    attach_in_child, harness.port, model_id, max_tier=pb.TIER_GPU,
+                    attach_in_child, harness.port, model_id, max_tier=Tier.GPU,
                     repeats=args.attach_repeats,
                 )  # fmt: skip
                 attach[f"{size:g}GB"] = {**measured, "sparse_disk_to_gpu_s": load_s}
@@ -449,7 +455,7 @@ async def gpu_section(work: Path, args: argparse.Namespace) -> dict[str, Any]:
             evictions = []
             victim = f"attach-{sizes[0]:g}gb"
             for _ in range(args.repeats):
-                await harness.preload(victim, pb.TIER_GPU)
+                await harness.preload(victim, Tier.GPU)
                 free = harness.agent.status().gpus[0].free_bytes
                 hog = _GpuHog(free - config.headroom_bytes // 2)
                 try:
@@ -596,9 +602,9 @@ async def cpu_section(work: Path, args: argparse.Namespace) -> dict[str, Any]:
                 path = models / f"attach-{size}.safetensors"
                 write_model(path, int(scaled * GB), sparse=False)
                 model_id = f"host-{size}gb-scaled"
-                await harness.preload(model_id, pb.TIER_HOST, [pb.Source(uri=path.as_uri())])
+                await harness.preload(model_id, Tier.HOST, [pb.Source(uri=path.as_uri())])
                 measured = await asyncio.to_thread(
-                    attach_in_child, harness.port, model_id, max_tier=pb.TIER_HOST,
+                    attach_in_child, harness.port, model_id, max_tier=Tier.HOST,
                     repeats=args.attach_repeats,
                 )  # fmt: skip
                 attach[f"{size}GB_scaled_to_{scaled:g}GB"] = measured
@@ -621,9 +627,7 @@ async def cpu_section(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         async with harness:
             for _ in range(args.repeats):
                 fake.other = 0
-                await harness.preload(
-                    "pressure", pb.TIER_GPU, [pb.Source(uri=pressure_path.as_uri())]
-                )
+                await harness.preload("pressure", Tier.GPU, [pb.Source(uri=pressure_path.as_uri())])
 
                 def squeeze() -> None:
                     fake.other = fake.total

@@ -5,7 +5,8 @@ import pytest
 
 from common.ids import ModelId
 from forecaster.types import Forecast, SeriesBatch
-from planner.catalog import Catalog
+from planner.actions import Preload, ReplicaFloor, Tier
+from planner.catalog import GB, Catalog
 from planner.config import PlannerConfig
 from prewarm.sim.bench import BenchInput, default_budget_gb, run_policy
 from prewarm.sim.cluster import build_model_table
@@ -47,8 +48,9 @@ def test_long_traces_stretch_the_planning_interval(monkeypatch: pytest.MonkeyPat
 
     result = run_policy(bench, PrewarmPolicy(engine_factory=factory), budget_gb=1e6)
     (engine,) = engines
-    # Every completed step is observed; forecasts (and plans) happen every 12th step.
-    assert engine.observed_steps == 599
+    # A cycle every 12th step fetches the steps completed since the last one (a daemon's tick
+    # fetches what Prometheus has); the engine forecasts again only after new steps.
+    assert engine.observed_steps == 12 * (599 // 12)
     assert engine.forecasts == 1 + 599 // 12
     # Without forecasts the reactive floor and the idle-time record still serve everything.
     assert result.total_requests == trace.requests
@@ -65,10 +67,11 @@ class RecordingPolicy(PrewarmPolicy):
         return decision
 
 
-def test_the_reactive_floor_is_not_frozen_between_plans() -> None:
-    # 10-minute steps: the simulator plans once per step. Traffic stops at tick 30, just as a
-    # plan sees it; with no forecast and no hold worth its memory, the replica goes with the
-    # load scaler's 5-minute window, not a whole planning interval later.
+def test_the_plan_stands_between_cycles_and_the_load_scaler_acts_above_it() -> None:
+    # 10-minute steps: a cycle per step, at ticks 0, 10, 20, ... Traffic stops at tick 30; the
+    # cycle then sees the last busy step, and its reactive floor stands until the next cycle
+    # (as a daemon's floor stands until its next tick); after that, with no forecast and no hold
+    # worth its memory, nothing is planned and the load scaler's 5-minute window has passed.
     rows = np.zeros((1, 6))
     rows[0, :3] = 600.0
     trace = to_ticks(
@@ -80,27 +83,32 @@ def test_the_reactive_floor_is_not_frozen_between_plans() -> None:
         PlannerConfig(min_value_density=1e9), engine_factory=lambda step: CountingEngine(step)
     )
     policy.targets = []
+    policy.reports = []
     run_policy(bench, policy, budget_gb=1e6)
-    assert policy.targets[29] >= 1
-    assert policy.targets[37:40] == [0, 0, 0]
+    assert all(t >= 1 for t in policy.targets[29:40])
+    assert policy.targets[40:43] == [0, 0, 0]
+    floors = [
+        [a.min_replicas for a in r.to_apply.of_type(ReplicaFloor)] for r in policy.reports[:5]
+    ]
+    assert floors[3] == [1]  # the cycle at tick 30 saw the last busy step
+    assert floors[4] == [0]  # the one at tick 40 releases it
 
 
-def test_forecast_replicas_stand_while_traffic_meets_the_forecast_with_no_wait() -> None:
-    # scale_down_after_s=0: replicas above one go as soon as the traffic falls short of the
-    # forecast, and not before (a zero wait once stripped them every tick).
-    trace = to_ticks(
-        SeriesBatch(
-            models=(ModelId("a"),), start_s=0.0, step_s=60.0, counts=np.full((1, 3), 600.0)
-        ),
-        seed=0,
-    )
+def test_the_simulated_cluster_applies_exactly_the_cycles_plan() -> None:
+    trace = to_ticks(intermittent(6, 240, seed=4), seed=0)
     table = build_model_table(trace.models, Catalog(), CLUSTER)
     bench = BenchInput("t", trace, table, CLUSTER, default_budget_gb(trace, table), 0, 0)
-    policy = PrewarmPolicy(
-        PlannerConfig(scale_down_after_s=0.0), engine_factory=lambda step: CountingEngine(step)
-    )
-    run_policy(bench, policy, budget_gb=1e6)
-    policy.plan_target = np.array([3])
-    policy.expected_rps = np.array([10.0])
-    assert policy._plan_target_now(np.array([600])).tolist() == [3]
-    assert policy._plan_target_now(np.array([0])).tolist() == [1]
+    policy = PrewarmPolicy()
+    policy.reports = []
+    run_policy(bench, policy, budget_gb=bench.default_budget_gb)
+    last = policy.reports[-1].to_apply
+    decision = policy.applier.decision
+    index = {m: i for i, m in enumerate(table.models)}
+    for floor in last.of_type(ReplicaFloor):
+        assert decision.target[index[floor.model]] == floor.min_replicas
+    gpu = {p.model: p.value_per_byte for p in last.of_type(Preload) if p.tier is Tier.GPU}
+    for model, per_byte in gpu.items():
+        assert decision.priority[index[model]] == pytest.approx(per_byte * GB)
+    assert decision.host is not None
+    hosts = {p.model for p in last.of_type(Preload) if p.tier is Tier.HOST}
+    assert {m for m, i in index.items() if decision.host[i]} == hosts

@@ -45,6 +45,10 @@ class QualityGateConfig(BaseModel):
     )
 
 
+DEFAULT_TICK_S = 15.0
+"""The daemon's default seconds between cycles (``daemon.tick_s``); the per-tick caps are sized
+for it."""
+
 DEFAULT_AUTOSCALER_COOLDOWN_S = 300.0
 """KEDA's default ``cooldownPeriod``: how long a reactive autoscaler keeps a model's last
 replica after its last request."""

@@ -6,7 +6,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from prewarm.cycle.config import BudgetConfig, QualityGateConfig
+from prewarm.cycle.config import (
+    DEFAULT_AUTOSCALER_COOLDOWN_S,
+    DEFAULT_TICK_S,
+    BudgetConfig,
+    QualityGateConfig,
+)
 
 
 class LeaderElectionConfig(BaseModel):
@@ -37,7 +42,7 @@ class DaemonConfig(BaseModel):
     mode: Literal["advisory", "active"] = Field(
         default="advisory", description="advisory publishes plans only; active applies them."
     )
-    tick_s: float = Field(default=15.0, gt=0, description="Seconds between ticks.")
+    tick_s: float = Field(default=DEFAULT_TICK_S, gt=0, description="Seconds between ticks.")
     shutdown_grace_s: float = Field(
         default=10.0, gt=0, description="On SIGTERM, time the current tick has to finish."
     )
@@ -46,7 +51,7 @@ class DaemonConfig(BaseModel):
         default=(0, 300, 900, 1800), description="Horizons published as prewarm_forecast_rps."
     )
     autoscaler_cooldown_s: float = Field(
-        default=300.0,
+        default=DEFAULT_AUTOSCALER_COOLDOWN_S,
         ge=0,
         description=(
             "Seconds your reactive autoscaler keeps a model's last replica after its last "

@@ -28,7 +28,7 @@ from forecaster.engine import AutoForecaster
 from forecaster.types import ForecastEngine
 from planner.catalog import GB, Catalog
 from planner.config import PlannerConfig
-from prewarm.cycle.config import CycleConfig
+from prewarm.cycle.config import DEFAULT_TICK_S, BudgetConfig, CycleConfig
 from prewarm.cycle.forecasting import ForecastFeed
 from prewarm.cycle.step import CycleInputs, CycleReport, CycleState, step
 from prewarm.sim.cluster import FloatArray, IntArray
@@ -58,6 +58,18 @@ def _default_engine(step_s: float) -> ForecastEngine:
         step_s,
         history_window_s=defaults.history_window_s,
         planning_quantile=defaults.planning_quantile,
+    )
+
+
+def budget_per_cycle(interval_s: float) -> BudgetConfig:
+    """The daemon's per-tick caps over one simulated cycle: a daemon ticking every
+    ``DaemonConfig.tick_s`` would have run ``interval / tick`` ticks, each allowed its caps."""
+    ticks = max(1.0, interval_s / DEFAULT_TICK_S)
+    caps = BudgetConfig()
+    return BudgetConfig(
+        max_nodes_added=math.ceil(caps.max_nodes_added * ticks),
+        max_prepulls=math.ceil(caps.max_prepulls * ticks),
+        max_gpu_bytes=math.ceil(caps.max_gpu_bytes * ticks),
     )
 
 
@@ -102,6 +114,7 @@ class PrewarmPolicy:
             interval_s=self.interval_s,
             step_s=self.step_s,
             planning_quantile=defaults.planning_quantile,
+            budget=budget_per_cycle(self.interval_s),
         )
         self.state = CycleState.initial(self.cycle_config)
         self.feed = ForecastFeed(

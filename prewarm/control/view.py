@@ -11,7 +11,7 @@ single-process dev setup), not what production runs.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 from common.durations import format_duration
@@ -20,7 +20,9 @@ from common.ids import ModelId
 from forecaster.types import Forecast
 from planner.actions import WarmPlan
 from planner.planner import ModelPlan
+from prewarm.cycle.config import CycleConfig
 from prewarm.cycle.manual import ActiveOverrides
+from prewarm.cycle.step import CycleReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +155,28 @@ def build_explanation(
         actions=actions,
         summary=summary,
     )
+
+
+def explain_published(
+    model: ModelId, report: CycleReport | None, *, forecast: Forecast | None, config: CycleConfig
+) -> Explanation:
+    """An :class:`Explanation` of ``model`` from what the latest cycle published (``report``; None
+    before the first): its plan, the planner's numbers, the gate and the manual state."""
+    explanation = build_explanation(
+        model,
+        forecast=forecast,
+        model_plan=report.model_plans.get(model) if report is not None else None,
+        plan=report.plan if report is not None else None,
+        quantile=config.planning_quantile,
+        max_replicas=config.catalog.spec(model).max_replicas,
+        gpu_bytes_planned=report.gpu_bytes_planned if report is not None else None,
+        gpu_budget_bytes=config.planner.gpu_memory_budget_bytes,
+        gated=report is not None and model in report.gated,
+    )
+    extra = report.overrides.describe(model) if report is not None else ()
+    if not extra:
+        return explanation
+    return replace(explanation, constraints=(*explanation.constraints, *extra))
 
 
 @runtime_checkable

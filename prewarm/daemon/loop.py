@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import structlog
 
@@ -31,10 +31,10 @@ from planner.actions import ActionResult, WarmPlan
 from planner.catalog import Catalog
 from planner.config import PlannerConfig
 from planner.planner import ModelPlan
-from prewarm.control.view import Explanation, build_explanation
+from prewarm.control.view import Explanation, explain_published
 from prewarm.cycle.config import CycleConfig
 from prewarm.cycle.forecasting import ForecastFeed
-from prewarm.cycle.interfaces import ClusterObserver, ClusterSnapshot, HistorySource, PlanApplier
+from prewarm.cycle.interfaces import ClusterObserver, HistorySource, PlanApplier
 from prewarm.cycle.manual import ActiveOverrides, ControlState
 from prewarm.cycle.step import CycleInputs, CycleReport, CycleState, step
 from prewarm.cycle.traffic import joined
@@ -43,9 +43,6 @@ from prewarm.daemon.metrics import DaemonMetrics
 from prewarm.daemon.publish import Publisher
 
 log = structlog.get_logger(__name__)
-
-ActionOutcome = ActionResult
-"""The result of applying one action: ok, dry_run, error or skipped."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +53,7 @@ class TickReport:
     fresh: bool
     models: int
     plan: WarmPlan | None
-    applied: tuple[ActionOutcome, ...]
+    applied: tuple[ActionResult, ...]
     deferred: int
     gated: frozenset[ModelId]
 
@@ -168,22 +165,12 @@ class Daemon:
                 f"unknown model {model!r}: prewarm knows {len(self.known_models())} models; "
                 "check the name against `prewarm plan`"
             )
-        report = self._report
-        explanation = build_explanation(
+        return explain_published(
             model,
+            self._report,
             forecast=self._feed.forecasts.get(model),
-            model_plan=report.model_plans.get(model) if report is not None else None,
-            plan=report.plan if report is not None else None,
-            quantile=self._cycle_config.planning_quantile,
-            max_replicas=self._catalog.spec(model).max_replicas,
-            gpu_bytes_planned=report.gpu_bytes_planned if report is not None else None,
-            gpu_budget_bytes=self._cycle_config.planner.gpu_memory_budget_bytes,
-            gated=report is not None and model in report.gated,
+            config=self._cycle_config,
         )
-        extra = report.overrides.describe(model) if report is not None else ()
-        if not extra:
-            return explanation
-        return replace(explanation, constraints=(*explanation.constraints, *extra))
 
     def ready(self) -> bool:
         """Ready once one tick completed (probes use this)."""
@@ -255,7 +242,7 @@ class Daemon:
             log.warning("control state unavailable; keeping the last one", error=str(error))
             return None
 
-    async def _apply(self, plan: WarmPlan) -> list[ActionOutcome]:
+    async def _apply(self, plan: WarmPlan) -> list[ActionResult]:
         if self._applier is None or not self.is_leader():
             return []  # a follower only forecasts and plans; the leader acts
         dry_run = self.config.mode != "active"  # advisory: the API server validates, stores nothing
@@ -290,14 +277,3 @@ class Daemon:
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.config.tick_s)
-
-
-__all__ = [
-    "ActionOutcome",
-    "ClusterObserver",
-    "ClusterSnapshot",
-    "Daemon",
-    "HistorySource",
-    "PlanApplier",
-    "TickReport",
-]

@@ -29,7 +29,7 @@ from actuator.kube import NODES, PODS, KubeClient, Obj
 from common.ids import ModelId, PoolName
 from planner.catalog import GB, Catalog
 from planner.planner import ModelState, PoolState, workload_for
-from prewarm.daemon.loop import ClusterSnapshot
+from prewarm.cycle.interfaces import ClusterSnapshot
 
 _MIB = 1024 * 1024
 

@@ -15,7 +15,7 @@ from common.ids import ModelId, PoolName
 from forecaster.types import SeriesBatch
 from planner.actions import Preload, ReplicaFloor, Tier, WarmPlan
 from planner.planner import ModelState, PoolState
-from prewarm.daemon.loop import ClusterSnapshot
+from prewarm.cycle.interfaces import ClusterSnapshot
 
 
 class ReplaySource:

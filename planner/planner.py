@@ -15,10 +15,10 @@ For every model it works out:
   delay / GB``, the requests being every one that arrives while the model loads (``1 + rate x
   lead``, at the largest of the forecast quantile's rate, the observed rate and the observed rate
   while active), not only the first. The seconds a start takes set how many requests it delays;
-  they are not a second factor (measured on the Azure Functions sample: weighting by seconds saved
-  as well held 141 GB models as readily as 14 GB ones and gave 563 cold starts where counting
-  requests gave 495, for the same idle GB-hours). Host memory uses ``P x seconds saved vs disk /
-  GB``, and with room to spare holds everything by that order.
+  they are not a second factor (weighting by seconds as well would favour large models, whose
+  starts are long, over the many small ones whose requests a start delays just as much; see
+  benchmarks/README.md). Host memory uses ``P x seconds saved vs disk / GB``, and with room to
+  spare holds everything by that order.
 
 GPU memory is then filled in three passes under the global budget: reactive floors first (what
 observed traffic needs now), then forecast replicas above the floor, then warm holds (one replica
@@ -369,8 +369,7 @@ def _table(ctx: PlanContext, state: PlannerState) -> _Table:
     outlook = Outlook(ctx.forecasts, names, level=level)
     p, _, expected_now = outlook.over(ctx.now_s, window)
     # Replicas are sized for the forecast over the lead time, when a replica started now could
-    # serve: later rises are for later plans (measured on ServeGen: the whole planning window
-    # held 318,000 idle GB-hours for a wait p99 of 1,029 s, the lead time 308,000 for 1,090 s).
+    # serve: later rises are for later plans, which start their replicas in time for them.
     _, peak, _ = outlook.over(ctx.now_s, lead)
     p_node, peak_node, _ = outlook.over(ctx.now_s, ctx.interval_s + node_lead)
     # An idle model's P is calibrated against past outcomes; observed traffic is evidence too:
@@ -511,7 +510,7 @@ def plan(ctx: PlanContext, state: PlannerState) -> PlanResult:
     )
     host_density = t.host_density.tolist()
     # A model whose first GPU replica is still to come keeps its host copy: that is what it loads
-    # from (dropping it here made the load come from disk, late).
+    # from (without it the load would come from disk, later than planned).
     loading = [
         target[i] > 0
         and ctx.models[t.names[i]].ready_replicas == 0

@@ -323,7 +323,7 @@ def test_corrupt_documents_are_refused(text: str, message: str) -> None:
 def test_apply_floors_raises_adds_and_keeps_the_rest() -> None:
     from common.ids import PoolName
     from planner.actions import NodeCapacity, ReplicaFloor, WarmPlan, WorkloadRef
-    from prewarm.control.overrides import apply_floors
+    from prewarm.cycle.manual_actions import apply_floors
 
     mistral = ModelId("mistral-7b")
     plan = WarmPlan(

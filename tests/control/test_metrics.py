@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 from common.ids import ModelId, RequestId
 from planner.actions import Tier
 from prewarm.control.metrics import ControlMetrics
-from prewarm.control.overrides import ControlState, ManualRequest, Pause, Pin
+from prewarm.control.overrides import ControlState, ManualRequest, Pause, Pin, active_overrides
 from protos import control_pb2, control_pb2_grpc, externalscaler_pb2, externalscaler_pb2_grpc
 from tests.control.conftest import WRITE_TOKEN, RunningServer, make_forecast
 from tests.harness.rpc import bearer
@@ -67,6 +67,8 @@ def test_calls_are_counted_by_method_and_code(running: RunningServer) -> None:
                     metadata=metadata,
                     timeout=5,
                 )
+        # The scaler serves what the daemon's cycle published: publish the stored manual state.
+        running.view.active = active_overrides(running.state(), running.clock())
         scaler = externalscaler_pb2_grpc.ExternalScalerStub(channel)
         scaler.GetMetrics(
             externalscaler_pb2.GetMetricsRequest(

@@ -35,7 +35,8 @@ from common.errors import (
     ResourceExhausted,
     TemporaryError,
 )
-from prewarm.control.overrides import ControlState, dumps, loads, prune
+from prewarm.control.document import dumps, loads
+from prewarm.cycle.manual import ControlState, prune
 
 log = structlog.get_logger(__name__)
 

@@ -24,7 +24,12 @@ class BudgetConfig(BaseModel):
     max_nodes_added: int = Field(default=4, ge=0, description="Placeholder GPUs added per tick.")
     max_prepulls: int = Field(default=8, ge=0, description="Image pre-pulls started per tick.")
     max_gpu_bytes: int = Field(
-        default=200 * 1024**3, ge=0, description="Bytes of GPU preloads requested per tick."
+        default=200 * 1024**3,
+        ge=0,
+        description=(
+            "Bytes of new GPU preloads requested per tick (one standing from the last tick "
+            "does not count)."
+        ),
     )
 
 

@@ -30,6 +30,7 @@ from prewarm.daemon.config import DaemonConfig
 from prewarm.daemon.loop import Daemon
 from prewarm.daemon.observer import KubeClusterObserver
 from prewarm.daemon.replay import ReplaySource
+from tests.harness.workloads import deployment_body
 
 pytestmark = pytest.mark.k8s
 
@@ -108,22 +109,9 @@ def _replicas(api: k8s_client.ApiClient, namespace: str) -> tuple[int, dict[str,
 async def test_warm_request_raises_floor_ahead_and_restores_it_across_a_restart(
     k8s_api: k8s_client.ApiClient, k8s_namespace: str
 ) -> None:
-    labels = {"app": "chat"}
     k8s_client.AppsV1Api(k8s_api).create_namespaced_deployment(
         k8s_namespace,
-        {  # type: ignore[arg-type]
-            "metadata": {"name": "chat"},
-            "spec": {
-                "replicas": 0,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "containers": [{"name": "s", "image": "registry.example.com/chat:v1"}]
-                    },
-                },
-            },
-        },
+        deployment_body("chat", replicas=0, image="registry.example.com/chat:v1"),
     )
     clock = [T0]
     first = Process(k8s_api, k8s_namespace, clock)

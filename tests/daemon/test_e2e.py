@@ -34,6 +34,7 @@ from prewarm.daemon.loop import Daemon
 from prewarm.daemon.observer import KubeClusterObserver
 from tests.harness.k8s import make_kwok_nodes
 from tests.harness.prometheus import RunningPrometheus, prometheus_with_history
+from tests.harness.workloads import deployment_body
 
 pytestmark = [pytest.mark.k8s, pytest.mark.prometheus, pytest.mark.slow]
 
@@ -85,20 +86,9 @@ def test_actions_land_before_the_spike_and_are_restored_after(
     make_kwok_nodes(k8s_api, pool=pool, count=2, gpus=8)
     make_kwok_nodes(k8s_api, pool=other_pool, count=1, gpus=8)
     apps = k8s_client.AppsV1Api(k8s_api)
-    labels = {"app": "chat"}
-    apps.create_namespaced_deployment(  # the model's serving workload, scaled to zero
-        k8s_namespace,
-        {  # type: ignore[arg-type]
-            "metadata": {"name": "chat"},
-            "spec": {
-                "replicas": 0,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {"containers": [{"name": "server", "image": IMAGE}]},
-                },
-            },
-        },
+    # The model's serving workload, scaled to zero.
+    apps.create_namespaced_deployment(
+        k8s_namespace, deployment_body("chat", replicas=0, image=IMAGE)
     )
     catalog = parse_catalog(
         f"""

@@ -81,7 +81,7 @@ def _workload_resource(workload: WorkloadRef) -> Resource:
     return Resource(workload.api_version, plural)
 
 
-def _targets(scale_target: Obj, workload: WorkloadRef) -> bool:
+def scale_target_matches(scale_target: Obj, workload: WorkloadRef) -> bool:
     # scaleTargetRef.apiVersion is optional in ScaledObjects (default apps/v1) and in HPAs it is
     # group/version; compare the group only, since a workload is the same across versions.
     kind = scale_target.get("kind") or "Deployment"
@@ -117,14 +117,14 @@ class ReplicaFloors:
         ns = workload.namespace
         if self.keda_enabled():
             for item in self._kube.list(SCALED_OBJECTS.path(ns)):
-                if _targets(item["spec"].get("scaleTargetRef") or {}, workload):
+                if scale_target_matches(item["spec"].get("scaleTargetRef") or {}, workload):
                     name = item["metadata"]["name"]
                     return _Owner("scaledobject", SCALED_OBJECTS, ns, name, "minReplicaCount")
         for item in self._kube.list(HPAS.path(ns)):
             owners = item["metadata"].get("ownerReferences") or []
             if any(ref.get("kind") == "ScaledObject" for ref in owners):
                 continue  # KEDA's own HPA: the ScaledObject is the place to write.
-            if _targets(item["spec"].get("scaleTargetRef") or {}, workload):
+            if scale_target_matches(item["spec"].get("scaleTargetRef") or {}, workload):
                 return _Owner("hpa", HPAS, ns, item["metadata"]["name"], "minReplicas")
         return _Owner("scale", _workload_resource(workload), ns, workload.name, "replicas")
 

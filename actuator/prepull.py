@@ -169,7 +169,7 @@ class ImagePrepuller:
                 failed[name] = self._failed[(action.image, name)]
                 continue
             pod = pods.get(name)
-            outcome = _outcome(pod) if pod is not None else None
+            outcome = pod_outcome(pod) if pod is not None else None
             if outcome == "succeeded":
                 succeeded.add(name)
                 if not dry_run:
@@ -274,7 +274,7 @@ def _node_has_image(node: Obj, image: str) -> bool:
     return False
 
 
-def _outcome(pod: Obj) -> str:
+def pod_outcome(pod: Obj) -> str:
     """ "succeeded", "running" (not finished yet) or a failure reason."""
     status = pod.get("status") or {}
     phase = status.get("phase")

@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from actuator.config import ActuatorConfig
-from actuator.floors import _targets
+from actuator.floors import scale_target_matches
 from actuator.kube import DEPLOYMENTS, NODES, Resource
 from actuator.names import MAX_NAME, dns_label
-from actuator.prepull import _outcome
+from actuator.prepull import pod_outcome
 from common.errors import InvalidInput
 from planner.actions import WorkloadRef
 from prewarm.settings import load_settings
@@ -80,12 +80,16 @@ def test_invalid_pool_label_is_one_clear_error_naming_the_field() -> None:
     ],
 )
 def test_prepull_outcome_from_pod_status(status: dict[str, object], outcome: str) -> None:
-    assert _outcome({"status": status}) == outcome
+    assert pod_outcome({"status": status}) == outcome
 
 
 def test_scale_target_matching_ignores_version_but_not_group() -> None:
     workload = WorkloadRef("ns", "web")
-    assert _targets({"name": "web"}, workload)  # KEDA defaults: apps/v1 Deployment
-    assert _targets({"name": "web", "kind": "Deployment", "apiVersion": "apps/v1beta2"}, workload)
-    assert not _targets({"name": "web", "kind": "StatefulSet", "apiVersion": "apps/v1"}, workload)
-    assert not _targets({"name": "other", "kind": "Deployment"}, workload)
+    assert scale_target_matches({"name": "web"}, workload)  # KEDA defaults: apps/v1 Deployment
+    assert scale_target_matches(
+        {"name": "web", "kind": "Deployment", "apiVersion": "apps/v1beta2"}, workload
+    )
+    assert not scale_target_matches(
+        {"name": "web", "kind": "StatefulSet", "apiVersion": "apps/v1"}, workload
+    )
+    assert not scale_target_matches({"name": "other", "kind": "Deployment"}, workload)

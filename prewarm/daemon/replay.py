@@ -25,10 +25,6 @@ class ReplaySource:
         self._batch = batch
         self._next = 0
 
-    def reset(self) -> None:
-        """Rewind: the next fetch returns every step that has ended by its ``now_s``."""
-        self._next = 0
-
     async def fetch(self, *, now_s: float) -> SeriesBatch | None:
         """The complete steps that ended in ``(last fetch, now_s]``; None when there are none."""
         batch = self._batch

@@ -15,12 +15,8 @@ all models at once; the caller feeds the requests it observed, time comes from t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 from numpy.typing import NDArray
-
-from common.ids import ModelId
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -89,72 +85,3 @@ def _jittered(hist: FloatArray) -> FloatArray:
     spread[:, -1] += inner[:, -1] * JITTER_SHARE
     result: FloatArray = np.concatenate([spread, hist[:, BINS:]], axis=1)
     return result
-
-
-class ModelIdleRecords:
-    """:class:`IdleTimeRecord` keyed by model id, for a caller whose set of models changes (the
-    daemon): it grows as models appear, and takes history a series at a time."""
-
-    def __init__(self) -> None:
-        self._rows: dict[ModelId, int] = {}
-        self._record = IdleTimeRecord(0)
-
-    def _row(self, model: ModelId) -> int:
-        row = self._rows.get(model)
-        if row is None:
-            row = len(self._rows)
-            self._rows[model] = row
-            record = self._record
-            if row >= record.hist.shape[0]:
-                grown = IdleTimeRecord(max(8, 2 * record.hist.shape[0]))
-                grown.hist[:row] = record.hist[:row]
-                grown.last_s[:row] = record.last_s[:row]
-                self._record = grown
-        return row
-
-    def observe_series(
-        self, model: ModelId, counts: FloatArray, *, start_s: float, step_s: float
-    ) -> None:
-        """Fold in ``counts[k]`` requests in the step ``[start + k step, start + (k+1) step)``;
-        NaN steps (no data) count as no request; steps ending no later than the last request
-        already folded in are ignored (a source that delivers a step twice)."""
-        row = self._row(model)
-        active = np.flatnonzero(np.nan_to_num(counts, nan=0.0) > 0)
-        previous = self._record.last_s[row]
-        ends = start_s + (active + 1.0) * step_s
-        ends = ends[ends > previous]  # a step delivered again is not a new request
-        if ends.size == 0:
-            return
-        since = np.concatenate([[previous], ends[:-1]])
-        gaps = (ends - since) / BIN_S - 1.0
-        known = np.isfinite(gaps)
-        bins = np.clip(np.floor(np.maximum(gaps[known], 0.0)), 0, BINS).astype(np.int64)
-        np.add.at(self._record.hist[row], bins, 1.0)
-        self._record.last_s[row] = ends[-1]
-
-    def gaps(self, model: ModelId) -> int:
-        """Gaps recorded for ``model`` (0 for a model not seen)."""
-        row = self._rows.get(model)
-        return 0 if row is None else round(float(self._record.hist[row].sum()))
-
-    def last_request_s(self, model: ModelId) -> float | None:
-        """End of the latest step with a request of ``model`` (None: none folded in yet)."""
-        row = self._rows.get(model)
-        if row is None:
-            return None
-        last = float(self._record.last_s[row])
-        return last if np.isfinite(last) else None
-
-    def p_within(self, now_s: float, windows_s: Mapping[ModelId, float]) -> dict[ModelId, float]:
-        """P(a request in ``[now, now + window]``) per model of ``windows_s`` (0 without a
-        record)."""
-        window = np.zeros(self._record.hist.shape[0])
-        for model, seconds in windows_s.items():
-            row = self._rows.get(model)
-            if row is not None:
-                window[row] = seconds
-        p = self._record.p_within(now_s, window)  # rows not yet used have no record: 0
-        return {
-            model: float(p[self._rows[model]]) if model in self._rows else 0.0
-            for model in windows_s
-        }

@@ -6,9 +6,9 @@ idle-time record (:class:`planner.recency.IdleTimeRecord`) and the silence befor
 with requests (for counting cold starts avoided). Must not: read a clock or do I/O; time comes from
 the batches.
 
-A step delivered twice (a source that re-reads its last step) is not folded in twice: steps ending
-no later than the latest one folded in are ignored. Missing values (NaN) are "no data": they
-neither count as requests nor reset a rate.
+A step delivered twice (a source that re-reads its last step) is not folded in twice: a model's
+steps ending no later than its latest one folded in are ignored. Missing values (NaN) are "no
+data": they neither count as requests nor reset a rate.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class TrafficRecord:
         self._active_steps = np.zeros(8)
         self._last_traffic_s = np.full(8, -np.inf)
         self._silence_s = np.zeros(8)
-        self._seen_end_s = -math.inf
+        self._seen_end_s = np.full(8, -np.inf)
         self._step_s = 1.0
         self._latest: tuple[StepTraffic, ...] = ()
 
@@ -68,44 +68,46 @@ class TrafficRecord:
             self._active_steps = np.concatenate([self._active_steps, np.zeros(grow)])
             self._last_traffic_s = np.concatenate([self._last_traffic_s, np.full(grow, -np.inf)])
             self._silence_s = np.concatenate([self._silence_s, np.zeros(grow)])
+            self._seen_end_s = np.concatenate([self._seen_end_s, np.full(grow, -np.inf)])
         return np.array([self._rows[m] for m in models], dtype=np.int64)
 
     def observe(self, batch: SeriesBatch) -> None:
-        """Fold in every step of ``batch`` that ends after the latest step folded in so far."""
+        """Fold in every step of ``batch`` that ends after the latest step folded in so far for
+        its model (a model first seen in a later batch still gets its earlier steps)."""
         rows = self._rows_of(batch.models)
         step_s = self._step_s = batch.step_s
-        latest_counts: np.ndarray | None = None
+        latest = np.full(rows.size, np.nan)
         for column in range(batch.steps):
             start_s = batch.start_s + column * step_s
             end_s = start_s + step_s
-            if end_s <= self._seen_end_s:
+            fresh = self._seen_end_s[rows] < end_s
+            if not fresh.any():
                 continue
-            self._seen_end_s = end_s
-            counts = batch.counts[:, column]
+            at, counts = rows[fresh], batch.counts[fresh, column]
+            self._seen_end_s[at] = end_s
             valid = ~np.isnan(counts)
             busy = valid & (counts > 0)
-            self._idle.observe(_mask(rows[busy], self._idle.last_s.size), end_s=end_s)
-            valid_rows, busy_rows = rows[valid], rows[busy]
+            self._idle.observe(_mask(at[busy], self._idle.last_s.size), end_s=end_s)
+            valid_rows, busy_rows = at[valid], at[busy]
             self._rate[valid_rows] = counts[valid] / step_s
             self._active_requests[busy_rows] += counts[busy]
             self._active_steps[busy_rows] += 1.0
             last = self._last_traffic_s[busy_rows]
-            self._silence_s[rows[valid & ~busy]] = 0.0
+            self._silence_s[at[valid & ~busy]] = 0.0
             self._silence_s[busy_rows] = np.where(
                 np.isfinite(last), start_s - last - step_s, np.inf
             )
             self._last_traffic_s[busy_rows] = start_s
-            latest_counts = np.where(valid, counts, np.nan)
-        if latest_counts is None:
-            return
+            positions = np.flatnonzero(fresh)[valid]
+            latest[positions] = counts[valid]
+        served = np.flatnonzero(latest > 0)
         self._latest = tuple(
             StepTraffic(
-                model=self._models[row],
-                requests=float(latest_counts[i]),
-                silence_before_s=float(self._silence_s[row]),
+                model=self._models[int(rows[i])],
+                requests=float(latest[i]),
+                silence_before_s=float(self._silence_s[rows[i]]),
             )
-            for i, row in enumerate(rows.tolist())
-            if latest_counts[i] > 0
+            for i in served.tolist()
         )
 
     def take_latest(self) -> tuple[StepTraffic, ...]:

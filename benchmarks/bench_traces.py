@@ -37,20 +37,12 @@ from prewarm.sim.bench import (  # noqa: E402
     run_setting,
 )
 from prewarm.sim.engine import SUMMARY_FIELDS  # noqa: E402
+from prewarm.sim.matched import CURVE_COLUMNS as MATCHED_CURVE_COLUMNS  # noqa: E402
 from prewarm.sim.matched import CurvePoint, Verdict, verdict_json, verdict_line  # noqa: E402
 from prewarm.sim.policies import POLICY_NAMES, default_setting, sweep_settings  # noqa: E402
 
 FIELDS = SUMMARY_FIELDS
-CURVE_COLUMNS = (
-    "policy",
-    "setting",
-    "cold_start_ratio",
-    "idle_gpu_gb_hours",
-    "wait_p99_s",
-    "cold_wait_p99_s",
-    "queue_wait_p99_s",
-    "wall_s",
-)
+CURVE_COLUMNS = (*MATCHED_CURVE_COLUMNS, "wall_s")
 RUN_COST = {"prewarm": 6.0, "hybrid-histogram": 1.8, "tyche": 1.5}
 """Rough cost of one run relative to keepalive's on the same trace (for scheduling only)."""
 

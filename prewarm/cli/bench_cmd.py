@@ -42,19 +42,10 @@ from prewarm.sim.bench import (
     serving_check,
 )
 from prewarm.sim.engine import SUMMARY_FIELDS
-from prewarm.sim.matched import CurvePoint, verdict_json, verdict_line
+from prewarm.sim.matched import CURVE_COLUMNS, CurvePoint, verdict_json, verdict_line
 from prewarm.sim.policies import POLICY_NAMES
 
 _COLUMNS = ("policy", *SUMMARY_FIELDS)
-_CURVE_COLUMNS = (
-    "policy",
-    "setting",
-    "cold_start_ratio",
-    "idle_gpu_gb_hours",
-    "wait_p99_s",
-    "cold_wait_p99_s",
-    "queue_wait_p99_s",
-)
 
 
 def _resolve_trace(text: str) -> tuple[Path, str]:
@@ -237,12 +228,12 @@ def register(app: typer.Typer) -> None:
         for line in comparison_lines(results):
             typer.echo(line)
         if curves is not None:
-            print_table("sweep: each policy at its settings", _CURVE_COLUMNS, _curve_rows(curves))
+            print_table("sweep: each policy at its settings", CURVE_COLUMNS, _curve_rows(curves))
             for matched in verdicts:
                 typer.echo(verdict_line(matched))
         if budget_curves is not None:
             print_table(
                 "budget sweep: each policy at its own setting",
-                _CURVE_COLUMNS,
+                CURVE_COLUMNS,
                 _curve_rows(budget_curves),
             )

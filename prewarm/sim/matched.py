@@ -31,6 +31,18 @@ TARGETS: Mapping[str, float] = {"keepalive-10m": 1.0, "hybrid-histogram": 0.5, "
 memory (issue 3's targets: half of hybrid-histogram's; less than keepalive's and Tyche's)."""
 
 
+CURVE_COLUMNS = (
+    "policy",
+    "setting",
+    "cold_start_ratio",
+    "idle_gpu_gb_hours",
+    "wait_p99_s",
+    "cold_wait_p99_s",
+    "queue_wait_p99_s",
+)
+"""The columns of a table of sweep curves (one row per policy and setting)."""
+
+
 @dataclass(frozen=True, slots=True)
 class CurvePoint:
     """One run of a policy at one setting: what the matched-memory verdict reads."""

@@ -120,11 +120,25 @@ class PoolState:
 
 @dataclass(frozen=True, slots=True)
 class NodeState:
-    """One node's free memory, for placing preloads (optional: pools are planned as a whole)."""
+    """One node of a pool as observed now: where preloads can go and what it already holds.
+
+    - ``free_gpu_bytes``: GPU memory its agent can still fill (free minus headroom, all GPUs);
+    - ``free_host_bytes``: host-tier room its agent reports (None: unknown);
+    - ``holdings``: the fastest tier the node's agent holds each model in;
+    - ``running``: models with a serving pod on the node;
+    - ``placeholder_gpus``: GPUs held by prewarm's capacity placeholders on the node;
+    - ``agent_seen``: its agent answered this observation (False: the node's holdings are
+      unknown this tick; nothing is placed on it).
+    """
 
     name: NodeName
     pool: PoolName
     free_gpu_bytes: int
+    free_host_bytes: int | None = None
+    holdings: Mapping[ModelId, Tier] = field(default_factory=dict)
+    running: frozenset[ModelId] = frozenset()
+    placeholder_gpus: int = 0
+    agent_seen: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,7 +48,11 @@ class ImagePrepull:
 
 @dataclass(frozen=True, slots=True)
 class ReplicaFloor:
-    """Keep at least ``min_replicas`` replicas of ``model``'s workload until ``until_s``."""
+    """Keep at least ``min_replicas`` replicas of ``model``'s workload until ``until_s``.
+
+    ``value_per_byte`` is the model's value density: the order in which a cluster short of GPU
+    memory should give up models' replicas (lowest first).
+    """
 
     model: ModelId
     workload: WorkloadRef
@@ -56,6 +60,7 @@ class ReplicaFloor:
     until_s: float
     reason: str
     value: float
+    value_per_byte: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +89,6 @@ class Evict:
     tier: Tier
     reason: str
     value: float
-    value_per_byte: float = 0.0
-    """The model's value density now (what a memory-pressure eviction order would use)."""
 
 
 _A = TypeVar("_A")

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from common.ids import ModelId, NodeName, PoolName
+from common.ids import ModelId, PoolName
 from forecaster.types import FloatArray, Forecast
 from planner.actions import (
     Action,
@@ -66,6 +66,8 @@ from planner.calibration import Calibration, Prediction, contexts
 from planner.catalog import GB, Catalog, ModelSpec
 from planner.config import PlannerConfig
 from planner.leadtime import LeadTimeBook, StartCosts
+from planner.placement import NodeState as NodeState  # re-exported: part of the context
+from planner.placement import Placement
 from planner.price import FleetIdle
 
 IntArray = NDArray[np.int64]
@@ -119,29 +121,6 @@ class PoolState:
 
 
 @dataclass(frozen=True, slots=True)
-class NodeState:
-    """One node of a pool as observed now: where preloads can go and what it already holds.
-
-    - ``free_gpu_bytes``: GPU memory its agent can still fill (free minus headroom, all GPUs);
-    - ``free_host_bytes``: host-tier room its agent reports (None: unknown);
-    - ``holdings``: the fastest tier the node's agent holds each model in;
-    - ``running``: models with a serving pod on the node;
-    - ``placeholder_gpus``: GPUs held by prewarm's capacity placeholders on the node;
-    - ``agent_seen``: its agent answered this observation (False: the node's holdings are
-      unknown this tick; nothing is placed on it).
-    """
-
-    name: NodeName
-    pool: PoolName
-    free_gpu_bytes: int
-    free_host_bytes: int | None = None
-    holdings: Mapping[ModelId, Tier] = field(default_factory=dict)
-    running: frozenset[ModelId] = frozenset()
-    placeholder_gpus: int = 0
-    agent_seen: bool = True
-
-
-@dataclass(frozen=True, slots=True)
 class PlanContext:
     """Everything one planning cycle reads; ``interval_s`` is the time until the next cycle."""
 
@@ -190,6 +169,9 @@ class ModelPlan:
     forecast_replicas: int
     hold_threshold: float = 0.0
     """Least value density a warm hold needed in this plan (floor or price of idle memory)."""
+    placement: str = ""
+    """Why the model's preloads were not placed (no observed node of its pool yet, or no room);
+    empty when they were, or when none was planned."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -544,7 +526,7 @@ def plan(ctx: PlanContext, state: PlannerState) -> PlanResult:
         host_left[pool_name] = left - weights[i]
         total_host -= weights[i]
 
-    actions = _actions(ctx, state, t, order)
+    actions, notes = _actions(ctx, t, order)
     held = frozenset(t.names[i] for i in range(count) if target[i] > 0)
     host_held = frozenset(t.names[i] for i in range(count) if t.host[i])
     explained = {
@@ -560,6 +542,7 @@ def plan(ctx: PlanContext, state: PlannerState) -> PlanResult:
             floor_replicas=int(t.floor[i]),
             forecast_replicas=int(t.forecast[i]),
             hold_threshold=needed,
+            placement=notes.get(model, ""),
         )
         for i, model in enumerate(t.names)
     }
@@ -631,10 +614,14 @@ def _hold_threshold(ctx: PlanContext, fleet: FleetIdle, t: _Table) -> float:
     return max(config.min_value_density, config.idle_price * per_gb_s * window)
 
 
-def _actions(ctx: PlanContext, state: PlannerState, t: _Table, order: list[int]) -> list[Action]:
+def _actions(
+    ctx: PlanContext, t: _Table, order: list[int]
+) -> tuple[list[Action], dict[ModelId, str]]:
+    """The plan's actions, and a note for each model whose preloads could not be placed."""
     now = ctx.now_s
     actions: list[Action] = []
-    node_free = {node.name: node.free_gpu_bytes for node in ctx.nodes}
+    notes: dict[ModelId, str] = {}
+    placement = Placement(ctx.nodes)
     extra_gpus: dict[PoolName, int] = {}
     for i in order:
         model = t.names[i]
@@ -657,13 +644,20 @@ def _actions(ctx: PlanContext, state: PlannerState, t: _Table, order: list[int])
                         f"{int(t.floor[i])}, forecast {int(t.forecast[i])}, lead {lead:.0f}s"
                     ),
                     value=value,
+                    value_per_byte=density / GB,
                 )
             )
+        pool_name = spec.node_pool
+        if (target > 0 or t.host[i]) and not placement.has_nodes(pool_name):
+            notes[model] = f"waiting for a node of pool {pool_name} to preload into"
         if target > 0:
-            actions.append(
+            nodes = placement.gpu(model, pool_name, spec.weights_bytes, target)
+            if not nodes and model not in notes:
+                notes[model] = f"no node of pool {pool_name} has GPU room for a preload"
+            actions.extend(
                 Preload(
                     model=model,
-                    node=_place(node_free, ctx.nodes, spec),
+                    node=node,
                     tier=Tier.GPU,
                     bytes=spec.weights_bytes,
                     deadline_s=now + lead,
@@ -671,24 +665,26 @@ def _actions(ctx: PlanContext, state: PlannerState, t: _Table, order: list[int])
                     reason=f"value density {density:.3g} s/GB saves {float(t.saved_s[i]):.0f}s",
                     value=value,
                 )
+                for node in nodes
             )
-        elif current > 0 or model in state.held:
-            actions.append(
+        else:
+            actions.extend(
                 Evict(
                     model=model,
-                    node=NodeName(str(spec.node_pool)),
+                    node=node,
                     tier=Tier.GPU,
                     reason=f"value density {density:.3g} s/GB is below what is kept",
                     value=value,
-                    value_per_byte=density / GB,
                 )
+                for node in placement.holders(model, pool_name, Tier.GPU)
             )
-        if t.host[i]:
+        host_node = placement.host(model, pool_name, spec.weights_bytes) if t.host[i] else None
+        if host_node is not None:
             host_density = float(t.host_density[i])
             actions.append(
                 Preload(
                     model=model,
-                    node=NodeName(str(spec.node_pool)),
+                    node=host_node,
                     tier=Tier.HOST,
                     bytes=spec.weights_bytes,
                     deadline_s=now + ctx.interval_s,
@@ -697,15 +693,16 @@ def _actions(ctx: PlanContext, state: PlannerState, t: _Table, order: list[int])
                     value=value,
                 )
             )
-        elif model in state.host_held:
-            actions.append(
+        elif not t.host[i]:
+            actions.extend(
                 Evict(
                     model=model,
-                    node=NodeName(str(spec.node_pool)),
+                    node=node,
                     tier=Tier.HOST,
                     reason="host value density fell below what is kept",
                     value=0.0,
                 )
+                for node in placement.holders(model, pool_name, Tier.HOST)
             )
         p_node = float(t.p_node[i])
         if p_node >= PREPULL_MIN_PROBABILITY and not t.image_cached[i]:
@@ -734,16 +731,7 @@ def _actions(ctx: PlanContext, state: PlannerState, t: _Table, order: list[int])
                 value=float(gpus),
             )
         )
-    return actions
-
-
-def _place(free: dict[NodeName, int], nodes: tuple[NodeState, ...], spec: ModelSpec) -> NodeName:
-    """First node of the model's pool with room (its bytes are taken); the pool name when none."""
-    for node in nodes:
-        if node.pool == spec.node_pool and free.get(node.name, 0) >= spec.weights_bytes:
-            free[node.name] -= spec.weights_bytes
-            return node.name
-    return NodeName(str(spec.node_pool))
+    return actions, notes
 
 
 def workload_for(spec: ModelSpec) -> WorkloadRef:

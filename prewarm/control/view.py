@@ -132,6 +132,8 @@ def build_explanation(
                 f"price of idle memory: value density {model_plan.value_density:.3g} is below "
                 f"the {model_plan.hold_threshold:.3g} a warm hold needs now"
             )
+        if model_plan.placement:
+            constraints.append(model_plan.placement)
         held = "GPU" if model_plan.hold_gpu else "host memory" if model_plan.hold_host else None
         summary = (
             f"{model}: {model_plan.target_replicas} replicas planned (forecast "

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from common.ids import ModelId, NodeName
+from common.ids import ModelId
 from planner.actions import Action, Evict, Preload, ReplicaFloor, Tier, WarmPlan, WorkloadRef
 from planner.catalog import Catalog
+from planner.placement import NodeState, Placement
 from planner.planner import workload_for
 from prewarm.cycle.manual import ActiveOverrides
 
@@ -38,13 +39,17 @@ def with_overrides(
     catalog: Catalog,
     known_models: Iterable[ModelId],
     frozen: Mapping[ModelId, tuple[Action, ...]],
+    nodes: Iterable[NodeState] = (),
 ) -> ManualPlan:
     """``plan`` with manual floors and tier holds in force, and paused models frozen (pure).
 
     A floor raises the model's ``ReplicaFloor`` (or adds one); a tier request or pin adds a
-    ``Preload`` at that tier when the plan has none at it or faster. A paused model keeps exactly
-    the actions it had when it was paused (``frozen``: taking them away would be an action too).
+    ``Preload`` at that tier when the plan has none at it or faster, on an observed node of the
+    model's pool (``nodes``; none while the pool has no node, or no room). A paused model keeps
+    exactly the actions it had when it was paused (``frozen``: taking them away would be an action
+    too).
     """
+    placement = Placement(nodes)
     with_floors = apply_floors(plan, overrides, workload_of=lambda m: workload_for(catalog.spec(m)))
     actions = list(with_floors.actions)
     for model, target in overrides.tiers.items():
@@ -54,10 +59,15 @@ def with_overrides(
         if held or target.tier <= Tier.DISK:
             continue
         spec = catalog.spec(model)
-        actions.append(
+        if target.tier is Tier.GPU:
+            on = placement.gpu(model, spec.node_pool, spec.weights_bytes, 1)
+        else:
+            host = placement.host(model, spec.node_pool, spec.weights_bytes)
+            on = [host] if host is not None else []
+        actions.extend(
             Preload(
                 model=model,
-                node=NodeName(str(spec.node_pool)),
+                node=node,
                 tier=target.tier,
                 bytes=spec.weights_bytes,
                 deadline_s=plan.now_s,
@@ -65,6 +75,7 @@ def with_overrides(
                 reason=target.reason,
                 value=0.0,
             )
+            for node in on
         )
     paused = {m for m in known_models if overrides.is_paused(m)}
     kept = [a for a in actions if model_of(a) not in paused]

@@ -197,6 +197,7 @@ def step(inputs: CycleInputs, state: CycleState, config: CycleConfig) -> CycleRe
         catalog=config.catalog,
         known_models=models,
         frozen=state.frozen,
+        nodes=snapshot.nodes,
     )
     capped = cap_plan(
         manual.plan,

@@ -208,7 +208,10 @@ class Daemon:
         result = step(inputs, self._state, self._cycle_config)
         self._state, report = result.state, result.report
         self._report = report
-        outcomes = await self._apply(result.plan) if result.plan.actions else []
+        # An empty plan is applied too: the actuator restores what no action asks for any more.
+        # Under a global pause nothing is applied, so nothing is restored either.
+        paused = report.overrides.global_pause
+        outcomes = [] if paused else await self._apply(result.plan)
         self._publisher.cycle(report, fresh=fresh)
         self._ticks_ok += 1
         self.metrics.ticks.labels(result="ok").inc()

@@ -296,7 +296,7 @@ async def run_live(
         DaemonConfig(mode="active", tick_s=full.step_s),
         source=ReplaySource(batch),
         engine=AutoForecaster(full.step_s, history_window_s=7 * 86400),
-        observer=PlannedClusterObserver(lambda: daemon.plan(), pools=pools),
+        observer=PlannedClusterObserver(lambda: daemon.plan(), pools=pools, nodes={POOL: NODE}),
         applier=AgentOnlyApplier(agents),
         catalog=catalog,
         planner_config=PlannerConfig(gpu_memory_budget_bytes=int(config.gpu_budget_gb * GB)),

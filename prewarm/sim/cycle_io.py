@@ -12,8 +12,9 @@ protocols the daemon implements over Prometheus, Kubernetes and the GPU agents
   are learned from these observations, as in a real cluster;
 - :class:`SimPlanApplier` turns a plan into the simulator's :class:`prewarm.sim.engine.Decision`
   arrays, as the actuator turns it into Kubernetes objects and agent calls: replica floors as
-  targets, GPU preloads' (and evictions') value density as the eviction order, host preloads as
-  the host tier, image pre-pulls, placeholder GPUs.
+  targets and their value density as the order in which replicas give way to memory pressure,
+  host preloads as the host tier, image pre-pulls, placeholder GPUs. (GPU preloads name nodes
+  for the agents' spare memory, which the simulator does not model apart from replicas.)
 
 Must not: decide anything. Every method is a coroutine that completes without waiting
 (:func:`resolved` runs one); the simulated cluster never blocks.
@@ -26,11 +27,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from common.ids import ModelId, PoolName
+from common.ids import ModelId, NodeName, PoolName
 from forecaster.types import SeriesBatch
 from planner.actions import (
     ActionResult,
-    Evict,
     ImagePrepull,
     NodeCapacity,
     Preload,
@@ -40,7 +40,7 @@ from planner.actions import (
 )
 from planner.catalog import GB
 from planner.leadtime import Stage, StageObservation
-from planner.planner import ModelState, PoolState
+from planner.planner import ModelState, NodeState, PoolState
 from prewarm.cycle.interfaces import ClusterSnapshot
 from prewarm.sim.cluster import IntArray
 from prewarm.sim.engine import Decision, Observation, SimSetup, StartRecord
@@ -145,8 +145,51 @@ class SimClusterObserver:
         }
         finished, self._finished = self._finished, []
         return ClusterSnapshot(
-            models=states, pools=pools, stage_observations=self._stage_observations(finished)
+            models=states,
+            pools=pools,
+            nodes=self._nodes(obs),
+            stage_observations=self._stage_observations(finished),
         )
+
+    def _nodes(self, obs: Observation) -> tuple[NodeState, ...]:
+        """The pools' up nodes. The simulator tracks models per pool, not per node: a model's
+        replicas and host copy are reported on node ``model index mod nodes`` of its pool, and
+        each node has an equal share of the pool's free GPUs and its own host cache."""
+        table = self._setup.table
+        nodes: list[NodeState] = []
+        gpu_copies = (obs.ready + obs.pending) > 0
+        for p, spec in enumerate(self._setup.cluster.pools):
+            count = int(obs.nodes[p])
+            if count == 0:
+                continue
+            members = np.flatnonzero(table.pool == p)
+            holdings: list[dict[ModelId, Tier]] = [{} for _ in range(count)]
+            running: list[set[ModelId]] = [set() for _ in range(count)]
+            host_used = np.zeros(count)
+            for i in members.tolist():
+                k = i % count
+                model = table.models[i]
+                if gpu_copies[i]:
+                    holdings[k][model] = Tier.GPU
+                    running[k].add(model)
+                elif int(obs.tier[i]) > 0:
+                    holdings[k][model] = TIERS[int(obs.tier[i])]
+                if int(obs.tier[i]) == 2:
+                    host_used[k] += float(table.weights_gb[i]) * GB
+            free_gpu = int(obs.free_gpus[p]) * round(spec.gpu_memory_gb * GB) // count
+            host_bytes = spec.host_cache_gb_per_node * GB
+            nodes.extend(
+                NodeState(
+                    name=NodeName(f"{spec.name}-{k}"),
+                    pool=spec.name,
+                    free_gpu_bytes=free_gpu,
+                    free_host_bytes=max(0, round(host_bytes - host_used[k])),
+                    holdings=holdings[k],
+                    running=frozenset(running[k]),
+                )
+                for k in range(count)
+            )
+        return tuple(nodes)
 
     def _stage_observations(self, finished: list[StartRecord]) -> tuple[StageObservation, ...]:
         table = self._setup.table
@@ -201,14 +244,9 @@ class SimPlanApplier:
         for action in plan.actions:
             if isinstance(action, ReplicaFloor):
                 target[index[action.model]] = action.min_replicas
-            elif isinstance(action, Preload):
-                if action.tier == Tier.GPU:
-                    priority[index[action.model]] = action.value_per_byte * GB
-                elif action.tier == Tier.HOST:
-                    host[index[action.model]] = True
-            elif isinstance(action, Evict):
-                if action.tier == Tier.GPU:
-                    priority[index[action.model]] = action.value_per_byte * GB
+                priority[index[action.model]] = action.value_per_byte * GB
+            elif isinstance(action, Preload) and action.tier == Tier.HOST:
+                host[index[action.model]] = True
             elif isinstance(action, ImagePrepull):
                 prepull[self._image_index.get((action.pool, action.image), [])] = True
             elif isinstance(action, NodeCapacity):

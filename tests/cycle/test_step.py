@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.ids import ModelId, PoolName
+from common.ids import ModelId, NodeName, PoolName
 from forecaster.engine import AutoForecaster
 from forecaster.types import Forecast, SeriesBatch
 from planner.actions import Preload, ReplicaFloor, Tier
 from planner.catalog import Catalog
 from planner.config import PlannerConfig
 from planner.leadtime import Stage, StageObservation
-from planner.planner import ModelState, PoolState
+from planner.planner import ModelState, NodeState, PoolState
 from prewarm.cycle.config import BudgetConfig, CycleConfig, QualityGateConfig
 from prewarm.cycle.forecasting import ForecastFeed
 from prewarm.cycle.interfaces import ClusterSnapshot
@@ -37,9 +37,19 @@ def _config(**changes: object) -> CycleConfig:
 
 
 def _snapshot(**models: ModelState) -> ClusterSnapshot:
+    """The pool with one node whose agent answered, holding the running models in GPU memory."""
+    running = {ModelId(m) for m, s in models.items() if s.current_replicas > 0}
+    node = NodeState(
+        name=NodeName("gpu-0"),
+        pool=POOL,
+        free_gpu_bytes=10**13,
+        holdings=dict.fromkeys(running, Tier.GPU),
+        running=frozenset(running),
+    )
     return ClusterSnapshot(
         models={ModelId(m): s for m, s in models.items()},
         pools={POOL: PoolState(pool=POOL, free_gpus=8)},
+        nodes=(node,),
     )
 
 

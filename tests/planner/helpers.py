@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.ids import ModelId, PoolName
+from common.ids import ModelId, NodeName, PoolName
 from forecaster.types import Forecast
+from planner.actions import Tier
 from planner.catalog import Catalog, ModelSpec, default_spec
 from planner.config import PlannerConfig
-from planner.planner import ModelState, PlanContext, PoolState
+from planner.planner import ModelState, NodeState, PlanContext, PoolState
 
 STEP_S = 60.0
 
@@ -50,8 +51,11 @@ def context(
     now_s: float = 0.0,
     config: PlannerConfig | None = None,
     pools: dict[PoolName, PoolState] | None = None,
+    nodes: tuple[NodeState, ...] | None = None,
 ) -> PlanContext:
-    """A planning context over ``specs`` (models without a state are idle and cold)."""
+    """A planning context over ``specs`` (models without a state are idle and cold). Without
+    ``nodes``, each pool has one roomy node whose agent holds what the states say: models with
+    replicas in GPU memory, others in their observed tier."""
     states = states or {}
     return PlanContext(
         now_s=now_s,
@@ -61,4 +65,34 @@ def context(
         catalog=Catalog(specs={s.model: s for s in specs}),
         config=config or PlannerConfig(),
         pools=pools or {},
+        nodes=nodes if nodes is not None else one_node_per_pool(specs, states),
+    )
+
+
+def one_node_per_pool(
+    specs: list[ModelSpec], states: dict[str, ModelState]
+) -> tuple[NodeState, ...]:
+    """A node ``<pool>-0`` per pool, with room for anything, holding what ``states`` say."""
+    holdings: dict[PoolName, dict[ModelId, Tier]] = {}
+    running: dict[PoolName, set[ModelId]] = {}
+    for s in specs:
+        held = holdings.setdefault(s.node_pool, {})
+        running.setdefault(s.node_pool, set())
+        state = states.get(str(s.model))
+        if state is None:
+            continue
+        if state.current_replicas > 0:
+            held[s.model] = Tier.GPU
+            running[s.node_pool].add(s.model)
+        elif state.tier > Tier.REMOTE:
+            held[s.model] = state.tier
+    return tuple(
+        NodeState(
+            name=NodeName(f"{pool}-0"),
+            pool=pool,
+            free_gpu_bytes=10**15,
+            holdings=held,
+            running=frozenset(running[pool]),
+        )
+        for pool, held in holdings.items()
     )

@@ -2,11 +2,11 @@
 
 Owns turning :class:`planner.actions.Preload` / :class:`planner.actions.Evict` into agent calls:
 finding the agent of a node (a constructor parameter; :class:`PodAddressResolver` is the production
-default: the agent DaemonSet's pod on that node), the weights to fetch (a constructor parameter:
-the plan names a model, the catalog knows its files), deadlines, bearer-token metadata, retrying
-UNAVAILABLE with backoff, treating "already there" / "already gone" as success (both RPCs are
-idempotent), and mapping every other status to a :mod:`common.errors` kind through
-:mod:`common.grpc_status` (the one mapping).
+default: the agent DaemonSet's pod on that node), the weights to fetch and the compiled artifacts
+to install (constructor parameters: the plan names a model, the catalog knows its files),
+deadlines, bearer-token metadata, retrying UNAVAILABLE with backoff, treating "already there" /
+"already gone" as success (both RPCs are idempotent), and mapping every other status to a
+:mod:`common.errors` kind through :mod:`common.grpc_status` (the one mapping).
 
 Must not: import the agent's server side, or decide what to load (the plan does).
 """
@@ -39,6 +39,15 @@ AddressOf = Callable[[NodeName], Awaitable[str]]
 
 WeightsOf = Callable[[ModelId], Sequence[pb.Source]]
 """Returns the weight files of a model (from the model catalog); raises NotFound if unknown."""
+
+ArtifactsOf = Callable[[ModelId], Sequence[pb.Artifact]]
+"""Returns the compiled artifacts sent with every Preload of a model (from the model catalog)."""
+
+
+def no_artifacts(model: ModelId) -> Sequence[pb.Artifact]:
+    """The default :data:`ArtifactsOf`: no model has compiled artifacts."""
+    return ()
+
 
 ChannelFactory = Callable[[str], grpc.aio.Channel]
 
@@ -84,12 +93,14 @@ class AgentActuator:
         address_of: AddressOf,
         *,
         weights_of: WeightsOf,
+        artifacts_of: ArtifactsOf = no_artifacts,
         channel_factory: ChannelFactory = grpc.aio.insecure_channel,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._config = config
         self._address_of = address_of
         self._weights_of = weights_of
+        self._artifacts_of = artifacts_of
         self._channel_factory = channel_factory
         self._sleep = sleep
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -110,20 +121,24 @@ class AgentActuator:
             if action.tier not in HELD_TIERS:
                 raise InvalidInput(f"cannot preload {action.model} into tier {action.tier.name}")
             weights = list(self._weights_of(action.model))
+            artifacts = list(self._artifacts_of(action.model))
         except PrewarmError as error:
             # A bad action (unknown model, no weights in the catalog) fails alone.
             return AgentResult(action, False, str(error), error=error)
+        # Artifacts go with every Preload: the agent installs them whenever it loads the model or
+        # moves it to a faster tier; one already held in the target tier is answered "already
+        # held" without reinstalling them.
         request = pb.PreloadRequest(
             model_id=action.model,
             weights=weights,
+            artifacts=artifacts,
             target_tier=agent_tier(action.tier),
             predicted_value=action.value,
             deadline=_timestamp(action.deadline_s),
         )
         if dry_run or self._config.dry_run:
-            return AgentResult(
-                action, True, f"dry run: would preload {len(request.weights)} file(s)", True
-            )
+            files = f"{len(request.weights)} file(s), {len(request.artifacts)} artifact(s)"
+            return AgentResult(action, True, f"dry run: would preload {files}", True)
         timeout = max(action.deadline_s - now_s, self._config.agent.timeout_s)
 
         async def call(stub: pb_grpc.GpuAgentStub) -> str:

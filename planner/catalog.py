@@ -8,6 +8,11 @@ model ids at the top level is accepted too). Fields per model, all optional:
   (compile/warm-up seconds after the weights are in GPU memory), ``node_pool``, ``service_s``
   (seconds a request stays in service), ``min_replicas`` / ``max_replicas``, and ``workload``
   (``{namespace, name, kind?, api_version?}``: where replica floors are applied).
+- ``weights`` (``[{uri, sha256, size_bytes?}]``: the files the GPU agents preload) and
+  ``artifacts`` (``[{uri, sha256, kind, install_dir?}]``: compiled artifacts the agents install
+  with every preload of the model; ``kind`` is one of :data:`ARTIFACT_KINDS`, the GPU agent's
+  artifact kinds; ``docs/artifacts.md`` says where each lands and which engine reads it). URIs use
+  a scheme of :data:`SOURCE_SCHEMES`, the ones the agents fetch.
 
 Models missing from the catalog get *deterministic* defaults: a stable hash of the model id picks a
 size class from :data:`DEFAULT_SIZE_CLASSES`, a table of real open-weight model sizes in fp16
@@ -25,8 +30,9 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -83,6 +89,47 @@ class WeightFile:
     size_bytes: int = 0
 
 
+SOURCE_SCHEMES: tuple[str, ...] = ("file", "http", "https")
+"""URI schemes of weights and artifacts: the ones a GPU agent can fetch (its ``allowed_schemes``
+setting narrows them further per cluster; by default it takes ``file`` and ``https``)."""
+
+ArtifactKind = Literal["mega_cache", "inductor_cache_tar"]
+"""A compiled artifact's kind: the GPU agent's ``ArtifactKind`` names (protos/gpu_agent.proto)
+without the ``ARTIFACT_KIND_`` prefix, lowercase."""
+
+ARTIFACT_KINDS: tuple[ArtifactKind, ...] = get_args(ArtifactKind)
+
+DEFAULT_ARTIFACT_ROOT = "/var/cache/prewarm-compile"
+"""Where artifacts are installed when an entry names no ``install_dir``: the GPU agent's default
+``allowed_install_roots`` and the chart's ``agent.compileCache.path`` (a hostPath on each node)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactFile:
+    """One compiled artifact of a model, as the GPU agent installs it: ``uri`` and lowercase hex
+    ``sha256`` of the file to fetch, its ``kind``, and the absolute node directory it is installed
+    into (which must lie under one of the agent's ``allowed_install_roots``)."""
+
+    uri: str
+    sha256: str
+    kind: ArtifactKind
+    install_dir: str
+
+
+def artifact_key(model: ModelId) -> str:
+    """The model's name in install paths: characters other than letters, digits and ``. _ -``
+    replaced by ``_`` (the agent names an installed mega-cache ``<key>.mega-cache`` alike)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", model)
+
+
+def default_install_dir(model: ModelId, kind: ArtifactKind, *, root: str) -> str:
+    """Where an artifact of ``kind`` goes when its entry names no ``install_dir``: one directory
+    per model under ``root`` (``<root>/<key>``), with Inductor cache archives unpacked into its
+    ``inductor`` subdirectory, so one model's caches never overwrite another's."""
+    base = PurePosixPath(root) / artifact_key(model)
+    return str(base / "inductor" if kind == "inductor_cache_tar" else base)
+
+
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
     """What it costs to bring one model up, and its replica bounds.
@@ -104,6 +151,8 @@ class ModelSpec:
     workload: WorkloadRef | None = None
     weights: tuple[WeightFile, ...] = ()
     """The weight files the GPU agents preload (none: agents cannot preload this model)."""
+    artifacts: tuple[ArtifactFile, ...] = ()
+    """Compiled artifacts sent with every preload of the model (none: compile runs cold)."""
     defaulted: bool = False
 
     @property
@@ -172,6 +221,7 @@ _KNOWN_FIELDS = {
     "max_replicas",
     "workload",
     "weights",
+    "artifacts",
 }
 
 
@@ -207,6 +257,22 @@ def _workload(value: Any, *, where: str) -> WorkloadRef:
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
+def _source(item: dict[str, Any], *, at: str, example: str) -> tuple[str, str]:
+    """The checked ``uri`` and ``sha256`` of a weights or artifacts entry."""
+    uri, digest = item.get("uri"), item.get("sha256")
+    if not isinstance(uri, str) or "://" not in uri:
+        raise InvalidInput(f"{at}.uri must be a URI such as {example}")
+    scheme = urlsplit(uri).scheme.lower()
+    if scheme not in SOURCE_SCHEMES:
+        schemes = ", ".join(f"{s}://" for s in SOURCE_SCHEMES)
+        raise InvalidInput(
+            f"{at}.uri {uri!r} has unsupported scheme {scheme!r}: GPU agents fetch {schemes}"
+        )
+    if not isinstance(digest, str) or not _SHA256.match(digest):
+        raise InvalidInput(f"{at}.sha256 must be 64 lowercase hex digits (sha256sum's output)")
+    return uri, digest
+
+
 def _weights(value: Any, *, where: str) -> tuple[WeightFile, ...]:
     if not isinstance(value, list) or not value:
         raise InvalidInput(f"{where} must be a non-empty list of {{uri, sha256, size_bytes}}")
@@ -215,17 +281,57 @@ def _weights(value: Any, *, where: str) -> tuple[WeightFile, ...]:
         at = f"{where}[{index}]"
         if not isinstance(item, dict) or set(item) - {"uri", "sha256", "size_bytes"}:
             raise InvalidInput(f"{at} must be a mapping with uri, sha256 and optional size_bytes")
-        uri, digest = item.get("uri"), item.get("sha256")
-        if not isinstance(uri, str) or "://" not in uri:
-            raise InvalidInput(f"{at}.uri must be a URI such as file:///models/x.safetensors")
-        if not isinstance(digest, str) or not _SHA256.match(digest):
-            raise InvalidInput(f"{at}.sha256 must be 64 lowercase hex digits (sha256sum's output)")
+        uri, digest = _source(item, at=at, example="file:///models/x.safetensors")
         size = _integer(item.get("size_bytes", 0), where=f"{at}.size_bytes")
         files.append(WeightFile(uri=uri, sha256=digest, size_bytes=size))
     return tuple(files)
 
 
-def _spec_from_entry(model: ModelId, entry: Any, *, origin: str) -> ModelSpec:
+def _install_dir(value: Any, *, at: str) -> str:
+    # The agent refuses a relative directory or one with '..' parts (after that, one outside
+    # its allowed roots, which only the agent knows); the first two are caught here, at load.
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise InvalidInput(f"{at} must be an absolute directory on the node, got {value!r}")
+    if ".." in PurePosixPath(value).parts:
+        raise InvalidInput(f"{at} {value!r} must not contain '..'")
+    return value
+
+
+def _artifacts(model: ModelId, value: Any, *, where: str, root: str) -> tuple[ArtifactFile, ...]:
+    if not isinstance(value, list):
+        raise InvalidInput(f"{where} must be a list of {{uri, sha256, kind, install_dir?}}")
+    kinds = ", ".join(ARTIFACT_KINDS)
+    files: list[ArtifactFile] = []
+    for index, item in enumerate(value):
+        at = f"{where}[{index}]"
+        if not isinstance(item, dict) or set(item) - {"uri", "sha256", "kind", "install_dir"}:
+            raise InvalidInput(f"{at} must be a mapping with uri, sha256, kind, install_dir?")
+        uri, digest = _source(item, at=at, example="https://artifacts.example/m.mega-cache")
+        kind = item.get("kind")
+        if kind not in ARTIFACT_KINDS:
+            raise InvalidInput(
+                f"{at}.kind must be one of {kinds} (the GPU agent's artifact kinds), got {kind!r}"
+            )
+        if "install_dir" in item:
+            install_dir = _install_dir(item["install_dir"], at=f"{at}.install_dir")
+        elif artifact_key(model) in (".", ".."):
+            raise InvalidInput(f"{at} needs an install_dir: the model id cannot name a directory")
+        else:
+            install_dir = default_install_dir(model, kind, root=root)
+        files.append(ArtifactFile(uri=uri, sha256=digest, kind=kind, install_dir=install_dir))
+    # The agent names an installed mega-cache after the model, so a second one installed into
+    # the same directory would replace the first.
+    mega_dirs = [f.install_dir for f in files if f.kind == "mega_cache"]
+    shared = sorted({d for d in mega_dirs if mega_dirs.count(d) > 1})
+    if shared:
+        raise InvalidInput(
+            f"{where} installs two mega_cache artifacts into {shared[0]}; the second would "
+            "overwrite the first: give one of them its own install_dir"
+        )
+    return tuple(files)
+
+
+def _spec_from_entry(model: ModelId, entry: Any, *, origin: str, artifact_root: str) -> ModelSpec:
     where = f"{origin}: model {model!r}"
     if entry is None:
         entry = {}
@@ -257,6 +363,10 @@ def _spec_from_entry(model: ModelId, entry: Any, *, origin: str) -> ModelSpec:
         changes["workload"] = _workload(entry["workload"], where=f"{where} workload")
     if "weights" in entry:
         changes["weights"] = _weights(entry["weights"], where=f"{where} weights")
+    if "artifacts" in entry:
+        changes["artifacts"] = _artifacts(
+            model, entry["artifacts"], where=f"{where} artifacts", root=artifact_root
+        )
     spec = replace(spec, **changes)
     if spec.min_replicas > spec.max_replicas:
         raise InvalidInput(
@@ -266,8 +376,13 @@ def _spec_from_entry(model: ModelId, entry: Any, *, origin: str) -> ModelSpec:
     return spec
 
 
-def parse_catalog(text: str, *, origin: str = "catalog") -> Catalog:
-    """Parse catalog YAML text; :class:`InvalidInput` names the file, model and field at fault."""
+def parse_catalog(
+    text: str, *, origin: str = "catalog", artifact_root: str = DEFAULT_ARTIFACT_ROOT
+) -> Catalog:
+    """Parse catalog YAML text; :class:`InvalidInput` names the file, model and field at fault.
+
+    ``artifact_root``: the node directory artifacts without an ``install_dir`` are installed under.
+    """
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -289,14 +404,14 @@ def parse_catalog(text: str, *, origin: str = "catalog") -> Catalog:
     specs: dict[ModelId, ModelSpec] = {}
     for key, entry in models.items():
         model = ModelId(str(key))
-        specs[model] = _spec_from_entry(model, entry, origin=origin)
+        specs[model] = _spec_from_entry(model, entry, origin=origin, artifact_root=artifact_root)
     return Catalog(specs=specs)
 
 
-def load_catalog(path: Path) -> Catalog:
+def load_catalog(path: Path, *, artifact_root: str = DEFAULT_ARTIFACT_ROOT) -> Catalog:
     """Read and parse the catalog file at ``path`` (the one I/O in this package)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise InvalidInput(f"cannot read catalog {path}: {error.strerror or error}") from error
-    return parse_catalog(text, origin=str(path))
+    return parse_catalog(text, origin=str(path), artifact_root=artifact_root)

@@ -33,7 +33,7 @@ from forecaster.engine import AutoForecaster
 from forecaster.sources import PollingSource
 from forecaster.sources.prometheus import PrometheusSource
 from forecaster.types import SeriesBatch
-from planner.catalog import Catalog, load_catalog
+from planner.catalog import ArtifactKind, Catalog, load_catalog
 from prewarm.control.metrics import ControlMetrics
 from prewarm.control.service import ControlServer
 from prewarm.control.store import ConfigMapControlStore, ControlStore
@@ -90,6 +90,25 @@ def weight_sources(catalog: Catalog, model: ModelId) -> list[pb.Source]:
     return [pb.Source(uri=f.uri, sha256=f.sha256, size_bytes=f.size_bytes) for f in files]
 
 
+_ARTIFACT_KINDS: dict[ArtifactKind, pb.ArtifactKind.ValueType] = {
+    "mega_cache": pb.ARTIFACT_KIND_MEGA_CACHE,
+    "inductor_cache_tar": pb.ARTIFACT_KIND_INDUCTOR_CACHE_TAR,
+}
+
+
+def artifact_sources(catalog: Catalog, model: ModelId) -> list[pb.Artifact]:
+    """The compiled artifacts sent with every Preload of ``model``: its catalog ``artifacts``
+    (none for a model without any, or one the catalog does not list)."""
+    return [
+        pb.Artifact(
+            source=pb.Source(uri=a.uri, sha256=a.sha256),
+            kind=_ARTIFACT_KINDS[a.kind],
+            install_dir=a.install_dir,
+        )
+        for a in catalog.spec(model).artifacts
+    ]
+
+
 def load_model_catalog(settings: Settings) -> Catalog:
     """The configured catalog, or an empty one (every model gets documented defaults)."""
     path = settings.planner.catalog_path
@@ -123,6 +142,7 @@ def build_runtime(
         settings.actuator,
         PodAddressResolver(kube, settings.actuator),
         weights_of=lambda model: weight_sources(catalog, model),
+        artifacts_of=lambda model: artifact_sources(catalog, model),
     )
     actuator = Actuator(kube, settings.actuator, agents=agents)
     control_config = settings.control

@@ -126,3 +126,127 @@ def test_daemon_preload_sources_come_from_the_catalog() -> None:
     assert (source.uri, source.sha256) == ("https://models/m", digest)
     with pytest.raises(NotFound, match="add `weights"):
         weight_sources(catalog, ModelId("other"))
+
+
+DIGEST = "c" * 64
+
+
+def _artifacts_catalog(artifacts: str, *, model: str = "m") -> str:
+    return f"models:\n  {model!r}:\n    artifacts: {artifacts}\n"
+
+
+def test_artifacts_are_parsed_with_default_install_dirs() -> None:
+    from planner.catalog import ArtifactFile
+
+    catalog = parse_catalog(
+        _artifacts_catalog(
+            f"[{{uri: 'https://a.example/m.bin', sha256: '{DIGEST}', kind: mega_cache}},"
+            f" {{uri: 'file:///a/inductor.tar.gz', sha256: '{DIGEST}', kind: inductor_cache_tar}},"
+            f" {{uri: 'http://a/vllm.tar', sha256: '{DIGEST}', kind: inductor_cache_tar,"
+            "   install_dir: /var/cache/prewarm-compile/vllm/torch_compile_cache}]",
+            model="org/llama 8b",
+        ),
+        artifact_root="/compile",
+    )
+    # The model id's '/' and ' ' become '_' in install paths, as in the agent's file names.
+    assert catalog.spec(ModelId("org/llama 8b")).artifacts == (
+        ArtifactFile("https://a.example/m.bin", DIGEST, "mega_cache", "/compile/org_llama_8b"),
+        ArtifactFile(
+            "file:///a/inductor.tar.gz",
+            DIGEST,
+            "inductor_cache_tar",
+            "/compile/org_llama_8b/inductor",
+        ),
+        ArtifactFile(
+            "http://a/vllm.tar",
+            DIGEST,
+            "inductor_cache_tar",
+            "/var/cache/prewarm-compile/vllm/torch_compile_cache",
+        ),
+    )
+    assert parse_catalog(_artifacts_catalog("[]")).spec(ModelId("m")).artifacts == ()
+    assert Catalog().spec(ModelId("m")).artifacts == ()
+    default = parse_catalog(
+        _artifacts_catalog(f"[{{uri: 'file:///a/m', sha256: '{DIGEST}', kind: mega_cache}}]")
+    )
+    (artifact,) = default.spec(ModelId("m")).artifacts
+    assert artifact.install_dir == "/var/cache/prewarm-compile/m"
+
+
+@pytest.mark.parametrize(
+    ("artifacts", "message"),
+    [
+        ("{uri: 'file:///a'}", r"artifacts must be a list of \{uri, sha256, kind"),
+        (f"[{{uri: 'file:///a', sha256: '{DIGEST}', kind: aot_inductor}}]",
+         r"artifacts\[0\]\.kind must be one of mega_cache, inductor_cache_tar .*'aot_inductor'"),
+        (f"[{{uri: 'file:///a', sha256: '{DIGEST}'}}]", r"\.kind must be one of .* got None"),
+        (f"[{{uri: 'file:///a', sha256: '{DIGEST[:63]}', kind: mega_cache}}]",
+         r"artifacts\[0\]\.sha256 must be 64 lowercase hex"),
+        (f"[{{uri: 'file:///a', sha256: '{DIGEST.upper()}', kind: mega_cache}}]",
+         "64 lowercase hex"),
+        (f"[{{uri: 'file:///a', sha256: '{'g' * 64}', kind: mega_cache}}]", "64 lowercase hex"),
+        (f"[{{uri: 's3://bucket/a', sha256: '{DIGEST}', kind: mega_cache}}]",
+         r"unsupported scheme 's3': GPU agents fetch file://, http://, https://"),
+        (f"[{{uri: '/a/m.bin', sha256: '{DIGEST}', kind: mega_cache}}]", r"\.uri must be a URI"),
+        (f"[{{uri: 'file:///a', sha256: '{DIGEST}', kind: mega_cache, size: 3}}]",
+         "must be a mapping with uri, sha256, kind"),
+        (f"[{{uri: 'file:///a', sha256: '{DIGEST}', kind: mega_cache, install_dir: rel}}]",
+         r"install_dir must be an absolute directory on the node, got 'rel'"),
+        (f"[{{uri: 'file:///a', sha256: '{DIGEST}', kind: mega_cache, install_dir: /c/../etc}}]",
+         "must not contain '..'"),
+        (f"[{{uri: 'file:///a', sha256: '{DIGEST}', kind: mega_cache}},"
+         f" {{uri: 'file:///b', sha256: '{DIGEST}', kind: mega_cache}}]",
+         "two mega_cache artifacts into /var/cache/prewarm-compile/m; .* own install_dir"),
+    ],
+)  # fmt: skip
+def test_bad_artifacts_are_invalid_input_naming_the_entry(artifacts: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message) as failure:
+        parse_catalog(_artifacts_catalog(artifacts), origin="c.yaml")
+    assert str(failure.value).startswith("c.yaml: model 'm' artifacts")
+
+
+def test_weights_take_the_same_schemes_as_artifacts() -> None:
+    with pytest.raises(InvalidInput, match=r"weights\[0\]\.uri .* unsupported scheme 'gs'"):
+        parse_catalog(f"models:\n  m:\n    weights: [{{uri: 'gs://b/m', sha256: '{DIGEST}'}}]\n")
+
+
+def test_model_id_that_cannot_name_a_directory_needs_an_install_dir() -> None:
+    with pytest.raises(InvalidInput, match="needs an install_dir"):
+        parse_catalog(
+            _artifacts_catalog(
+                f"[{{uri: 'file:///a', sha256: '{DIGEST}', kind: mega_cache}}]", model=".."
+            )
+        )
+
+
+def test_catalog_kinds_are_the_protocol_artifact_kinds() -> None:
+    from planner.catalog import ARTIFACT_KINDS
+    from protos import gpu_agent_pb2 as pb
+
+    proto_kinds = {
+        name.removeprefix("ARTIFACT_KIND_").lower()
+        for name in pb.ArtifactKind.keys()  # noqa: SIM118 (an enum wrapper, not a dict)
+        if name != "ARTIFACT_KIND_UNSPECIFIED"
+    }
+    assert set(ARTIFACT_KINDS) == proto_kinds
+
+
+def test_daemon_preload_artifacts_come_from_the_catalog() -> None:
+    from prewarm.daemon.app import artifact_sources
+    from protos import gpu_agent_pb2 as pb
+
+    catalog = parse_catalog(
+        _artifacts_catalog(
+            f"[{{uri: 'https://a/m.bin', sha256: '{DIGEST}', kind: mega_cache}},"
+            f" {{uri: 'https://a/i.tar', sha256: '{DIGEST}', kind: inductor_cache_tar}}]"
+        ),
+        artifact_root="/compile",
+    )
+    mega, tar = artifact_sources(catalog, ModelId("m"))
+    assert (mega.source.uri, mega.source.sha256) == ("https://a/m.bin", DIGEST)
+    assert (mega.kind, mega.install_dir) == (pb.ARTIFACT_KIND_MEGA_CACHE, "/compile/m")
+    assert (tar.kind, tar.install_dir) == (
+        pb.ARTIFACT_KIND_INDUCTOR_CACHE_TAR,
+        "/compile/m/inductor",
+    )
+    assert artifact_sources(catalog, ModelId("other")) == []

@@ -118,6 +118,7 @@ class Agent:
             reclaim=self._reclaim,
             events=self._events,
             monotonic=monotonic,
+            wall_clock=wall_clock,
         )
         self._leases = Leases(
             self._holdings, gpu=self._gpu, events=self._events, monotonic=monotonic

@@ -33,6 +33,22 @@ class GpuResidency:
     nbytes: int
 
 
+@dataclass(frozen=True, slots=True)
+class LoadRecord:
+    """The latest load that moved a model up the tiers, as Status reports it.
+
+    ``source`` is the tier the load started from (``REMOTE``: fetched from its source), ``target``
+    the tier it reached. ``finished_unix_s`` is wall-clock time, read once at commit: Status
+    reports the same instant every time, so a reader can tell one load from the next by it.
+    """
+
+    duration_s: float
+    finished_unix_s: float
+    source: Tier
+    target: Tier
+    nbytes: int
+
+
 @dataclass(slots=True)
 class Holding:
     """Everything the agent holds for one model. Mutated only under :attr:`Holdings.lock`."""
@@ -48,6 +64,8 @@ class Holding:
     gpu: GpuResidency | None = None
     leases: dict[str, int] = field(default_factory=dict)
     """Open leases: lease id -> the attached client's pid."""
+    last_load: LoadRecord | None = None
+    """The latest load that moved the model up (None: none since the agent started)."""
 
     @property
     def data_bytes(self) -> int:

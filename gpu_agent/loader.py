@@ -24,7 +24,7 @@ from gpu_agent.diskcache import remove_tree
 from gpu_agent.events import EventBus
 from gpu_agent.fetch import DiskCopy, ModelFetcher, source_bytes
 from gpu_agent.gpu_tier import GpuTier
-from gpu_agent.holdings import GpuResidency, Holding, Holdings
+from gpu_agent.holdings import GpuResidency, Holding, Holdings, LoadRecord
 from gpu_agent.host_tier import HostTier, unpin
 from gpu_agent.progress import Emit, LoadProgress, Stage
 from gpu_agent.reclaim import Reclaimer
@@ -41,6 +41,8 @@ class _LoadResult:
     host_pinned: dict[Path, PinnedMapping]
     gpu: GpuResidency | None
     tier_message: str
+    source: Tier
+    """The tier the load started from (``REMOTE``: nothing was held)."""
 
 
 class Loader:
@@ -56,6 +58,7 @@ class Loader:
         reclaim: Reclaimer,
         events: EventBus,
         monotonic: Callable[[], float],
+        wall_clock: Callable[[], float],
     ) -> None:
         self._holdings = holdings
         self._fetch = fetch
@@ -64,6 +67,7 @@ class Loader:
         self._reclaim = reclaim
         self._events = events
         self._mono = monotonic
+        self._wall = wall_clock
 
     async def run(
         self,
@@ -107,13 +111,14 @@ class Loader:
             raise
         finally:
             self._holdings.end_load(spec.model_id)
-        holding = self._commit(spec, result)
+        duration_s = self._mono() - progress.started
+        holding = self._commit(spec, result, duration_s=duration_s)
         self._events.publish(
             pb.Event.KIND_LOADED,
             spec.model_id,
             tier=holding.tier,
             nbytes=holding.file_bytes,
-            duration_s=self._mono() - progress.started,
+            duration_s=duration_s,
         )
         yield progress.message(
             Stage.STAGE_DONE,
@@ -123,7 +128,7 @@ class Loader:
             message=result.tier_message,
         )
 
-    def _commit(self, spec: PreloadSpec, result: _LoadResult) -> Holding:
+    def _commit(self, spec: PreloadSpec, result: _LoadResult, *, duration_s: float) -> Holding:
         with self._holdings.lock:
             holding = self._holdings.get(spec.model_id)
             if holding is None:
@@ -143,6 +148,14 @@ class Loader:
                 holding.host_pinned = result.host_pinned
             if result.gpu is not None:
                 holding.gpu = result.gpu
+            # Status reports this load once (the daemon learns weight lead times from it).
+            holding.last_load = LoadRecord(
+                duration_s=duration_s,
+                finished_unix_s=self._wall(),
+                source=result.source,
+                target=holding.tier,
+                nbytes=holding.file_bytes,
+            )
             return holding
 
     # ------------------------------------------------------------------ in the worker thread
@@ -163,6 +176,7 @@ class Loader:
         try:
             with self._holdings.lock:
                 existing = self._holdings.get(model_id)
+                source = Tier.REMOTE if existing is None else existing.tier
                 disk = None
                 held_host = None
                 held_pinned: dict[Path, PinnedMapping] = {}
@@ -196,7 +210,7 @@ class Loader:
                 gpu = self._to_gpu(spec, sources, layouts=disk.layouts, control=control,
                                    progress=progress, emit=emit, pinned=held_pinned)  # fmt: skip
             return _LoadResult(disk=disk, host_files=host_files, host_pinned=pinned, gpu=gpu,
-                               tier_message=message)  # fmt: skip
+                               tier_message=message, source=source)  # fmt: skip
         except BaseException:
             gpu = None
             unpin(pinned)

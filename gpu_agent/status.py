@@ -2,7 +2,8 @@
 
 Owns how the agent reports itself: its share of each GPU against other processes', bytes and
 models per tier, the capacity a tier may still grow into (free space beyond its headroom) and
-each model's top tier, value density and last use. It must not change any holding.
+each model's top tier, value density, last use and latest load (duration, from and to which
+tier). It must not change any holding.
 """
 
 from __future__ import annotations
@@ -69,18 +70,23 @@ def status_response(
                 usage[tier][0] += nbytes
                 usage[tier][1] += 1
             top = tiers[-1][1]
-            response.models.append(
-                pb.ModelHolding(
-                    model_id=holding.model_id,
-                    tier=agent_tier(holding.tier),
-                    bytes=top,
-                    predicted_value=holding.predicted_value,
-                    value_density=holding.candidate(top).density,
-                    last_used=timestamp(wall_clock() - (monotonic() - holding.last_used)),
-                    attached=len(holding.leases),
-                    gpu_uuid=holding.gpu.gpu_uuid if holding.gpu else "",
-                )
+            reported = pb.ModelHolding(
+                model_id=holding.model_id,
+                tier=agent_tier(holding.tier),
+                bytes=top,
+                predicted_value=holding.predicted_value,
+                value_density=holding.candidate(top).density,
+                last_used=timestamp(wall_clock() - (monotonic() - holding.last_used)),
+                attached=len(holding.leases),
+                gpu_uuid=holding.gpu.gpu_uuid if holding.gpu else "",
             )
+            if (load := holding.last_load) is not None:
+                reported.load_duration_s = load.duration_s
+                reported.loaded_at.CopyFrom(timestamp(load.finished_unix_s))
+                reported.loaded_from = agent_tier(load.source)
+                reported.loaded_to = agent_tier(load.target)
+                reported.loaded_bytes = load.nbytes
+            response.models.append(reported)
     for tier, (used, count) in usage.items():
         response.tiers.append(
             pb.TierUsage(

@@ -411,6 +411,11 @@ class ModelHolding(_message.Message):
     LAST_USED_FIELD_NUMBER: _builtins.int
     ATTACHED_FIELD_NUMBER: _builtins.int
     GPU_UUID_FIELD_NUMBER: _builtins.int
+    LOAD_DURATION_S_FIELD_NUMBER: _builtins.int
+    LOADED_AT_FIELD_NUMBER: _builtins.int
+    LOADED_FROM_FIELD_NUMBER: _builtins.int
+    LOADED_TO_FIELD_NUMBER: _builtins.int
+    LOADED_BYTES_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     tier: Global___Tier.ValueType
     bytes: _builtins.int
@@ -420,8 +425,23 @@ class ModelHolding(_message.Message):
     attached: _builtins.int
     """open Attach leases"""
     gpu_uuid: _builtins.str
+    load_duration_s: _builtins.float
+    """The latest load that moved this model up the tiers (a Preload that did something), as the
+    agent measured it; the daemon learns weight-load lead times from it. load_duration_s is the
+    LOADED event's duration_s (request received to the model committed); 0 = no load recorded
+    (e.g. a holding found on disk at start-up). loaded_from is the tier the load started from
+    (TIER_UNSPECIFIED: fetched from its source), loaded_to the tier it reached, loaded_bytes the
+    model's file bytes.
+    """
+    loaded_from: Global___Tier.ValueType
+    loaded_to: Global___Tier.ValueType
+    loaded_bytes: _builtins.int
     @_builtins.property
     def last_used(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def loaded_at(self) -> _timestamp_pb2.Timestamp:
+        """when that load finished (wall clock)"""
+
     def __init__(
         self,
         *,
@@ -433,10 +453,15 @@ class ModelHolding(_message.Message):
         last_used: _timestamp_pb2.Timestamp | None = ...,
         attached: _builtins.int = ...,
         gpu_uuid: _builtins.str = ...,
+        load_duration_s: _builtins.float = ...,
+        loaded_at: _timestamp_pb2.Timestamp | None = ...,
+        loaded_from: Global___Tier.ValueType = ...,
+        loaded_to: Global___Tier.ValueType = ...,
+        loaded_bytes: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_used", b"last_used"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_used", b"last_used", "loaded_at", b"loaded_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attached", b"attached", "bytes", b"bytes", "gpu_uuid", b"gpu_uuid", "last_used", b"last_used", "model_id", b"model_id", "predicted_value", b"predicted_value", "tier", b"tier", "value_density", b"value_density"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attached", b"attached", "bytes", b"bytes", "gpu_uuid", b"gpu_uuid", "last_used", b"last_used", "load_duration_s", b"load_duration_s", "loaded_at", b"loaded_at", "loaded_bytes", b"loaded_bytes", "loaded_from", b"loaded_from", "loaded_to", b"loaded_to", "model_id", b"model_id", "predicted_value", b"predicted_value", "tier", b"tier", "value_density", b"value_density"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -22,7 +22,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from actuator.config import ActuatorConfig
-from actuator.kube import PODS, KubeClient
+from actuator.kube import PODS, KubeClient, Obj
 from common.errors import InvalidInput, NotFound, PrewarmError, TemporaryError
 from common.grpc_status import error_for
 from common.ids import ModelId, NodeName
@@ -63,8 +63,69 @@ class AgentResult:
     error: PrewarmError | None = None
 
 
+AGENT_ADDRESS_ANNOTATION = "prewarm.io/agent-address"
+"""Agent pod annotation ``host:port``: where to call that pod's agent, instead of its pod IP."""
+
+AGENT_PORT_NAME = "grpc"
+"""The name of the agent container's gRPC port (the chart's DaemonSet names it so)."""
+
+
+def agent_address(pod: Obj, *, default_port: int) -> str:
+    """``host:port`` of the agent in a Running agent ``pod``.
+
+    The :data:`AGENT_ADDRESS_ANNOTATION` wins (tests run several agents on one host, each on its
+    own port; a host-network agent may listen elsewhere); else the pod IP and the container port
+    named :data:`AGENT_PORT_NAME`, else ``default_port``. Raises :class:`InvalidInput` for an
+    annotation that is not ``host:port`` and :class:`NotFound` for a pod without an IP.
+    """
+    metadata = pod.get("metadata") or {}
+    where = f"{metadata.get('namespace', '')}/{metadata.get('name', '')}"
+    annotation = (metadata.get("annotations") or {}).get(AGENT_ADDRESS_ANNOTATION)
+    if annotation is not None:
+        return _host_port(str(annotation), where)
+    ip = (pod.get("status") or {}).get("podIP")
+    if not ip:
+        raise NotFound(f"agent pod {where} has no pod IP yet")
+    port = default_port
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for declared in container.get("ports") or []:
+            if declared.get("name") == AGENT_PORT_NAME and declared.get("containerPort"):
+                port = int(declared["containerPort"])
+    # An IPv6 pod IP needs brackets to take a port.
+    host = f"[{ip}]" if ":" in str(ip) else str(ip)
+    return f"{host}:{port}"
+
+
+def _host_port(value: str, where: str) -> str:
+    host, sep, port = value.strip().rpartition(":")
+    bare = host.removeprefix("[").removesuffix("]")
+    if (
+        not sep
+        or not bare
+        or any(c.isspace() or c in "/@" for c in bare)
+        or not port.isdigit()
+        or not 1 <= int(port) <= 65535
+    ):
+        raise InvalidInput(
+            f"agent pod {where}: annotation {AGENT_ADDRESS_ANNOTATION}={value!r} is not "
+            "host:port (e.g. 10.0.0.5:50061 or [fd00::5]:50061); fix or remove it"
+        )
+    return f"{host}:{int(port)}"
+
+
+def running_agent_pods(pods: Sequence[Obj]) -> dict[NodeName, Obj]:
+    """The agent pod to call on each node: the first Running one with a node (list order)."""
+    found: dict[NodeName, Obj] = {}
+    for pod in pods:
+        node = (pod.get("spec") or {}).get("nodeName")
+        if node and (pod.get("status") or {}).get("phase") == "Running":
+            found.setdefault(NodeName(node), pod)
+    return found
+
+
 class PodAddressResolver:
-    """Finds a node's agent: the pod of the agent DaemonSet on that node, at its pod IP."""
+    """Finds a node's agent: the Running pod of the agent DaemonSet on that node, at the address
+    :func:`agent_address` reads from it (annotation, else pod IP and its ``grpc`` port)."""
 
     def __init__(self, kube: KubeClient, config: ActuatorConfig) -> None:
         self._kube = kube
@@ -77,11 +138,10 @@ class PodAddressResolver:
             label_selector=self._config.agent.label_selector,
             field_selector=f"spec.nodeName={node}",
         )
-        for pod in pods:
-            status = pod.get("status") or {}
-            if status.get("phase") == "Running" and status.get("podIP"):
-                return f"{status['podIP']}:{self._config.agent.port}"
-        raise NotFound(f"no running GPU agent on node {node}; is the agent DaemonSet there?")
+        pod = running_agent_pods(pods).get(node)
+        if pod is None:
+            raise NotFound(f"no running GPU agent on node {node}; is the agent DaemonSet there?")
+        return agent_address(pod, default_port=self._config.agent.port)
 
 
 class AgentActuator:

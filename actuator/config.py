@@ -94,13 +94,28 @@ class AgentClientConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    port: int = Field(default=50061, ge=1, le=65535, description="The agents' gRPC port.")
+    port: int = Field(
+        default=50061,
+        ge=1,
+        le=65535,
+        description="The agents' gRPC port when an agent pod names no container port 'grpc' and "
+        "has no prewarm.io/agent-address annotation.",
+    )
     label_selector: str = Field(
         default="app.kubernetes.io/name=prewarm-gpu-agent",
-        description="Selects the agent DaemonSet's pods; the one on a node is called at its IP.",
+        description="Selects the agent DaemonSet's pods (in `namespace`); the Running one on a "
+        "node is called at its prewarm.io/agent-address annotation (host:port) when set, else at "
+        "its pod IP and its container port named 'grpc' (else `port`).",
     )
     timeout_s: float = Field(
         default=10.0, gt=0, description="Deadline of an Evict, and the least time a Preload gets."
+    )
+    status_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Deadline of the Status call each observation makes to every node's agent "
+        "(all concurrently): an agent that has not answered by then is unknown for that tick "
+        "(nothing is placed on its node) and the tick goes on.",
     )
     token: SecretStr | None = Field(
         default=None, description="Bearer token the agents expect (their auth.mode=token)."

@@ -1,40 +1,23 @@
 """The boundaries of a decision cycle: where history comes from, what the cluster looks like, and
 who applies a plan.
 
-Owns: :class:`ClusterSnapshot` (the observed cluster, with stage durations that happened since the
-last observation) and the three protocols a driver implements: :class:`HistorySource`,
-:class:`ClusterObserver` and :class:`PlanApplier`. The daemon implements them over Prometheus,
-Kubernetes and the GPU agents; the simulator behind ``prewarm bench`` over its simulated cluster.
+Owns the three protocols a driver implements: :class:`HistorySource`, :class:`ClusterObserver` and
+:class:`PlanApplier`. The daemon implements them over Prometheus, Kubernetes and the GPU agents;
+the simulator behind ``prewarm bench`` over its simulated cluster. :class:`ClusterSnapshot` (the
+observed cluster, with stage durations that happened since the last observation) is defined in
+:mod:`planner.observed`, where the actuator's observer can import it, and re-exported here.
 Must not: import an I/O client.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Protocol
 
-from common.ids import ModelId, PoolName
+from common.ids import ModelId
 from forecaster.types import SeriesBatch
 from planner.actions import ActionResult, WarmPlan
-from planner.leadtime import StageObservation
-from planner.planner import ModelState, NodeState, PoolState
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterSnapshot:
-    """What the cluster looks like now, as the cycle needs it.
-
-    ``stage_observations`` are durations of stages that *finished* since the previous snapshot
-    (node ready, image pulled, weights loaded, replica ready): a stage's duration is known only
-    after it happened, and lead times are learned from nothing else.
-    """
-
-    models: Mapping[ModelId, ModelState]
-    pools: Mapping[PoolName, PoolState]
-    nodes: tuple[NodeState, ...] = ()
-    placeholder_gpus: Mapping[PoolName, int] = field(default_factory=dict)
-    stage_observations: tuple[StageObservation, ...] = ()
+from planner.observed import ClusterSnapshot as ClusterSnapshot
 
 
 class HistorySource(Protocol):

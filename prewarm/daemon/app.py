@@ -26,6 +26,7 @@ from actuator.agents import AgentActuator, PodAddressResolver
 from actuator.apply import Actuator
 from actuator.config import RetryConfig
 from actuator.kube import KubeClient, default_api_client
+from actuator.observer import KubeClusterObserver
 from common.errors import FailedPrecondition, NotFound
 from common.http_endpoints import ProbeServer
 from common.ids import ModelId
@@ -40,7 +41,6 @@ from prewarm.control.store import ConfigMapControlStore, ControlStore
 from prewarm.daemon.leader import LeaseElector
 from prewarm.daemon.loop import Daemon
 from prewarm.daemon.metrics import DaemonMetrics
-from prewarm.daemon.observer import KubeClusterObserver
 from prewarm.settings import Settings
 from protos import gpu_agent_pb2 as pb
 
@@ -145,6 +145,7 @@ def build_runtime(
         artifacts_of=lambda model: artifact_sources(catalog, model),
     )
     actuator = Actuator(kube, settings.actuator, agents=agents)
+    observer = KubeClusterObserver(kube, config=settings.actuator, catalog=catalog)
     control_config = settings.control
     advertise = control_config.advertise_address or control_config.listen_address
     elector: LeaseElector | None = None
@@ -180,7 +181,7 @@ def build_runtime(
         daemon_config,
         source=ThreadedSource(source),
         engine=engine,
-        observer=KubeClusterObserver(kube, config=settings.actuator, catalog=catalog),
+        observer=observer,
         applier=actuator,
         catalog=catalog,
         planner_config=settings.planner,
@@ -216,7 +217,7 @@ def build_runtime(
         elector=elector,
         control=control,
         shutdown_grace_s=daemon_config.shutdown_grace_s,
-        closers=(agents.close,),
+        closers=(agents.close, observer.close),
     )
 
 

@@ -21,13 +21,13 @@ from kubernetes import client as k8s_client
 
 from actuator.config import ActuatorConfig
 from actuator.kube import KubeClient, Obj
+from actuator.observer import KubeClusterObserver
 from common.errors import PermissionDenied
 from common.ids import ModelId
 from planner.catalog import Catalog
 from prewarm.control.overrides import ControlState, Pause
 from prewarm.control.store import ConfigMapControlStore
 from prewarm.daemon.leader import LEASES, LeaseElector
-from prewarm.daemon.observer import KubeClusterObserver
 from tests.harness.helm import render
 from tests.harness.k8s import ControlPlane, make_kwok_nodes, make_namespace
 from tests.harness.kube import FAST_RETRY

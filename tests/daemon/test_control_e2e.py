@@ -17,6 +17,7 @@ from actuator.apply import Actuator
 from actuator.config import ActuatorConfig, RetryConfig
 from actuator.floors import ORIGINAL_REPLICAS
 from actuator.kube import DEPLOYMENTS, KubeClient
+from actuator.observer import KubeClusterObserver
 from common.ids import ModelId
 from forecaster.engine import AutoForecaster
 from forecaster.types import SeriesBatch
@@ -28,7 +29,6 @@ from prewarm.control.service import ControlServer
 from prewarm.control.store import ConfigMapControlStore
 from prewarm.daemon.config import DaemonConfig
 from prewarm.daemon.loop import Daemon
-from prewarm.daemon.observer import KubeClusterObserver
 from prewarm.daemon.replay import ReplaySource
 from tests.harness.workloads import deployment_body
 

@@ -21,6 +21,7 @@ from actuator.apply import Actuator
 from actuator.config import ActuatorConfig, RetryConfig
 from actuator.floors import ORIGINAL_REPLICAS
 from actuator.kube import DEPLOYMENTS, PODS, KubeClient
+from actuator.observer import KubeClusterObserver
 from common.ids import ModelId
 from forecaster.config import PrometheusSourceConfig
 from forecaster.engine import AutoForecaster
@@ -31,7 +32,6 @@ from planner.config import PlannerConfig
 from prewarm.daemon.app import ThreadedSource
 from prewarm.daemon.config import DaemonConfig
 from prewarm.daemon.loop import Daemon
-from prewarm.daemon.observer import KubeClusterObserver
 from tests.harness.k8s import make_kwok_nodes
 from tests.harness.prometheus import RunningPrometheus, prometheus_with_history
 from tests.harness.workloads import deployment_body

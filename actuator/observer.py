@@ -1,0 +1,570 @@
+"""The actuator's read half: the cluster and its GPU agents as a :class:`ClusterSnapshot`.
+
+Owns: turning Kubernetes objects and each node's agent ``Status`` into the planner's observed state
+(pools, nodes, models), and the stage durations measured from them (lead times), each reported
+once. Must not: write anything, or decide anything (the cycle does).
+
+Kubernetes reads go through the actuator's :class:`KubeClient` (retries, typed errors) in a worker
+thread; a failure there fails the observation (the daemon skips that tick). The agents are asked
+concurrently on the event loop, each within ``agent.status_timeout_s``; an agent that cannot be
+found, does not answer in time, refuses or answers something unreadable only marks its node
+unknown for this tick (``agent_seen=False``, no holdings), logged once per outage.
+
+What is read, and the quirks:
+
+- Pools are the values of ``actuator.pool_label`` on nodes. A pool's GPUs are the sum of
+  ``status.allocatable["nvidia.com/gpu"]`` over its Ready nodes; GPUs requested by running or
+  pending-bound pods are used, *except* prewarm's own placeholders: they are preempted the moment a
+  real pod needs the GPU, so for planning they count as free (and are reported separately, per
+  pool and per node).
+- GPU memory per pool comes from the GPU feature discovery label ``nvidia.com/gpu.memory`` (MiB)
+  when present, else from the largest GPU an agent of the pool reports, else the planner's default.
+- Nodes: every Ready node of a pool is a :class:`NodeState`. Its agent is the Running pod that
+  ``agent.label_selector`` selects in ``namespace`` on that node, called where
+  :func:`actuator.agents.agent_address` says (address annotation, else pod IP and ``grpc`` port).
+  From ``Status``: ``free_gpu_bytes`` = sum over GPUs of free minus headroom (each never below 0;
+  0 without a GPU), ``free_host_bytes`` = the host tier's capacity minus used, ``holdings`` = each
+  model's fastest tier. From the pods: ``placeholder_gpus`` (prewarm's placeholder pods bound to
+  it) and ``running``: a model runs on a node when a pod bound to it, not terminating, lies in the
+  namespace of the model's workload (the catalog's ``workload``, else the default Deployment) and
+  matches that workload's ``spec.selector`` (``matchLabels`` and ``matchExpressions``; a plain map
+  is read as ``matchLabels``). A workload that is missing or has an empty selector runs nowhere
+  (an empty selector would claim every pod of its namespace).
+- A model's replicas are its workload's ``status.readyReplicas``; starting replicas are
+  ``spec.replicas - readyReplicas`` (never negative). An image counts as cached in a pool when any
+  node of the pool lists it in ``status.images``. ``ModelState.tier`` is the fastest tier below
+  GPU that any answering agent of the model's pool holds it in; a model in GPU memory counts as
+  HOST there (a replica on that node attaches to it at least as fast as it would read host memory).
+
+Stage observations (:class:`planner.leadtime.StageObservation`), each reported once:
+
+- ``Stage.NODE`` (key: pool): ``creationTimestamp`` to the Ready condition's
+  ``lastTransitionTime`` of a node first listed after this observer's first observation, when it
+  is first seen Ready. Nodes listed at the first observation are never measured: their Ready
+  transition may be a later kubelet restart, not their provisioning.
+- ``Stage.WEIGHTS_REMOTE`` / ``WEIGHTS_DISK`` / ``WEIGHTS_HOST`` (key: pool, ``gb`` = bytes/1e9):
+  each agent's latest load of a model as it reports it (``ModelHolding.load_duration_s``, by the
+  tier the load started from), once per load (its ``loaded_at``), including loads that finished
+  before this observer started. A load that only reached the disk tier is a fetch, not a load into
+  memory, and is not reported. A load into host memory counts as the load: on a node without a GPU
+  host memory is what an engine reads from; on a GPU node it leaves out the host -> GPU hop.
+- Not measured here: image pulls, replica starts (the planner has no replica-start stage; its
+  ``container_start_s`` stays configured) and compiles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import grpc
+
+from actuator.agents import agent_address, running_agent_pods
+from actuator.capacity import COMPONENT as PLACEHOLDER_COMPONENT
+from actuator.capacity import GPU_RESOURCE
+from actuator.config import ActuatorConfig
+from actuator.floors import workload_resource
+from actuator.kube import NODES, PODS, KubeClient, Obj
+from common.errors import PrewarmError
+from common.ids import ModelId, NodeName, PoolName
+from common.tiers import Tier
+from planner.catalog import GB, Catalog
+from planner.leadtime import Stage, StageObservation
+from planner.observed import ClusterSnapshot
+from planner.planner import ModelState, NodeState, PoolState, workload_for
+from protos import gpu_agent_pb2 as pb
+from protos import gpu_agent_pb2_grpc as pb_grpc
+from protos.tiers import tier_from_proto
+
+_log = logging.getLogger(__name__)
+
+_MIB = 1024 * 1024
+_COMPONENT_LABEL = "app.kubernetes.io/component"
+_WEIGHT_STAGE = {Tier.REMOTE: Stage.WEIGHTS_REMOTE, Tier.DISK: Stage.WEIGHTS_DISK,
+                 Tier.HOST: Stage.WEIGHTS_HOST}  # fmt: skip
+"""The weight stage of a load, by the tier it started from (as :mod:`planner.leadtime` keys it)."""
+
+ChannelFactory = Callable[[str], grpc.aio.Channel]
+
+
+@dataclass(frozen=True, slots=True)
+class _Cluster:
+    """What one observation read from the Kubernetes API."""
+
+    nodes: list[Obj]
+    pods: list[Obj]
+    agent_pods: list[Obj]
+    workloads: dict[ModelId, Obj | None]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentView:
+    """What one node's agent said in this observation (``None`` fields: it did not answer)."""
+
+    status: pb.StatusResponse | None = None
+    problem: str = ""
+    """Why the agent is unknown this tick (empty when it answered)."""
+
+
+@dataclass(slots=True)
+class _Memory:
+    """What the observer carries between observations (so each duration is reported once)."""
+
+    first: bool = True
+    nodes_known: set[str] = field(default_factory=set)
+    """Node uids already measured, or listed at the first observation (never measured)."""
+    loads: dict[NodeName, dict[str, int]] = field(default_factory=dict)
+    """Per node, model id -> ``loaded_at`` (ns) of the load already reported."""
+    down: dict[NodeName, str] = field(default_factory=dict)
+    """Nodes whose agent is unknown, with the problem already logged."""
+
+
+class KubeClusterObserver:
+    """Observes pools, nodes, their agents, placeholder capacity and workloads.
+
+    ``channel_factory`` makes the gRPC channel to an agent address (production default: plaintext,
+    as :class:`actuator.agents.AgentActuator`). Call :meth:`close` at shutdown.
+    """
+
+    def __init__(
+        self,
+        kube: KubeClient,
+        *,
+        config: ActuatorConfig,
+        catalog: Catalog,
+        channel_factory: ChannelFactory = grpc.aio.insecure_channel,
+    ) -> None:
+        self._kube = kube
+        self._config = config
+        self._catalog = catalog
+        self._channel_factory = channel_factory
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._channels_loop: asyncio.AbstractEventLoop | None = None
+        self._memory = _Memory()
+
+    async def close(self) -> None:
+        """Close every agent channel."""
+        channels, self._channels = self._channels, {}
+        for channel in channels.values():
+            await channel.close()
+
+    async def observe(self, *, now_s: float, models: Sequence[ModelId]) -> ClusterSnapshot:
+        """A snapshot of the pools, their Ready nodes and every model in ``models``."""
+        del now_s  # durations come from the objects' own timestamps, not the daemon's clock
+        models = list(models)
+        cluster = await asyncio.to_thread(self._read, models)
+        targets: dict[NodeName, str] = {}
+        views: dict[NodeName, AgentView] = {}
+        agents = running_agent_pods(cluster.agent_pods)
+        for node in cluster.nodes:
+            name = NodeName(node["metadata"]["name"])
+            if not _ready(node):
+                continue
+            pod = agents.get(name)
+            if pod is None:
+                views[name] = AgentView(problem="no Running agent pod on the node")
+                continue
+            try:
+                targets[name] = agent_address(pod, default_port=self._config.agent.port)
+            except PrewarmError as error:
+                views[name] = AgentView(problem=str(error))
+        views.update(await self._ask(targets))
+        return self._snapshot(cluster, views, models)
+
+    # ------------------------------------------------------------------ Kubernetes, in a thread
+
+    def _read(self, models: list[ModelId]) -> _Cluster:
+        config = self._config
+        nodes = self._kube.list(NODES.path(), label_selector=config.pool_label)
+        pods = self._kube.list(
+            PODS.path(), field_selector="status.phase!=Succeeded,status.phase!=Failed"
+        )
+        agent_pods = self._kube.list(
+            PODS.path(config.namespace), label_selector=config.agent.label_selector
+        )
+        workloads: dict[ModelId, Obj | None] = {}
+        for model in models:
+            workload = workload_for(self._catalog.spec(model))
+            path = workload_resource(workload).path(workload.namespace, workload.name)
+            workloads[model] = self._kube.get(path)
+        return _Cluster(nodes=nodes, pods=pods, agent_pods=agent_pods, workloads=workloads)
+
+    # ---------------------------------------------------------------------- agents, concurrently
+
+    async def _ask(self, targets: Mapping[NodeName, str]) -> dict[NodeName, AgentView]:
+        loop = asyncio.get_running_loop()
+        if self._channels_loop is not loop:
+            # A gRPC aio channel belongs to the loop that made it; a new loop starts afresh.
+            self._channels, self._channels_loop = {}, loop
+        for address in set(self._channels) - set(targets.values()):
+            await self._drop(address)  # that agent pod is gone or moved
+        async with asyncio.TaskGroup() as group:
+            tasks = {node: group.create_task(self._status(a)) for node, a in targets.items()}
+        return {node: task.result() for node, task in tasks.items()}
+
+    async def _status(self, address: str) -> AgentView:
+        timeout_s = self._config.agent.status_timeout_s
+        stub = pb_grpc.GpuAgentStub(self._channel(address))
+        try:
+            # The gRPC deadline bounds the call (connecting included); the outer timeout only
+            # guards against a call that outlives its deadline.
+            status = await asyncio.wait_for(
+                stub.Status(pb.StatusRequest(), timeout=timeout_s, metadata=self._metadata()),
+                timeout_s + 1.0,
+            )
+        except grpc.aio.AioRpcError as error:
+            # A fresh channel next time: a channel that failed to connect waits out gRPC's
+            # reconnect backoff (up to minutes), longer than a restarted agent takes to come back.
+            await self._drop(address)
+            code = error.code()
+            return AgentView(problem=f"Status at {address}: {code.name}: {error.details()}")
+        except TimeoutError:
+            await self._drop(address)
+            return AgentView(problem=f"Status at {address}: no answer in {timeout_s:g} s")
+        if not isinstance(status, pb.StatusResponse):
+            # grpc.aio logs a response it cannot deserialize and hands back None instead.
+            return AgentView(
+                problem=f"Status at {address}: the answer is not a StatusResponse "
+                "(is a prewarm GPU agent listening there?)"
+            )
+        return AgentView(status=status)
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        if address not in self._channels:
+            self._channels[address] = self._channel_factory(address)
+        return self._channels[address]
+
+    async def _drop(self, address: str) -> None:
+        channel = self._channels.pop(address, None)
+        if channel is not None:
+            await channel.close()
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        token = self._config.agent.token
+        if token is None:
+            return ()
+        return (("authorization", f"Bearer {token.get_secret_value()}"),)
+
+    # ------------------------------------------------------------------------------ assembling
+
+    def _snapshot(
+        self, cluster: _Cluster, views: Mapping[NodeName, AgentView], models: list[ModelId]
+    ) -> ClusterSnapshot:
+        memory = self._memory
+        pool_label = self._config.pool_label
+        pool_of: dict[str, PoolName] = {}
+        allocatable: dict[PoolName, int] = {}
+        label_memory: dict[PoolName, int] = {}
+        agent_memory: dict[PoolName, int] = {}
+        images: dict[PoolName, set[str]] = {}
+        observations: list[StageObservation] = []
+        ready_nodes: list[tuple[NodeName, PoolName]] = []
+        present_uids: set[str] = set()
+        for node in cluster.nodes:
+            metadata = node["metadata"]
+            name = NodeName(metadata["name"])
+            pool = PoolName(metadata["labels"][pool_label])
+            pool_of[name] = pool
+            allocatable.setdefault(pool, 0)
+            images.setdefault(pool, set())
+            uid = str(metadata.get("uid") or name)
+            present_uids.add(uid)
+            if memory.first:
+                memory.nodes_known.add(uid)
+            if not _ready(node):
+                continue
+            ready_nodes.append((name, pool))
+            if uid not in memory.nodes_known:
+                memory.nodes_known.add(uid)
+                seconds = _provisioning_s(node)
+                if seconds is not None:
+                    observations.append(StageObservation(Stage.NODE, str(pool), seconds))
+            status = node.get("status") or {}
+            allocatable[pool] += _quantity((status.get("allocatable") or {}).get(GPU_RESOURCE))
+            label_mib = (metadata.get("labels") or {}).get("nvidia.com/gpu.memory")
+            if label_mib and str(label_mib).isdigit():
+                label_memory[pool] = max(label_memory.get(pool, 0), int(label_mib) * _MIB)
+            for image in status.get("images") or []:
+                images[pool].update(image.get("names") or [])
+        memory.nodes_known &= present_uids
+
+        used: dict[PoolName, int] = {}
+        placeholders: dict[PoolName, int] = {}
+        node_placeholders: dict[str, int] = {}
+        for pod in cluster.pods:
+            node_name = (pod.get("spec") or {}).get("nodeName") or ""
+            pod_pool = pool_of.get(node_name)
+            labels = pod["metadata"].get("labels") or {}
+            gpus = _pod_gpus(pod)
+            if labels.get(_COMPONENT_LABEL) == PLACEHOLDER_COMPONENT:
+                owner = pod_pool or PoolName(labels.get("prewarm.io/pool", ""))
+                if owner:
+                    placeholders[owner] = placeholders.get(owner, 0) + gpus
+                if node_name:
+                    node_placeholders[node_name] = node_placeholders.get(node_name, 0) + gpus
+                continue
+            if pod_pool is not None:
+                used[pod_pool] = used.get(pod_pool, 0) + gpus
+        running = _running(cluster, self._catalog)
+
+        states: list[NodeState] = []
+        for name, pool in ready_nodes:
+            view = views.get(name) or AgentView(problem="not asked")
+            problem = view.problem
+            observed: NodeState | None = None
+            if view.status is not None:
+                try:
+                    observed = _node_state(name, pool, view.status)
+                    observations += self._loads(name, pool, view.status)
+                except PrewarmError as error:
+                    observed = None  # an unknown tier: nothing of this answer is trusted
+                    problem = f"it answered a Status this daemon cannot read: {error}"
+                else:
+                    largest = max((g.total_bytes for g in view.status.gpus), default=0)
+                    agent_memory[pool] = max(agent_memory.get(pool, 0), largest)
+            seen = observed is not None
+            self._log_outage(name, seen, problem)
+            observed = observed or NodeState(name=name, pool=pool, free_gpu_bytes=0)
+            states.append(
+                NodeState(
+                    name=name,
+                    pool=pool,
+                    free_gpu_bytes=observed.free_gpu_bytes,
+                    free_host_bytes=observed.free_host_bytes,
+                    holdings=observed.holdings,
+                    running=frozenset(m for m, nodes in running.items() if name in nodes),
+                    placeholder_gpus=node_placeholders.get(name, 0),
+                    agent_seen=seen,
+                )
+            )
+        listed = set(pool_of)
+        memory.loads = {n: loads for n, loads in memory.loads.items() if n in listed}
+        memory.down = {n: why for n, why in memory.down.items() if n in listed}
+        memory.first = False
+
+        pools = {
+            pool: PoolState(
+                pool=pool,
+                free_gpus=max(0, allocatable[pool] - used.get(pool, 0)),
+                gpu_memory_bytes=label_memory.get(pool) or agent_memory.get(pool) or 80 * GB,
+            )
+            for pool in allocatable
+        }
+        model_states = {
+            model: self._model_state(model, cluster.workloads.get(model), images, states)
+            for model in models
+        }
+        return ClusterSnapshot(
+            models=model_states,
+            pools=pools,
+            nodes=tuple(states),
+            placeholder_gpus=placeholders,
+            stage_observations=tuple(observations),
+        )
+
+    def _loads(
+        self, node: NodeName, pool: PoolName, status: pb.StatusResponse
+    ) -> list[StageObservation]:
+        """The loads ``status`` reports that were not reported before (the node's record is
+        replaced by what it holds now, so a model loaded again is reported again)."""
+        before = self._memory.loads.get(node, {})
+        now: dict[str, int] = {}
+        found: list[StageObservation] = []
+        for holding in status.models:
+            if holding.load_duration_s <= 0 or not holding.HasField("loaded_at"):
+                continue
+            stamp = holding.loaded_at.ToNanoseconds()
+            now[holding.model_id] = stamp
+            if before.get(holding.model_id) == stamp:
+                continue
+            source = tier_from_proto(holding.loaded_from) or Tier.REMOTE
+            target = tier_from_proto(holding.loaded_to)
+            stage = _WEIGHT_STAGE.get(source)
+            if stage is None or target is None or target <= Tier.DISK:
+                continue
+            found.append(
+                StageObservation(
+                    stage, str(pool), holding.load_duration_s, holding.loaded_bytes / 1e9
+                )
+            )
+        self._memory.loads[node] = now
+        return found
+
+    def _log_outage(self, node: NodeName, seen: bool, problem: str) -> None:
+        down = self._memory.down
+        if seen:
+            if down.pop(node, None) is not None:
+                _log.info("GPU agent on node %s answers again", node)
+            return
+        if node not in down:
+            _log.warning("GPU agent on node %s is unknown until it answers (nothing is placed "
+                         "there meanwhile): %s", node, problem)  # fmt: skip
+        else:
+            _log.debug("GPU agent on node %s still unknown: %s", node, problem)
+        down[node] = problem
+
+    def _model_state(
+        self,
+        model: ModelId,
+        workload: Obj | None,
+        images: Mapping[PoolName, set[str]],
+        nodes: Sequence[NodeState],
+    ) -> ModelState:
+        spec = self._catalog.spec(model)
+        ready = starting = 0
+        if workload is not None:
+            ready = int((workload.get("status") or {}).get("readyReplicas") or 0)
+            wanted = int((workload.get("spec") or {}).get("replicas") or 0)
+            starting = max(0, wanted - ready)
+        held = [
+            min(tier, Tier.HOST)
+            for node in nodes
+            if node.pool == spec.node_pool and node.agent_seen
+            for held_model, tier in node.holdings.items()
+            if held_model == model
+        ]
+        return ModelState(
+            model=model,
+            ready_replicas=ready,
+            starting_replicas=starting,
+            tier=max(held, default=Tier.REMOTE),
+            image_cached=spec.image in images.get(spec.node_pool, set()),
+        )
+
+
+def _node_state(name: NodeName, pool: PoolName, status: pb.StatusResponse) -> NodeState:
+    """A node's memory and holdings from its agent's answer (InvalidInput: an unknown tier)."""
+    free_gpu = 0
+    if status.gpu_available:
+        free_gpu = sum(max(0, g.free_bytes - g.headroom_bytes) for g in status.gpus)
+    free_host: int | None = None
+    for usage in status.tiers:
+        if tier_from_proto(usage.tier) == Tier.HOST:
+            free_host = max(0, usage.capacity_bytes - usage.used_bytes)
+    holdings: dict[ModelId, Tier] = {}
+    for holding in status.models:
+        tier = tier_from_proto(holding.tier)
+        if tier is None:
+            continue
+        model = ModelId(holding.model_id)
+        holdings[model] = max(tier, holdings.get(model, Tier.REMOTE))
+    return NodeState(
+        name=name,
+        pool=pool,
+        free_gpu_bytes=free_gpu,
+        free_host_bytes=free_host,
+        holdings=holdings,
+    )
+
+
+def _running(cluster: _Cluster, catalog: Catalog) -> dict[ModelId, set[str]]:
+    """Per model, the nodes where a pod of its workload is bound and not terminating."""
+    found: dict[ModelId, set[str]] = {}
+    for model, workload in cluster.workloads.items():
+        selector = ((workload or {}).get("spec") or {}).get("selector")
+        namespace = workload_for(catalog.spec(model)).namespace
+        nodes: set[str] = set()
+        for pod in cluster.pods:
+            metadata = pod["metadata"]
+            node = (pod.get("spec") or {}).get("nodeName")
+            if (
+                node
+                and metadata.get("namespace") == namespace
+                and not metadata.get("deletionTimestamp")
+                and selector_matches(selector, metadata.get("labels") or {})
+            ):
+                nodes.add(node)
+        found[model] = nodes
+    return found
+
+
+def selector_matches(selector: Any, labels: Mapping[str, str]) -> bool:
+    """Whether a workload's ``spec.selector`` selects a pod with ``labels``.
+
+    A LabelSelector (``matchLabels``, ``matchExpressions`` with In, NotIn, Exists, DoesNotExist)
+    or a plain map (read as ``matchLabels``). An empty or missing selector selects nothing here:
+    Kubernetes would read it as "every pod", which would make every pod of the namespace a replica.
+    """
+    if not isinstance(selector, Mapping):
+        return False
+    if "matchLabels" in selector or "matchExpressions" in selector:
+        match_labels = selector.get("matchLabels") or {}
+        expressions: Iterable[Mapping[str, Any]] = selector.get("matchExpressions") or []
+    else:
+        match_labels, expressions = selector, []
+    if not match_labels and not expressions:
+        return False
+    if any(labels.get(key) != value for key, value in match_labels.items()):
+        return False
+    for expression in expressions:
+        key, operator = str(expression.get("key")), expression.get("operator")
+        values = list(expression.get("values") or [])
+        if operator == "In":
+            ok = key in labels and labels[key] in values
+        elif operator == "NotIn":
+            ok = labels.get(key) not in values
+        elif operator == "Exists":
+            ok = key in labels
+        elif operator == "DoesNotExist":
+            ok = key not in labels
+        else:  # an operator this reader does not know: select nothing rather than guess
+            return False
+        if not ok:
+            return False
+    return True
+
+
+def _ready_condition(node: Obj) -> Obj | None:
+    for condition in (node.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return dict(condition)
+    return None
+
+
+def _ready(node: Obj) -> bool:
+    condition = _ready_condition(node)
+    return condition is not None and condition.get("status") == "True"
+
+
+def _provisioning_s(node: Obj) -> float | None:
+    """Seconds from a node's creation to its Ready condition's last transition (None: unknown)."""
+    condition = _ready_condition(node)
+    created = _time((node.get("metadata") or {}).get("creationTimestamp"))
+    ready = _time((condition or {}).get("lastTransitionTime"))
+    if created is None or ready is None or ready < created:
+        return None
+    return ready - created
+
+
+def _time(value: Any) -> float | None:
+    """Epoch seconds of an RFC 3339 timestamp as the API writes it (``2026-01-02T03:04:05Z``)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _pod_gpus(pod: Obj) -> int:
+    total = 0
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        requests = (container.get("resources") or {}).get("requests") or {}
+        limits = (container.get("resources") or {}).get("limits") or {}
+        # Extended resources must have requests == limits; either may be the one that is set.
+        total += _quantity(requests.get(GPU_RESOURCE, limits.get(GPU_RESOURCE)))
+    return total
+
+
+def _quantity(value: Any) -> int:
+    """A whole-number resource quantity ("4", 4); GPUs are never fractional."""
+    if value is None:
+        return 0
+    try:
+        return int(str(value))
+    except ValueError:
+        return 0

@@ -9,7 +9,8 @@ Order for a GPU preload (one per planned replica, on distinct nodes, while memor
 whose agent already holds the model in GPU memory (no room needed), then nodes running the model's
 pods, then nodes holding the pool's capacity placeholders (where the next replicas will be
 scheduled), then the pool's other nodes, each group by name. A host preload goes to the first node
-of the same order with host room. Evictions go to every node holding the model in that tier.
+of the same order with host room; so does a GPU preload that no node has GPU room for (a node
+without a GPU reports none). Evictions go to every node holding the model in that tier.
 """
 
 from __future__ import annotations

@@ -651,14 +651,24 @@ def _actions(
         if (target > 0 or t.host[i]) and not placement.has_nodes(pool_name):
             notes[model] = f"waiting for a node of pool {pool_name} to preload into"
         if target > 0:
+            tier = Tier.GPU
             nodes = placement.gpu(model, pool_name, spec.weights_bytes, target)
-            if not nodes and model not in notes:
-                notes[model] = f"no node of pool {pool_name} has GPU room for a preload"
+            if not nodes and placement.has_nodes(pool_name):
+                # No GPU room on any node (or no GPU at all): the next best copy is in host
+                # memory, a host-to-GPU copy away from the replica.
+                tier = Tier.HOST
+                host_copy = placement.host(model, pool_name, spec.weights_bytes)
+                nodes = [host_copy] if host_copy is not None else []
+                notes[model] = (
+                    f"no node of pool {pool_name} has GPU room: preloaded into host memory"
+                    if nodes
+                    else f"no node of pool {pool_name} has GPU or host room for a preload"
+                )
             actions.extend(
                 Preload(
                     model=model,
                     node=node,
-                    tier=Tier.GPU,
+                    tier=tier,
                     bytes=spec.weights_bytes,
                     deadline_s=now + lead,
                     value_per_byte=density / GB,

@@ -104,3 +104,14 @@ def test_every_action_names_an_observed_node_of_the_models_pool(
         if isinstance(action, Preload | Evict):
             assert action.node in observed
             assert action.node != str(pool)
+
+
+def test_without_gpu_room_the_replicas_weights_are_preloaded_into_host_memory() -> None:
+    specs = [spec("hot", weights_gb=14.5)]
+    pool = specs[0].node_pool
+    cpu_only = (_node("cpu-1", pool=pool, free_gpu_bytes=0, free_host_bytes=64 * GB),)
+    ctx = context(specs, forecasts={"hot": forecast("hot", p_active=0.5)}, nodes=cpu_only)
+    result = plan(ctx, PlannerState())
+    preloads = [(p.node, p.tier) for p in result.plan.of_type(Preload)]
+    assert preloads == [(NodeName("cpu-1"), Tier.HOST)]
+    assert "host memory" in result.models[HOT].placement

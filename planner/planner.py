@@ -650,8 +650,8 @@ def _actions(
         pool_name = spec.node_pool
         if (target > 0 or t.host[i]) and not placement.has_nodes(pool_name):
             notes[model] = f"waiting for a node of pool {pool_name} to preload into"
+        tier = Tier.GPU
         if target > 0:
-            tier = Tier.GPU
             nodes = placement.gpu(model, pool_name, spec.weights_bytes, target)
             if not nodes and placement.has_nodes(pool_name):
                 # No GPU room on any node (or no GPU at all): the next best copy is in host
@@ -688,7 +688,13 @@ def _actions(
                 )
                 for node in placement.holders(model, pool_name, Tier.GPU)
             )
-        host_node = placement.host(model, pool_name, spec.weights_bytes) if t.host[i] else None
+        # A replica's weights preloaded into host memory for lack of GPU room are the host copy.
+        host_copy_planned = target > 0 and tier is Tier.HOST
+        host_node = (
+            placement.host(model, pool_name, spec.weights_bytes)
+            if t.host[i] and not host_copy_planned
+            else None
+        )
         if host_node is not None:
             host_density = float(t.host_density[i])
             actions.append(
@@ -703,7 +709,7 @@ def _actions(
                     value=value,
                 )
             )
-        elif not t.host[i]:
+        elif not t.host[i] and not host_copy_planned:
             actions.extend(
                 Evict(
                     model=model,

@@ -34,7 +34,7 @@ from planner.planner import ModelPlan
 from prewarm.control.view import Explanation, explain_published
 from prewarm.cycle.config import CycleConfig
 from prewarm.cycle.forecasting import ForecastFeed
-from prewarm.cycle.interfaces import ClusterObserver, HistorySource, PlanApplier
+from prewarm.cycle.interfaces import ClusterObserver, ClusterSnapshot, HistorySource, PlanApplier
 from prewarm.cycle.manual import ActiveOverrides, ControlState
 from prewarm.cycle.step import CycleInputs, CycleReport, CycleState, step
 from prewarm.cycle.traffic import joined
@@ -100,6 +100,7 @@ class Daemon:
         )
         self._state = CycleState.initial(self._cycle_config)
         self._report: CycleReport | None = None
+        self._snapshot: ClusterSnapshot | None = None
         self._unstepped: SeriesBatch | None = None
         """History fetched by ticks whose cycle did not run (the observer failed)."""
         self.metrics = metrics if metrics is not None else DaemonMetrics()
@@ -121,6 +122,10 @@ class Daemon:
     def published(self) -> CycleReport | None:
         """The latest cycle's report, or None before the first cycle."""
         return self._report
+
+    def observed(self) -> ClusterSnapshot | None:
+        """The cluster as the latest successful observation saw it (None before one)."""
+        return self._snapshot
 
     def forecasts(self) -> Mapping[ModelId, Forecast]:
         """The latest forecast per model (stale ones marked)."""
@@ -197,6 +202,7 @@ class Daemon:
             gated = self._state.gated
             return TickReport(now_s, fresh, len(models), None, (), 0, gated)
         self._unstepped = None
+        self._snapshot = snapshot
         inputs = CycleInputs(
             now_s=now_s,
             forecasts=forecasts,

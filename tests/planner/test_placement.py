@@ -115,3 +115,21 @@ def test_without_gpu_room_the_replicas_weights_are_preloaded_into_host_memory() 
     preloads = [(p.node, p.tier) for p in result.plan.of_type(Preload)]
     assert preloads == [(NodeName("cpu-1"), Tier.HOST)]
     assert "host memory" in result.models[HOT].placement
+
+
+def test_a_host_copy_for_lack_of_gpu_room_is_not_also_evicted_or_duplicated() -> None:
+    specs = [spec("hot", weights_gb=14.5)]
+    pool = specs[0].node_pool
+    cpu_only = (_node("cpu-1", pool=pool, free_gpu_bytes=0, holdings={HOT: Tier.HOST}),)
+    for host_min in (0.0, 1e9):  # host memory holding everything, or nothing on its own
+        ctx = context(
+            specs,
+            forecasts={"hot": forecast("hot", p_active=0.5)},
+            nodes=cpu_only,
+            config=PlannerConfig(host_min_value_density=host_min),
+        )
+        result = plan(ctx, PlannerState(host_held=frozenset({HOT})))
+        assert [(p.node, p.tier) for p in result.plan.of_type(Preload)] == [
+            (NodeName("cpu-1"), Tier.HOST)
+        ]
+        assert not result.plan.of_type(Evict)

@@ -3,9 +3,9 @@
 Real Prometheus with backfilled history (model ``spiky``: a daily spike; ``steady``: flat
 traffic), a real kube-apiserver with kwok nodes in two pools, one real ``prewarm agent`` process
 per node on 127.0.0.1 (own port, cache and shared-memory directories, found through its agent
-pod's annotation), safetensors weights made by the test (160 MB for ``spiky``) served over ``file://`` to the agents
-and over ``http://127.0.0.1`` for the cold load, and the daemon in active mode
-on the test clock. No GPU: the agents hold preloads in host memory.
+pod's annotation), safetensors weights made by the test (160 MB for ``spiky``) served over
+``file://`` to the agents and over ``http://127.0.0.1`` for the cold load, and the daemon in
+active mode on the test clock. No GPU: the agents hold preloads in host memory.
 
 Asserted: (a) before the spike, by more than the measured weights load time, ``spiky`` is held
 by the agent of a node of its pool, and the replica floor is applied; the daemon's Preloads name

@@ -88,6 +88,21 @@ class LeadTimeBook:
             samples=updated, quantile=self.quantile, min_samples=self.min_samples, learned=learned
         )
 
+    def observations(self, spec: ModelSpec) -> dict[str, int]:
+        """How many observations each of ``spec``'s stages rests on (keys of
+        :meth:`StartCosts.stages`; the container start is configured, never observed)."""
+        pool = str(spec.node_pool)
+        keys = {
+            "node": (Stage.NODE, pool),
+            "image": (Stage.IMAGE, spec.image),
+            "weights_remote": (Stage.WEIGHTS_REMOTE, pool),
+            "weights_disk": (Stage.WEIGHTS_DISK, pool),
+            "weights_host": (Stage.WEIGHTS_HOST, pool),
+            "compile_cached": (Stage.COMPILE, f"{spec.model}|cached"),
+            "compile_cold": (Stage.COMPILE, f"{spec.model}|cold"),
+        }
+        return {name: len(self.samples.get(key, ())) for name, key in keys.items()}
+
     def seconds(self, stage: Stage, key: str, default: float) -> float:
         """The planned duration of a non-weight stage (learned quantile, else ``default``)."""
         return self.learned.get((stage, key), default)
@@ -139,6 +154,19 @@ class StartCosts:
             ),
             compile_cold_s=book.seconds(Stage.COMPILE, f"{spec.model}|cold", spec.compile_s),
         )
+
+    def stages(self) -> dict[str, float]:
+        """The planned seconds of each stage by name (what ``prewarm explain`` shows)."""
+        return {
+            "node": self.node_s,
+            "image": self.pull_s,
+            "container": self.container_s,
+            "weights_remote": self.weights_s[Tier.REMOTE],
+            "weights_disk": self.weights_s[Tier.DISK],
+            "weights_host": self.weights_s[Tier.HOST],
+            "compile_cached": self.compile_cached_s,
+            "compile_cold": self.compile_cold_s,
+        }
 
     def start(self, *, tier: Tier, image_cached: bool, needs_node: bool) -> float:
         """Planned seconds to bring one replica up from weights held in ``tier``.

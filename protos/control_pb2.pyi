@@ -755,17 +755,23 @@ class LeadTime(_message.Message):
 
     STAGE_FIELD_NUMBER: _builtins.int
     SECONDS_FIELD_NUMBER: _builtins.int
+    OBSERVATIONS_FIELD_NUMBER: _builtins.int
     stage: _builtins.str
     seconds: _builtins.float
+    observations: _builtins.int
+    """Observed durations the figure rests on (the planner uses the catalog's figure until there
+    are lead_min_samples; 0 for a configured stage such as the container start).
+    """
     def __init__(
         self,
         *,
         stage: _builtins.str = ...,
         seconds: _builtins.float = ...,
+        observations: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["seconds", b"seconds", "stage", b"stage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["observations", b"observations", "seconds", b"seconds", "stage", b"stage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

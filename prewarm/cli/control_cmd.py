@@ -423,7 +423,11 @@ def register(app: typer.Typer) -> None:
             ("value (s saved)", answer.value),
         ]
         rows += [
-            (f"lead time: {lt.stage}", format_duration(lt.seconds)) for lt in answer.lead_times
+            (
+                f"lead time: {lt.stage}",
+                f"{format_duration(lt.seconds)} ({lt.observations} observed)",
+            )
+            for lt in answer.lead_times
         ]
         rows += [("constraint", c) for c in answer.constraints]
         rows += [("action", a) for a in answer.actions]

@@ -537,7 +537,11 @@ class ControlService(control_pb2_grpc.ControlServicer):
                 p_request_within_horizon=explanation.p_request_within_horizon,
                 value=explanation.value,
                 lead_times=[
-                    control_pb2.LeadTime(stage=stage, seconds=seconds)
+                    control_pb2.LeadTime(
+                        stage=stage,
+                        seconds=seconds,
+                        observations=explanation.lead_observations.get(stage, 0),
+                    )
                     for stage, seconds in explanation.lead_times_s.items()
                 ],
                 constraints=list(explanation.constraints),

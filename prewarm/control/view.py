@@ -19,6 +19,7 @@ from common.errors import NotFound
 from common.ids import ModelId
 from forecaster.types import Forecast
 from planner.actions import WarmPlan
+from planner.leadtime import StartCosts
 from planner.planner import ModelPlan
 from prewarm.cycle.config import CycleConfig
 from prewarm.cycle.manual import ActiveOverrides
@@ -33,8 +34,10 @@ class Explanation:
     - ``forecast_method``: the forecasting model chosen for it (``"mstl"``, ``"idle-histogram"``);
     - ``p_request_within_horizon``: P(at least one request within the planning horizon);
     - ``value``: predicted cold-start seconds saved by what the plan holds for the model;
-    - ``lead_times_s``: measured lead time per stage (``node``, ``image``, ``weights``,
-      ``compile``);
+    - ``lead_times_s``: the planned seconds of each stage (``node``, ``image``, ``container``,
+      ``weights_remote`` / ``_disk`` / ``_host``, ``compile_cached`` / ``_cold``): a high quantile
+      of the observed durations, the catalog's figure until there are enough;
+    - ``lead_observations``: how many observed durations each stage's figure rests on;
     - ``constraints``: what bound the plan for this model (``"gpu memory budget: 80 GB of 80 GB
       planned"``, ``"max_replicas 4 from the catalog"``); empty when nothing did;
     - ``actions``: the reasons of the plan's actions for the model;
@@ -47,6 +50,7 @@ class Explanation:
     p_request_within_horizon: float
     value: float
     lead_times_s: Mapping[str, float] = field(default_factory=dict)
+    lead_observations: Mapping[str, int] = field(default_factory=dict)
     constraints: tuple[str, ...] = ()
     actions: tuple[str, ...] = ()
     summary: str = ""
@@ -175,6 +179,14 @@ def explain_published(
         gpu_budget_bytes=config.planner.gpu_memory_budget_bytes,
         gated=report is not None and model in report.gated,
     )
+    if report is not None:
+        spec = config.catalog.spec(model)
+        costs = StartCosts.plan(report.lead, spec, config.planner.stages)
+        explanation = replace(
+            explanation,
+            lead_times_s=costs.stages(),
+            lead_observations=report.lead.observations(spec),
+        )
     extra = report.overrides.describe(model) if report is not None else ()
     if not extra:
         return explanation

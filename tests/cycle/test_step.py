@@ -12,6 +12,7 @@ from planner.catalog import Catalog
 from planner.config import PlannerConfig
 from planner.leadtime import Stage, StageObservation
 from planner.planner import ModelState, NodeState, PoolState
+from prewarm.control.view import explain_published
 from prewarm.cycle.config import BudgetConfig, CycleConfig, QualityGateConfig
 from prewarm.cycle.forecasting import ForecastFeed
 from prewarm.cycle.interfaces import ClusterSnapshot
@@ -164,3 +165,22 @@ def test_a_gpu_preload_applied_last_cycle_does_not_count_against_the_bytes_cap()
     assert [p.model for p in preloads] == [TIMER]
     assert not result.report.deferred
     assert any(isinstance(a, ReplicaFloor) for a in result.plan.actions)
+
+
+def test_explain_shows_each_stages_figure_and_the_observations_it_rests_on() -> None:
+    config = _config(planner=PlannerConfig(lead_min_samples=3))
+    observations = tuple(StageObservation(Stage.NODE, "gpu", 600.0) for _ in range(3))
+    snapshot = ClusterSnapshot(
+        models={}, pools={POOL: PoolState(pool=POOL, free_gpus=0)}, stage_observations=observations
+    )
+    result = step(
+        CycleInputs(now_s=0.0, forecasts={}, snapshot=snapshot),
+        CycleState.initial(config),
+        config,
+    )
+    explanation = explain_published(TIMER, result.report, forecast=None, config=config)
+    assert explanation.lead_times_s["node"] == 600.0
+    assert explanation.lead_observations["node"] == 3
+    defaults = config.planner.stages
+    assert explanation.lead_times_s["container"] == defaults.container_start_s
+    assert explanation.lead_observations["weights_host"] == 0  # the catalog's figure stands

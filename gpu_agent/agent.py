@@ -93,6 +93,7 @@ class Agent:
             Path(config.shm_dir),
             headroom_bytes=config.host_headroom_bytes,
             host_fill=config.host_fill,
+            max_bytes=config.host_max_bytes,
         )
         self._gpu = GpuTier(
             nvml if nvml is not None else PynvmlNvml(),

@@ -69,6 +69,14 @@ class AgentConfig(BaseModel):
     host_headroom_bytes: int = Field(
         default=4 * GIB, ge=0, description="Shared memory (/dev/shm) always left free."
     )
+    host_max_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Most bytes the host tier may hold (null: as much as shm_dir has beyond "
+            "host_headroom_bytes). Beyond it, lower-valued models are evicted to make room."
+        ),
+    )
     disk_headroom_bytes: int = Field(
         default=10 * GIB, ge=0, description="Disk space of cache_dir always left free."
     )

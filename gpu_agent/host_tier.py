@@ -27,10 +27,13 @@ from gpu_agent.sources import copy_with_progress
 class HostTier:
     """Shared-memory files under ``root`` (the ``shm_dir`` setting)."""
 
-    def __init__(self, root: Path, *, headroom_bytes: int, host_fill: str) -> None:
+    def __init__(
+        self, root: Path, *, headroom_bytes: int, host_fill: str, max_bytes: int | None = None
+    ) -> None:
         self.root = root
         self._headroom = headroom_bytes
         self._host_fill = host_fill
+        self._max_bytes = max_bytes
 
     def reset(self) -> None:
         """Empty the tier. Processes that still map its files keep their mappings after unlink."""
@@ -39,9 +42,14 @@ class HostTier:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def free_bytes(self) -> int:
-        """Free space beyond the headroom (negative when the headroom is already eaten into)."""
+        """Free space beyond the headroom, and within the tier's cap when it has one (negative
+        when either is already eaten into)."""
         stats = os.statvfs(self.root)
-        return stats.f_bavail * stats.f_frsize - self._headroom
+        free = stats.f_bavail * stats.f_frsize - self._headroom
+        if self._max_bytes is None:
+            return free
+        used = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+        return min(free, self._max_bytes - used)
 
     def holds(self, paths: Sequence[Path]) -> bool:
         """Whether every one of ``paths`` lies in this tier."""

@@ -15,7 +15,7 @@ without a GPU reports none). Evictions go to every node holding the model in tha
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from common.ids import ModelId, NodeName, PoolName
@@ -98,6 +98,35 @@ class Placement:
                     self._host_free[node.name] = room - nbytes
                 return node.name
         return None
+
+    def gpu_room_for(self, model: ModelId, pool: PoolName, nbytes: int) -> bool:
+        """Whether a node of the pool holds ``model`` in GPU memory or has GPU room for it."""
+        return any(
+            node.holdings.get(model) == Tier.GPU or self._gpu_free[node.name] >= nbytes
+            for node in self._by_pool.get(pool, [])
+        )
+
+    def host_capacity(self, pool: PoolName, bytes_of: Callable[[ModelId], int]) -> float:
+        """Bytes the pool's host tiers can hold: each node's free room plus what it holds there
+        (``inf`` while a node does not report its room, or the pool has no observed node)."""
+        nodes = self._by_pool.get(pool, [])
+        if not nodes or any(node.free_host_bytes is None for node in nodes):
+            return float("inf")
+        return float(
+            sum(
+                (node.free_host_bytes or 0)
+                + sum(bytes_of(m) for m, tier in node.holdings.items() if tier == Tier.HOST)
+                for node in nodes
+            )
+        )
+
+    def release(self, node: NodeName, tier: Tier, nbytes: int) -> None:
+        """``nbytes`` of ``tier`` on ``node`` become free (an eviction in the same plan)."""
+        if tier == Tier.GPU and node in self._gpu_free:
+            self._gpu_free[node] += nbytes
+        room = self._host_free.get(node)
+        if tier == Tier.HOST and room is not None:
+            self._host_free[node] = room + nbytes
 
     def holders(self, model: ModelId, pool: PoolName, tier: Tier) -> list[NodeName]:
         """Nodes of ``pool`` whose agent holds ``model`` in ``tier``."""

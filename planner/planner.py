@@ -494,11 +494,23 @@ def plan(ctx: PlanContext, state: PlannerState) -> PlanResult:
             target[i] = keep
     t.target = np.array(target, dtype=np.int64)
 
-    # Host memory: what is not in GPU, by host value density, per pool.
+    # Host memory: what is not in GPU, by host value density, per pool (the pool's reported
+    # capacity, else what its nodes' agents report).
+    observed = Placement(ctx.nodes)
+
+    def bytes_of(model: ModelId) -> int:
+        return ctx.catalog.spec(model).weights_bytes
+
     host_left: dict[PoolName, float] = {
-        name: float("inf") if pool.host_capacity_bytes is None else float(pool.host_capacity_bytes)
-        for name, pool in ctx.pools.items()
+        spec.node_pool: observed.host_capacity(spec.node_pool, bytes_of) for spec in t.specs
     }
+    host_left.update(
+        {
+            name: float(pool.host_capacity_bytes)
+            for name, pool in ctx.pools.items()
+            if pool.host_capacity_bytes is not None
+        }
+    )
     total_host = (
         float("inf")
         if config.host_memory_budget_bytes is None
@@ -507,10 +519,16 @@ def plan(ctx: PlanContext, state: PlannerState) -> PlanResult:
     host_density = t.host_density.tolist()
     # A model whose first GPU replica is still to come keeps its host copy: that is what it loads
     # from (without it the load would come from disk, later than planned).
+    # So does one that no node has GPU room for: its preload goes to host memory instead.
     loading = [
         target[i] > 0
-        and ctx.models[t.names[i]].ready_replicas == 0
-        and t.names[i] in state.host_held
+        and (
+            (ctx.models[t.names[i]].ready_replicas == 0 and t.names[i] in state.host_held)
+            or (
+                observed.has_nodes(t.specs[i].node_pool)
+                and not observed.gpu_room_for(t.names[i], t.specs[i].node_pool, weights[i])
+            )
+        )
         for i in range(count)
     ]
     for i in sorted(range(count), key=lambda i: (not loading[i], -host_density[i], t.names[i])):
@@ -622,6 +640,20 @@ def _actions(
     actions: list[Action] = []
     notes: dict[ModelId, str] = {}
     placement = Placement(ctx.nodes)
+    # What this plan evicts frees room for what it preloads.
+    for i in order:
+        model, pool_name, nbytes = t.names[i], t.specs[i].node_pool, int(t.weights_bytes[i])
+        if int(t.target[i]) == 0:
+            for node in placement.holders(model, pool_name, Tier.GPU):
+                placement.release(node, Tier.GPU, nbytes)
+        falls_back = (
+            int(t.target[i]) > 0
+            and placement.has_nodes(pool_name)
+            and not placement.gpu_room_for(model, pool_name, nbytes)
+        )
+        if not t.host[i] and not falls_back:
+            for node in placement.holders(model, pool_name, Tier.HOST):
+                placement.release(node, Tier.HOST, nbytes)
     extra_gpus: dict[PoolName, int] = {}
     for i in order:
         model = t.names[i]

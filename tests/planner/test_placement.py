@@ -133,3 +133,31 @@ def test_a_host_copy_for_lack_of_gpu_room_is_not_also_evicted_or_duplicated() ->
             (NodeName("cpu-1"), Tier.HOST)
         ]
         assert not result.plan.of_type(Evict)
+
+
+def test_a_model_that_needs_the_host_memory_evicts_a_lower_valued_one_on_its_node() -> None:
+    # One CPU-only node whose host tier holds 20 GB: "idle" (held there) and "hot" (about to be
+    # needed) do not both fit; hot's replica has no GPU room, so its copy takes the host memory
+    # and idle is evicted from that node in the same plan.
+    specs = [spec("hot", weights_gb=14.5), spec("idle", weights_gb=14.5)]
+    pool = specs[0].node_pool
+    idle = ModelId("idle")
+    node = _node(
+        "cpu-1",
+        pool=pool,
+        free_gpu_bytes=0,
+        free_host_bytes=round(5.5 * GB),
+        holdings={idle: Tier.HOST},
+    )
+    ctx = context(
+        specs,
+        forecasts={"hot": forecast("hot", p_active=0.9), "idle": forecast("idle", p_active=0.0)},
+        nodes=(node,),
+    )
+    result = plan(ctx, PlannerState(host_held=frozenset({idle})))
+    assert [(e.model, e.node, e.tier) for e in result.plan.of_type(Evict)] == [
+        (idle, NodeName("cpu-1"), Tier.HOST)
+    ]
+    assert [(p.model, p.node, p.tier) for p in result.plan.of_type(Preload)] == [
+        (HOT, NodeName("cpu-1"), Tier.HOST)
+    ]

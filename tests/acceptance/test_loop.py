@@ -14,8 +14,10 @@ a tenth of the time of a cold load from the source (both times printed); (d) an 
 mid-run leaves the other nodes observed and planned for, and once restarted it is observed again
 and its holdings repaired.
 
-Not yet covered here (issue 16): eviction of a lower-valued model on the node that held it, and
-the agents' hit metrics.
+(c) idle, left in the host memory of spiky's node with a low value, is evicted from that node
+when spiky needs the memory (the node's agent holds 200 MB: both do not fit).
+
+Not yet covered here (issue 16): the agents' warm-hit metrics and the dashboards' queries of them.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from forecaster.config import PrometheusSourceConfig
 from forecaster.engine import AutoForecaster
 from forecaster.sources.prometheus import PrometheusSource
 from forecaster.types import SeriesBatch
-from planner.actions import Preload
+from planner.actions import Evict, Preload
 from planner.catalog import parse_catalog
 from planner.config import PlannerConfig
 from planner.placement import NodeState
@@ -56,6 +58,7 @@ from prewarm.daemon.config import DaemonConfig
 from prewarm.daemon.loop import Daemon
 from protos import gpu_agent_pb2 as pb
 from protos import gpu_agent_pb2_grpc as pb_grpc
+from protos.tiers import tier_from_proto
 from tests.gpu_agent.httpserver import serve_files
 from tests.harness.agent import sha256, write_model
 from tests.harness.k8s import make_kwok_nodes
@@ -75,7 +78,11 @@ STEP = 60.0
 TICK = 15.0
 """The daemon's default tick."""
 DAY = 86400.0
-SPIKY, STEADY = ModelId("spiky"), ModelId("steady")
+SPIKY, STEADY, IDLE = ModelId("spiky"), ModelId("steady"), ModelId("idle")
+COMPILE_S = {SPIKY: 120}
+"""spiky's compile time: its lead time, and so how early its replica (and weights) are planned."""
+HOST_CAP = 200_000_000
+"""The host tier of pool A's node holds 200 MB: spiky (160 MB) and idle (60 MB) do not both fit."""
 SPIKE_IN_S = 40 * 60.0
 """Today's spike starts this long after the test starts (at the same time every day)."""
 
@@ -114,7 +121,7 @@ def _catalog(namespace: str, pools: dict[ModelId, str], sources: dict[ModelId, P
     image: registry.example.com/serving/{model}:v1
     image_gb: 5
     replica_rps: 5
-    compile_s: 10
+    compile_s: {COMPILE_S.get(model, 10)}
     node_pool: {pool}
     workload: {{namespace: {namespace}, name: {model}}}
     weights: [{{uri: "file://{path}", sha256: "{sha256(path)}"}}]
@@ -131,14 +138,15 @@ async def test_preloads_reach_the_agents_of_real_nodes_before_the_spike_and_surv
 ) -> None:
     server, start_s = prometheus
     pool_a, pool_b = f"{k8s_namespace}-a", f"{k8s_namespace}-b"
-    nodes_a = make_kwok_nodes(k8s_api, pool=pool_a, count=2, gpus=8)
+    nodes_a = make_kwok_nodes(k8s_api, pool=pool_a, count=1, gpus=8)
     nodes_b = make_kwok_nodes(k8s_api, pool=pool_b, count=1, gpus=8)
     sources_dir = tmp_path / "sources"
     sources_dir.mkdir()
     sources = {}
-    for seed, (model, numel) in enumerate(((SPIKY, 40_000_000), (STEADY, 250_000))):
+    sizes = ((SPIKY, 40_000_000), (STEADY, 250_000), (IDLE, 15_000_000))  # 160, 1 and 60 MB
+    for seed, (model, numel) in enumerate(sizes):
         sources[model] = sources_dir / f"{model}.safetensors"
-        write_model(sources[model], seed=seed, numel=numel)  # spiky: 160 MB
+        write_model(sources[model], seed=seed, numel=numel)
     retry = RetryConfig(attempts=3, initial_backoff_s=0.05, max_backoff_s=0.3)
     config = ActuatorConfig(
         namespace=k8s_namespace,
@@ -147,13 +155,16 @@ async def test_preloads_reach_the_agents_of_real_nodes_before_the_spike_and_surv
     )
     kube = KubeClient(k8s_api, retry)
     apps = k8s_client.AppsV1Api(k8s_api)
-    for model in (SPIKY, STEADY):
+    for model in (SPIKY, STEADY, IDLE):
         apps.create_namespaced_deployment(
             k8s_namespace, deployment_body(str(model), replicas=0, image=f"serving/{model}:v1")
         )
-    catalog = parse_catalog(_catalog(k8s_namespace, {SPIKY: pool_a, STEADY: pool_b}, sources))
+    pools = {SPIKY: pool_a, STEADY: pool_b, IDLE: pool_a}
+    catalog = parse_catalog(_catalog(k8s_namespace, pools, sources))
     configs = {
-        node: node_agent_config(tmp_path / "agents" / node, sources=sources_dir)
+        node: node_agent_config(
+            tmp_path / "agents" / node, sources=sources_dir, host_max_bytes=HOST_CAP
+        )
         for node in (*nodes_a, *nodes_b)
     }
     with contextlib.ExitStack() as stack:
@@ -165,6 +176,10 @@ async def test_preloads_reach_the_agents_of_real_nodes_before_the_spike_and_surv
             apply_agent_pod(
                 kube, namespace=k8s_namespace, node=node, address=f"127.0.0.1:{agent.port}"
             )
+        # An earlier plan (or a manual request since expired) left idle, which has no traffic at
+        # all, in the host memory of pool A's node, with a low value.
+        (node_a,) = nodes_a
+        _preload(agents[node_a].port, IDLE, sources[IDLE], value=0.01)
         actuator = Actuator(
             kube,
             config,
@@ -206,8 +221,12 @@ async def test_preloads_reach_the_agents_of_real_nodes_before_the_spike_and_surv
             assert not errors, errors
             preload_nodes.update(str(a.node) for a in report.plan.of_type(Preload))
 
+        evictions: set[tuple[str, str, Tier]] = set()
         while clock[0] < spike_s:
             await tick()
+            plan = daemon.plan()
+            assert plan is not None
+            evictions |= {(str(e.model), str(e.node), e.tier) for e in plan.of_type(Evict)}
             holder = _holder(daemon, SPIKY, pool_a)
             if holder is not None and held_at is None:
                 held_at = clock[0]
@@ -231,6 +250,12 @@ async def test_preloads_reach_the_agents_of_real_nodes_before_the_spike_and_surv
         assert preload_nodes
         assert preload_nodes <= set(nodes_a) | set(nodes_b)
         assert not preload_nodes & {pool_a, pool_b}  # a node is never a pool's name
+
+        # (c) spiky, worth more, needed the host memory of the node that held idle: idle was
+        # evicted there, by the plan and on the agent.
+        assert (str(IDLE), node_a, Tier.HOST) in evictions
+        assert _held(agents[node_a].port).get(str(IDLE), Tier.REMOTE) < Tier.HOST
+        assert _held(agents[node_a].port)[str(SPIKY)] == Tier.HOST
 
         # (b) a serving process on that node takes the weights from the agent (host tier) in under
         # a tenth of the time of a cold load from the source (download, verify, load).
@@ -300,6 +325,31 @@ def _holder(daemon: Daemon, model: ModelId, pool: str) -> str | None:
         if node.pool == pool and node.holdings.get(model, Tier.REMOTE) >= Tier.HOST:
             return str(node.name)
     return None
+
+
+def _preload(port: int, model: ModelId, path: Path, *, value: float) -> None:
+    """Have the agent at ``port`` hold ``model`` in host memory (value ``value``)."""
+    request = pb.PreloadRequest(
+        model_id=str(model),
+        weights=[pb.Source(uri=f"file://{path}", sha256=sha256(path))],
+        target_tier=pb.TIER_HOST,
+        predicted_value=value,
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        *_, done = pb_grpc.GpuAgentStub(channel).Preload(request, timeout=60)
+    assert done.stage == pb.PreloadProgress.STAGE_DONE, done.message
+
+
+def _held(port: int) -> dict[str, Tier]:
+    """What the agent at ``port`` holds, by model, in its fastest tier."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        status = pb_grpc.GpuAgentStub(channel).Status(pb.StatusRequest(), timeout=10)
+    held: dict[str, Tier] = {}
+    for holding in status.models:
+        tier = tier_from_proto(holding.tier)
+        if tier is not None:
+            held[holding.model_id] = max(tier, held.get(holding.model_id, Tier.REMOTE))
+    return held
 
 
 def _load_seconds(port: int, model: ModelId) -> float:

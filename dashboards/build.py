@@ -186,6 +186,17 @@ AGENT_PANELS = (
         (Query("sum by (tier) (rate(prewarm_agent_loaded_bytes_total[5m]))", "{{tier}}"),),
         unit="Bps",
     ),
+    Panel(
+        "Warm hit ratio at the agents (attaches served from a held tier)",
+        (
+            Query(
+                'sum(increase(prewarm_agent_attaches_total{result="hit"}[1h])) / clamp_min('
+                "sum(increase(prewarm_agent_attaches_total[1h])), 1e-9)",
+                "hit ratio",
+            ),
+        ),
+        unit="percentunit",
+    ),
 )
 
 

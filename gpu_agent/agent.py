@@ -313,7 +313,11 @@ class Agent:
         the client loads normally. :class:`NotFound` if the model is not held.
         """
         mid = self.validate_model_id(model_id)
-        return self._leases.attach(mid, max_tier=max_tier, client_pid=client_pid)
+        try:
+            return self._leases.attach(mid, max_tier=max_tier, client_pid=client_pid)
+        except NotFound:
+            self._events.publish(pb.Event.KIND_ATTACH_MISSED, mid, reason=f"pid {client_pid}")
+            raise
 
     def release(self, lease_id: str) -> None:
         """End a lease; :class:`NotFound` if it does not exist (already released)."""

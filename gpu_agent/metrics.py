@@ -111,6 +111,13 @@ class AgentMetrics:
         self.load_failures = Counter(
             "prewarm_agent_load_failures", "Preloads that failed.", registry=self.registry
         )
+        self.attaches = Counter(
+            "prewarm_agent_attaches",
+            "Attach calls by inference processes: result=hit (served from a held tier, by tier) "
+            "or miss (the model was not held: the process loads the weights itself).",
+            ["result", "tier"],
+            registry=self.registry,
+        )
         self.pressure_events = Counter(
             "prewarm_agent_pressure_events",
             "Times free GPU memory fell below the headroom because of other processes.",
@@ -137,3 +144,7 @@ class AgentMetrics:
             self.load_failures.inc()
         elif kind == pb.Event.KIND_PRESSURE:
             self.pressure_events.inc()
+        elif kind == pb.Event.KIND_ATTACHED:
+            self.attaches.labels(result="hit", tier=tier_name).inc()
+        elif kind == pb.Event.KIND_ATTACH_MISSED:
+            self.attaches.labels(result="miss", tier="none").inc()

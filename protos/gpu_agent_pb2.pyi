@@ -574,6 +574,8 @@ class Event(_message.Message):
         """other processes pushed free GPU memory below the headroom"""
         KIND_ATTACHED: Event._Kind.ValueType  # 5
         KIND_RELEASED: Event._Kind.ValueType  # 6
+        KIND_ATTACH_MISSED: Event._Kind.ValueType  # 7
+        """an Attach for a model not held here: the process loads it itself"""
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
     KIND_UNSPECIFIED: Event.Kind.ValueType  # 0
@@ -584,6 +586,8 @@ class Event(_message.Message):
     """other processes pushed free GPU memory below the headroom"""
     KIND_ATTACHED: Event.Kind.ValueType  # 5
     KIND_RELEASED: Event.Kind.ValueType  # 6
+    KIND_ATTACH_MISSED: Event.Kind.ValueType  # 7
+    """an Attach for a model not held here: the process loads it itself"""
 
     KIND_FIELD_NUMBER: _builtins.int
     MODEL_ID_FIELD_NUMBER: _builtins.int

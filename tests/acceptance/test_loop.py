@@ -17,7 +17,9 @@ and its holdings repaired.
 (c) idle, left in the host memory of spiky's node with a low value, is evicted from that node
 when spiky needs the memory (the node's agent holds 200 MB: both do not fit).
 
-Not yet covered here (issue 16): the agents' warm-hit metrics and the dashboards' queries of them.
+(e, in part) the daemon's metrics count the preloads by result; the agents' warm-hit counter
+(``prewarm_agent_attaches_total``) and the dashboards' query of it are checked against a real
+Prometheus in ``tests/dashboards``.
 """
 
 from __future__ import annotations
@@ -256,6 +258,13 @@ async def test_preloads_reach_the_agents_of_real_nodes_before_the_spike_and_surv
         assert (str(IDLE), node_a, Tier.HOST) in evictions
         assert _held(agents[node_a].port).get(str(IDLE), Tier.REMOTE) < Tier.HOST
         assert _held(agents[node_a].port)[str(SPIKY)] == Tier.HOST
+
+        # (e) the daemon's /metrics count the preloads by result.
+        preloads_ok = daemon.metrics.registry.get_sample_value(
+            "prewarm_actions_total", {"type": "Preload", "result": "ok"}
+        )
+        assert preloads_ok is not None
+        assert preloads_ok >= 1
 
         # (b) a serving process on that node takes the weights from the agent (host tier) in under
         # a tenth of the time of a cold load from the source (download, verify, load).

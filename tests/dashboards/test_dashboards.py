@@ -19,12 +19,14 @@ import pytest
 
 from actuator.agents import AgentActuator
 from actuator.config import ActuatorConfig
+from common.errors import NotFound
 from common.http_endpoints import ProbeServer
 from common.ids import ModelId, NodeName, PoolName
 from dashboards.build import all_dashboards, render
 from forecaster.engine import AutoForecaster
 from forecaster.types import SeriesBatch
 from gpu_agent.agent import Agent
+from gpu_agent.client import attach
 from gpu_agent.config import AgentConfig
 from gpu_agent.server import serve
 from planner.actions import Evict, Preload, Tier
@@ -153,6 +155,17 @@ async def _run(
             # when the plan has not needed either yet.
             loaded = await agents.preload(_preload(MODELS[1]), now_s=time.time())
             assert loaded.ok, loaded.detail
+            # An inference process attaching to the held copy (a hit), then to one not held
+            # (a miss: it would load the weights itself).
+            held = await asyncio.to_thread(
+                attach, str(MODELS[1]), f"127.0.0.1:{agent_port}", max_tier=Tier.HOST
+            )
+            assert held.tier == "host"
+            await asyncio.to_thread(held.release)  # the agent serves on this event loop
+            with pytest.raises(NotFound):
+                await asyncio.to_thread(
+                    attach, "never-preloaded", f"127.0.0.1:{agent_port}", max_tier=Tier.HOST
+                )
             evicted = await agents.evict(_evict(MODELS[1]))
             assert evicted.ok, evicted.detail
             await asyncio.sleep(3)

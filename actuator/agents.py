@@ -273,7 +273,10 @@ class AgentActuator:
             try:
                 address = await self._address_of(action.node)
                 stub = pb_grpc.GpuAgentStub(self._channel(address))
-                return AgentResult(action, True, await call(stub))
+                detail = await call(stub)
+                _log.info("agent on %s: %s %s %s: %s", action.node, type(action).__name__,
+                          action.model, action.tier.label, detail)  # fmt: skip
+                return AgentResult(action, True, detail)
             except grpc.aio.AioRpcError as rpc_error:
                 error = error_for(rpc_error.code(), rpc_error.details() or "")
             except PrewarmError as prewarm_error:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import signal
 import subprocess
@@ -137,7 +138,9 @@ async def test_preloads_reach_the_agents_of_real_nodes_before_the_spike_and_surv
     k8s_api: k8s_client.ApiClient,
     k8s_namespace: str,
     tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="actuator.agents")
     server, start_s = prometheus
     pool_a, pool_b = f"{k8s_namespace}-a", f"{k8s_namespace}-b"
     nodes_a = make_kwok_nodes(k8s_api, pool=pool_a, count=1, gpus=8)
@@ -252,6 +255,9 @@ async def test_preloads_reach_the_agents_of_real_nodes_before_the_spike_and_surv
         assert preload_nodes
         assert preload_nodes <= set(nodes_a) | set(nodes_b)
         assert not preload_nodes & {pool_a, pool_b}  # a node is never a pool's name
+        logged = [r.getMessage() for r in caplog.records if r.name == "actuator.agents"]
+        assert any(f"agent on {node_a}: Preload spiky" in line for line in logged), logged
+        assert any(f"agent on {node_a}: Evict idle host" in line for line in logged), logged
 
         # (c) spiky, worth more, needed the host memory of the node that held idle: idle was
         # evicted there, by the plan and on the agent.

@@ -15,6 +15,7 @@ without a GPU reports none). Evictions go to every node holding the model in tha
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -46,65 +47,100 @@ class NodeState:
 
 
 class Placement:
-    """The observed nodes with the room left on each as one plan places preloads."""
+    """The observed nodes with the room left on each as one plan places preloads.
+
+    Built once per plan; each query costs the nodes that hold or run the model plus, only when
+    some node of the pool may still have room, a walk of the pool's other nodes.
+    """
 
     def __init__(self, nodes: Iterable[NodeState]) -> None:
-        seen = [node for node in nodes if node.agent_seen]
+        seen = sorted((node for node in nodes if node.agent_seen), key=lambda n: n.name)
         self._by_pool: dict[PoolName, list[NodeState]] = {}
-        for node in sorted(seen, key=lambda n: n.name):
+        self._base: dict[PoolName, list[NodeState]] = {}
+        """Each pool's nodes in the order new copies go: placeholder nodes first, by name."""
+        self._held: dict[tuple[ModelId, Tier], list[NodeState]] = {}
+        self._running: dict[ModelId, list[NodeState]] = {}
+        for node in seen:
             self._by_pool.setdefault(node.pool, []).append(node)
+            for model, tier in node.holdings.items():
+                self._held.setdefault((model, tier), []).append(node)
+            for model in node.running:
+                self._running.setdefault(model, []).append(node)
+        for pool, members in self._by_pool.items():
+            self._base[pool] = sorted(members, key=lambda n: n.placeholder_gpus <= 0)
         self._gpu_free = {node.name: node.free_gpu_bytes for node in seen}
         self._host_free = {node.name: node.free_host_bytes for node in seen}
+        self._gpu_max: dict[PoolName, float] = {
+            pool: max(self._gpu_free[n.name] for n in members)
+            for pool, members in self._by_pool.items()
+        }
+        self._host_max = {pool: self._largest_host_room(pool) for pool in self._by_pool}
+        self._pool_of = {node.name: node.pool for node in seen}
 
     def has_nodes(self, pool: PoolName) -> bool:
         """Whether the pool has an observed node whose agent answered."""
         return bool(self._by_pool.get(pool))
 
-    def _ordered(self, model: ModelId, pool: PoolName) -> list[NodeState]:
-        def rank(node: NodeState) -> int:
-            if node.holdings.get(model) == Tier.GPU:
-                return 0
-            if model in node.running:
-                return 1
-            if node.placeholder_gpus > 0:
-                return 2
-            return 3
+    def _of(self, model: ModelId, pool: PoolName, tier: Tier) -> list[NodeState]:
+        return [n for n in self._held.get((model, tier), ()) if n.pool == pool]
 
-        return sorted(self._by_pool.get(pool, []), key=rank)  # stable: by name within a rank
+    def _preferred(self, model: ModelId, pool: PoolName) -> list[NodeState]:
+        """Nodes holding the model in GPU memory, then nodes running its pods (no repeats)."""
+        first = self._of(model, pool, Tier.GPU)
+        names = {n.name for n in first}
+        return first + [
+            n for n in self._running.get(model, ()) if n.pool == pool and n.name not in names
+        ]
 
     def gpu(self, model: ModelId, pool: PoolName, nbytes: int, replicas: int) -> list[NodeName]:
         """Up to ``replicas`` distinct nodes for a GPU copy of ``model``; their room is taken."""
         chosen: list[NodeName] = []
-        for node in self._ordered(model, pool):
+        preferred = self._preferred(model, pool)
+        rest = self._base.get(pool, []) if self._gpu_max.get(pool, 0) >= nbytes else []
+        first = {n.name for n in preferred}
+        for node in [*preferred, *(n for n in rest if n.name not in first)]:
             if len(chosen) >= replicas:
                 break
             if node.holdings.get(model) == Tier.GPU:
                 chosen.append(node.name)
             elif self._gpu_free[node.name] >= nbytes:
                 self._gpu_free[node.name] -= nbytes
+                if self._gpu_free[node.name] + nbytes >= self._gpu_max[pool]:
+                    self._gpu_max[pool] = max(self._gpu_free[n.name] for n in self._by_pool[pool])
                 chosen.append(node.name)
         return chosen
 
     def host(self, model: ModelId, pool: PoolName, nbytes: int) -> NodeName | None:
         """A node for a host-memory copy of ``model`` (one already holding it first)."""
-        nodes = self._ordered(model, pool)
-        for node in nodes:
-            if node.holdings.get(model, Tier.REMOTE) >= Tier.HOST:
-                return node.name
-        for node in nodes:
+        for tier in (Tier.HOST, Tier.GPU):
+            held = self._of(model, pool, tier)
+            if held:
+                return held[0].name
+        if self._host_max.get(pool, 0) < nbytes:
+            return None
+        preferred = self._preferred(model, pool)
+        first = {n.name for n in preferred}
+        rest = (n for n in self._base.get(pool, []) if n.name not in first)
+        for node in [*preferred, *rest]:
             room = self._host_free[node.name]
-            if room is None or room >= nbytes:
-                if room is not None:
-                    self._host_free[node.name] = room - nbytes
+            if room is None:
+                return node.name
+            if room >= nbytes:
+                self._host_free[node.name] = room - nbytes
+                if room >= self._host_max[pool]:
+                    self._host_max[pool] = self._largest_host_room(pool)
                 return node.name
         return None
 
+    def _largest_host_room(self, pool: PoolName) -> float:
+        return max(
+            math.inf if (room := self._host_free[n.name]) is None else room
+            for n in self._by_pool[pool]
+        )
+
     def gpu_room_for(self, model: ModelId, pool: PoolName, nbytes: int) -> bool:
         """Whether a node of the pool holds ``model`` in GPU memory or has GPU room for it."""
-        return any(
-            node.holdings.get(model) == Tier.GPU or self._gpu_free[node.name] >= nbytes
-            for node in self._by_pool.get(pool, [])
-        )
+        return bool(self._of(model, pool, Tier.GPU)) or self._gpu_max.get(pool, 0) >= nbytes
 
     def host_capacity(self, pool: PoolName, bytes_of: Callable[[ModelId], int]) -> float:
         """Bytes the pool's host tiers can hold: each node's free room plus what it holds there
@@ -122,12 +158,17 @@ class Placement:
 
     def release(self, node: NodeName, tier: Tier, nbytes: int) -> None:
         """``nbytes`` of ``tier`` on ``node`` become free (an eviction in the same plan)."""
-        if tier == Tier.GPU and node in self._gpu_free:
+        pool = self._pool_of.get(node)
+        if pool is None:
+            return
+        if tier == Tier.GPU:
             self._gpu_free[node] += nbytes
+            self._gpu_max[pool] = max(self._gpu_max[pool], self._gpu_free[node])
         room = self._host_free.get(node)
         if tier == Tier.HOST and room is not None:
             self._host_free[node] = room + nbytes
+            self._host_max[pool] = max(self._host_max[pool], room + nbytes)
 
     def holders(self, model: ModelId, pool: PoolName, tier: Tier) -> list[NodeName]:
         """Nodes of ``pool`` whose agent holds ``model`` in ``tier``."""
-        return [n.name for n in self._by_pool.get(pool, []) if n.holdings.get(model) == tier]
+        return [n.name for n in self._of(model, pool, tier)]

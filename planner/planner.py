@@ -502,7 +502,8 @@ def plan(ctx: PlanContext, state: PlannerState) -> PlanResult:
         return ctx.catalog.spec(model).weights_bytes
 
     host_left: dict[PoolName, float] = {
-        spec.node_pool: observed.host_capacity(spec.node_pool, bytes_of) for spec in t.specs
+        pool: observed.host_capacity(pool, bytes_of)
+        for pool in {spec.node_pool for spec in t.specs}
     }
     host_left.update(
         {

@@ -304,14 +304,19 @@ def render(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
 
+CHART_COPIES = HERE.parent / "charts" / "prewarm" / "dashboards"
+"""helm reads only files inside the chart: the chart carries a copy of every dashboard."""
+
+
 def main() -> int:
-    """Write every dashboard next to this script; print what changed."""
+    """Write every dashboard next to this script and its copy into the chart; print what
+    changed."""
     for name, document in all_dashboards().items():
-        path = HERE / name
         text = render(document)
-        if not path.exists() or path.read_text(encoding="utf-8") != text:
-            path.write_text(text, encoding="utf-8")
-            print(f"wrote {path}")
+        for path in (HERE / name, CHART_COPIES / name):
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                path.write_text(text, encoding="utf-8")
+                print(f"wrote {path}")
     return 0
 
 

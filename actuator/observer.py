@@ -56,13 +56,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import grpc
 
+from actuator.agent_status import (
+    AgentStatusReader,
+    AgentView,
+    ChannelFactory,
+    LoadLedger,
+    node_state,
+)
 from actuator.agents import agent_address, running_agent_pods
 from actuator.capacity import COMPONENT as PLACEHOLDER_COMPONENT
 from actuator.capacity import GPU_RESOURCE
@@ -76,19 +83,11 @@ from planner.catalog import GB, Catalog
 from planner.leadtime import Stage, StageObservation
 from planner.observed import ClusterSnapshot
 from planner.planner import ModelState, NodeState, PoolState, workload_for
-from protos import gpu_agent_pb2 as pb
-from protos import gpu_agent_pb2_grpc as pb_grpc
-from protos.tiers import tier_from_proto
 
 _log = logging.getLogger(__name__)
 
 _MIB = 1024 * 1024
 _COMPONENT_LABEL = "app.kubernetes.io/component"
-_WEIGHT_STAGE = {Tier.REMOTE: Stage.WEIGHTS_REMOTE, Tier.DISK: Stage.WEIGHTS_DISK,
-                 Tier.HOST: Stage.WEIGHTS_HOST}  # fmt: skip
-"""The weight stage of a load, by the tier it started from (as :mod:`planner.leadtime` keys it)."""
-
-ChannelFactory = Callable[[str], grpc.aio.Channel]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,15 +100,6 @@ class _Cluster:
     workloads: dict[ModelId, Obj | None]
 
 
-@dataclass(frozen=True, slots=True)
-class AgentView:
-    """What one node's agent said in this observation (``None`` fields: it did not answer)."""
-
-    status: pb.StatusResponse | None = None
-    problem: str = ""
-    """Why the agent is unknown this tick (empty when it answered)."""
-
-
 @dataclass(slots=True)
 class _Memory:
     """What the observer carries between observations (so each duration is reported once)."""
@@ -117,8 +107,8 @@ class _Memory:
     first: bool = True
     nodes_known: set[str] = field(default_factory=set)
     """Node uids already measured, or listed at the first observation (never measured)."""
-    loads: dict[NodeName, dict[str, int]] = field(default_factory=dict)
-    """Per node, model id -> ``loaded_at`` (ns) of the load already reported."""
+    loads: LoadLedger = field(default_factory=LoadLedger)
+    """The agents' loads already reported."""
     down: dict[NodeName, str] = field(default_factory=dict)
     """Nodes whose agent is unknown, with the problem already logged."""
 
@@ -141,16 +131,12 @@ class KubeClusterObserver:
         self._kube = kube
         self._config = config
         self._catalog = catalog
-        self._channel_factory = channel_factory
-        self._channels: dict[str, grpc.aio.Channel] = {}
-        self._channels_loop: asyncio.AbstractEventLoop | None = None
+        self._agents = AgentStatusReader(config.agent, channel_factory=channel_factory)
         self._memory = _Memory()
 
     async def close(self) -> None:
         """Close every agent channel."""
-        channels, self._channels = self._channels, {}
-        for channel in channels.values():
-            await channel.close()
+        await self._agents.close()
 
     async def observe(self, *, now_s: float, models: Sequence[ModelId]) -> ClusterSnapshot:
         """A snapshot of the pools, their Ready nodes and every model in ``models``."""
@@ -172,7 +158,7 @@ class KubeClusterObserver:
                 targets[name] = agent_address(pod, default_port=self._config.agent.port)
             except PrewarmError as error:
                 views[name] = AgentView(problem=str(error))
-        views.update(await self._ask(targets))
+        views.update(await self._agents.ask(targets))
         return self._snapshot(cluster, views, models)
 
     # ------------------------------------------------------------------ Kubernetes, in a thread
@@ -194,60 +180,6 @@ class KubeClusterObserver:
         return _Cluster(nodes=nodes, pods=pods, agent_pods=agent_pods, workloads=workloads)
 
     # ---------------------------------------------------------------------- agents, concurrently
-
-    async def _ask(self, targets: Mapping[NodeName, str]) -> dict[NodeName, AgentView]:
-        loop = asyncio.get_running_loop()
-        if self._channels_loop is not loop:
-            # A gRPC aio channel belongs to the loop that made it; a new loop starts afresh.
-            self._channels, self._channels_loop = {}, loop
-        for address in set(self._channels) - set(targets.values()):
-            await self._drop(address)  # that agent pod is gone or moved
-        async with asyncio.TaskGroup() as group:
-            tasks = {node: group.create_task(self._status(a)) for node, a in targets.items()}
-        return {node: task.result() for node, task in tasks.items()}
-
-    async def _status(self, address: str) -> AgentView:
-        timeout_s = self._config.agent.status_timeout_s
-        stub = pb_grpc.GpuAgentStub(self._channel(address))
-        try:
-            # The gRPC deadline bounds the call (connecting included); the outer timeout only
-            # guards against a call that outlives its deadline.
-            status = await asyncio.wait_for(
-                stub.Status(pb.StatusRequest(), timeout=timeout_s, metadata=self._metadata()),
-                timeout_s + 1.0,
-            )
-        except grpc.aio.AioRpcError as error:
-            # A fresh channel next time: a channel that failed to connect waits out gRPC's
-            # reconnect backoff (up to minutes), longer than a restarted agent takes to come back.
-            await self._drop(address)
-            code = error.code()
-            return AgentView(problem=f"Status at {address}: {code.name}: {error.details()}")
-        except TimeoutError:
-            await self._drop(address)
-            return AgentView(problem=f"Status at {address}: no answer in {timeout_s:g} s")
-        if not isinstance(status, pb.StatusResponse):
-            # grpc.aio logs a response it cannot deserialize and hands back None instead.
-            return AgentView(
-                problem=f"Status at {address}: the answer is not a StatusResponse "
-                "(is a prewarm GPU agent listening there?)"
-            )
-        return AgentView(status=status)
-
-    def _channel(self, address: str) -> grpc.aio.Channel:
-        if address not in self._channels:
-            self._channels[address] = self._channel_factory(address)
-        return self._channels[address]
-
-    async def _drop(self, address: str) -> None:
-        channel = self._channels.pop(address, None)
-        if channel is not None:
-            await channel.close()
-
-    def _metadata(self) -> tuple[tuple[str, str], ...]:
-        token = self._config.agent.token
-        if token is None:
-            return ()
-        return (("authorization", f"Bearer {token.get_secret_value()}"),)
 
     # ------------------------------------------------------------------------------ assembling
 
@@ -318,8 +250,8 @@ class KubeClusterObserver:
             observed: NodeState | None = None
             if view.status is not None:
                 try:
-                    observed = _node_state(name, pool, view.status)
-                    observations += self._loads(name, pool, view.status)
+                    observed = node_state(name, pool, view.status)
+                    observations += memory.loads.new_loads(name, pool, view.status)
                 except PrewarmError as error:
                     observed = None  # an unknown tier: nothing of this answer is trusted
                     problem = f"it answered a Status this daemon cannot read: {error}"
@@ -342,7 +274,7 @@ class KubeClusterObserver:
                 )
             )
         listed = set(pool_of)
-        memory.loads = {n: loads for n, loads in memory.loads.items() if n in listed}
+        memory.loads.keep_only(listed)
         memory.down = {n: why for n, why in memory.down.items() if n in listed}
         memory.first = False
 
@@ -365,34 +297,6 @@ class KubeClusterObserver:
             placeholder_gpus=placeholders,
             stage_observations=tuple(observations),
         )
-
-    def _loads(
-        self, node: NodeName, pool: PoolName, status: pb.StatusResponse
-    ) -> list[StageObservation]:
-        """The loads ``status`` reports that were not reported before (the node's record is
-        replaced by what it holds now, so a model loaded again is reported again)."""
-        before = self._memory.loads.get(node, {})
-        now: dict[str, int] = {}
-        found: list[StageObservation] = []
-        for holding in status.models:
-            if holding.load_duration_s <= 0 or not holding.HasField("loaded_at"):
-                continue
-            stamp = holding.loaded_at.ToNanoseconds()
-            now[holding.model_id] = stamp
-            if before.get(holding.model_id) == stamp:
-                continue
-            source = tier_from_proto(holding.loaded_from) or Tier.REMOTE
-            target = tier_from_proto(holding.loaded_to)
-            stage = _WEIGHT_STAGE.get(source)
-            if stage is None or target is None or target <= Tier.DISK:
-                continue
-            found.append(
-                StageObservation(
-                    stage, str(pool), holding.load_duration_s, holding.loaded_bytes / 1e9
-                )
-            )
-        self._memory.loads[node] = now
-        return found
 
     def _log_outage(self, node: NodeName, seen: bool, problem: str) -> None:
         down = self._memory.down
@@ -434,31 +338,6 @@ class KubeClusterObserver:
             tier=max(held, default=Tier.REMOTE),
             image_cached=spec.image in images.get(spec.node_pool, set()),
         )
-
-
-def _node_state(name: NodeName, pool: PoolName, status: pb.StatusResponse) -> NodeState:
-    """A node's memory and holdings from its agent's answer (InvalidInput: an unknown tier)."""
-    free_gpu = 0
-    if status.gpu_available:
-        free_gpu = sum(max(0, g.free_bytes - g.headroom_bytes) for g in status.gpus)
-    free_host: int | None = None
-    for usage in status.tiers:
-        if tier_from_proto(usage.tier) == Tier.HOST:
-            free_host = max(0, usage.capacity_bytes - usage.used_bytes)
-    holdings: dict[ModelId, Tier] = {}
-    for holding in status.models:
-        tier = tier_from_proto(holding.tier)
-        if tier is None:
-            continue
-        model = ModelId(holding.model_id)
-        holdings[model] = max(tier, holdings.get(model, Tier.REMOTE))
-    return NodeState(
-        name=name,
-        pool=pool,
-        free_gpu_bytes=free_gpu,
-        free_host_bytes=free_host,
-        holdings=holdings,
-    )
 
 
 def _running(cluster: _Cluster, catalog: Catalog) -> dict[ModelId, set[str]]:

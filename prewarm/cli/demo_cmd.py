@@ -1,4 +1,4 @@
-"""``prewarm demo``: the whole loop on a bundled real trace, locally, in about a minute."""
+"""``prewarm demo``: the loop on a bundled real trace with daily spikes, locally."""
 
 from __future__ import annotations
 
@@ -18,10 +18,12 @@ def register(app: typer.Typer) -> None:
 
 def demo(
     trace: Annotated[
-        str, typer.Option("--trace", help="A 1-minute trace: builtin:NAME or a CSV path.")
-    ] = "builtin:azure-functions-2019-100fn",
-    models: Annotated[int, typer.Option("--models", help="Models of the trace to run.")] = 12,
-    minutes: Annotated[int, typer.Option("--minutes", help="Minutes replayed live.")] = 90,
+        str,
+        typer.Option("--trace", help="A trace of two days or more: builtin:NAME or a CSV path."),
+    ] = "builtin:servegen-spiky-14d",
+    spikes: Annotated[
+        int, typer.Option("--spikes", help="Spikes of the trace's last day to follow.")
+    ] = 4,
     out: Annotated[Path, typer.Option("--out", help="Directory for the report.")] = Path(
         "demo-report"
     ),
@@ -31,17 +33,15 @@ def demo(
         typer.Option("--baselines/--no-baselines", help="Compare with the other policies."),
     ] = True,
 ) -> None:
-    """Replay a real trace through the forecaster, the planner and a real GPU agent process
-    (GPU memory when there is a GPU, host memory when not), then report forecast vs actual and
-    cold starts against the baselines. No cluster needed: cluster actions are dry runs."""
+    """Replay the largest spikes of a real trace's last day through the daemon's decision cycle
+    and one real GPU agent process per node (GPU memory when there is a GPU, host memory when
+    not), and draw each spike's timeline: forecast, Preload, weights resident, first request, and
+    the reactive autoscaler's start beside it. No cluster needed: cluster actions are dry runs."""
     from prewarm.demo.run import DemoConfig, run_demo  # heavy imports only for this command
 
-    if not 1 <= models <= 200:
-        raise InvalidInput(f"--models must be between 1 and 200, got {models}")
-    if not 10 <= minutes <= 1440:
-        raise InvalidInput(f"--minutes must be between 10 and 1440, got {minutes}")
+    if not 1 <= spikes <= 12:
+        raise InvalidInput(f"--spikes must be between 1 and 12, got {spikes}")
     config = DemoConfig(
-        trace=trace, models=models, live_minutes=minutes, out_dir=out, live_view=live,
-        baselines=baselines,
-    )  # fmt: skip
+        trace=trace, spikes=spikes, out_dir=out, live_view=live, baselines=baselines
+    )
     run_demo(config, Console())

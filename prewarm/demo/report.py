@@ -57,37 +57,39 @@ def timeline_lines(line: ModelTimeline, outcome: DemoOutcome) -> list[str]:
     """The text of one spike's timeline."""
     gb = outcome.weights_gb.get(line.model, 0.0)
     load = (
-        f"; the agent's load took {line.load_s:.2f} s for {line.loaded_bytes / 1e6:.0f} MB "
+        f"; the agent's load took {line.load_s * 1000:.0f} ms for "
+        f"{line.loaded_bytes / 1e6:.0f} MB "
         f"(the demo's scaled-down copy of {gb:g} GB)"
         if line.load_s is not None
         else ""
     )
-    lines = [
+    forecast = next((p for p in line.forecasts if abs(p.step_s - line.onset_s) < 1.0), None)
+    ahead = (
+        f"p50 {forecast.p50:,.0f}, p10-p90 {forecast.p10:,.0f}-{forecast.p90:,.0f}, "
+        f"actual {line.first_step:,.0f}"
+        if forecast is not None
+        else "none made"
+    )
+    return [
         f"{line.model}: spike at {_clock(line.onset_s)}, {line.spike_requests:,.0f} requests "
         f"(peak {line.peak:,.0f} per step)",
+        f"  forecast          for the spike's first step, made {FORECAST_AHEAD_S / 60:.0f} min "
+        f"ahead: {ahead}",
         f"  Preload issued    {_before(line.preload_issued_s, line.onset_s)}"
         + (f" to node {line.preload_node} ({line.preload_tier})" if line.preload_node else ""),
         f"  weights resident  {_before(line.resident_s, line.onset_s)}{load}",
         f"  replica floor     {_before(line.floor_raised_s, line.onset_s)} (dry run: no cluster)",
-        f"  first request     {_clock(line.onset_s)} (the spike's first step)",
-        f"  reactive start    {line.reactive_start_s:.0f} s from the first request (container, "
-        "image pull, weights from the source, cold compile)",
-        f"  prewarm's wait    {line.prewarm_wait_s:.0f} s (weights in {line.tier_at_onset.label} "
-        f"at the spike, replica floor {line.floor_at_onset})",
-        f"  saved             {line.saved_s:.0f} s on the spike's first request",
+        f"  spike starts      {_clock(line.onset_s)} (its first {_minutes(outcome)} step)",
+        f"  reactive          a new replica {line.reactive_start_s:.0f} s after the spike starts "
+        "(container, image pull, weights from the source, cold compile)",
+        f"  prewarm           replica ready {line.prewarm_wait_s:.0f} s after the spike starts "
+        f"(weights in {line.tier_at_onset.label}, replica floor {line.floor_at_onset})",
+        f"  saved             {line.saved_s:.0f} s",
     ]
-    if outcome.simulated is not None:
-        waits = [
-            f"{name} {runs[line.model].wait_s:.0f} s"
-            for name, runs in outcome.simulated.waits.items()
-            if line.model in runs
-        ]
-        if waits:
-            lines.append(
-                f"  simulator         first request's wait for a replica: {', '.join(waits)} "
-                f"(to {outcome.simulated.tick_s:.0f} s)"
-            )
-    return lines
+
+
+def _minutes(outcome: DemoOutcome) -> str:
+    return f"{outcome.batch.step_s / 60:.0f}-minute"
 
 
 def write_report(outcome: DemoOutcome, out: Path) -> dict[str, Path]:
@@ -150,7 +152,6 @@ def _text(outcome: DemoOutcome) -> list[str]:
                 f"{summary['idle_gpu_gb_hours']:>18.1f} {summary['gpu_node_hours']:>15.1f} "
                 f"{summary['wait_p99_s']:>11.1f}"
             )
-    return lines
 
 
 def _plot(outcome: DemoOutcome, path: Path) -> None:
@@ -185,13 +186,14 @@ def _plot(outcome: DemoOutcome, path: Path) -> None:
             axis.axvline(np.datetime64(int(line.resident_s), "s"), color="tab:green",
                          linestyle="--", linewidth=1.2,
                          label="weights resident (agent)")  # fmt: skip
-        axis.axvline(onset, color="tab:red", linewidth=1.2, label="spike's first request")
+        axis.axvline(onset, color="tab:red", linewidth=1.2, label="spike starts")
         reactive_end = np.datetime64(int(line.onset_s + line.reactive_start_s), "s")
         axis.axvspan(onset, reactive_end, color="tab:orange", alpha=0.25,
-                     label=f"reactive start: {line.reactive_start_s:.0f} s")  # fmt: skip
+                     label=f"reactive scale-up: {line.reactive_start_s:.0f} s")  # fmt: skip
         axis.set_title(
-            f"{line.model}: {line.saved_s:.0f} s saved on the spike's first request "
-            f"(prewarm waits {line.prewarm_wait_s:.0f} s, reactive {line.reactive_start_s:.0f} s)",
+            f"{line.model}: the spike's replica ready {line.saved_s:.0f} s sooner "
+            f"(prewarm {line.prewarm_wait_s:.0f} s after the spike starts, "
+            f"reactive {line.reactive_start_s:.0f} s)",
             fontsize=9,
         )
         first_s = min(line.onset_s - 2 * 3600, line.preload_issued_s or line.onset_s)

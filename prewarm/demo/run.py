@@ -269,7 +269,6 @@ def run_demo(config: DemoConfig, console: Console) -> dict[str, Path]:
         simulated = run_policies(
             resolve_trace(config.trace),
             catalog,
-            {line.model: line.onset_s for line in timelines},
             progress=lambda name: console.print(f"  {name}"),
         )
     outcome = DemoOutcome(

@@ -40,6 +40,8 @@ class Spike:
     end: int
     requests: float
     peak: float
+    first_step: float
+    """Requests in the onset step."""
     baseline: float
     """The model's median count per step over the day before the onset."""
 
@@ -97,6 +99,7 @@ def find_spikes(batch: SeriesBatch, *, first: int) -> list[Spike]:
                 end=end,
                 requests=float(counts[row, onset : end + 1].sum()),
                 peak=float(counts[row, onset : end + 1].max()),
+                first_step=float(counts[row, onset]),
                 baseline=float(np.median(before)) if before.size else 0.0,
             )
         )

@@ -4,11 +4,12 @@ saved against the reactive policy.
 Owns: recording, tick by tick, what the live daemon and the real agents did for each shown model
 (:class:`TimelineRecorder`), and the start times on both sides of the spike:
 
-- the *reactive* start: what a reactive autoscaler (HPA, KEDA) runs when the spike's first request
-  arrives: container start, image pull, weights from the source, cold compile, on a node with a
-  free GPU (a new node adds the node stage);
-- *prewarm*'s start: nothing when the replica floor was raised early enough; else the start from
-  the tier the agents held the weights in at the spike.
+- the *reactive* scale-up: what a reactive autoscaler (HPA, KEDA) starts when the spike arrives, a
+  new replica: container start, image pull, weights from the source, cold compile, on a node with
+  a free GPU (a new node adds the node stage). A model idle before the spike waits that long for
+  its first request; a model with replicas up queues its spike on them meanwhile;
+- *prewarm*'s wait for that replica: nothing when the replica floor was raised early enough;
+  else the start from the tier the agents held the weights in at the spike.
 
 Both are summed from the stage figures the planner plans with (``prewarm explain``). Times are on
 the trace's clock. Must not: decide anything.
@@ -51,6 +52,8 @@ class ModelTimeline:
     onset_s: float
     spike_requests: float
     peak: float
+    first_step: float
+    """Requests in the spike's first step."""
     forecasts: list[ForecastPoint] = field(default_factory=list)
     preload_issued_s: float | None = None
     preload_node: NodeName | None = None
@@ -67,7 +70,7 @@ class ModelTimeline:
 
     @property
     def reactive_start_s(self) -> float:
-        """Seconds a reactive autoscaler's replica takes from the spike's first request."""
+        """Seconds a reactive autoscaler's new replica takes from the spike's start."""
         stages = self.stages_s
         return sum(stages.get(n, 0.0) for n in ("container", "image", "weights_remote")) + (
             stages.get("compile_cold", 0.0)
@@ -75,7 +78,7 @@ class ModelTimeline:
 
     @property
     def prewarm_wait_s(self) -> float:
-        """Seconds the spike's first request waits with what prewarm had ready at the onset."""
+        """Seconds from the spike's start until prewarm's replica for it is ready."""
         stages = self.stages_s
         from_host = stages.get("container", 0.0) + stages.get("weights_host", 0.0)
         from_host += stages.get("compile_cached", 0.0)
@@ -90,7 +93,7 @@ class ModelTimeline:
 
     @property
     def saved_s(self) -> float:
-        """Seconds of the spike's first request's wait that prewarm saved."""
+        """Seconds earlier than the reactive autoscaler's that the spike's replica was ready."""
         return max(0.0, self.reactive_start_s - self.prewarm_wait_s)
 
     def document(self) -> dict[str, Any]:
@@ -100,6 +103,7 @@ class ModelTimeline:
             "spike_onset_s": self.onset_s,
             "spike_requests": self.spike_requests,
             "spike_peak_per_step": self.peak,
+            "spike_first_step": self.first_step,
             "preload_issued_s": self.preload_issued_s,
             "preload_node": self.preload_node,
             "preload_tier": self.preload_tier,
@@ -142,6 +146,7 @@ class TimelineRecorder:
                 onset_s=start_s + s.onset * step_s,
                 spike_requests=s.requests,
                 peak=s.peak,
+                first_step=s.first_step,
             )
             for s in spikes
         }

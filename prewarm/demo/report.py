@@ -152,6 +152,7 @@ def _text(outcome: DemoOutcome) -> list[str]:
                 f"{summary['idle_gpu_gb_hours']:>18.1f} {summary['gpu_node_hours']:>15.1f} "
                 f"{summary['wait_p99_s']:>11.1f}"
             )
+    return lines
 
 
 def _plot(outcome: DemoOutcome, path: Path) -> None:

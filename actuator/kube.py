@@ -88,6 +88,7 @@ class Resource:
 
 
 PODS = Resource("v1", "pods")
+EVENTS = Resource("v1", "events")
 NODES = Resource("v1", "nodes", namespaced=False)
 DEPLOYMENTS = Resource("apps/v1", "deployments")
 HPAS = Resource("autoscaling/v2", "horizontalpodautoscalers")

@@ -58,7 +58,6 @@ import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import grpc
@@ -75,7 +74,8 @@ from actuator.capacity import COMPONENT as PLACEHOLDER_COMPONENT
 from actuator.capacity import GPU_RESOURCE
 from actuator.config import ActuatorConfig
 from actuator.floors import workload_resource
-from actuator.kube import NODES, PODS, KubeClient, Obj
+from actuator.kube import EVENTS, NODES, PODS, KubeClient, Obj
+from actuator.kubelet import canonical_image, image_pull, replica_start_s, rfc3339_s
 from common.errors import PrewarmError
 from common.ids import ModelId, NodeName, PoolName
 from common.tiers import Tier
@@ -98,6 +98,8 @@ class _Cluster:
     pods: list[Obj]
     agent_pods: list[Obj]
     workloads: dict[ModelId, Obj | None]
+    pulls: list[Obj]
+    """The kubelets' ``Pulled`` events."""
 
 
 @dataclass(slots=True)
@@ -111,6 +113,8 @@ class _Memory:
     """The agents' loads already reported."""
     down: dict[NodeName, str] = field(default_factory=dict)
     """Nodes whose agent is unknown, with the problem already logged."""
+    measured: set[str] = field(default_factory=set)
+    """Uids of the Pulled events and serving pods already measured (those still listed)."""
 
 
 class KubeClusterObserver:
@@ -177,7 +181,10 @@ class KubeClusterObserver:
             workload = workload_for(self._catalog.spec(model))
             path = workload_resource(workload).path(workload.namespace, workload.name)
             workloads[model] = self._kube.get(path)
-        return _Cluster(nodes=nodes, pods=pods, agent_pods=agent_pods, workloads=workloads)
+        pulls = self._kube.list(EVENTS.path(), field_selector="reason=Pulled")
+        return _Cluster(
+            nodes=nodes, pods=pods, agent_pods=agent_pods, workloads=workloads, pulls=pulls
+        )
 
     # ---------------------------------------------------------------------- agents, concurrently
 
@@ -241,7 +248,11 @@ class KubeClusterObserver:
                 continue
             if pod_pool is not None:
                 used[pod_pool] = used.get(pod_pool, 0) + gpus
-        running = _running(cluster, self._catalog)
+        serving = _serving_pods(cluster, self._catalog)
+        running = {
+            model: {str(pod["spec"]["nodeName"]) for pod in pods} for model, pods in serving.items()
+        }
+        observations += self._starts(cluster, serving)
 
         states: list[NodeState] = []
         for name, pool in ready_nodes:
@@ -298,6 +309,41 @@ class KubeClusterObserver:
             stage_observations=tuple(observations),
         )
 
+    def _starts(
+        self, cluster: _Cluster, serving: Mapping[ModelId, list[Obj]]
+    ) -> list[StageObservation]:
+        """Image pulls (``Stage.IMAGE``, keyed by the catalog's image, learned as GB/s) and
+        replica starts (``Stage.REPLICA``, keyed by model) not reported before."""
+        memory = self._memory
+        listed: set[str] = set()
+        found: list[StageObservation] = []
+        images: dict[str, tuple[str, float]] = {}
+        for model in cluster.workloads:
+            spec = self._catalog.spec(model)
+            images[canonical_image(spec.image)] = (spec.image, spec.image_gb)
+        for event in cluster.pulls:
+            uid = str(event["metadata"].get("uid") or event["metadata"].get("name"))
+            listed.add(uid)
+            pull = image_pull(str(event.get("message") or ""))
+            if uid in memory.measured or pull is None:
+                continue
+            memory.measured.add(uid)
+            known = images.get(canonical_image(pull.image))
+            if known is not None:
+                gb = pull.size_bytes / 1e9 if pull.size_bytes else known[1]
+                found.append(StageObservation(Stage.IMAGE, known[0], pull.seconds, gb))
+        for model, pods in serving.items():
+            for pod in pods:
+                uid = str(pod["metadata"].get("uid") or pod["metadata"].get("name"))
+                listed.add(uid)
+                seconds = replica_start_s(pod)
+                if uid in memory.measured or seconds is None:
+                    continue
+                memory.measured.add(uid)
+                found.append(StageObservation(Stage.REPLICA, str(model), seconds))
+        memory.measured &= listed
+        return found
+
     def _log_outage(self, node: NodeName, seen: bool, problem: str) -> None:
         down = self._memory.down
         if seen:
@@ -340,24 +386,20 @@ class KubeClusterObserver:
         )
 
 
-def _running(cluster: _Cluster, catalog: Catalog) -> dict[ModelId, set[str]]:
-    """Per model, the nodes where a pod of its workload is bound and not terminating."""
-    found: dict[ModelId, set[str]] = {}
+def _serving_pods(cluster: _Cluster, catalog: Catalog) -> dict[ModelId, list[Obj]]:
+    """Per model, its workload's pods that are bound to a node and not terminating."""
+    found: dict[ModelId, list[Obj]] = {}
     for model, workload in cluster.workloads.items():
         selector = ((workload or {}).get("spec") or {}).get("selector")
         namespace = workload_for(catalog.spec(model)).namespace
-        nodes: set[str] = set()
-        for pod in cluster.pods:
-            metadata = pod["metadata"]
-            node = (pod.get("spec") or {}).get("nodeName")
-            if (
-                node
-                and metadata.get("namespace") == namespace
-                and not metadata.get("deletionTimestamp")
-                and selector_matches(selector, metadata.get("labels") or {})
-            ):
-                nodes.add(node)
-        found[model] = nodes
+        found[model] = [
+            pod
+            for pod in cluster.pods
+            if (pod.get("spec") or {}).get("nodeName")
+            and pod["metadata"].get("namespace") == namespace
+            and not pod["metadata"].get("deletionTimestamp")
+            and selector_matches(selector, pod["metadata"].get("labels") or {})
+        ]
     return found
 
 
@@ -412,21 +454,11 @@ def _ready(node: Obj) -> bool:
 def _provisioning_s(node: Obj) -> float | None:
     """Seconds from a node's creation to its Ready condition's last transition (None: unknown)."""
     condition = _ready_condition(node)
-    created = _time((node.get("metadata") or {}).get("creationTimestamp"))
-    ready = _time((condition or {}).get("lastTransitionTime"))
+    created = rfc3339_s((node.get("metadata") or {}).get("creationTimestamp"))
+    ready = rfc3339_s((condition or {}).get("lastTransitionTime"))
     if created is None or ready is None or ready < created:
         return None
     return ready - created
-
-
-def _time(value: Any) -> float | None:
-    """Epoch seconds of an RFC 3339 timestamp as the API writes it (``2026-01-02T03:04:05Z``)."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 def _pod_gpus(pod: Obj) -> int:

@@ -34,6 +34,9 @@ class Stage(enum.Enum):
     WEIGHTS_DISK = "weights_disk"
     WEIGHTS_HOST = "weights_host"
     COMPILE = "compile"
+    REPLICA = "replica"
+    """A serving pod's containers started -> Ready (keyed by model): measured and shown, not
+    summed into a start, as it contains the weights and compile stages a start already sums."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,7 @@ class LeadTimeBook:
             "weights_host": (Stage.WEIGHTS_HOST, pool),
             "compile_cached": (Stage.COMPILE, f"{spec.model}|cached"),
             "compile_cold": (Stage.COMPILE, f"{spec.model}|cold"),
+            "replica_start": (Stage.REPLICA, str(spec.model)),
         }
         return {name: len(self.samples.get(key, ())) for name, key in keys.items()}
 

@@ -19,7 +19,7 @@ from common.errors import NotFound
 from common.ids import ModelId
 from forecaster.types import Forecast
 from planner.actions import WarmPlan
-from planner.leadtime import StartCosts
+from planner.leadtime import Stage, StartCosts
 from planner.planner import ModelPlan
 from prewarm.cycle.config import CycleConfig
 from prewarm.cycle.manual import ActiveOverrides
@@ -36,7 +36,9 @@ class Explanation:
     - ``value``: predicted cold-start seconds saved by what the plan holds for the model;
     - ``lead_times_s``: the planned seconds of each stage (``node``, ``image``, ``container``,
       ``weights_remote`` / ``_disk`` / ``_host``, ``compile_cached`` / ``_cold``): a high quantile
-      of the observed durations, the catalog's figure until there are enough;
+      of the observed durations, the catalog's figure until there are enough; and, once measured,
+      ``replica_start`` (a serving pod's containers started -> Ready, shown beside the stages it
+      contains, not planned with);
     - ``lead_observations``: how many observed durations each stage's figure rests on;
     - ``constraints``: what bound the plan for this model (``"gpu memory budget: 80 GB of 80 GB
       planned"``, ``"max_replicas 4 from the catalog"``); empty when nothing did;
@@ -182,9 +184,13 @@ def explain_published(
     if report is not None:
         spec = config.catalog.spec(model)
         costs = StartCosts.plan(report.lead, spec, config.planner.stages)
+        stages = costs.stages()
+        replica = report.lead.learned.get((Stage.REPLICA, str(model)))
+        if replica is not None:
+            stages["replica_start"] = replica
         explanation = replace(
             explanation,
-            lead_times_s=costs.stages(),
+            lead_times_s=stages,
             lead_observations=report.lead.observations(spec),
         )
     extra = report.overrides.describe(model) if report is not None else ()

@@ -406,3 +406,59 @@ def test_selector_matches_label_selectors() -> None:
     assert not selector_matches({}, labels)
     assert not selector_matches({"matchLabels": {}}, labels)
     assert not selector_matches(None, labels)
+
+
+@pytest.mark.k8s
+async def test_image_pulls_and_replica_starts_are_measured_once(
+    k8s_api: k8s_client.ApiClient, k8s_namespace: str, kube: KubeClient
+) -> None:
+    namespace = k8s_namespace
+    pool = f"starts-{namespace}"
+    (node,) = make_kwok_nodes(k8s_api, pool=pool, count=1, gpus=1)
+    catalog = catalog_for(pool, namespace)
+    deployment(kube, namespace, str(MODEL), replicas=1)
+    path = apply_pod(kube, pod_body("m-1", namespace=namespace, image="vllm/vllm-openai:v0.9",
+                                   node=node, labels={"app": str(MODEL)}))  # fmt: skip
+    # The serving pod's containers started at 10:00:00 and it turned Ready 95 s later.
+    kube.merge_patch(
+        PODS.path(namespace, "m-1", sub="status"),
+        {"status": {
+            "conditions": [{"type": "Ready", "status": "True",
+                            "lastTransitionTime": "2026-12-03T10:01:35Z"}],
+            "containerStatuses": [{
+                "name": "c", "image": "vllm/vllm-openai:v0.9", "imageID": "", "ready": True,
+                "restartCount": 0, "state": {"running": {"startedAt": "2026-12-03T10:00:00Z"}},
+            }],
+        }},
+        field_manager="kubelet",
+        dry_run=False,
+    )  # fmt: skip
+    involved = {"kind": "Pod", "namespace": namespace, "name": "m-1",
+                "uid": (kube.get(path) or {})["metadata"]["uid"]}  # fmt: skip
+    messages = {
+        # The catalog's image under the name the runtime resolves it to, 9.9 GB in 1m6s.
+        "pulled": 'Successfully pulled image "docker.io/vllm/vllm-openai:v0.9" in 1m6s '
+        "(1m6.2s including waiting). Image size: 9900000000 bytes.",
+        "present": 'Container image "vllm/vllm-openai:v0.9" already present on machine',
+        "other": 'Successfully pulled image "busybox:1.36" in 850ms',  # not a catalog image
+    }
+    for name, message in messages.items():
+        kube.create(
+            f"/api/v1/namespaces/{namespace}/events",
+            {"apiVersion": "v1", "kind": "Event", "metadata": {"name": f"m-1.{name}"},
+             "involvedObject": involved, "reason": "Pulled", "message": message,
+             "type": "Normal", "source": {"component": "kubelet", "host": node}},
+            dry_run=False,
+        )  # fmt: skip
+    config = observer_config(namespace)
+    observer = KubeClusterObserver(kube, config=config, catalog=catalog)
+    try:
+        snapshot = await observer.observe(now_s=NOW, models=[MODEL])
+        again = await observer.observe(now_s=NOW, models=[MODEL])
+    finally:
+        await observer.close()
+    measured = {(o.stage, o.key): (o.seconds, o.gb) for o in snapshot.stage_observations}
+    assert measured[(Stage.IMAGE, "vllm/vllm-openai:v0.9")] == (66.0, 9.9)
+    assert measured[(Stage.REPLICA, str(MODEL))] == (95.0, 0.0)
+    assert not any(o.key == "busybox:1.36" for o in snapshot.stage_observations)
+    assert not [o for o in again.stage_observations if o.stage in (Stage.IMAGE, Stage.REPLICA)]

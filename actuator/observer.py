@@ -48,8 +48,12 @@ Stage observations (:class:`planner.leadtime.StageObservation`), each reported o
   before this observer started. A load that only reached the disk tier is a fetch, not a load into
   memory, and is not reported. A load into host memory counts as the load: on a node without a GPU
   host memory is what an engine reads from; on a GPU node it leaves out the host -> GPU hop.
-- Not measured here: image pulls, replica starts (the planner has no replica-start stage; its
-  ``container_start_s`` stays configured) and compiles.
+- ``Stage.IMAGE`` (key: the catalog's image, ``gb`` = the event's image size, else the catalog's
+  ``image_gb``): a kubelet ``Pulled`` event's duration, once per event, for an image the catalog
+  names (compared as a runtime resolves names, :func:`actuator.kubelet.canonical_image`).
+- ``Stage.REPLICA`` (key: model): a serving pod's last container start to Ready, once per pod
+  (shown by ``prewarm explain``, not planned with: it contains the weights and compile stages).
+- Not measured here: compiles.
 """
 
 from __future__ import annotations

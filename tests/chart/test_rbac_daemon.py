@@ -4,7 +4,7 @@ As tests/actuator/test_rbac.py does for the actuator: ``helm template`` renders 
 ServiceAccount and its RBAC objects (actuator's and daemon's) are applied to the real API server,
 and the daemon's own Kubernetes operations run as that ServiceAccount (TokenRequest token): the
 leader Lease (create, renew, release), the control API's ConfigMap store (create, replace, read)
-and the cluster observer (nodes, pods in every namespace, the workload). All succeed. Then, one
+and the cluster observer (nodes, pods and events in every namespace, the workload). All succeed. Then, one
 verb at a time, that verb is removed from the daemon's rendered rules and the operations must fail
 with 403, so no verb is superfluous.
 """
@@ -200,4 +200,5 @@ def test_no_daemon_verb_is_superfluous(setup: Setup) -> None:
         ):
             every_daemon_operation(setup)
         checked += 1
-    assert checked == 7  # leases create, get, patch; configmaps create, get, update; pods list
+    # leases create, get, patch; configmaps create, get, update; pods list; events list
+    assert checked == 8

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from actuator.agents import AgentActuator, AgentResult
 from actuator.capacity import CapacityResult, NodeCapacityActuator
 from actuator.config import ActuatorConfig
+from actuator.engines import EngineResult, Engines
 from actuator.floors import FloorResult, ReplicaFloors
 from actuator.kube import KubeClient
 from actuator.prepull import ImagePrepuller, PrepullStatus
@@ -24,6 +25,7 @@ from common.errors import PrewarmError
 from planner.actions import (
     Action,
     ActionResult,
+    EngineSleep,
     Evict,
     ImagePrepull,
     NodeCapacity,
@@ -54,6 +56,7 @@ class ActuationReport:
     prepulls: list[PrepullStatus] = field(default_factory=list)
     floors: list[FloorResult] = field(default_factory=list)
     agents: list[AgentResult] = field(default_factory=list)
+    engines: list[EngineResult] = field(default_factory=list)
     errors: dict[str, PrewarmError] = field(default_factory=dict)
 
     @property
@@ -72,13 +75,19 @@ class Actuator:
     Preload/Evict actions are reported as skipped)."""
 
     def __init__(
-        self, kube: KubeClient, config: ActuatorConfig, *, agents: AgentActuator | None = None
+        self,
+        kube: KubeClient,
+        config: ActuatorConfig,
+        *,
+        agents: AgentActuator | None = None,
+        engines: Engines | None = None,
     ) -> None:
         self.config = config
         self.capacity = NodeCapacityActuator(kube, config)
         self.prepuller = ImagePrepuller(kube, config)
         self.floors = ReplicaFloors(kube, config)
         self.agents = agents
+        self.engines = engines
 
     def apply_cluster(self, plan: WarmPlan, *, dry_run: bool = False) -> ActuationReport:
         """Reconcile node capacity, pre-pulls and floors with ``plan`` (blocking I/O)."""
@@ -100,6 +109,9 @@ class Actuator:
             )
         except PrewarmError as error:
             report.errors["floors"] = error
+        sleeps = plan.of_type(EngineSleep)
+        if self.engines is not None and sleeps:
+            report.engines = self.engines.apply(sleeps, dry_run=dry_run)
         for part, failure in report.errors.items():
             _log.warning("actuator: %s failed this tick (retried next tick): %s", part, failure)
         return report
@@ -133,6 +145,7 @@ def results_per_action(plan: WarmPlan, report: ActuationReport) -> list[ActionRe
     capacity = {result.pool: result for result in report.capacity}
     floors = {result.workload: result for result in report.floors}
     agents = {id(result.action): result for result in report.agents}
+    engines = {id(result.action): result for result in report.engines}
     prepulls = {(status.pool, status.image): status for status in report.prepulls}
     results: list[ActionResult] = []
     for action in plan.actions:
@@ -173,9 +186,22 @@ def results_per_action(plan: WarmPlan, report: ActuationReport) -> list[ActionRe
                 results.append(
                     ActionResult(action, done, f"{floor.via} {floor.target} >= {floor.value}")
                 )
+        elif isinstance(action, EngineSleep):
+            results.append(_engine_result(action, engines.get(id(action)), done))
         else:
             results.append(agent_action_result(action, agents.get(id(action))))
     return results
+
+
+def _engine_result(action: EngineSleep, engine: EngineResult | None, done: Outcome) -> ActionResult:
+    """The result of an EngineSleep from what the engines answered (None: no engine client)."""
+    if engine is None:
+        return ActionResult(action, "skipped", "no engine client configured")
+    state = "asleep" if action.asleep else "awake"
+    detail = f"{engine.changed} pod(s) made {state}, {engine.already} already"
+    if engine.errors:
+        return ActionResult(action, "error", f"{detail}; {'; '.join(engine.errors)}")
+    return ActionResult(action, done, detail)
 
 
 def agent_action_result(action: Action, agent: AgentResult | None) -> ActionResult:

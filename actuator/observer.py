@@ -53,6 +53,9 @@ Stage observations (:class:`planner.leadtime.StageObservation`), each reported o
   names (compared as a runtime resolves names, :func:`actuator.kubelet.canonical_image`).
 - ``Stage.REPLICA`` (key: model): a serving pod's last container start to Ready, once per pod
   (shown by ``prewarm explain``, not planned with: it contains the weights and compile stages).
+- ``Stage.WAKE`` (key: model): each wake of a sleeping replica the actuator timed
+  (:mod:`actuator.engines`, given as ``engines``), which also says how many of a sleep-capable
+  model's ready replicas sleep (``ModelState.asleep_replicas``).
 - Not measured here: compiles.
 """
 
@@ -60,7 +63,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,9 +80,11 @@ from actuator.agents import agent_address, running_agent_pods
 from actuator.capacity import COMPONENT as PLACEHOLDER_COMPONENT
 from actuator.capacity import GPU_RESOURCE
 from actuator.config import ActuatorConfig
+from actuator.engines import Engines
 from actuator.floors import workload_resource
 from actuator.kube import EVENTS, NODES, PODS, KubeClient, Obj
 from actuator.kubelet import canonical_image, image_pull, replica_start_s, rfc3339_s
+from actuator.selectors import selector_matches
 from common.errors import PrewarmError
 from common.ids import ModelId, NodeName, PoolName
 from common.tiers import Tier
@@ -104,6 +109,8 @@ class _Cluster:
     workloads: dict[ModelId, Obj | None]
     pulls: list[Obj]
     """The kubelets' ``Pulled`` events."""
+    asleep: dict[ModelId, int]
+    """Per sleep-capable model, its ready replicas whose engine sleeps."""
 
 
 @dataclass(slots=True)
@@ -135,11 +142,13 @@ class KubeClusterObserver:
         config: ActuatorConfig,
         catalog: Catalog,
         channel_factory: ChannelFactory = grpc.aio.insecure_channel,
+        engines: Engines | None = None,
     ) -> None:
         self._kube = kube
         self._config = config
         self._catalog = catalog
         self._agents = AgentStatusReader(config.agent, channel_factory=channel_factory)
+        self._engines = engines
         self._memory = _Memory()
 
     async def close(self) -> None:
@@ -186,8 +195,17 @@ class KubeClusterObserver:
             path = workload_resource(workload).path(workload.namespace, workload.name)
             workloads[model] = self._kube.get(path)
         pulls = self._kube.list(EVENTS.path(), field_selector="reason=Pulled")
+        asleep: dict[ModelId, int] = {}
+        if self._engines is not None:
+            for model in set(self._engines.models()) & set(models):
+                asleep[model] = self._engines.asleep(model, self._engines.pods(model))
         return _Cluster(
-            nodes=nodes, pods=pods, agent_pods=agent_pods, workloads=workloads, pulls=pulls
+            nodes=nodes,
+            pods=pods,
+            agent_pods=agent_pods,
+            workloads=workloads,
+            pulls=pulls,
+            asleep=asleep,
         )
 
     # ---------------------------------------------------------------------- agents, concurrently
@@ -302,7 +320,9 @@ class KubeClusterObserver:
             for pool in allocatable
         }
         model_states = {
-            model: self._model_state(model, cluster.workloads.get(model), images, states)
+            model: self._model_state(
+                model, cluster.workloads.get(model), images, states, cluster.asleep.get(model, 0)
+            )
             for model in models
         }
         return ClusterSnapshot(
@@ -346,6 +366,8 @@ class KubeClusterObserver:
                 memory.measured.add(uid)
                 found.append(StageObservation(Stage.REPLICA, str(model), seconds))
         memory.measured &= listed
+        if self._engines is not None:
+            found += self._engines.take_wakes()
         return found
 
     def _log_outage(self, node: NodeName, seen: bool, problem: str) -> None:
@@ -367,6 +389,7 @@ class KubeClusterObserver:
         workload: Obj | None,
         images: Mapping[PoolName, set[str]],
         nodes: Sequence[NodeState],
+        asleep: int,
     ) -> ModelState:
         spec = self._catalog.spec(model)
         ready = starting = 0
@@ -387,6 +410,7 @@ class KubeClusterObserver:
             starting_replicas=starting,
             tier=max(held, default=Tier.REMOTE),
             image_cached=spec.image in images.get(spec.node_pool, set()),
+            asleep_replicas=min(asleep, ready),
         )
 
 
@@ -405,42 +429,6 @@ def _serving_pods(cluster: _Cluster, catalog: Catalog) -> dict[ModelId, list[Obj
             and selector_matches(selector, pod["metadata"].get("labels") or {})
         ]
     return found
-
-
-def selector_matches(selector: Any, labels: Mapping[str, str]) -> bool:
-    """Whether a workload's ``spec.selector`` selects a pod with ``labels``.
-
-    A LabelSelector (``matchLabels``, ``matchExpressions`` with In, NotIn, Exists, DoesNotExist)
-    or a plain map (read as ``matchLabels``). An empty or missing selector selects nothing here:
-    Kubernetes would read it as "every pod", which would make every pod of the namespace a replica.
-    """
-    if not isinstance(selector, Mapping):
-        return False
-    if "matchLabels" in selector or "matchExpressions" in selector:
-        match_labels = selector.get("matchLabels") or {}
-        expressions: Iterable[Mapping[str, Any]] = selector.get("matchExpressions") or []
-    else:
-        match_labels, expressions = selector, []
-    if not match_labels and not expressions:
-        return False
-    if any(labels.get(key) != value for key, value in match_labels.items()):
-        return False
-    for expression in expressions:
-        key, operator = str(expression.get("key")), expression.get("operator")
-        values = list(expression.get("values") or [])
-        if operator == "In":
-            ok = key in labels and labels[key] in values
-        elif operator == "NotIn":
-            ok = labels.get(key) not in values
-        elif operator == "Exists":
-            ok = key in labels
-        elif operator == "DoesNotExist":
-            ok = key not in labels
-        else:  # an operator this reader does not know: select nothing rather than guess
-            return False
-        if not ok:
-            return False
-    return True
 
 
 def _ready_condition(node: Obj) -> Obj | None:

@@ -91,9 +91,22 @@ class Evict:
     value: float
 
 
+@dataclass(frozen=True, slots=True)
+class EngineSleep:
+    """Put the ready replicas of ``model``'s workload to sleep (``asleep``) or wake them, through
+    the serving engine's own endpoints (:mod:`planner.engines`). A sleeping replica keeps its
+    process and pod, frees its GPU memory and wakes in seconds."""
+
+    model: ModelId
+    workload: WorkloadRef
+    asleep: bool
+    reason: str
+    value: float
+
+
 _A = TypeVar("_A")
 
-Action = NodeCapacity | ImagePrepull | ReplicaFloor | Preload | Evict
+Action = NodeCapacity | ImagePrepull | ReplicaFloor | Preload | Evict | EngineSleep
 
 
 @dataclass(frozen=True, slots=True)

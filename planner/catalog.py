@@ -39,6 +39,7 @@ import yaml
 from common.errors import InvalidInput
 from common.ids import ModelId, PoolName
 from planner.actions import WorkloadRef
+from planner.engines import EngineSpec, parse_engine
 
 _log = logging.getLogger(__name__)
 
@@ -153,6 +154,8 @@ class ModelSpec:
     """The weight files the GPU agents preload (none: agents cannot preload this model)."""
     artifacts: tuple[ArtifactFile, ...] = ()
     """Compiled artifacts sent with every preload of the model (none: compile runs cold)."""
+    engine: EngineSpec | None = None
+    """The serving engine, when its idle replicas can sleep (:mod:`planner.engines`)."""
     defaulted: bool = False
 
     @property
@@ -222,6 +225,7 @@ _KNOWN_FIELDS = {
     "workload",
     "weights",
     "artifacts",
+    "engine",
 }
 
 
@@ -363,6 +367,8 @@ def _spec_from_entry(model: ModelId, entry: Any, *, origin: str, artifact_root: 
         changes["workload"] = _workload(entry["workload"], where=f"{where} workload")
     if "weights" in entry:
         changes["weights"] = _weights(entry["weights"], where=f"{where} weights")
+    if "engine" in entry:
+        changes["engine"] = parse_engine(entry["engine"], where=f"{where} engine")
     if "artifacts" in entry:
         changes["artifacts"] = _artifacts(
             model, entry["artifacts"], where=f"{where} artifacts", root=artifact_root

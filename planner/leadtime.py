@@ -34,6 +34,8 @@ class Stage(enum.Enum):
     WEIGHTS_DISK = "weights_disk"
     WEIGHTS_HOST = "weights_host"
     COMPILE = "compile"
+    WAKE = "wake"
+    """A sleeping replica's wake-up (keyed by model; :mod:`planner.engines`)."""
     REPLICA = "replica"
     """A serving pod's containers started -> Ready (keyed by model): measured and shown, not
     summed into a start, as it contains the weights and compile stages a start already sums."""
@@ -104,6 +106,7 @@ class LeadTimeBook:
             "compile_cached": (Stage.COMPILE, f"{spec.model}|cached"),
             "compile_cold": (Stage.COMPILE, f"{spec.model}|cold"),
             "replica_start": (Stage.REPLICA, str(spec.model)),
+            "wake": (Stage.WAKE, str(spec.model)),
         }
         return {name: len(self.samples.get(key, ())) for name, key in keys.items()}
 

@@ -53,6 +53,7 @@ from common.ids import ModelId, PoolName
 from forecaster.types import FloatArray, Forecast
 from planner.actions import (
     Action,
+    EngineSleep,
     Evict,
     ImagePrepull,
     NodeCapacity,
@@ -65,7 +66,7 @@ from planner.actions import (
 from planner.calibration import Calibration, Prediction, contexts
 from planner.catalog import GB, Catalog, ModelSpec
 from planner.config import PlannerConfig
-from planner.leadtime import LeadTimeBook, StartCosts
+from planner.leadtime import LeadTimeBook, Stage, StartCosts
 from planner.placement import NodeState as NodeState  # re-exported: part of the context
 from planner.placement import Placement
 from planner.price import FleetIdle
@@ -103,6 +104,9 @@ class ModelState:
     idle_gaps: int = 0
     """Idle gaps (times between requests) in the model's idle-time record: how much evidence
     ``p_observed`` rests on (part of the calibration context)."""
+    asleep_replicas: int = 0
+    """Ready replicas its serving engine holds asleep (:mod:`planner.engines`): they wake in
+    seconds, so the model's lead time is the wake-up."""
 
     @property
     def current_replicas(self) -> int:
@@ -338,6 +342,10 @@ def _lead_times(
         lead[position] = costs.start(
             tier=observed.tier, image_cached=observed.image_cached, needs_node=needs_node
         )
+        if observed.asleep_replicas > 0 and spec.engine is not None:
+            lead[position] = min(
+                lead[position], book.seconds(Stage.WAKE, str(model), spec.engine.wake_s)
+            )
         node_lead[position] = costs.start(tier=Tier.REMOTE, image_cached=False, needs_node=True)
         warm_start[position] = (
             lead[position]
@@ -680,11 +688,19 @@ def _actions(
                     value_per_byte=density / GB,
                 )
             )
+        sleeps = _engine_sleep(ctx, t, i)
+        if sleeps is not None:
+            actions.append(sleeps)
+        # A replica kept asleep holds its own weights (in CPU memory at vLLM's level 1): a GPU
+        # copy by the agent would take the memory its sleep frees.
+        kept_asleep = (sleeps is not None and sleeps.asleep) or (
+            _hold_only(t, i) and ctx.models[model].asleep_replicas > 0
+        )
         pool_name = spec.node_pool
         if (target > 0 or t.host[i]) and not placement.has_nodes(pool_name):
             notes[model] = f"waiting for a node of pool {pool_name} to preload into"
         tier = Tier.GPU
-        if target > 0:
+        if target > 0 and not kept_asleep:
             nodes = placement.gpu(model, pool_name, spec.weights_bytes, target)
             if not nodes and placement.has_nodes(pool_name):
                 # No GPU room on any node (or no GPU at all): the next best copy is in host
@@ -781,6 +797,52 @@ def _actions(
             )
         )
     return actions, notes
+
+
+SLEEP_BELOW_P = 0.5
+"""A replica kept only as a warm hold sleeps while a request within the planning window (the
+interval plus its lead time: the wake-up once asleep) is less likely than this."""
+
+
+def _hold_only(t: _Table, i: int) -> bool:
+    """Whether model ``i``'s replicas are planned only as a warm hold that can sleep: no observed
+    traffic, no load forecast beyond one replica, and a request within the window unlikely."""
+    return (
+        int(t.target[i]) > 0
+        and int(t.forecast[i]) == 0
+        and int(t.floor[i]) == 0
+        and float(t.p[i]) < SLEEP_BELOW_P
+    )
+
+
+def _engine_sleep(ctx: PlanContext, t: _Table, i: int) -> EngineSleep | None:
+    """Sleep a sleep-capable model's replicas kept only as a warm hold; wake them when the
+    forecast or traffic asks for replicas. None when nothing is to change."""
+    spec = t.specs[i]
+    engine = spec.engine
+    observed = ctx.models[t.names[i]]
+    if engine is None or not engine.sleep or observed.ready_replicas == 0:
+        return None
+    hold_only = _hold_only(t, i)
+    if hold_only and observed.asleep_replicas < observed.ready_replicas:
+        return EngineSleep(
+            model=t.names[i],
+            workload=_workload(spec),
+            asleep=True,
+            reason=f"P(request in the window)={float(t.p[i]):.2f}: kept asleep (level "
+            f"{engine.level})",
+            value=0.0,
+        )
+    if not hold_only and observed.asleep_replicas > 0:
+        return EngineSleep(
+            model=t.names[i],
+            workload=_workload(spec),
+            asleep=False,
+            reason=f"wake: forecast {int(t.forecast[i])}, observed floor {int(t.floor[i])} "
+            "replicas",
+            value=float(t.p[i]) * float(t.saved_s[i]),
+        )
+    return None
 
 
 def workload_for(spec: ModelSpec) -> WorkloadRef:

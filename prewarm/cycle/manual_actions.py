@@ -12,7 +12,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from common.ids import ModelId
-from planner.actions import Action, Evict, Preload, ReplicaFloor, Tier, WarmPlan, WorkloadRef
+from planner.actions import (
+    Action,
+    EngineSleep,
+    Evict,
+    Preload,
+    ReplicaFloor,
+    Tier,
+    WarmPlan,
+    WorkloadRef,
+)
 from planner.catalog import Catalog
 from planner.placement import NodeState, Placement
 from planner.planner import workload_for
@@ -93,7 +102,9 @@ def with_overrides(
 
 def model_of(action: Action) -> ModelId | None:
     """The model an action is about (pool-level actions have none)."""
-    return action.model if isinstance(action, ReplicaFloor | Preload | Evict) else None
+    return (
+        action.model if isinstance(action, ReplicaFloor | Preload | Evict | EngineSleep) else None
+    )
 
 
 def apply_floors(

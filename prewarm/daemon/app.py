@@ -25,6 +25,7 @@ from kubernetes.client import ApiClient, CoreV1Api
 from actuator.agents import AgentActuator, PodAddressResolver
 from actuator.apply import Actuator
 from actuator.config import RetryConfig
+from actuator.engines import Engines
 from actuator.kube import KubeClient, default_api_client
 from actuator.observer import KubeClusterObserver
 from common.errors import FailedPrecondition, NotFound
@@ -144,8 +145,10 @@ def build_runtime(
         weights_of=lambda model: weight_sources(catalog, model),
         artifacts_of=lambda model: artifact_sources(catalog, model),
     )
-    actuator = Actuator(kube, settings.actuator, agents=agents)
-    observer = KubeClusterObserver(kube, config=settings.actuator, catalog=catalog)
+    # Serving engines are called only for models whose catalog entry names one that can sleep.
+    engines = Engines(kube, catalog) if any(s.engine for s in catalog.specs.values()) else None
+    actuator = Actuator(kube, settings.actuator, agents=agents, engines=engines)
+    observer = KubeClusterObserver(kube, config=settings.actuator, catalog=catalog, engines=engines)
     control_config = settings.control
     advertise = control_config.advertise_address or control_config.listen_address
     elector: LeaseElector | None = None

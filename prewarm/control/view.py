@@ -38,7 +38,8 @@ class Explanation:
       ``weights_remote`` / ``_disk`` / ``_host``, ``compile_cached`` / ``_cold``): a high quantile
       of the observed durations, the catalog's figure until there are enough; and, once measured,
       ``replica_start`` (a serving pod's containers started -> Ready, shown beside the stages it
-      contains, not planned with);
+      contains, not planned with); for a model whose engine sleeps, ``wake`` (its replicas'
+      wake-up);
     - ``lead_observations``: how many observed durations each stage's figure rests on;
     - ``constraints``: what bound the plan for this model (``"gpu memory budget: 80 GB of 80 GB
       planned"``, ``"max_replicas 4 from the catalog"``); empty when nothing did;
@@ -188,6 +189,8 @@ def explain_published(
         replica = report.lead.learned.get((Stage.REPLICA, str(model)))
         if replica is not None:
             stages["replica_start"] = replica
+        if spec.engine is not None and spec.engine.sleep:
+            stages["wake"] = report.lead.seconds(Stage.WAKE, str(model), spec.engine.wake_s)
         explanation = replace(
             explanation,
             lead_times_s=stages,

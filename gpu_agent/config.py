@@ -7,9 +7,10 @@ read the environment or files itself; ``prewarm.settings`` composes it.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 MIB = 1024**2
 GIB = 1024**3
@@ -47,6 +48,202 @@ class AuthConfig(BaseModel):
                 "auth.mode=mtls needs auth.tls_cert_file, auth.tls_key_file and auth.client_ca_file"
             )
         return self
+
+
+# --------------------------------------------------------------------------- remote sources
+
+
+def _default_hf_redirect_hosts() -> list[str]:
+    # Where the Hub's /resolve/ URLs redirect LFS and Xet files today: its CloudFront CDNs and the
+    # Xet bridge. The bearer token is never sent to any of them (see gpu_agent.remote.http).
+    return ["cdn-lfs.hf.co", "*.hf.co", "cdn-lfs.huggingface.co", "*.huggingface.co"]
+
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/(\*|[A-Za-z0-9][A-Za-z0-9._-]*)$")
+_HOST = re.compile(r"^(\*\.)?[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+_HEADER_HOST = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+
+
+def _check_hosts(hosts: list[str], setting: str) -> list[str]:
+    for host in hosts:
+        if not _HOST.match(host):
+            raise ValueError(
+                f"{setting}: {host!r} is not a host name (host, host:port or *.domain)"
+            )
+    return hosts
+
+
+def _check_endpoint(endpoint: str | None, setting: str) -> str | None:
+    if endpoint is None:
+        return None
+    if not re.match(r"^https?://[^/?#]+/?$", endpoint):
+        raise ValueError(
+            f"{setting} must be a scheme and host with no path, e.g. https://minio.corp:9000; "
+            f"got {endpoint!r}"
+        )
+    return endpoint.rstrip("/")
+
+
+class S3SourcesConfig(BaseModel):
+    """``s3://bucket/key`` sources: which buckets, where the server is, where credentials are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allowed_buckets: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Buckets s3:// sources may name: 'bucket' (any key) or 'bucket/prefix' (keys starting "
+            "with prefix). Empty (the default): s3:// is refused."
+        ),
+    )
+    region: str = Field(default="us-east-1", min_length=1, description="Region signed for.")
+    endpoint: str | None = Field(
+        default=None,
+        description=(
+            "S3-compatible server (MinIO, Ceph RGW, ...), e.g. http://minio.storage:9000; "
+            "path-style addressing is used when set. Null: AWS (virtual-hosted addressing)."
+        ),
+    )
+    credentials_dir: str | None = Field(
+        default=None,
+        description=(
+            "A directory mounted from a Kubernetes Secret with files AWS_ACCESS_KEY_ID, "
+            "AWS_SECRET_ACCESS_KEY and optionally AWS_SESSION_TOKEN; read at each use. Null: the "
+            "agent's environment variables of the same names."
+        ),
+    )
+    anonymous: bool = Field(
+        default=False, description="Send unsigned requests (public buckets); no credentials read."
+    )
+    presign_expires_s: int = Field(
+        default=3600,
+        ge=60,
+        le=7 * 24 * 3600,
+        description="Lifetime of the presigned URLs a download uses (at most 7 days, SigV4's cap).",
+    )
+
+    @field_validator("allowed_buckets")
+    @classmethod
+    def _buckets(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            bucket, _, prefix = entry.partition("/")
+            if not _BUCKET.match(bucket) or ".." in bucket:
+                raise ValueError(
+                    f"remote.s3.allowed_buckets: {entry!r} does not start with an S3 bucket name "
+                    "(3-63 characters: lowercase letters, digits, '.' and '-')"
+                )
+            if ".." in prefix.split("/"):
+                raise ValueError(f"remote.s3.allowed_buckets: {entry!r} contains '..'")
+        return value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return _check_endpoint(value, "remote.s3.endpoint")
+
+
+class HfSourcesConfig(BaseModel):
+    """``hf://org/name@revision`` sources (Hugging Face Hub model repositories, or a mirror)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allowed_repos: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Model repositories hf:// sources may name: 'org/name', or 'org/*' for every "
+            "repository of org. Empty (the default): hf:// is refused."
+        ),
+    )
+    endpoint: str | None = Field(
+        default=None,
+        description="The Hub or a mirror. Null: the HF_ENDPOINT variable, else https://huggingface.co.",
+    )
+    token_file: str | None = Field(
+        default=None,
+        description=(
+            "A file (Kubernetes Secret mount) holding the Hub token; read at each use. Null: the "
+            "HF_TOKEN variable, else no token (public repositories only)."
+        ),
+    )
+    require_pinned_revision: bool = Field(
+        default=False,
+        description=(
+            "Refuse hf:// sources whose revision is not a 40-hex commit (a branch or tag moves; "
+            "a pinned commit always names the same files)."
+        ),
+    )
+    allowed_redirect_hosts: list[str] = Field(
+        default_factory=_default_hf_redirect_hosts,
+        description=(
+            "Hosts a download may be redirected to (the Hub's CDNs): host, host:port or *.domain. "
+            "The token is never sent to them."
+        ),
+    )
+
+    @field_validator("allowed_repos")
+    @classmethod
+    def _repos(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if not _REPO.match(entry) or ".." in entry:
+                raise ValueError(f"remote.hf.allowed_repos: {entry!r} is not 'org/name' or 'org/*'")
+        return value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return _check_endpoint(value, "remote.hf.endpoint")
+
+    @field_validator("allowed_redirect_hosts")
+    @classmethod
+    def _redirects(cls, value: list[str]) -> list[str]:
+        return _check_hosts(value, "remote.hf.allowed_redirect_hosts")
+
+
+class HttpsSourcesConfig(BaseModel):
+    """Extra settings of http(s):// sources (``allowed_http_prefixes`` says which URLs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    header_files: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "host (or host:port) -> a file (Kubernetes Secret mount) of 'Name: value' lines, sent "
+            "with requests to exactly that host; read at each use."
+        ),
+    )
+    allowed_redirect_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Hosts an http(s) download may be redirected to (host, host:port or *.domain). Empty: "
+            "redirects are refused. Headers from header_files are never sent to another host."
+        ),
+    )
+
+    @field_validator("header_files")
+    @classmethod
+    def _header_hosts(cls, value: dict[str, str]) -> dict[str, str]:
+        for host in value:
+            if not _HEADER_HOST.match(host):
+                raise ValueError(
+                    f"remote.https.header_files: key {host!r} is not a host or host:port"
+                )
+        return value
+
+    @field_validator("allowed_redirect_hosts")
+    @classmethod
+    def _redirects(cls, value: list[str]) -> list[str]:
+        return _check_hosts(value, "remote.https.allowed_redirect_hosts")
+
+
+class RemoteSourcesConfig(BaseModel):
+    """Object-store, Hub and authenticated-https sources; everything is refused until configured."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    s3: S3SourcesConfig = Field(default_factory=S3SourcesConfig)
+    hf: HfSourcesConfig = Field(default_factory=HfSourcesConfig)
+    https: HttpsSourcesConfig = Field(default_factory=HttpsSourcesConfig)
 
 
 class AgentConfig(BaseModel):
@@ -120,3 +317,7 @@ class AgentConfig(BaseModel):
     )
     shutdown_grace_s: float = Field(default=5.0, ge=0)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    remote: RemoteSourcesConfig = Field(
+        default_factory=RemoteSourcesConfig,
+        description="s3://, hf:// and authenticated https:// sources (docs/sources.md).",
+    )

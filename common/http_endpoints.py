@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -28,12 +28,14 @@ class ProbeServer:
         *,
         live: Callable[[], bool] = lambda: True,
         ready: Callable[[], bool] = lambda: True,
+        detail: Callable[[], Sequence[str]] = tuple,
         host: str = "0.0.0.0",  # probes must be reachable from the kubelet
         port: int = 8080,
     ) -> None:
         self._registry = registry
         self._live = live
         self._ready = ready
+        self._detail = detail
         self._host = host
         self._port = port
         self._server: asyncio.Server | None = None
@@ -97,6 +99,8 @@ class ProbeServer:
             ok = self._ready()
         else:
             return "404 Not Found", "text/plain", b"not found\n", head_only
+        # Problems that do not stop the process (a misconfigured query) follow the verdict.
+        problems = "".join(f"{line}\n" for line in self._detail()) if path == "/readyz" else ""
         if ok:
-            return "200 OK", "text/plain", b"ok\n", head_only
-        return "503 Service Unavailable", "text/plain", b"not ready\n", head_only
+            return "200 OK", "text/plain", f"ok\n{problems}".encode(), head_only
+        return "503 Service Unavailable", "text/plain", f"not ready\n{problems}".encode(), head_only

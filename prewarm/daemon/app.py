@@ -77,7 +77,8 @@ def identity() -> str:
 
 
 def weight_sources(catalog: Catalog, model: ModelId) -> list[pb.Source]:
-    """The agent's Preload sources of ``model``: its catalog ``weights``.
+    """The agent's Preload sources of ``model``: its catalog ``weights`` (with their paths, for a
+    directory model).
 
     Raises :class:`NotFound` (that one Preload fails, the rest of the plan goes on) when the
     catalog lists none, saying what to add.
@@ -88,7 +89,10 @@ def weight_sources(catalog: Catalog, model: ModelId) -> list[pb.Source]:
             f"the model catalog lists no weights for {model}: add `weights: [{{uri, sha256}}]` "
             "to its entry so GPU agents can preload it"
         )
-    return [pb.Source(uri=f.uri, sha256=f.sha256, size_bytes=f.size_bytes) for f in files]
+    # Entries with a path make a directory model: the agent materialises it for engines.
+    return [
+        pb.Source(uri=f.uri, sha256=f.sha256, size_bytes=f.size_bytes, path=f.path) for f in files
+    ]
 
 
 _ARTIFACT_KINDS: dict[ArtifactKind, pb.ArtifactKind.ValueType] = {
@@ -211,6 +215,7 @@ def build_runtime(
     probes = ProbeServer(
         metrics.registry,
         ready=lambda: daemon.ready() and not stopping["value"],
+        detail=daemon.problems,
         host=http_host,
         port=daemon_config.http_port,
     )

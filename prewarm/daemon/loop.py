@@ -115,6 +115,7 @@ class Daemon:
         self._control_state = control_state
         self._clock = clock
         self._ticks_ok = 0
+        self._problems: dict[str, str] = {}
         self.metrics.active_mode.set(1 if config.mode == "active" else 0)
 
     # -- read side (DaemonView) -------------------------------------------------------------
@@ -181,6 +182,10 @@ class Daemon:
         """Ready once one tick completed (probes use this)."""
         return self._ticks_ok > 0
 
+    def problems(self) -> list[str]:
+        """What is misconfigured right now while the ticks go on (``/readyz`` shows it)."""
+        return sorted(self._problems.values())
+
     # -- one tick ----------------------------------------------------------------------------
 
     async def tick(self) -> TickReport:
@@ -234,12 +239,23 @@ class Daemon:
 
     async def _fetch(self, now_s: float) -> tuple[SeriesBatch | None, bool]:
         """New history and whether the source answered."""
+        stale = "keeping stale forecasts" if self._feed.forecasts else "no forecasts yet"
         try:
-            return await self._source.fetch(now_s=now_s), True
+            history = await self._source.fetch(now_s=now_s)
         except TemporaryError as error:
-            stale = "keeping stale forecasts" if self._feed.forecasts else "no forecasts yet"
             log.warning(f"history source unavailable; {stale}", error=str(error))
             return None, False
+        except PrewarmError as error:
+            # A bad query (400) or a missing permission (401/403): retrying will not help, but
+            # the rest of the tick (manual requests, floor restores, the agents) goes on.
+            problem = f"history source refused the query: {error}"
+            if self._problems.get("history") != problem:
+                log.error(f"{problem}; {stale} until the configuration is fixed")
+            self._problems["history"] = problem
+            self.metrics.history_errors.labels(kind=type(error).__name__).inc()
+            return None, False
+        self._problems.pop("history", None)
+        return history, True
 
     async def _load_control(self) -> ControlState | None:
         """The stored manual state; None (the last one stays in force) when unreadable."""

@@ -90,6 +90,13 @@ class DaemonMetrics:
         self.ticks = Counter(
             "prewarm_ticks", "Daemon ticks, by result (ok, skipped, error).", ["result"], registry=r
         )
+        self.history_errors = Counter(
+            "prewarm_history_errors",
+            "History queries the source refused for good (a bad query, missing permission), by "
+            "error kind; the tick goes on with the forecasts it has.",
+            ["kind"],
+            registry=r,
+        )
         self.is_leader = Gauge(
             "prewarm_is_leader", "1 when this replica holds the leader Lease.", registry=r
         )

@@ -13,8 +13,10 @@ The value before prewarm's first change is recorded on the same object in
 (``/scale``), with ``prewarm.io/set-replicas`` (what prewarm wrote) and the label
 ``prewarm.io/floor=active`` so expired floors can be found. For HPA and ScaledObject record and
 raise are ONE write; for ``/scale`` the record is written first. Either way there is never a raised
-floor without a recorded original. On expiry the original is restored, unless someone else changed
-the value since prewarm set it (theirs is kept); then the record is removed.
+floor without a recorded original. When someone else changes the value while a floor stands, their
+value becomes the recorded original (the operator's last change wins, on every path). On expiry
+the original is restored, unless someone else changed the value since prewarm set it (theirs is
+kept); then the record is removed.
 
 Must not: lower a value someone else raised, or write to a workload another autoscaler owns.
 """
@@ -163,7 +165,10 @@ class ReplicaFloors:
         raw = spec.get(owner.field)
         current_value = default if raw is None else int(raw)
         recorded = annotations.get(owner.original_key)
-        if recorded is None:
+        ours = annotations.get(SET_REPLICAS) == str(current_value)
+        if recorded is None or not ours:
+            # No record yet, or someone changed the value since prewarm set it: the operator's
+            # last change is what the restore puts back.
             original_text = UNSET if raw is None else str(raw)
             original = current_value
         else:
@@ -173,7 +178,6 @@ class ReplicaFloors:
         if owner.via == "hpa" and spec.get("maxReplicas") is not None:
             # The API rejects minReplicas > maxReplicas; the floor is capped, not the HPA widened.
             target = min(target, int(spec["maxReplicas"]))
-        ours = annotations.get(SET_REPLICAS) == str(current_value)
         if not ours:
             # Someone else set the value (or nobody did yet): never lower theirs.
             target = max(target, current_value)

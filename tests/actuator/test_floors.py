@@ -239,3 +239,29 @@ def test_one_missing_workload_does_not_stop_the_other_floors(
     assert isinstance(results[0].error, NotFound)
     assert results[1].error is None
     assert get(kube, path)["spec"]["replicas"] == 2
+
+
+@pytest.mark.parametrize("via", ["scale", "hpa"])
+def test_an_operators_change_during_a_floor_is_what_the_restore_puts_back(
+    kube: KubeClient, config: ActuatorConfig, via: str
+) -> None:
+    """The operator's last change wins: one rule for /scale and HPA floors."""
+    dep_path = deployment(kube, config.namespace, replicas=1)
+    path, field = dep_path, "replicas"
+    if via == "hpa":
+        path, field = hpa(kube, config.namespace, "llama", min_replicas=1), "minReplicas"
+    floors = ReplicaFloors(kube, config)
+    floors.raise_floor(floor(config.namespace, 3), now_s=NOW)
+    assert get(kube, path)["spec"][field] == 3
+    # An operator sets 2 while the floor (3) is up; the floor still stands and is raised again.
+    change = path + "/scale" if via == "scale" else path
+    kube.merge_patch(change, {"spec": {field: 2}}, field_manager="kubectl", dry_run=False)
+    floors.raise_floor(floor(config.namespace, 3), now_s=NOW)
+    assert get(kube, path)["spec"][field] == 3
+
+    floors.reconcile([], now_s=NOW)  # the floor ends
+
+    restored = get(kube, path)
+    assert restored["spec"][field] == 2  # the operator's value, not the one before the floor
+    assert ORIGINAL_REPLICAS not in annotations_of(restored)
+    assert ORIGINAL_MIN not in annotations_of(restored)

@@ -38,15 +38,19 @@ from gpu_agent.holdings import Holding, Holdings
 from gpu_agent.host_tier import HostTier
 from gpu_agent.leases import Leases
 from gpu_agent.loader import Loader
+from gpu_agent.model_dir import WEIGHT_SUFFIX, TreeFile, model_slug
 from gpu_agent.nvml import GpuMemory, Nvml, PynvmlNvml
 from gpu_agent.progress import LoadProgress, Stage
 from gpu_agent.reclaim import Reclaimer
 from gpu_agent.safetensors_format import read_layout
 from gpu_agent.sources import Fetcher, SourcePolicy
-from gpu_agent.specs import PreloadSpec, check_spec, validate_model_id
+from gpu_agent.specs import CheckedWeights, PreloadSpec, check_spec, validate_model_id
 from gpu_agent.status import status_response
 from protos import gpu_agent_pb2 as pb
 from protos.tiers import agent_tier
+
+LEASE_SWEEP_S = 1.0
+"""How often expired leases are looked for (at most; sooner when one is due)."""
 
 
 class Agent:
@@ -139,12 +143,24 @@ class Agent:
         self._host.reset()
         for manifest in self._disk.recover():
             model_id = ModelId(manifest.model_id)
-            directory = self._disk.model_dir(model_id)
-            paths = [directory / f.name for f in manifest.files]
+            directory = self._disk.model_dir(model_id, manifest.revision)
+            tree = tuple(
+                TreeFile(f.path, directory / f.name, f.size_bytes) for f in manifest.files if f.path
+            )
+            paths = [
+                directory / f.name
+                for f in manifest.files
+                if not f.path or f.path.endswith(WEIGHT_SUFFIX)
+            ]
             try:
                 layouts = [read_layout(path) for path in paths]
             except DataLoss:
-                self._disk.remove(model_id)
+                self._disk.remove(model_id, manifest.revision)
+                continue
+            if model_id in self._holdings:
+                # Two revisions on disk: an agent killed while replacing one. Keep the first
+                # found; the next Preload of the other fetches only what it misses.
+                self._disk.remove(model_id, manifest.revision)
                 continue
             self._holdings.put(
                 Holding(
@@ -154,6 +170,8 @@ class Agent:
                     disk_files=paths,
                     layouts=layouts,
                     disk_bytes=sum(f.size_bytes for f in manifest.files),
+                    revision=manifest.revision,
+                    tree=tree,
                 )
             )
 
@@ -183,6 +201,8 @@ class Agent:
         """
         held = spec.model_id in self._holdings
         checked = check_spec(spec, config=self.config, policy=self._policy, held=held)
+        if checked.is_directory:
+            self._check_directory(spec.model_id, checked)
         model_id = spec.model_id
         progress = LoadProgress(model_id, started=self._mono(), monotonic=self._mono)
         control = LoadControl(self._deadline(spec, grpc_time_remaining_s), clock=self._mono)
@@ -193,7 +213,9 @@ class Agent:
             with self._holdings.lock:
                 existing = self._holdings.get(model_id)
                 tier = None
-                if existing is not None and self._satisfies(existing, spec.target_tier):
+                same = not checked.sources or existing is None
+                same = same or (existing is not None and existing.revision == checked.revision)
+                if same and existing is not None and self._satisfies(existing, spec.target_tier):
                     existing.predicted_value = spec.predicted_value
                     existing.last_used = self._mono()
                     tier = existing.tier
@@ -202,6 +224,26 @@ class Agent:
                 return
             async for item in self._loader.run(spec, checked, control=control, progress=progress):
                 yield item
+
+    def _check_directory(self, model_id: ModelId, checked: CheckedWeights) -> None:
+        """Refuse, before anything is written, a directory model that would share its slug with
+        another held model, or replace a revision that pods hold leases on."""
+        slug = model_slug(model_id)
+        with self._holdings.lock:
+            for other in self._holdings.all():
+                clash = other.model_id != model_id and model_slug(other.model_id) == slug
+                if clash and other.is_directory:
+                    raise FailedPrecondition(
+                        f"models {other.model_id} and {model_id} would share the directory "
+                        f"<shm_dir>/models/{slug}; evict {other.model_id} first or rename one"
+                    )
+            existing = self._holdings.get(model_id)
+            if existing is not None and existing.revision != checked.revision and existing.leases:
+                raise FailedPrecondition(
+                    f"model {model_id} is held at revision {existing.revision or '(single file)'} "
+                    f"and {len(existing.leases)} lease(s) hold it; revision {checked.revision} "
+                    "is loaded once they are released"
+                )
 
     def _deadline(self, spec: PreloadSpec, grpc_remaining: float | None) -> float | None:
         candidates = []
@@ -284,6 +326,7 @@ class Agent:
         }
         return status_response(
             self._holdings,
+            current_link=self._host.current_link,
             node=self._node,
             gpu_unavailable_reason=self.gpu_unavailable_reason(),
             gpus=gpus,
@@ -304,17 +347,26 @@ class Agent:
     # ------------------------------------------------------------------------------- hand-off
 
     def attach(
-        self, model_id: str, *, max_tier: Tier = Tier.GPU, client_pid: int
+        self,
+        model_id: str,
+        *,
+        max_tier: Tier = Tier.GPU,
+        client_pid: int,
+        lease_ttl_s: float = 0.0,
+        lease_only: bool = False,
     ) -> pb.AttachResponse:
         """Open a lease on a held model and describe how to map it without copying.
 
         GPU tier: a CUDA IPC handle of the model's one allocation (only when it lives on a CUDA
         device). Host tier: the shared-memory files to mmap. Disk tier: the cached files, which
-        the client loads normally. :class:`NotFound` if the model is not held.
+        the client loads normally. ``lease_ttl_s`` > 0: the lease ends unless renewed
+        (:meth:`renew_lease`) within that time. ``lease_only``: just the lease (a pod's hold
+        sidecar). :class:`NotFound` if the model is not held.
         """
         mid = self.validate_model_id(model_id)
         try:
-            return self._leases.attach(mid, max_tier=max_tier, client_pid=client_pid)
+            return self._leases.attach(mid, max_tier=max_tier, client_pid=client_pid,
+                                       ttl_s=lease_ttl_s, lease_only=lease_only)  # fmt: skip
         except NotFound:
             self._events.publish(pb.Event.KIND_ATTACH_MISSED, mid, reason=f"pid {client_pid}")
             raise
@@ -322,6 +374,25 @@ class Agent:
     def release(self, lease_id: str) -> None:
         """End a lease; :class:`NotFound` if it does not exist (already released)."""
         self._leases.release(lease_id)
+
+    def renew_lease(self, lease_id: str) -> float:
+        """Keep a TTL lease alive; its TTL. :class:`NotFound` once it has ended."""
+        return self._leases.renew(lease_id)
+
+    def expire_leases(self) -> list[str]:
+        """End the leases whose renewals stopped; their ids (see :meth:`watch_leases`)."""
+        return self._leases.expire()
+
+    async def watch_leases(self, stop: asyncio.Event) -> None:
+        """End expired leases until ``stop``: every :data:`LEASE_SWEEP_S`, sooner when one is
+        due, so a lease lasts at most its TTL plus a sweep."""
+        while not stop.is_set():
+            self.expire_leases()
+            wait_s = LEASE_SWEEP_S
+            if (due := self._leases.next_expiry()) is not None:
+                wait_s = min(wait_s, max(due - self._mono(), 0.01))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait_s)
 
     # -------------------------------------------------------------------------------- events
 

@@ -1,13 +1,15 @@
 """The node-local disk tier: where a model's files live, its manifest, and start-up clean-up.
 
 Owns the directory layout ``<cache_dir>/models/<key>/`` (``key`` derives from the model id, so any
-id is a safe directory name), the manifest written last and atomically (a directory without one is
-incomplete), and :meth:`DiskCache.recover`, which removes whatever a killed agent left behind. It
+id is a safe directory name; a directory model's revision ``r`` lives in ``<key>@r/``, its files
+under ``tree/`` at their paths), the manifest written last and atomically (a directory without one
+is incomplete), and :meth:`DiskCache.recover`, which removes whatever a killed agent left behind. It
 must not fetch or validate sources (see :mod:`gpu_agent.sources`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,6 +22,9 @@ from common.ids import ModelId
 from gpu_agent.sources import PARTIAL_SUFFIX
 
 MANIFEST = "manifest.json"
+TREE = "tree"
+"""A directory model's files lie under ``<model dir>/tree/`` at their paths (so a model file
+named ``manifest.json`` cannot collide with the cache's own)."""
 
 
 def model_key(model_id: ModelId) -> str:
@@ -30,11 +35,13 @@ def model_key(model_id: ModelId) -> str:
 
 @dataclass(frozen=True, slots=True)
 class CachedFile:
-    """A complete, verified file in the disk tier."""
+    """A complete, verified file in the disk tier: ``name`` relative to the model's cache
+    directory; ``path`` its path inside a directory model (empty for a single-file model)."""
 
     name: str
     sha256: str
     size_bytes: int
+    path: str = ""
 
 
 @dataclass(slots=True)
@@ -44,6 +51,8 @@ class Manifest:
     model_id: str
     files: list[CachedFile] = field(default_factory=list)
     predicted_value: float = 0.0
+    revision: str = ""
+    """A directory model's revision (empty: a single-file model)."""
 
 
 class DiskCache:
@@ -53,16 +62,19 @@ class DiskCache:
         self.root = root
         self.models_dir = root / "models"
 
-    def model_dir(self, model_id: ModelId) -> Path:
-        return self.models_dir / model_key(model_id)
+    def model_dir(self, model_id: ModelId, revision: str = "") -> Path:
+        """The cache directory of ``model_id`` (at ``revision``, for a directory model)."""
+        key = model_key(model_id)
+        return self.models_dir / (f"{key}@{revision}" if revision else key)
 
     def write_manifest(self, model_id: ModelId, manifest: Manifest) -> None:
         """Mark the model's directory complete (atomic rename of the manifest)."""
-        directory = self.model_dir(model_id)
+        directory = self.model_dir(model_id, manifest.revision)
         partial = directory / (MANIFEST + PARTIAL_SUFFIX)
         data = {
             "model_id": manifest.model_id,
             "predicted_value": manifest.predicted_value,
+            "revision": manifest.revision,
             "files": [asdict(f) for f in manifest.files],
         }
         partial.write_text(json.dumps(data), encoding="utf-8")
@@ -76,6 +88,7 @@ class DiskCache:
                 model_id=str(data["model_id"]),
                 predicted_value=float(data.get("predicted_value", 0.0)),
                 files=[CachedFile(**f) for f in data["files"]],
+                revision=str(data.get("revision", "")),
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -85,9 +98,9 @@ class DiskCache:
                 return None
         return manifest
 
-    def remove(self, model_id: ModelId) -> int:
-        """Delete the model's directory; return the bytes freed."""
-        return _remove_tree(self.model_dir(model_id))
+    def remove(self, model_id: ModelId, revision: str = "") -> int:
+        """Delete the model's directory (at ``revision``); return the bytes freed."""
+        return _remove_tree(self.model_dir(model_id, revision))
 
     def recover(self) -> list[Manifest]:
         """Remove partial files and incomplete directories; return the complete models.
@@ -99,12 +112,21 @@ class DiskCache:
         complete = []
         for directory in sorted(self.models_dir.iterdir()):
             manifest = self.read_manifest(directory) if directory.is_dir() else None
-            if manifest is None or model_key(ModelId(manifest.model_id)) != directory.name:
+            expected = (
+                self.model_dir(ModelId(manifest.model_id), manifest.revision).name
+                if manifest is not None
+                else None
+            )
+            if manifest is None or expected != directory.name:
                 _remove_tree(directory)
                 continue
-            keep = {MANIFEST} | {f.name for f in manifest.files}
-            for entry in directory.iterdir():
-                if entry.name not in keep:
+            keep = {directory / MANIFEST} | {directory / f.name for f in manifest.files}
+            for entry in sorted(directory.rglob("*"), reverse=True):
+                # Deepest first: stray files (a killed fetch's .partial), then emptied directories.
+                if entry.is_dir() and not entry.is_symlink():
+                    if not any(entry.iterdir()):
+                        entry.rmdir()
+                elif entry not in keep:
                     _remove_tree(entry)
             complete.append(manifest)
         return complete
@@ -118,7 +140,12 @@ def _remove_tree(path: Path) -> int:
     if not path.exists() and not path.is_symlink():
         return 0
     if path.is_dir() and not path.is_symlink():
-        freed = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        freed = sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+        # The host tier's model directories are read-only (0555): a non-root owner can delete
+        # their entries only after giving itself write permission on each directory again.
+        for directory, _, _ in os.walk(path):
+            with contextlib.suppress(OSError):
+                os.chmod(directory, 0o755)
         shutil.rmtree(path, ignore_errors=True)
         return freed
     freed = path.stat().st_size if path.is_file() else 0

@@ -2,7 +2,9 @@
 
 Owns the naming of a model's cached files, the fetch of each weights source (through
 :class:`gpu_agent.sources.Fetcher`), the conversion of allowed pickle checkpoints, the layout check
-of every file and the manifest that marks the model complete; and the fetch-then-install of its
+of every safetensors file and the manifest that marks the model complete (a directory model's files
+keep their paths under ``tree/``; only its ``.safetensors`` files are read as weights, the others
+are cached as they are); and the fetch-then-install of its
 compiled artifacts through a scratch directory. Every file it creates is appended to the caller's
 ``created`` list first, so a failed load removes it. It must not decide tiers or touch the
 registry of holdings.
@@ -21,21 +23,25 @@ from common.tiers import Tier
 from gpu_agent import artifacts as artifact_install
 from gpu_agent.checkpoints import convert_pickle, is_pickle
 from gpu_agent.control import LoadControl
-from gpu_agent.diskcache import CachedFile, DiskCache, Manifest, model_key
+from gpu_agent.diskcache import TREE, CachedFile, DiskCache, Manifest, model_key
+from gpu_agent.model_dir import WEIGHT_SUFFIX, TreeFile
 from gpu_agent.progress import Emit, LoadProgress, Stage
 from gpu_agent.safetensors_format import SafetensorsLayout, read_layout
 from gpu_agent.sources import CheckedSource, Fetcher, SourcePolicy
-from gpu_agent.specs import ArtifactSpec, PreloadSpec
+from gpu_agent.specs import ArtifactSpec, CheckedWeights, PreloadSpec
 from protos import gpu_agent_pb2 as pb
 
 
 @dataclass(frozen=True, slots=True)
 class DiskCopy:
-    """A model's complete files in the disk tier."""
+    """A model's complete files in the disk tier: ``files`` (aligned with ``layouts``) are the
+    safetensors weights; a directory model's every file is in ``tree``, at ``revision``."""
 
     files: list[Path]
     layouts: list[SafetensorsLayout]
     nbytes: int
+    tree: tuple[TreeFile, ...] = ()
+    revision: str = ""
 
 
 def source_bytes(checked: Sequence[CheckedSource]) -> int:
@@ -75,7 +81,7 @@ class ModelFetcher:
     def fetch(
         self,
         spec: PreloadSpec,
-        checked: Sequence[CheckedSource],
+        weights: CheckedWeights,
         *,
         control: LoadControl,
         progress: LoadProgress,
@@ -83,6 +89,10 @@ class ModelFetcher:
         created: list[Path],
     ) -> DiskCopy:
         """Fetch, verify and convert every weights source; write the manifest last."""
+        if weights.is_directory:
+            return self._fetch_tree(spec, weights, control=control, progress=progress, emit=emit,
+                                    created=created)  # fmt: skip
+        checked = weights.sources
         model_id = spec.model_id
         directory = self._disk.model_dir(model_id)
         if not directory.exists():
@@ -110,6 +120,52 @@ class ModelFetcher:
             Manifest(model_id=model_id, files=files, predicted_value=spec.predicted_value),
         )
         return DiskCopy(paths, layouts, sum(f.size_bytes for f in files))
+
+    def _fetch_tree(
+        self,
+        spec: PreloadSpec,
+        weights: CheckedWeights,
+        *,
+        control: LoadControl,
+        progress: LoadProgress,
+        emit: Emit,
+        created: list[Path],
+    ) -> DiskCopy:
+        """A directory model: every file at its path under ``tree/``, each verified by its own
+        sha256 (the Fetcher's ``.partial`` + rename); safetensors files' headers checked."""
+        model_id = spec.model_id
+        directory = self._disk.model_dir(model_id, weights.revision)
+        # A revision directory left by an earlier, failed attempt has no manifest: start over.
+        remove_leftover = directory.exists() and self._disk.read_manifest(directory) is None
+        if remove_leftover:
+            shutil.rmtree(directory, ignore_errors=True)
+        if not directory.exists():
+            created.append(directory)
+        tree_root = directory / TREE
+        tree_root.mkdir(parents=True, exist_ok=True)
+        total = source_bytes(weights.sources)
+        reporter = progress.stage(Stage.STAGE_FETCHING, total=total, emit=emit)
+        tree: list[TreeFile] = []
+        files: list[CachedFile] = []
+        for source, path in zip(weights.sources, weights.paths, strict=True):
+            dest = tree_root / path
+            created.append(dest)
+            size, digest = self._fetcher.fetch(source, dest, control=control, progress=reporter.add)
+            tree.append(TreeFile(path, dest, size))
+            files.append(CachedFile(name=f"{TREE}/{path}", sha256=digest, size_bytes=size,
+                                    path=path))  # fmt: skip
+        reporter.finish()
+        control.checkpoint()
+        emit(progress.message(Stage.STAGE_VERIFYING, tier=Tier.DISK))
+        weight_files = [t.disk_path for t in tree if t.path.endswith(WEIGHT_SUFFIX)]
+        layouts = [read_layout(path) for path in weight_files]
+        self._disk.write_manifest(
+            model_id,
+            Manifest(model_id=model_id, files=files, predicted_value=spec.predicted_value,
+                     revision=weights.revision),
+        )  # fmt: skip
+        return DiskCopy(weight_files, layouts, sum(f.size_bytes for f in files), tuple(tree),
+                        weights.revision)  # fmt: skip
 
     def install_artifacts(
         self,

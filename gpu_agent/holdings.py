@@ -20,6 +20,7 @@ from common.tiers import Tier
 from gpu_agent.control import LoadControl
 from gpu_agent.copy_engine import PinnedMapping, Placement
 from gpu_agent.eviction import Candidate
+from gpu_agent.model_dir import TreeFile
 from gpu_agent.safetensors_format import SafetensorsLayout
 
 
@@ -66,14 +67,30 @@ class Holding:
     """Open leases: lease id -> the attached client's pid."""
     last_load: LoadRecord | None = None
     """The latest load that moved the model up (None: none since the agent started)."""
+    revision: str = ""
+    """A directory model's revision (empty: a single-file model)."""
+    tree: tuple[TreeFile, ...] = ()
+    """A directory model's every file in the disk tier (its weights are also ``disk_files``)."""
+    host_dir: Path | None = None
+    """A directory model's read-only revision directory in the host tier, while it is there
+    (``host_files`` are its safetensors files)."""
+
+    @property
+    def is_directory(self) -> bool:
+        return bool(self.tree)
 
     @property
     def data_bytes(self) -> int:
         return sum(layout.data_bytes for layout in self.layouts)
 
     @property
+    def extra_bytes(self) -> int:
+        """A directory model's files that are not weights (config, tokenizer, index, ...)."""
+        return sum(t.size_bytes for t in self.tree if not t.is_weights)
+
+    @property
     def file_bytes(self) -> int:
-        return sum(layout.file_bytes for layout in self.layouts)
+        return sum(layout.file_bytes for layout in self.layouts) + self.extra_bytes
 
     @property
     def tier(self) -> Tier:

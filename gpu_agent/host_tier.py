@@ -2,7 +2,13 @@
 
 Owns the tier's directory (``<shm_dir>/<key>/``, emptied at start-up: its files belonged to the
 previous process), copying a model's disk files into it, page-locking them for GPU fills
-(``host_fill=registered``), removing them, and the free space beyond ``host_headroom_bytes``. It
+(``host_fill=registered``), removing them, and the free space beyond ``host_headroom_bytes``.
+
+Directory models are the engines' hand-off: each revision is materialised read-only (files 0444,
+directories 0555) at ``<shm_dir>/models/<slug>/<revision>/`` (:mod:`gpu_agent.model_dir` names
+them), written under a hidden temporary name and renamed, so no process ever sees it half
+written; ``<shm_dir>/models/<slug>/current`` is a relative symlink switched atomically (a new link
+renamed over the old) to the newest complete revision, so a pod can name one fixed path. It
 must not decide which model to drop to make room (:mod:`gpu_agent.reclaim` does) or touch the
 registry of holdings.
 """
@@ -11,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -21,7 +26,11 @@ from common.ids import ModelId
 from gpu_agent.control import LoadControl
 from gpu_agent.copy_engine import PinnedMapping
 from gpu_agent.diskcache import model_key, remove_tree
-from gpu_agent.sources import copy_with_progress
+from gpu_agent.model_dir import CURRENT_LINK, MODELS_SUBDIR, TreeFile, model_slug
+from gpu_agent.sources import PARTIAL_SUFFIX, copy_with_progress
+
+READ_ONLY_FILE = 0o444
+READ_ONLY_DIR = 0o555
 
 
 class HostTier:
@@ -37,8 +46,9 @@ class HostTier:
 
     def reset(self) -> None:
         """Empty the tier. Processes that still map its files keep their mappings after unlink."""
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(self.root)
+        # remove_tree makes read-only model directories writable first; errors are ignored (the
+        # root may be a mount point, which cannot itself be removed: its contents are).
+        remove_tree(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
 
     def free_bytes(self) -> int:
@@ -74,6 +84,78 @@ class HostTier:
             copy_with_progress(path, dest, control=control, progress=progress)
             paths.append(dest)
         return paths
+
+    # ------------------------------------------------------------------- directory models
+
+    def model_base(self, model_id: ModelId) -> Path:
+        """``<shm_dir>/models/<slug>/``: a directory model's revisions and its ``current`` link."""
+        return self.root / MODELS_SUBDIR / model_slug(model_id)
+
+    def revision_dir(self, model_id: ModelId, revision: str) -> Path:
+        return self.model_base(model_id) / revision
+
+    def current_link(self, model_id: ModelId) -> Path:
+        return self.model_base(model_id) / CURRENT_LINK
+
+    def materialise(
+        self,
+        model_id: ModelId,
+        revision: str,
+        tree: Sequence[TreeFile],
+        *,
+        control: LoadControl,
+        progress: Callable[[int], None],
+        created: list[Path],
+    ) -> Path:
+        """Copy a directory model's files to its read-only revision directory; return it.
+
+        Written as ``.<revision>.partial`` and renamed when complete; both names are appended to
+        ``created`` first (a failed load removes them). ``current`` is not touched: :meth:`publish`
+        switches it once the whole load succeeded.
+        """
+        base = self.model_base(model_id)
+        base.mkdir(parents=True, exist_ok=True)
+        final = base / revision
+        staging = base / f".{revision}{PARTIAL_SUFFIX}"
+        remove_tree(staging)  # left by a killed agent only (reset empties the tier at start-up)
+        created.append(staging)
+        for item in tree:
+            dest = staging / item.path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            copy_with_progress(item.disk_path, dest, control=control, progress=progress)
+        control.checkpoint()
+        for directory, _, files in os.walk(staging, topdown=False):
+            for name in files:
+                os.chmod(os.path.join(directory, name), READ_ONLY_FILE)
+            os.chmod(directory, READ_ONLY_DIR)
+        created.append(final)
+        os.rename(staging, final)
+        return final
+
+    def publish(self, model_id: ModelId, revision: str) -> Path:
+        """Point ``current`` at ``revision`` (atomically: a new link renamed over the old one)."""
+        link = self.current_link(model_id)
+        staging = link.with_name(f".{CURRENT_LINK}.{os.getpid()}{PARTIAL_SUFFIX}")
+        staging.unlink(missing_ok=True)
+        # Relative, so the link resolves wherever the pod mounts shm_dir.
+        staging.symlink_to(revision, target_is_directory=True)
+        os.replace(staging, link)
+        return link
+
+    def remove_revision(
+        self, model_id: ModelId, revision: str, pinned: Mapping[Path, PinnedMapping]
+    ) -> int:
+        """Unpin and delete one revision directory; ``current`` goes too when it pointed there
+        (a pod then finds no directory rather than a dangling link). The bytes freed."""
+        unpin(pinned)
+        base = self.model_base(model_id)
+        link = base / CURRENT_LINK
+        if link.is_symlink() and os.readlink(link) == revision:
+            link.unlink(missing_ok=True)
+        freed = remove_tree(base / revision)
+        with contextlib.suppress(OSError):
+            base.rmdir()  # only when no revision and no link is left
+        return freed
 
     def pin(self, paths: Sequence[Path], *, gpu_usable: bool) -> dict[Path, PinnedMapping]:
         """Page-lock the files so later GPU fills DMA from them; ``{}`` when that is not done.

@@ -4,17 +4,20 @@ Owns Attach and Release: the lease table, the tier offered (the fastest held, up
 caller can map: a CUDA IPC handle of the GPU allocation, the host tier's shared-memory files, or
 the disk files), the tensor table with offsets into whatever is offered, and releasing memory
 kept alive only by a lease. An attached model is never a candidate for eviction (the registry
-sees its leases). It must not load or evict models.
+sees its leases). A lease may carry a time to live: its holder (a pod's hold sidecar) renews it,
+and :meth:`Leases.expire` ends the ones whose renewals stopped, so a crashed pod never pins a
+model forever. It must not load or evict models.
 """
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from common.errors import NotFound
+from common.errors import InvalidInput, NotFound
 from common.ids import ModelId
 from common.tiers import Tier
 from gpu_agent.events import EventBus
@@ -24,11 +27,18 @@ from gpu_agent.safetensors_format import SafetensorsLayout
 from protos import gpu_agent_pb2 as pb
 from protos.tiers import agent_tier
 
+MAX_LEASE_TTL_S = 86_400.0
+"""A day: a TTL is a crash detector, not a reservation."""
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class _Lease:
     model_id: ModelId
     pid: int
+    ttl_s: float = 0.0
+    """0: lives until Release."""
+    expires_at: float = float("inf")
+    """Monotonic time after which :meth:`Leases.expire` ends it."""
 
 
 class Leases:
@@ -48,12 +58,23 @@ class Leases:
         self._mono = monotonic
         self._leases: dict[str, _Lease] = {}
 
-    def attach(self, model_id: ModelId, *, max_tier: Tier, client_pid: int) -> pb.AttachResponse:
+    def attach(
+        self,
+        model_id: ModelId,
+        *,
+        max_tier: Tier,
+        client_pid: int,
+        ttl_s: float = 0.0,
+        lease_only: bool = False,
+    ) -> pb.AttachResponse:
         """Open a lease on a held model, offered in the fastest tier up to ``max_tier``.
 
-        GPU tier only when the allocation lives on a CUDA device. :class:`NotFound` if the model
-        is not held.
+        GPU tier only when the allocation lives on a CUDA device. ``ttl_s`` > 0: the lease ends
+        unless renewed within that many seconds. ``lease_only``: no tensor table or handle (the
+        caller only pins the model). :class:`NotFound` if the model is not held.
         """
+        if not 0 <= ttl_s <= MAX_LEASE_TTL_S or ttl_s != ttl_s:
+            raise InvalidInput(f"lease_ttl_s must be between 0 and {MAX_LEASE_TTL_S:.0f}")
         with self._holdings.lock:
             holding = self._holdings.get(model_id)
             if holding is None:
@@ -61,7 +82,9 @@ class Leases:
             lease_id = uuid.uuid4().hex
             response = pb.AttachResponse(model_id=model_id, lease_id=lease_id)
             gpu = holding.gpu
-            if max_tier >= Tier.GPU and gpu is not None and gpu.buffer.is_cuda:
+            if lease_only:
+                tier = min(holding.tier, max_tier)
+            elif max_tier >= Tier.GPU and gpu is not None and gpu.buffer.is_cuda:
                 tier = Tier.GPU
                 response.cuda.CopyFrom(_ipc_handle(gpu))
                 layouts = [p.layout for p in gpu.placements]
@@ -80,26 +103,74 @@ class Leases:
                 _add_tensors(response, holding.layouts, shifts=[0] * len(holding.layouts))
             response.tier = agent_tier(tier)
             holding.leases[lease_id] = client_pid
-            holding.last_used = self._mono()
-            self._leases[lease_id] = _Lease(model_id, client_pid)
+            now = self._mono()
+            holding.last_used = now
+            expires = now + ttl_s if ttl_s > 0 else float("inf")
+            self._leases[lease_id] = _Lease(model_id, client_pid, ttl_s, expires)
         self._events.publish(
             pb.Event.KIND_ATTACHED, model_id, tier=tier, reason=f"pid {client_pid}"
         )
         return response
 
-    def release(self, lease_id: str) -> None:
-        """End a lease; :class:`NotFound` if it does not exist (already released)."""
+    def release(self, lease_id: str, *, reason: str = "") -> None:
+        """End a lease; :class:`NotFound` if it does not exist (already released or expired)."""
         with self._holdings.lock:
             lease = self._leases.pop(lease_id, None)
             if lease is None:
-                raise NotFound(f"lease {lease_id[:64]!r} does not exist (already released?)")
+                raise NotFound(
+                    f"lease {lease_id[:64]!r} does not exist (already released, or expired)"
+                )
             holding = self._holdings.get(lease.model_id)
             if holding is not None:
                 holding.leases.pop(lease_id, None)
             evicted_while_attached = holding is None or holding.gpu is None
         if evicted_while_attached:
             self._gpu.release_cache()
-        self._events.publish(pb.Event.KIND_RELEASED, lease.model_id, reason=f"pid {lease.pid}")
+        self._events.publish(
+            pb.Event.KIND_RELEASED, lease.model_id, reason=reason or f"pid {lease.pid}"
+        )
+
+    def renew(self, lease_id: str) -> float:
+        """Extend a lease by its TTL; the TTL (0: the lease has none and needs no renewal).
+        :class:`NotFound` when it has ended: the holder attaches again."""
+        with self._holdings.lock:
+            lease = self._leases.get(lease_id)
+            if lease is None:
+                raise NotFound(
+                    f"lease {lease_id[:64]!r} does not exist (released, or expired because it "
+                    "was not renewed in time): attach again"
+                )
+            now = self._mono()
+            if lease.ttl_s > 0:
+                lease.expires_at = now + lease.ttl_s
+            holding = self._holdings.get(lease.model_id)
+            if holding is not None:
+                holding.last_used = now
+            return lease.ttl_s
+
+    def expire(self) -> list[str]:
+        """End every lease whose TTL passed without a renewal; their ids."""
+        now = self._mono()
+        with self._holdings.lock:
+            stale = [
+                (lease_id, lease)
+                for lease_id, lease in self._leases.items()
+                if lease.expires_at <= now
+            ]
+        for lease_id, lease in stale:
+            # A Release racing this one may have ended it already: that is the same outcome.
+            with contextlib.suppress(NotFound):
+                self.release(
+                    lease_id,
+                    reason=f"pid {lease.pid}: lease expired (not renewed for {lease.ttl_s:g} s)",
+                )
+        return [lease_id for lease_id, _ in stale]
+
+    def next_expiry(self) -> float | None:
+        """The monotonic time of the earliest lease expiry, or ``None`` without TTL leases."""
+        with self._holdings.lock:
+            times = [lease.expires_at for lease in self._leases.values() if lease.ttl_s > 0]
+        return min(times) if times else None
 
 
 def _add_tensors(

@@ -1,11 +1,14 @@
 """One preload's load: up the tiers in a worker thread, progress to the caller, commit or clean up.
 
 Owns the pipeline disk → host → GPU for one model (fetching only what the model is not already
-held in, falling back to host memory on a node without a GPU), the early refusal of a model that
-can never fit, the bridge that streams a worker thread's progress to the async caller, and the
-rule that a failed or cancelled load leaves nothing behind: every file and allocation it created
-is removed, tiers the model already held stay as they were. It must not validate requests
-(:mod:`gpu_agent.specs`) or serialise preloads of one model (the agent does).
+held in, falling back to host memory on a node without a GPU), a directory model's hand-off
+directory (materialised in the host tier whenever the target is host or GPU, its ``current`` link
+switched as the load's last step; a new revision of a held model is loaded beside the old one,
+which is dropped at commit), the early refusal of a model that can never fit, the bridge that
+streams a worker thread's progress to the async caller, and the rule that a failed or cancelled
+load leaves nothing behind: every file and allocation it created is removed, tiers the model
+already held stay as they were. It must not validate requests (:mod:`gpu_agent.specs`) or
+serialise preloads of one model (the agent does).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from gpu_agent.progress import Emit, LoadProgress, Stage
 from gpu_agent.reclaim import Reclaimer
 from gpu_agent.safetensors_format import SafetensorsLayout
 from gpu_agent.sources import CheckedSource
-from gpu_agent.specs import PreloadSpec
+from gpu_agent.specs import CheckedWeights, PreloadSpec
 from protos import gpu_agent_pb2 as pb
 
 
@@ -43,6 +46,10 @@ class _LoadResult:
     tier_message: str
     source: Tier
     """The tier the load started from (``REMOTE``: nothing was held)."""
+    host_dir: Path | None = None
+    """A directory model's revision directory, when this load materialised it."""
+    replaces: bool = False
+    """The model was held at another revision: the new holding replaces the old one."""
 
 
 class Loader:
@@ -72,7 +79,7 @@ class Loader:
     async def run(
         self,
         spec: PreloadSpec,
-        checked: Sequence[CheckedSource],
+        checked: CheckedWeights,
         *,
         control: LoadControl,
         progress: LoadProgress,
@@ -112,7 +119,11 @@ class Loader:
         finally:
             self._holdings.end_load(spec.model_id)
         duration_s = self._mono() - progress.started
-        holding = self._commit(spec, result, duration_s=duration_s)
+        holding, replaced = self._commit(spec, result, duration_s=duration_s)
+        if replaced is not None:
+            await asyncio.to_thread(
+                self._reclaim.discard, replaced, reason=f"replaced by revision {holding.revision}"
+            )
         self._events.publish(
             pb.Event.KIND_LOADED,
             spec.model_id,
@@ -128,9 +139,18 @@ class Loader:
             message=result.tier_message,
         )
 
-    def _commit(self, spec: PreloadSpec, result: _LoadResult, *, duration_s: float) -> Holding:
+    def _commit(
+        self, spec: PreloadSpec, result: _LoadResult, *, duration_s: float
+    ) -> tuple[Holding, Holding | None]:
+        """Record the load; the holding, and the one it replaced (another revision) if any."""
+        replaced = None
         with self._holdings.lock:
             holding = self._holdings.get(spec.model_id)
+            if holding is not None and result.replaces:
+                # Leases taken on the old revision while the new one loaded end with it; the
+                # agent refuses to start a replacement while the old revision is leased.
+                replaced = self._holdings.pop(spec.model_id)
+                holding = None
             if holding is None:
                 holding = Holding(
                     model_id=spec.model_id,
@@ -139,6 +159,8 @@ class Loader:
                     disk_files=result.disk.files,
                     layouts=result.disk.layouts,
                     disk_bytes=result.disk.nbytes,
+                    revision=result.disk.revision,
+                    tree=result.disk.tree,
                 )
                 self._holdings.put(holding)
             holding.predicted_value = spec.predicted_value
@@ -146,6 +168,7 @@ class Loader:
             if result.host_files is not None:
                 holding.host_files = result.host_files
                 holding.host_pinned = result.host_pinned
+                holding.host_dir = result.host_dir
             if result.gpu is not None:
                 holding.gpu = result.gpu
             # Status reports this load once (the daemon learns weight lead times from it).
@@ -156,14 +179,14 @@ class Loader:
                 target=holding.tier,
                 nbytes=holding.file_bytes,
             )
-            return holding
+            return holding, replaced
 
     # ------------------------------------------------------------------ in the worker thread
 
     def _load(
         self,
         spec: PreloadSpec,
-        checked: Sequence[CheckedSource],
+        checked: CheckedWeights,
         *,
         control: LoadControl,
         progress: LoadProgress,
@@ -176,20 +199,31 @@ class Loader:
         try:
             with self._holdings.lock:
                 existing = self._holdings.get(model_id)
+                replaces = (
+                    existing is not None
+                    and bool(checked.sources)
+                    and existing.revision != checked.revision
+                )
+                if replaces:
+                    existing = None  # another revision: load this one beside it
                 source = Tier.REMOTE if existing is None else existing.tier
                 disk = None
                 held_host = None
                 held_pinned: dict[Path, PinnedMapping] = {}
                 if existing is not None:
                     disk = DiskCopy(
-                        list(existing.disk_files), list(existing.layouts), existing.disk_bytes
+                        list(existing.disk_files),
+                        list(existing.layouts),
+                        existing.disk_bytes,
+                        existing.tree,
+                        existing.revision,
                     )
                     held_host = list(existing.host_files) if existing.host_files else None
                     held_pinned = dict(existing.host_pinned)
             if disk is None:
-                if not checked:
+                if not checked.sources:
                     raise NotFound(f"model {model_id} was evicted before this preload ran")
-                self._check_capacity_early(spec, checked)
+                self._check_capacity_early(spec, checked.sources)
                 disk = self._fetch.fetch(spec, checked, control=control, progress=progress,
                                          emit=emit, created=created)  # fmt: skip
             self._fetch.install_artifacts(spec, control=control, progress=progress, emit=emit)
@@ -199,18 +233,29 @@ class Loader:
                 target = Tier.HOST
                 message = f"no GPU on this node ({reason}): kept in host memory"
             host_files = None
-            if target == Tier.HOST and held_host is None:
-                host_files = self._to_host(spec, disk, control=control, progress=progress,
-                                           emit=emit, created=created)  # fmt: skip
+            host_dir = None
+            # A directory model's host copy is the engines' hand-off: it is made for a GPU
+            # target too (the GPU copy then fills from it).
+            wants_host = target == Tier.HOST or (target == Tier.GPU and bool(disk.tree))
+            if wants_host and held_host is None:
+                host_files, host_dir = self._to_host(spec, disk, control=control,
+                                                     progress=progress, emit=emit,
+                                                     created=created)  # fmt: skip
                 pinned = self._host.pin(
                     host_files, gpu_usable=self._gpu.unavailable_reason() is None
                 )
+                held_host, held_pinned = host_files, pinned
             if target == Tier.GPU:
                 sources = held_host if held_host is not None else disk.files
                 gpu = self._to_gpu(spec, sources, layouts=disk.layouts, control=control,
                                    progress=progress, emit=emit, pinned=held_pinned)  # fmt: skip
+            if host_dir is not None:
+                # The last step: only a complete load becomes what pods see at `current`.
+                control.checkpoint()
+                self._host.publish(model_id, disk.revision)
             return _LoadResult(disk=disk, host_files=host_files, host_pinned=pinned, gpu=gpu,
-                               tier_message=message, source=source)  # fmt: skip
+                               tier_message=message, source=source, host_dir=host_dir,
+                               replaces=replaces)  # fmt: skip
         except BaseException:
             gpu = None
             unpin(pinned)
@@ -237,14 +282,23 @@ class Loader:
         progress: LoadProgress,
         emit: Emit,
         created: list[Path],
-    ) -> list[Path]:
+    ) -> tuple[list[Path], Path | None]:
+        """Copy the model into the host tier: its files (and, for a directory model, the
+        revision directory they lie in)."""
         need = sum(layout.file_bytes for layout in disk.layouts)
+        need += sum(t.size_bytes for t in disk.tree if not t.is_weights)
         self._reclaim.make_host_room(spec.model_id, need, value=spec.predicted_value)
         reporter = progress.stage(Stage.STAGE_HOST, total=need, emit=emit)
+        if disk.tree:
+            host_dir = self._host.materialise(spec.model_id, disk.revision, disk.tree,
+                                              control=control, progress=reporter.add,
+                                              created=created)  # fmt: skip
+            reporter.finish(tier=Tier.HOST)
+            return [host_dir / t.path for t in disk.tree if t.is_weights], host_dir
         paths = self._host.copy_in(spec.model_id, disk.files, control=control,
                                    progress=reporter.add, created=created)  # fmt: skip
         reporter.finish(tier=Tier.HOST)
-        return paths
+        return paths, None
 
     def _to_gpu(
         self,

@@ -101,9 +101,7 @@ class Reclaimer:
             holding = self._holdings.get(model_id)
             if holding is None or holding.host_files is None:
                 return 0
-            holding.host_files = None
-            pinned, holding.host_pinned = holding.host_pinned, {}
-        freed = self._host.remove(model_id, pinned)
+            freed = self._remove_host(holding)
         self._events.publish(pb.Event.KIND_EVICTED, model_id, tier=Tier.HOST, nbytes=freed,
                              reason=reason)  # fmt: skip
         return freed
@@ -131,20 +129,44 @@ class Reclaimer:
                 holding = self._holdings.pop(model_id)
                 if holding is not None and not everything:
                     self._drop_in_memory(holding)
-            n = self._disk.remove(model_id)
+            n = self._disk.remove(model_id, holding.revision if holding is not None else "")
             freed += n
             tiers.append(Tier.DISK)
             self._events.publish(pb.Event.KIND_EVICTED, model_id, tier=Tier.DISK, nbytes=n,
                                  reason=EVICT_REASON)  # fmt: skip
         return freed, tiers
 
+    def _remove_host(self, holding: Holding) -> int:
+        """Delete ``holding``'s host copy (a directory model's revision directory); call under
+        the lock. The bytes freed."""
+        holding.host_files = None
+        pinned, holding.host_pinned = holding.host_pinned, {}
+        host_dir, holding.host_dir = holding.host_dir, None
+        if host_dir is not None:
+            return self._host.remove_revision(holding.model_id, holding.revision, pinned)
+        return self._host.remove(holding.model_id, pinned)
+
     def _drop_in_memory(self, holding: Holding) -> None:
         holding.gpu = None
         if holding.host_files is not None:
-            holding.host_files = None
-            pinned, holding.host_pinned = holding.host_pinned, {}
-            self._host.remove(holding.model_id, pinned)
+            self._remove_host(holding)
         self._gpu.release_cache()
+
+    def discard(self, holding: Holding, *, reason: str) -> int:
+        """Free every tier of a holding no longer in the registry (a revision replaced by a newer
+        one); the bytes freed. Its disk directory goes too: the new revision has its own."""
+        with self._holdings.lock:
+            gpu_bytes = holding.gpu.nbytes if holding.gpu is not None else 0
+            host_bytes = self._remove_host(holding) if holding.host_files is not None else 0
+            holding.gpu = None
+        self._gpu.release_cache()
+        disk_bytes = self._disk.remove(holding.model_id, holding.revision)
+        freed = ((Tier.GPU, gpu_bytes), (Tier.HOST, host_bytes), (Tier.DISK, disk_bytes))
+        for tier, nbytes in freed:
+            if nbytes:
+                self._events.publish(pb.Event.KIND_EVICTED, holding.model_id, tier=tier,
+                                     nbytes=nbytes, reason=reason)  # fmt: skip
+        return gpu_bytes + host_bytes + disk_bytes
 
     # ---------------------------------------------------------------------------- pressure
 

@@ -53,7 +53,10 @@ def preload_spec(request: pb.PreloadRequest) -> PreloadSpec:
         deadline = request.deadline.ToNanoseconds() / 1e9
     return PreloadSpec(
         model_id=ModelId(request.model_id),
-        weights=tuple(SourceSpec(s.uri, s.sha256) for s in request.weights),
+        weights=tuple(
+            SourceSpec(s.uri, s.sha256, path=s.path, size_bytes=s.size_bytes)
+            for s in request.weights
+        ),
         artifacts=tuple(
             ArtifactSpec(SourceSpec(a.source.uri, a.source.sha256), a.kind, a.install_dir)
             for a in request.artifacts
@@ -63,6 +66,7 @@ def preload_spec(request: pb.PreloadRequest) -> PreloadSpec:
         deadline_unix_s=deadline,
         gpu_uuid=request.gpu_uuid,
         allow_pickle=request.allow_pickle,
+        revision=request.revision,
     )
 
 
@@ -114,6 +118,8 @@ class GpuAgentService(pb_grpc.GpuAgentServicer):
                 request.model_id,
                 max_tier=tier_from_proto(request.max_tier) or Tier.GPU,
                 client_pid=request.client_pid,
+                lease_ttl_s=request.lease_ttl_s,
+                lease_only=request.lease_only,
             )
         except PrewarmError as error:
             await _abort(context, error)
@@ -127,6 +133,15 @@ class GpuAgentService(pb_grpc.GpuAgentServicer):
         except PrewarmError as error:
             await _abort(context, error)
         return pb.ReleaseResponse()
+
+    async def RenewLease(  # noqa: N802
+        self, request: pb.RenewLeaseRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RenewLeaseResponse:
+        try:
+            return pb.RenewLeaseResponse(lease_ttl_s=self._agent.renew_lease(request.lease_id))
+        except PrewarmError as error:
+            await _abort(context, error)
+            raise
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -242,6 +257,7 @@ async def serve(
     try:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(agent.watch_pressure(stop))
+            tasks.create_task(agent.watch_leases(stop))
             await stop.wait()
     finally:
         # Tell load balancers and kubelet first, then let in-flight calls finish.

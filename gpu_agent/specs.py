@@ -1,8 +1,9 @@
 """What a Preload asks for, in the agent's terms, and the checks it must pass before any write.
 
 Owns :class:`PreloadSpec` (and the source and artifact specs in it), the model-id rule and
-:func:`check_spec`: tier, value, source policy, the pickle opt-in and artifact install roots, all
-checked before anything is fetched or written. It must not touch the tiers or speak gRPC (the
+:func:`check_spec`: tier, value, source policy, the pickle opt-in, artifact install roots and a
+directory model's paths and revision (:mod:`gpu_agent.model_dir`), all checked before anything is
+fetched or written. It must not touch the tiers or speak gRPC (the
 server builds specs from requests; the agent runs them).
 """
 
@@ -18,6 +19,12 @@ from common.tiers import HELD_TIERS, Tier
 from gpu_agent import artifacts
 from gpu_agent.checkpoints import is_pickle
 from gpu_agent.config import AgentConfig
+from gpu_agent.model_dir import (
+    Expander,
+    check_revision,
+    digest_revision,
+    directory_entries,
+)
 from gpu_agent.sources import CheckedSource, SourcePolicy
 from protos import gpu_agent_pb2 as pb
 
@@ -27,10 +34,13 @@ ARTIFACT_KINDS = frozenset({pb.ARTIFACT_KIND_MEGA_CACHE, pb.ARTIFACT_KIND_INDUCT
 
 @dataclass(frozen=True, slots=True)
 class SourceSpec:
-    """One file to fetch: URI and expected sha256 (hex, may be empty if the config allows)."""
+    """One file to fetch: URI and expected sha256 (hex, may be empty if the config allows);
+    ``path``: where it lies in a directory model (empty: a single-file model's weights)."""
 
     uri: str
     sha256: str = ""
+    path: str = ""
+    size_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +64,22 @@ class PreloadSpec:
     deadline_unix_s: float | None = None
     gpu_uuid: str = ""
     allow_pickle: bool = False
+    revision: str = ""
+    """Directory models: the revision's name (empty: a digest of the file list)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedWeights:
+    """A Preload's weights after the checks: the sources to fetch, in order, and for a directory
+    model each one's path (aligned with ``sources``) and the revision they form."""
+
+    sources: list[CheckedSource]
+    paths: tuple[str, ...] = ()
+    revision: str = ""
+
+    @property
+    def is_directory(self) -> bool:
+        return bool(self.paths)
 
 
 def validate_model_id(model_id: str, *, max_len: int) -> ModelId:
@@ -70,12 +96,18 @@ def validate_model_id(model_id: str, *, max_len: int) -> ModelId:
 
 
 def check_spec(
-    spec: PreloadSpec, *, config: AgentConfig, policy: SourcePolicy, held: bool
-) -> list[CheckedSource]:
-    """The weights sources of ``spec`` after the policy, or the error that refuses the request.
+    spec: PreloadSpec,
+    *,
+    config: AgentConfig,
+    policy: SourcePolicy,
+    held: bool,
+    expand: Expander | None = None,
+) -> CheckedWeights:
+    """The weights of ``spec`` after the policy, or the error that refuses the request.
 
     ``held``: whether the agent already holds the model (then no sources are needed to move it to
-    another tier). Raises :class:`InvalidInput` or :class:`PermissionDenied`; writes nothing.
+    another tier). ``expand``: lists directory-like sources (:mod:`gpu_agent.model_dir`). Raises
+    :class:`InvalidInput` or :class:`PermissionDenied`; writes nothing.
     """
     validate_model_id(spec.model_id, max_len=config.max_model_id_len)
     if spec.target_tier not in HELD_TIERS:
@@ -87,9 +119,26 @@ def check_spec(
             "a preload needs at least one weights source (only a model the agent already "
             "holds can be moved to another tier without them)"
         )
-    checked = [policy.check(s.uri, s.sha256) for s in spec.weights]
-    for source in checked:
-        if is_pickle(source.name) and not (config.allow_pickle and spec.allow_pickle):
+    if spec.revision:
+        check_revision(spec.revision)
+    entries = directory_entries(
+        [(s.uri, s.sha256, s.path, s.size_bytes) for s in spec.weights], expand=expand
+    )
+    if entries is None:
+        if spec.revision:
+            raise InvalidInput("revision is for directory models: give each source its path")
+        weights = CheckedWeights([policy.check(s.uri, s.sha256) for s in spec.weights])
+    else:
+        weights = CheckedWeights(
+            [policy.check(e.uri, e.sha256) for e in entries],
+            paths=tuple(e.path for e in entries),
+            revision=spec.revision or digest_revision(entries),
+        )
+    # A directory's pickle files are never loaded by the agent (it caches them as they are, for
+    # the engine that reads the directory), but the opt-in rule is the same for both kinds.
+    names = weights.paths or tuple(s.name for s in weights.sources)
+    for source, name in zip(weights.sources, names, strict=True):
+        if is_pickle(name) and not (config.allow_pickle and spec.allow_pickle):
             raise PermissionDenied(
                 f"{source.uri} is a pickle-based format; only safetensors are loaded unless "
                 "the agent's allow_pickle setting and the request's allow_pickle are both set"
@@ -99,4 +148,4 @@ def check_spec(
             raise InvalidInput(f"artifact kind {artifact.kind} is not a known kind")
         policy.check(artifact.source.uri, artifact.source.sha256)
         artifacts.check_install_dir(artifact.install_dir, config.allowed_install_roots)
-    return checked
+    return weights

@@ -3,13 +3,16 @@
 Owns how the agent reports itself: its share of each GPU against other processes', bytes and
 models per tier, the capacity a tier may still grow into (free space beyond its headroom) and
 each model's top tier, value density, last use and latest load (duration, from and to which
-tier). It must not change any holding.
+tier), and a directory model's hand-off paths (its revision directory and ``current`` link).
+It must not change any holding.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
+from common.ids import ModelId
 from common.tiers import HELD_TIERS, Tier
 from gpu_agent.events import timestamp
 from gpu_agent.holdings import Holdings
@@ -28,8 +31,11 @@ def status_response(
     room_bytes: Mapping[Tier, int],
     wall_clock: Callable[[], float],
     monotonic: Callable[[], float],
+    current_link: Callable[[ModelId], Path] | None = None,
 ) -> pb.StatusResponse:
     """The StatusResponse of ``holdings`` now.
+
+    ``current_link``: where a directory model's ``current`` link lies (the host tier's rule).
 
     ``room_bytes``: per tier, the free space beyond its headroom (may be negative); ``gpus``: the
     NVML readings. ``last_used`` (monotonic) is reported as wall-clock time.
@@ -80,6 +86,11 @@ def status_response(
                 attached=len(holding.leases),
                 gpu_uuid=holding.gpu.gpu_uuid if holding.gpu else "",
             )
+            if holding.host_dir is not None:
+                reported.model_dir = str(holding.host_dir)
+                reported.revision = holding.revision
+                if current_link is not None:
+                    reported.current_dir = str(current_link(holding.model_id))
             if (load := holding.last_load) is not None:
                 reported.load_duration_s = load.duration_s
                 reported.loaded_at.CopyFrom(timestamp(load.finished_unix_s))

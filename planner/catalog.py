@@ -8,7 +8,9 @@ model ids at the top level is accepted too). Fields per model, all optional:
   (compile/warm-up seconds after the weights are in GPU memory), ``node_pool``, ``service_s``
   (seconds a request stays in service), ``min_replicas`` / ``max_replicas``, and ``workload``
   (``{namespace, name, kind?, api_version?}``: where replica floors are applied).
-- ``weights`` (``[{uri, sha256, size_bytes?}]``: the files the GPU agents preload) and
+- ``weights`` (``[{uri, sha256, size_bytes?, path?}]``: the files the GPU agents preload; with a
+  ``path`` on every entry the model is a directory, each file at its relative path inside it,
+  which the agents materialise read-only for serving engines, see ``docs/engines.md``) and
   ``artifacts`` (``[{uri, sha256, kind, install_dir?}]``: compiled artifacts the agents install
   with every preload of the model; ``kind`` is one of :data:`ARTIFACT_KINDS`, the GPU agent's
   artifact kinds; ``docs/artifacts.md`` says where each lands and which engine reads it). URIs use
@@ -83,11 +85,13 @@ DEFAULT_SIZE_CLASSES: tuple[SizeClass, ...] = (
 @dataclass(frozen=True, slots=True)
 class WeightFile:
     """One weight file of a model, as the GPU agent fetches it: ``file://`` or ``https://`` URI,
-    lowercase hex sha256 (the agent refuses files it cannot verify), size when known (0)."""
+    lowercase hex sha256 (the agent refuses files it cannot verify), size when known (0), and for
+    a directory model its relative ``path`` inside the directory (empty otherwise)."""
 
     uri: str
     sha256: str
     size_bytes: int = 0
+    path: str = ""
 
 
 SOURCE_SCHEMES: tuple[str, ...] = ("file", "http", "https")
@@ -277,17 +281,57 @@ def _source(item: dict[str, Any], *, at: str, example: str) -> tuple[str, str]:
     return uri, digest
 
 
+_PATH_SEGMENT = re.compile(r"^[A-Za-z0-9._+=@-]+$")
+_MAX_PATH_LEN = 512
+
+
+def _relative_path(value: Any, *, at: str) -> str:
+    # The GPU agent's rule (gpu_agent/model_dir.py check_relpath), caught here at load so a bad
+    # catalog fails when the daemon starts rather than at every Preload.
+    if not isinstance(value, str) or not value or len(value) > _MAX_PATH_LEN:
+        raise InvalidInput(
+            f"{at} must be a path inside the model directory (1..{_MAX_PATH_LEN} characters), "
+            f"e.g. config.json or tokenizer/vocab.json; got {value!r}"
+        )
+    segments = value.split("/")
+    if value.startswith("/") or any(s in ("", ".", "..") for s in segments):
+        raise InvalidInput(
+            f"{at} {value!r} must be relative, with no empty, '.' or '..' segment "
+            "(it names a file inside the model directory)"
+        )
+    bad = next((s for s in segments if not _PATH_SEGMENT.match(s)), None)
+    if bad is not None or value.endswith(".partial"):
+        raise InvalidInput(
+            f"{at} {value!r}: each segment may contain only letters, digits and . _ - + = @ "
+            "(and not end in .partial)"
+        )
+    return value
+
+
 def _weights(value: Any, *, where: str) -> tuple[WeightFile, ...]:
     if not isinstance(value, list) or not value:
         raise InvalidInput(f"{where} must be a non-empty list of {{uri, sha256, size_bytes}}")
     files = []
     for index, item in enumerate(value):
         at = f"{where}[{index}]"
-        if not isinstance(item, dict) or set(item) - {"uri", "sha256", "size_bytes"}:
-            raise InvalidInput(f"{at} must be a mapping with uri, sha256 and optional size_bytes")
+        if not isinstance(item, dict) or set(item) - {"uri", "sha256", "size_bytes", "path"}:
+            raise InvalidInput(
+                f"{at} must be a mapping with uri, sha256, and optional size_bytes and path"
+            )
         uri, digest = _source(item, at=at, example="file:///models/x.safetensors")
         size = _integer(item.get("size_bytes", 0), where=f"{at}.size_bytes")
-        files.append(WeightFile(uri=uri, sha256=digest, size_bytes=size))
+        path = _relative_path(item["path"], at=f"{at}.path") if "path" in item else ""
+        files.append(WeightFile(uri=uri, sha256=digest, size_bytes=size, path=path))
+    with_path = [f.path for f in files if f.path]
+    if with_path and len(with_path) != len(files):
+        raise InvalidInput(
+            f"{where}: either every entry has a path (a model directory: config, tokenizer, "
+            f"shards, each at its path) or none has (weights files); {len(with_path)} of "
+            f"{len(files)} have one"
+        )
+    twice = sorted({p for p in with_path if with_path.count(p) > 1})
+    if twice:
+        raise InvalidInput(f"{where}: path {twice[0]!r} is listed twice")
     return tuple(files)
 
 

@@ -104,21 +104,32 @@ class Source(_message.Message):
     URI_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
     uri: _builtins.str
     sha256: _builtins.str
     """lowercase hex"""
     size_bytes: _builtins.int
     """optional; 0 = unknown"""
+    path: _builtins.str
+    """The file's path inside the model directory (e.g. "config.json", "tokenizer/vocab.json"). A
+    Preload whose weights carry paths is a directory model: every source needs one, each file is
+    cached as it is (safetensors files are also checked and loaded into the faster tiers), and
+    the host tier materialises the whole directory read-only at
+    <shm_dir>/models/<model slug>/<revision>/ with a <shm_dir>/models/<model slug>/current link.
+    Relative, '/'-separated, at most 512 characters of letters, digits and . _ - + = @ / ; no
+    empty, '.' or '..' segment (INVALID_ARGUMENT otherwise).
+    """
     def __init__(
         self,
         *,
         uri: _builtins.str = ...,
         sha256: _builtins.str = ...,
         size_bytes: _builtins.int = ...,
+        path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sha256", b"sha256", "size_bytes", b"size_bytes", "uri", b"uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "sha256", b"sha256", "size_bytes", b"size_bytes", "uri", b"uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -163,6 +174,7 @@ class PreloadRequest(_message.Message):
     DEADLINE_FIELD_NUMBER: _builtins.int
     GPU_UUID_FIELD_NUMBER: _builtins.int
     ALLOW_PICKLE_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     """1..256 characters: letters, digits, . _ - : /"""
     target_tier: Global___Tier.ValueType
@@ -175,6 +187,12 @@ class PreloadRequest(_message.Message):
     """optional; default: the GPU with the most free memory"""
     allow_pickle: _builtins.bool
     """honoured only when the agent's config allows pickle"""
+    revision: _builtins.str
+    """Directory models: the revision directory's name (e.g. a Hub commit or a catalog version; 1..64
+    letters, digits and . _ -). Empty: a digest of the sorted (path, sha256) list. Preloading a
+    held model at another revision loads the new one beside it and switches `current` once it is
+    complete (FAILED_PRECONDITION while the old revision is leased).
+    """
     @_builtins.property
     def weights(self) -> _containers.RepeatedCompositeFieldContainer[Global___Source]:
         """safetensors files (pickle formats only if allowed). May be empty when the agent already
@@ -198,10 +216,11 @@ class PreloadRequest(_message.Message):
         deadline: _timestamp_pb2.Timestamp | None = ...,
         gpu_uuid: _builtins.str = ...,
         allow_pickle: _builtins.bool = ...,
+        revision: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_pickle", b"allow_pickle", "artifacts", b"artifacts", "deadline", b"deadline", "gpu_uuid", b"gpu_uuid", "model_id", b"model_id", "predicted_value", b"predicted_value", "target_tier", b"target_tier", "weights", b"weights"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_pickle", b"allow_pickle", "artifacts", b"artifacts", "deadline", b"deadline", "gpu_uuid", b"gpu_uuid", "model_id", b"model_id", "predicted_value", b"predicted_value", "revision", b"revision", "target_tier", b"target_tier", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -416,6 +435,9 @@ class ModelHolding(_message.Message):
     LOADED_FROM_FIELD_NUMBER: _builtins.int
     LOADED_TO_FIELD_NUMBER: _builtins.int
     LOADED_BYTES_FIELD_NUMBER: _builtins.int
+    MODEL_DIR_FIELD_NUMBER: _builtins.int
+    CURRENT_DIR_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     tier: Global___Tier.ValueType
     bytes: _builtins.int
@@ -436,6 +458,13 @@ class ModelHolding(_message.Message):
     loaded_from: Global___Tier.ValueType
     loaded_to: Global___Tier.ValueType
     loaded_bytes: _builtins.int
+    model_dir: _builtins.str
+    """Directory models held in the host tier: the read-only revision directory on the node, the
+    stable link to the newest complete revision (what a pod passes to its engine's --model), and
+    the revision's name. Empty otherwise.
+    """
+    current_dir: _builtins.str
+    revision: _builtins.str
     @_builtins.property
     def last_used(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -458,10 +487,13 @@ class ModelHolding(_message.Message):
         loaded_from: Global___Tier.ValueType = ...,
         loaded_to: Global___Tier.ValueType = ...,
         loaded_bytes: _builtins.int = ...,
+        model_dir: _builtins.str = ...,
+        current_dir: _builtins.str = ...,
+        revision: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_used", b"last_used", "loaded_at", b"loaded_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attached", b"attached", "bytes", b"bytes", "gpu_uuid", b"gpu_uuid", "last_used", b"last_used", "load_duration_s", b"load_duration_s", "loaded_at", b"loaded_at", "loaded_bytes", b"loaded_bytes", "loaded_from", b"loaded_from", "loaded_to", b"loaded_to", "model_id", b"model_id", "predicted_value", b"predicted_value", "tier", b"tier", "value_density", b"value_density"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attached", b"attached", "bytes", b"bytes", "current_dir", b"current_dir", "gpu_uuid", b"gpu_uuid", "last_used", b"last_used", "load_duration_s", b"load_duration_s", "loaded_at", b"loaded_at", "loaded_bytes", b"loaded_bytes", "loaded_from", b"loaded_from", "loaded_to", b"loaded_to", "model_dir", b"model_dir", "model_id", b"model_id", "predicted_value", b"predicted_value", "revision", b"revision", "tier", b"tier", "value_density", b"value_density"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -631,21 +663,33 @@ class AttachRequest(_message.Message):
     MODEL_ID_FIELD_NUMBER: _builtins.int
     MAX_TIER_FIELD_NUMBER: _builtins.int
     CLIENT_PID_FIELD_NUMBER: _builtins.int
+    LEASE_TTL_S_FIELD_NUMBER: _builtins.int
+    LEASE_ONLY_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     max_tier: Global___Tier.ValueType
     """unspecified = the fastest tier held"""
     client_pid: _builtins.int
     """for logs and lease clean-up"""
+    lease_ttl_s: _builtins.float
+    """Seconds the lease lives without a RenewLease; 0 = until Release. A lease whose renewals stop
+    (its holder crashed) expires, and the model becomes evictable again.
+    """
+    lease_only: _builtins.bool
+    """Only take the lease (no tensor table, no CUDA IPC handle): a pod's hold sidecar that pins the
+    model's directory while its engine reads it.
+    """
     def __init__(
         self,
         *,
         model_id: _builtins.str = ...,
         max_tier: Global___Tier.ValueType = ...,
         client_pid: _builtins.int = ...,
+        lease_ttl_s: _builtins.float = ...,
+        lease_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_pid", b"client_pid", "max_tier", b"max_tier", "model_id", b"model_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_pid", b"client_pid", "lease_only", b"lease_only", "lease_ttl_s", b"lease_ttl_s", "max_tier", b"max_tier", "model_id", b"model_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -775,7 +819,9 @@ class AttachResponse(_message.Message):
     """the tier the client attaches to"""
     lease_id: _builtins.str
     @_builtins.property
-    def tensors(self) -> _containers.RepeatedCompositeFieldContainer[Global___TensorInfo]: ...
+    def tensors(self) -> _containers.RepeatedCompositeFieldContainer[Global___TensorInfo]:
+        """empty for lease_only"""
+
     @_builtins.property
     def cuda(self) -> Global___CudaIpcHandle:
         """set for TIER_GPU"""
@@ -835,3 +881,42 @@ class ReleaseResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReleaseResponse: _TypeAlias = ReleaseResponse  # noqa: Y015
+
+@_typing.final
+class RenewLeaseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    lease_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        lease_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewLeaseRequest: _TypeAlias = RenewLeaseRequest  # noqa: Y015
+
+@_typing.final
+class RenewLeaseResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_TTL_S_FIELD_NUMBER: _builtins.int
+    lease_ttl_s: _builtins.float
+    """the lease lives this many more seconds without another renewal"""
+    def __init__(
+        self,
+        *,
+        lease_ttl_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_ttl_s", b"lease_ttl_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewLeaseResponse: _TypeAlias = RenewLeaseResponse  # noqa: Y015

@@ -64,6 +64,11 @@ class GpuAgentStub:
                 request_serializer=protos_dot_gpu__agent__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=protos_dot_gpu__agent__pb2.ReleaseResponse.FromString,
                 _registered_method=True)
+        self.RenewLease = channel.unary_unary(
+                '/prewarm.gpu_agent.v1.GpuAgent/RenewLease',
+                request_serializer=protos_dot_gpu__agent__pb2.RenewLeaseRequest.SerializeToString,
+                response_deserializer=protos_dot_gpu__agent__pb2.RenewLeaseResponse.FromString,
+                _registered_method=True)
 
 
 class GpuAgentServicer:
@@ -115,6 +120,14 @@ class GpuAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewLease(self, request, context):
+        """Keep a lease taken with a lease_ttl_s alive for another lease_ttl_s. NOT_FOUND when the lease
+        has ended (released, or expired because its renewals stopped): attach again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GpuAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +160,11 @@ def add_GpuAgentServicer_to_server(servicer, server):
                     servicer.Release,
                     request_deserializer=protos_dot_gpu__agent__pb2.ReleaseRequest.FromString,
                     response_serializer=protos_dot_gpu__agent__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'RenewLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewLease,
+                    request_deserializer=protos_dot_gpu__agent__pb2.RenewLeaseRequest.FromString,
+                    response_serializer=protos_dot_gpu__agent__pb2.RenewLeaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +329,33 @@ class GpuAgent:
             '/prewarm.gpu_agent.v1.GpuAgent/Release',
             protos_dot_gpu__agent__pb2.ReleaseRequest.SerializeToString,
             protos_dot_gpu__agent__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prewarm.gpu_agent.v1.GpuAgent/RenewLease',
+            protos_dot_gpu__agent__pb2.RenewLeaseRequest.SerializeToString,
+            protos_dot_gpu__agent__pb2.RenewLeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,10 @@ class GpuAgentStub:
     """
     Release: _grpc.UnaryUnaryMultiCallable[_gpu_agent_pb2.ReleaseRequest, _gpu_agent_pb2.ReleaseResponse]
     """End an Attach lease; the model becomes evictable again once no lease holds it."""
+    RenewLease: _grpc.UnaryUnaryMultiCallable[_gpu_agent_pb2.RenewLeaseRequest, _gpu_agent_pb2.RenewLeaseResponse]
+    """Keep a lease taken with a lease_ttl_s alive for another lease_ttl_s. NOT_FOUND when the lease
+    has ended (released, or expired because its renewals stopped): attach again.
+    """
 
 @_typing.type_check_only
 class GpuAgentAsyncStub(GpuAgentStub):
@@ -87,6 +91,10 @@ class GpuAgentAsyncStub(GpuAgentStub):
     """
     Release: _aio.UnaryUnaryMultiCallable[_gpu_agent_pb2.ReleaseRequest, _gpu_agent_pb2.ReleaseResponse]  # type: ignore[assignment]
     """End an Attach lease; the model becomes evictable again once no lease holds it."""
+    RenewLease: _aio.UnaryUnaryMultiCallable[_gpu_agent_pb2.RenewLeaseRequest, _gpu_agent_pb2.RenewLeaseResponse]  # type: ignore[assignment]
+    """Keep a lease taken with a lease_ttl_s alive for another lease_ttl_s. NOT_FOUND when the lease
+    has ended (released, or expired because its renewals stopped): attach again.
+    """
 
 class GpuAgentServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -142,5 +150,15 @@ class GpuAgentServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gpu_agent_pb2.ReleaseResponse, _abc.Awaitable[_gpu_agent_pb2.ReleaseResponse]]:
         """End an Attach lease; the model becomes evictable again once no lease holds it."""
+
+    @_abc_1.abstractmethod
+    def RenewLease(
+        self,
+        request: _gpu_agent_pb2.RenewLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gpu_agent_pb2.RenewLeaseResponse, _abc.Awaitable[_gpu_agent_pb2.RenewLeaseResponse]]:
+        """Keep a lease taken with a lease_ttl_s alive for another lease_ttl_s. NOT_FOUND when the lease
+        has ended (released, or expired because its renewals stopped): attach again.
+        """
 
 def add_GpuAgentServicer_to_server(servicer: GpuAgentServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,6 +23,7 @@ from prewarm.settings import Settings, load_settings
 
 COMMAND_MODULES: tuple[str, ...] = (
     "prewarm.cli.agent_cmd",
+    "prewarm.cli.handoff_cmd",
     "prewarm.cli.control_cmd",
     "prewarm.cli.forecast_cmd",
     "prewarm.cli.backtest_cmd",

@@ -23,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -48,6 +50,33 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _ENDPOINT = re.compile(r"^https?://[^/?#]+/?$")
 MAX_ERROR_MESSAGE = 300
+LISTING_CACHE_SIZE = 64
+
+
+class _Listings:
+    """Listings of pinned commits, which never change: a directory's files resolved one by one
+    (``hf://org/name@<commit>/path`` each) cost one Hub request, not one per file."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._items: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, str]) -> Any:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+            return self._items.get(key)
+
+    def put(self, key: tuple[str, str, str], info: Any) -> None:
+        with self._lock:
+            self._items[key] = info
+            self._items.move_to_end(key)
+            while len(self._items) > self._capacity:
+                self._items.popitem(last=False)
+
+
+_LISTINGS = _Listings(LISTING_CACHE_SIZE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +224,10 @@ class HubClient:
         endpoint = self.endpoint
         token, token_origin = self._token()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        pinned = (endpoint, location.repo_id, location.revision)
+        cached = _LISTINGS.get(pinned) if _COMMIT.match(location.revision) else None
+        if cached is not None:
+            return _files(cached, location, endpoint=endpoint, headers=headers, config=self._config)
         revision = quote(location.revision, safe="")
         url = f"{endpoint}/api/models/{location.repo_id}/revision/{revision}"
         # A redirect of the API (a renamed repository) is followed on the Hub's own origin only:
@@ -211,7 +244,10 @@ class HubClient:
                 raise TemporaryError(
                     f"{endpoint} sent a revision listing that is not JSON: {error}"
                 ) from error
-        return _files(info, location, endpoint=endpoint, headers=headers, config=self._config)
+        files = _files(info, location, endpoint=endpoint, headers=headers, config=self._config)
+        # Only after the listing proved well-formed, and only under the commit it names.
+        _LISTINGS.put((endpoint, location.repo_id, str(info["sha"])), info)
+        return files
 
 
 def _relative(remote: RemoteFile, cut: int) -> RemoteFile:

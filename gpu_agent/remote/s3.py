@@ -153,7 +153,7 @@ def load_credentials(
                 "set remote.s3.anonymous for a public bucket (web identity / IRSA is not "
                 "supported yet)"
             )
-        origin = "the environment (AWS_ACCESS_KEY_ID)"
+        origin = "environment variables"
     return sigv4.Credentials(
         values["AWS_ACCESS_KEY_ID"],
         values["AWS_SECRET_ACCESS_KEY"],
@@ -181,7 +181,8 @@ class S3Client:
     """Talks to one S3 endpoint with one set of settings.
 
     ``session`` is the HTTP boundary, ``environ`` where credentials come from when no
-    ``credentials_dir`` is set, ``clock`` the time the signatures are made at (aware, UTC).
+    ``credentials_dir`` is set, ``clock`` the time the signatures are made at (aware, UTC),
+    ``page_size`` the keys asked for per ListObjectsV2 page (S3 returns at most 1000).
     """
 
     def __init__(
@@ -192,8 +193,10 @@ class S3Client:
         environ: Mapping[str, str] = os.environ,
         clock: Clock = _utc_now,
         timeout_s: float = 30.0,
+        page_size: int = 1000,
     ) -> None:
         self._config = config
+        self._page_size = page_size
         self._session = session if session is not None else requests.Session()
         self._environ = environ
         self._clock = clock
@@ -285,7 +288,7 @@ class S3Client:
         objects: list[S3Object] = []
         token: str | None = None
         while True:
-            query = {"list-type": "2", "prefix": location.key, "max-keys": "1000"}
+            query = {"list-type": "2", "prefix": location.key, "max-keys": str(self._page_size)}
             if token is not None:
                 query["continuation-token"] = token
             url = self.presign("GET", location.bucket, "", query=query, credentials=credentials)

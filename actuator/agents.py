@@ -156,8 +156,10 @@ class AgentActuator:
         artifacts_of: ArtifactsOf = no_artifacts,
         channel_factory: ChannelFactory = grpc.aio.insecure_channel,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        fence: Callable[[], None] | None = None,
     ) -> None:
         self._config = config
+        self._fence = fence
         self._address_of = address_of
         self._weights_of = weights_of
         self._artifacts_of = artifacts_of
@@ -271,6 +273,8 @@ class AgentActuator:
         backoff = 0.2
         for attempt in range(1, agent.attempts + 1):
             try:
+                if self._fence is not None:
+                    self._fence()  # every attempt: an old leader stops once it lost the Lease
                 address = await self._address_of(action.node)
                 stub = pb_grpc.GpuAgentStub(self._channel(address))
                 detail = await call(stub)

@@ -31,6 +31,7 @@ import requests
 from actuator.floors import workload_resource
 from actuator.kube import PODS, KubeClient, Obj
 from actuator.selectors import selector_matches
+from common.errors import PrewarmError
 from common.ids import ModelId
 from planner.actions import EngineSleep
 from planner.catalog import Catalog
@@ -63,8 +64,11 @@ Post = Callable[..., requests.Response]
 class Engines:
     """The serving engines of the catalog's sleep-capable models (see the module docstring)."""
 
-    def __init__(self, kube: KubeClient, catalog: Catalog) -> None:
+    def __init__(
+        self, kube: KubeClient, catalog: Catalog, *, fence: Callable[[], None] | None = None
+    ) -> None:
         self._kube = kube
+        self._fence = fence
         self._catalog = catalog
         self._session = requests.Session()
         self._lock = threading.Lock()
@@ -127,7 +131,7 @@ class Engines:
                         changed += 1
                     else:
                         already += 1
-                except (requests.RequestException, ValueError) as error:
+                except (requests.RequestException, ValueError, PrewarmError) as error:
                     errors.append(f"pod {_name(pod)}: {error}")
             results.append(EngineResult(action, changed, already, tuple(errors)))
         return results
@@ -152,6 +156,8 @@ class Engines:
             return False
         if dry_run:
             return True
+        if self._fence is not None:
+            self._fence()
         base = f"http://{_address(pod, engine)}"
         started = time.monotonic()
         if engine.kind == "vllm":

@@ -101,7 +101,8 @@ class KubeClient:
     ``api`` is an authenticated ``kubernetes.client.ApiClient`` (admin kubeconfig, ServiceAccount
     token, ...). ``sleep`` is injectable so tests of backoff need not wait. Every write takes
     ``dry_run``; when true the request carries ``dryRun=All``: the apiserver validates and admits it
-    but persists nothing.
+    but persists nothing. ``fence`` (the leader Lease's check) runs before every attempt of every
+    write that is not a dry run and raises to refuse it.
     """
 
     def __init__(
@@ -111,8 +112,10 @@ class KubeClient:
         *,
         sleep: Callable[[float], None] = time.sleep,
         page_size: int = 500,
+        fence: Callable[[], None] | None = None,
     ) -> None:
         self._api = api
+        self._fence = fence
         self._retry = retry or RetryConfig()
         self._sleep = sleep
         self._page_size = page_size
@@ -239,6 +242,8 @@ class KubeClient:
         retry = self._retry
         backoff = retry.initial_backoff_s
         for attempt in range(1, retry.attempts + 1):
+            if self._fence is not None and method != "GET" and not dry_run:
+                self._fence()  # every attempt: an old leader's retries stop once it lost
             try:
                 return self._once(method, path, body=body, query=params, content_type=content_type)
             except _Retryable as error:

@@ -143,16 +143,6 @@ def build_runtime(
         history_window_s=forecaster_config.history_window_s,
         planning_quantile=forecaster_config.planning_quantile,
     )
-    agents = AgentActuator(
-        settings.actuator,
-        PodAddressResolver(kube, settings.actuator),
-        weights_of=lambda model: weight_sources(catalog, model),
-        artifacts_of=lambda model: artifact_sources(catalog, model),
-    )
-    # Serving engines are called only for models whose catalog entry names one that can sleep.
-    engines = Engines(kube, catalog) if any(s.engine for s in catalog.specs.values()) else None
-    actuator = Actuator(kube, settings.actuator, agents=agents, engines=engines)
-    observer = KubeClusterObserver(kube, config=settings.actuator, catalog=catalog, engines=engines)
     control_config = settings.control
     advertise = control_config.advertise_address or control_config.listen_address
     elector: LeaseElector | None = None
@@ -170,6 +160,21 @@ def build_runtime(
             address=advertise,
             clock=clock,
         )
+    # Every write of the actuator (Kubernetes, agents, engines) is fenced by the Lease.
+    fence = elector.fence if elector is not None else None
+    writer = KubeClient(api, settings.actuator.retry, fence=fence)
+    agents = AgentActuator(
+        settings.actuator,
+        PodAddressResolver(kube, settings.actuator),
+        weights_of=lambda model: weight_sources(catalog, model),
+        artifacts_of=lambda model: artifact_sources(catalog, model),
+        fence=fence,
+    )
+    # Serving engines are called only for models whose catalog entry names one that can sleep.
+    sleeps = any(s.engine for s in catalog.specs.values())
+    engines = Engines(kube, catalog, fence=fence) if sleeps else None
+    actuator = Actuator(writer, settings.actuator, agents=agents, engines=engines)
+    observer = KubeClusterObserver(kube, config=settings.actuator, catalog=catalog, engines=engines)
     leader_check: Callable[[], bool] = (
         (lambda: elector.is_leader) if elector is not None else (lambda: True)
     )

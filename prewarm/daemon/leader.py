@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 
 from actuator.kube import Conflict, KubeClient, Obj, Resource
-from common.errors import PrewarmError
+from common.errors import FailedPrecondition, PrewarmError
 
 log = structlog.get_logger(__name__)
 
@@ -92,6 +92,10 @@ def lease_state(obj: Obj) -> LeaseState:
     )
 
 
+class NotLeader(FailedPrecondition):
+    """A write was attempted by a replica that no longer holds the leader Lease."""
+
+
 class LeaseElector:
     """Acquires and renews one Lease for ``identity``; :attr:`is_leader` says whether we hold it.
 
@@ -139,6 +143,16 @@ class LeaseElector:
     def is_leader(self) -> bool:
         """True while our last successful renewal has not expired by our own clock."""
         return self._clock() < self._leader_until_s
+
+    def fence(self) -> None:
+        """Raise :class:`NotLeader` unless this replica may still write: its last renewal is
+        younger than the lease duration minus one retry period, so an old leader stops writing
+        before a standby can take the Lease over (checked before every write attempt)."""
+        if self._clock() >= self._leader_until_s - self._retry_period_s:
+            raise NotLeader(
+                f"{self._identity} no longer holds Lease {self._namespace}/{self._name}: the "
+                "write is refused (the new leader applies the plan)"
+            )
 
     async def try_acquire_or_renew(self) -> bool:
         """One round: read the Lease, then create, renew or take it over if we may; True if leader.

@@ -16,7 +16,13 @@ from pydantic import SecretStr
 from actuator.agents import AgentActuator, PodAddressResolver
 from actuator.config import ActuatorConfig, AgentClientConfig
 from actuator.kube import PODS, KubeClient
-from common.errors import InvalidInput, NotFound, ResourceExhausted, TemporaryError
+from common.errors import (
+    FailedPrecondition,
+    InvalidInput,
+    NotFound,
+    ResourceExhausted,
+    TemporaryError,
+)
 from common.ids import ModelId, NodeName
 from planner.actions import Evict, Preload, Tier
 from protos import gpu_agent_pb2 as pb
@@ -258,3 +264,32 @@ async def test_a_bad_action_fails_alone(agent: tuple[RecordingAgent, str]) -> No
     assert isinstance(results[0].error, NotFound)
     assert isinstance(results[1].error, InvalidInput)
     assert [c[1] for c in servicer.calls] == ["ok"]
+
+
+async def test_an_agent_write_after_the_lease_is_lost_is_refused_between_retries(
+    agent: tuple[RecordingAgent, str],
+) -> None:
+    servicer, address = agent
+    leading = [True]
+
+    def fence() -> None:
+        if not leading[0]:
+            raise FailedPrecondition("no longer holds Lease prewarm/prewarm-leader")
+
+    async def lose_the_lease(_: float) -> None:
+        leading[0] = False  # the Lease runs out while the first attempt backs off
+
+    actuator = AgentActuator(
+        ActuatorConfig(), lambda node: _address(address), weights_of=weights_of,
+        sleep=lose_the_lease, fence=fence,
+    )  # fmt: skip
+    servicer.fail_next = [grpc.StatusCode.UNAVAILABLE]
+    (result,) = await actuator.apply([preload()], [], now_s=NOW)
+    assert not result.ok
+    assert "no longer holds Lease" in result.detail
+    assert [call[0] for call in servicer.calls] == ["Preload"]  # the retry never went out
+    await actuator.close()
+
+
+async def _address(address: str) -> str:
+    return address

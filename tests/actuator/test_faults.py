@@ -209,7 +209,7 @@ def test_apiserver_restart_mid_operation(
     wait_for(lambda: kube.get(dep_path) is not None, what="apiserver answering again")
 
 
-def test_conflict_on_scale_keeps_the_first_recorded_original(
+def test_conflict_on_scale_records_the_operators_change(
     faulty: KubeClient, kube: KubeClient, config: ActuatorConfig, proxy: FaultProxy
 ) -> None:
     dep_path = deployment(kube, config.namespace, replicas=1)
@@ -231,7 +231,8 @@ def test_conflict_on_scale_keeps_the_first_recorded_original(
     assert result.value == 4
     raised = get(kube, dep_path)
     assert raised["spec"]["replicas"] == 4
-    assert raised["metadata"]["annotations"][ORIGINAL_REPLICAS] == "1"  # recorded once, kept
+    # The operator's change is the last one before the floor: it is what the restore puts back.
+    assert raised["metadata"]["annotations"][ORIGINAL_REPLICAS] == "2"
 
 
 def test_list_that_expires_between_pages_starts_over(

@@ -85,11 +85,15 @@ def _download(base_url: str, files: list[dict[str, str]], into: Path) -> None:
 
 def serve(args: argparse.Namespace) -> None:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     # transformers imports each architecture's modules lazily, at its first use: do that before
     # the clock starts, as for the other imports (the same cost whichever way the model comes).
-    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast  # noqa: F401
+    from transformers import (  # noqa: F401
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        GPT2LMHeadModel,
+        PreTrainedTokenizerFast,
+    )
 
     torch.set_num_threads(1)
     started = time.perf_counter()

@@ -73,6 +73,18 @@ def _json(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return report
 
 
+def _serve(*args: str) -> dict[str, Any]:
+    """One serving process (tests/acceptance/engine_child.py serve ...); its report."""
+    return _json(_run("-m", "tests.acceptance.engine_child", "serve", *args))
+
+
+def _request(weights: list[pb.Source], *, revision: str = "") -> pb.PreloadRequest:
+    """A Preload of the directory model into host memory (the engines' hand-off tier)."""
+    return pb.PreloadRequest(
+        model_id=MODEL, weights=weights, revision=revision, target_tier=pb.TIER_HOST
+    )
+
+
 def _stub(port: int) -> Iterator[Any]:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield pb_grpc.GpuAgentStub(channel)
@@ -144,13 +156,7 @@ def test_a_transformers_process_serves_from_the_agents_directory_and_leases_pin_
 
         # The daemon's Preload of a directory model: every file, with its path, from the source.
         progress = _call(
-            port,
-            "Preload",
-            pb.PreloadRequest(
-                model_id=MODEL,
-                weights=dir_sources(sources / "tiny", base_url=base_url),
-                target_tier=pb.TIER_HOST,
-            ),
+            port, "Preload", _request(dir_sources(sources / "tiny", base_url=base_url))
         )
         assert progress[-1].stage == pb.PreloadProgress.STAGE_DONE
         held = _holding(port)
@@ -168,14 +174,8 @@ def test_a_transformers_process_serves_from_the_agents_directory_and_leases_pin_
         # The serving process from the warm copy, and the same from the source, alternating.
         warm_runs, cold_runs = [], []
         for _ in range(RUNS):
-            warm_runs.append(
-                _json(_run("-m", "tests.acceptance.engine_child", "serve", "--model-dir",
-                           held.current_dir))  # fmt: skip
-            )
-            cold_runs.append(
-                _json(_run("-m", "tests.acceptance.engine_child", "serve", "--source", base_url,
-                           "--files", json.dumps(files)))  # fmt: skip
-            )
+            warm_runs.append(_serve("--model-dir", held.current_dir))
+            cold_runs.append(_serve("--source", base_url, "--files", json.dumps(files)))
         assert {r["text"] for r in warm_runs} == {r["text"] for r in cold_runs}
         assert warm_runs[0]["text"].startswith("the quick brown fox")
         warm_s = statistics.median(r["seconds"] for r in warm_runs)
@@ -204,20 +204,15 @@ def test_a_transformers_process_serves_from_the_agents_directory_and_leases_pin_
 
         bad_sum = dir_sources(sources / "tiny", base_url=base_url)
         bad_sum[2].sha256 = "0" * 64
-        code, details = _refused(
-            port, "Preload", pb.PreloadRequest(model_id=MODEL, weights=bad_sum, revision="r2",
-                                               target_tier=pb.TIER_HOST)  # fmt: skip
-        )
+        code, details = _refused(port, "Preload", _request(bad_sum, revision="r2"))
         print(f"checksum mismatch: {code.name}: {details}")
         assert code == grpc.StatusCode.DATA_LOSS
         assert "checksum mismatch" in details
         assert bad_sum[2].uri in details
         unchanged()
 
-        code, details = _refused(
-            port, "Preload", pb.PreloadRequest(model_id=MODEL, weights=dir_sources(
-                elsewhere / "tiny"), revision="r3", target_tier=pb.TIER_HOST)  # fmt: skip
-        )
+        outside = dir_sources(elsewhere / "tiny")
+        code, details = _refused(port, "Preload", _request(outside, revision="r3"))
         print(f"outside the allowed roots: {code.name}: {details}")
         assert code == grpc.StatusCode.PERMISSION_DENIED
         assert "outside the allowed file roots" in details
@@ -225,10 +220,7 @@ def test_a_transformers_process_serves_from_the_agents_directory_and_leases_pin_
 
         dotdot = dir_sources(sources / "tiny", base_url=base_url)
         dotdot[0].path = "../config.json"
-        code, details = _refused(
-            port, "Preload", pb.PreloadRequest(model_id=MODEL, weights=dotdot, revision="r4",
-                                               target_tier=pb.TIER_HOST)  # fmt: skip
-        )
+        code, details = _refused(port, "Preload", _request(dotdot, revision="r4"))
         print(f"path with '..': {code.name}: {details}")
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert "'..'" in details

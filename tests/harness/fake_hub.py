@@ -246,7 +246,7 @@ def serve_fake_hub(*, token: str | None = None) -> Iterator[tuple[FakeHub, str]]
     threads = []
     for server in servers:
         server.daemon_threads = True
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
         thread.start()
         threads.append(thread)
     hub.endpoint = f"http://127.0.0.1:{servers[0].server_address[1]}"

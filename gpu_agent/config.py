@@ -54,9 +54,10 @@ class AuthConfig(BaseModel):
 
 
 def _default_hf_redirect_hosts() -> list[str]:
-    # Where the Hub's /resolve/ URLs redirect LFS and Xet files today: its CloudFront CDNs and the
-    # Xet bridge. The bearer token is never sent to any of them (see gpu_agent.remote.http).
-    return ["cdn-lfs.hf.co", "*.hf.co", "cdn-lfs.huggingface.co", "*.huggingface.co"]
+    # Where the Hub's /resolve/ URLs redirect LFS and Xet files today: its CloudFront CDNs
+    # (cdn-lfs*.hf.co) and the Xet bridge (cas-bridge.xethub.hf.co). The bearer token is never
+    # sent to any of them (see gpu_agent.remote.http).
+    return ["*.hf.co", "*.huggingface.co"]
 
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -216,7 +217,8 @@ class HttpsSourcesConfig(BaseModel):
         default_factory=list,
         description=(
             "Hosts an http(s) download may be redirected to (host, host:port or *.domain). Empty: "
-            "redirects are refused. Headers from header_files are never sent to another host."
+            "only redirects within the same scheme, host and port are followed. Headers from "
+            "header_files are never sent to another host."
         ),
     )
 

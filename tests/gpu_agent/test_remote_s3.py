@@ -343,6 +343,21 @@ def test_credentials_come_from_the_secret_directory_first(
     assert leftovers(tmp_path / "out") == ["x"]
 
 
+def test_temporary_credentials_with_a_session_token_are_accepted(
+    s3_server: RunningS3, s3_bucket: str, tmp_path: Path
+) -> None:
+    sha = s3_server.put(s3_bucket, "m/x", b"sts")
+    temporary = s3_server.assume_role()
+    config = remote_config(s3_server, s3_bucket)
+    source = policy(config).check(f"s3://{s3_bucket}/m/x", sha)
+    assert fetch(fetcher(config, temporary), source, tmp_path / "x") == (3, sha)
+    assert remote.expand(f"s3://{s3_bucket}/m/", config, environ=temporary)
+    without_token = {k: v for k, v in temporary.items() if k != "AWS_SESSION_TOKEN"}
+    with pytest.raises(PermissionDenied):
+        fetch(fetcher(config, without_token), source, tmp_path / "y")
+    assert leftovers(tmp_path) == ["x"]
+
+
 def test_a_dropped_download_keeps_its_prefix_and_the_next_fetch_resumes(
     s3_server: RunningS3, s3_bucket: str, tmp_path: Path
 ) -> None:

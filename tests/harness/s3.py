@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import hmac
 import os
 import socket
 import subprocess
@@ -26,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 import requests
@@ -120,6 +122,40 @@ class RunningS3:
         values: dict[str, object] = {"endpoint": self.endpoint, "region": REGION}
         values.update(overrides)
         return S3SourcesConfig.model_validate(values)
+
+    def assume_role(self, duration_s: int = 900) -> dict[str, str]:
+        """Temporary credentials from the server's STS ``AssumeRole`` (as an environment with
+        ``AWS_SESSION_TOKEN``). STS wants header authentication, signed here for service sts."""
+        body = f"Action=AssumeRole&Version=2011-06-15&DurationSeconds={duration_s}".encode()
+        now = dt.datetime.now(dt.UTC)
+        amz_date, date = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+        payload = hashlib.sha256(body).hexdigest()
+        host = self.endpoint.removeprefix("http://")
+        headers = {"host": host, "x-amz-content-sha256": payload, "x-amz-date": amz_date}
+        names = ";".join(sorted(headers))
+        canonical = "\n".join(["POST", "/", "", *(f"{k}:{headers[k]}" for k in sorted(headers)),
+                               "", names, payload])  # fmt: skip
+        scope = f"{date}/{REGION}/sts/aws4_request"
+        to_sign = "\n".join([sigv4.ALGORITHM, amz_date, scope,
+                             hashlib.sha256(canonical.encode()).hexdigest()])  # fmt: skip
+        key = sigv4.signing_key(self.secret_key, date=date, region=REGION, service="sts")
+        signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        authorization = (f"{sigv4.ALGORITHM} Credential={self.access_key}/{scope}, "
+                         f"SignedHeaders={names}, Signature={signature}")  # fmt: skip
+        response = self.session.post(
+            self.endpoint + "/", data=body, timeout=30,
+            headers={"X-Amz-Date": amz_date, "X-Amz-Content-Sha256": payload,
+                     "Content-Type": "application/x-www-form-urlencoded",
+                     "Authorization": authorization},
+        )  # fmt: skip
+        assert response.status_code == 200, response.text
+        root = ElementTree.fromstring(response.content)
+        values = {el.tag.rsplit("}", 1)[-1]: el.text or "" for el in root.iter()}
+        return {
+            "AWS_ACCESS_KEY_ID": values["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": values["SecretAccessKey"],
+            "AWS_SESSION_TOKEN": values["SessionToken"],
+        }
 
     def environ(self) -> dict[str, str]:
         """An environment holding this server's credentials (what a pod would get)."""

@@ -87,9 +87,10 @@ class AuthConfig(BaseModel):
     mode: Literal["token", "mtls", "none"] = "token"
     tokens: tuple[TokenConfig, ...] = ()
     keda_anonymous: bool = Field(
-        default=True,
-        description="Let the KEDA external scaler be called without a token: KEDA sends none "
-        "(protect it with mTLS or a NetworkPolicy instead). The scaler only reads.",
+        default=False,
+        description="Let the KEDA external scaler be called without credentials (it only reads "
+        "forecasts). Off by default: KEDA authenticates with a read token in the trigger's "
+        "`tokenFromEnv` metadata or a TLS client certificate (docs/keda.md).",
     )
 
     @field_validator("tokens")

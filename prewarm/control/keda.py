@@ -192,6 +192,11 @@ def evaluate(
     )
 
 
+Authorize = Callable[[grpc.aio.ServicerContext, Mapping[str, str]], None]
+"""Checks a KEDA call's credentials: gRPC metadata, the TLS peer, or the trigger's metadata
+(``tokenFromEnv``, which KEDA resolves from the scale target's environment); raises to refuse."""
+
+
 class KedaScaler(externalscaler_pb2_grpc.ExternalScalerServicer):
     """The external scaler over what the daemon's cycle published (its view), the
     ``control.keda`` defaults and a clock.
@@ -205,8 +210,10 @@ class KedaScaler(externalscaler_pb2_grpc.ExternalScalerServicer):
         clock: Callable[[], float] = time.time,
         max_call_s: float = 10.0,
         metrics: ControlMetrics | None = None,
+        authorize: Authorize | None = None,
     ) -> None:
         self._metrics = metrics if metrics is not None else ControlMetrics()
+        self._authorize = authorize
         self._view = view
         self._config = config
         self._clock = clock
@@ -220,6 +227,13 @@ class KedaScaler(externalscaler_pb2_grpc.ExternalScalerServicer):
     def reopen(self) -> None:
         """Allow streams again after :meth:`close` (a server started again)."""
         self._closing = asyncio.Event()
+
+    def _check(
+        self, context: grpc.aio.ServicerContext, ref: externalscaler_pb2.ScaledObjectRef
+    ) -> None:
+        """Refuse the call unless its credentials (or its trigger's token) may read."""
+        if self._authorize is not None:
+            self._authorize(context, dict(ref.scalerMetadata))
 
     async def read(
         self, ref: externalscaler_pb2.ScaledObjectRef
@@ -256,6 +270,7 @@ class KedaScaler(externalscaler_pb2_grpc.ExternalScalerServicer):
         self, request: externalscaler_pb2.ScaledObjectRef, context: grpc.aio.ServicerContext
     ) -> externalscaler_pb2.IsActiveResponse:
         async def work() -> externalscaler_pb2.IsActiveResponse:
+            self._check(context, request)
             _, reading = await self.read(request)
             return externalscaler_pb2.IsActiveResponse(result=reading.active)
 
@@ -267,6 +282,10 @@ class KedaScaler(externalscaler_pb2_grpc.ExternalScalerServicer):
         """Send IsActive now and whenever it changes (checked every ``stream_interval_s``) until
         the client goes away or the server stops. A bad trigger ends the stream with its status.
         """
+        try:
+            self._check(context, request)
+        except PrewarmError as error:
+            await abort(context, error)
         last: bool | None = None
         while not self._closing.is_set():
             try:
@@ -303,6 +322,7 @@ class KedaScaler(externalscaler_pb2_grpc.ExternalScalerServicer):
         self, request: externalscaler_pb2.ScaledObjectRef, context: grpc.aio.ServicerContext
     ) -> externalscaler_pb2.GetMetricSpecResponse:
         async def work() -> externalscaler_pb2.GetMetricSpecResponse:
+            self._check(context, request)
             return self._spec(request)
 
         return await self._run(context, work, method="GetMetricSpec")
@@ -315,6 +335,7 @@ class KedaScaler(externalscaler_pb2_grpc.ExternalScalerServicer):
         metadata, which cannot change during a stream, so there is never an update to push.
         """
         try:
+            self._check(context, request)
             spec = self._spec(request)
         except PrewarmError as error:
             await abort(context, error)
@@ -325,6 +346,7 @@ class KedaScaler(externalscaler_pb2_grpc.ExternalScalerServicer):
         self, request: externalscaler_pb2.GetMetricsRequest, context: grpc.aio.ServicerContext
     ) -> externalscaler_pb2.GetMetricsResponse:
         async def work() -> externalscaler_pb2.GetMetricsResponse:
+            self._check(context, request.scaledObjectRef)
             query, reading = await self.read(request.scaledObjectRef)
             return externalscaler_pb2.GetMetricsResponse(
                 metricValues=[

@@ -17,7 +17,7 @@ import contextlib
 import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 import grpc
@@ -29,8 +29,10 @@ from common.errors import (
     FailedPrecondition,
     InvalidInput,
     NotFound,
+    PermissionDenied,
     PrewarmError,
     TemporaryError,
+    Unauthenticated,
 )
 from common.ids import ModelId, RequestId
 from forecaster.types import Forecast
@@ -46,7 +48,7 @@ from planner.actions import (
 from prewarm.control.auth import Authenticator, AuthInterceptor, current_principal
 from prewarm.control.calls import DecodeInterceptor, guarded
 from prewarm.control.config import ControlConfig, Scope
-from prewarm.control.keda import KedaScaler
+from prewarm.control.keda import Authorize, KedaScaler
 from prewarm.control.metrics import ControlMetrics
 from prewarm.control.overrides import (
     ControlState,
@@ -553,20 +555,52 @@ class ControlService(control_pb2_grpc.ControlServicer):
         return await self._run(context, work, method="Explain")
 
 
-def _required_scope(*, keda_anonymous: bool) -> Callable[[str], Scope | None]:
-    """Scope per full method name: health and reflection are open; KEDA reads; writes write."""
+def _required_scope(method: str) -> Scope | None:
+    """Scope per full method name: health and reflection are open; the KEDA scaler checks its
+    callers itself (:func:`keda_authorizer`: KEDA can send its token in the trigger's metadata,
+    which an interceptor does not see); control reads read; writes write."""
+    service, _, name = method.lstrip("/").partition("/")
+    if service in (health.SERVICE_NAME, reflection.SERVICE_NAME, "grpc.reflection.v1"):
+        return None
+    if service == KEDA_SERVICE:
+        return None
+    if service == CONTROL_SERVICE and name not in WRITE_METHODS:
+        return Scope.READ
+    return Scope.WRITE
 
-    def required(method: str) -> Scope | None:
-        service, _, name = method.lstrip("/").partition("/")
-        if service in (health.SERVICE_NAME, reflection.SERVICE_NAME, "grpc.reflection.v1"):
-            return None
-        if service == KEDA_SERVICE:
-            return None if keda_anonymous else Scope.READ
-        if service == CONTROL_SERVICE and name not in WRITE_METHODS:
-            return Scope.READ
-        return Scope.WRITE
 
-    return required
+def keda_authorizer(authenticator: Authenticator, *, anonymous: bool) -> Authorize:
+    """Who may call the KEDA scaler: anyone when ``anonymous`` (an explicit setting); else a
+    credential with the read scope, as gRPC metadata or a TLS client certificate (KEDA's
+    TriggerAuthentication ``caCert`` / ``tlsClientCert`` / ``tlsClientKey``), or a bearer token in
+    the trigger's metadata under ``tokenFromEnv`` (KEDA resolves it from an environment variable of
+    the scale target, e.g. one set from a Secret) or ``token``."""
+
+    def authorize(context: grpc.aio.ServicerContext, metadata: Mapping[str, str]) -> None:
+        if anonymous:
+            return
+        try:
+            principal = authenticator.authenticate(
+                tuple(context.invocation_metadata() or ()), context.auth_context() or {}
+            )
+        except Unauthenticated:
+            token = metadata.get("tokenFromEnv") or metadata.get("token")
+            if not token:
+                raise Unauthenticated(
+                    "the KEDA scaler needs a read credential: add `tokenFromEnv: <variable of "
+                    "the scale target holding a read token>` to the trigger's metadata, or use "
+                    "TLS client certificates through a TriggerAuthentication (docs/keda.md)"
+                ) from None
+            try:
+                principal = authenticator.authenticate((("authorization", f"Bearer {token}"),), {})
+            except Unauthenticated:
+                raise Unauthenticated(
+                    "the token in the trigger's tokenFromEnv is not one of control.auth.tokens"
+                ) from None
+        if not principal.allows(Scope.READ):
+            raise PermissionDenied(f"credential {principal.name!r} may not read forecasts")
+
+    return authorize
 
 
 class ControlServer:
@@ -600,14 +634,15 @@ class ControlServer:
             new_id=new_id,
             metrics=self.metrics,
         )
+        self._authenticator = authenticator or Authenticator.from_config(config)
         self.keda = KedaScaler(
             view,
             config=config.keda,
             clock=clock,
             max_call_s=config.max_call_s,
             metrics=self.metrics,
+            authorize=keda_authorizer(self._authenticator, anonymous=config.auth.keda_anonymous),
         )
-        self._authenticator = authenticator or Authenticator.from_config(config)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self.port: int | None = None
@@ -618,7 +653,7 @@ class ControlServer:
             raise FailedPrecondition("the control server is already started")
         interceptor = AuthInterceptor(
             self._authenticator,
-            _required_scope(keda_anonymous=self._config.auth.keda_anonymous),
+            _required_scope,
             on_refused=self.metrics.observe_call,
         )
         # Outermost first: check credentials, then decode the request (INVALID_ARGUMENT if bad).

@@ -1,5 +1,6 @@
 """The KEDA external scaler: the pure reading, and the gRPC contract with a client generated from
-KEDA's externalscaler.proto (package ``externalscaler``), as KEDA calls it (no token).
+KEDA's externalscaler.proto (package ``externalscaler``), as KEDA calls it (a read token in the
+trigger's ``tokenFromEnv`` metadata, resolved by KEDA from the scale target's environment).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from prewarm.control.overrides import (
 )
 from protos import control_pb2, control_pb2_grpc, externalscaler_pb2, externalscaler_pb2_grpc
 from tests.control.conftest import (
+    READ_TOKEN,
     WRITE_TOKEN,
     Clock,
     RunningServer,
@@ -185,8 +187,11 @@ def scaler(running: RunningServer) -> Iterator[externalscaler_pb2_grpc.ExternalS
 
 
 def ref(**metadata: str) -> externalscaler_pb2.ScaledObjectRef:
+    """A trigger as KEDA sends it: its metadata, with ``tokenFromEnv`` already resolved from the
+    scale target's environment (a read token from a Secret)."""
+    fields = {"scalerAddress": "x:1", "tokenFromEnv": READ_TOKEN, **metadata}
     return externalscaler_pb2.ScaledObjectRef(
-        name="llama", namespace="serving", scalerMetadata={"scalerAddress": "x:1", **metadata}
+        name="llama", namespace="serving", scalerMetadata=fields
     )
 
 
@@ -310,23 +315,42 @@ def test_streams_end_when_the_server_stops() -> None:
         handle.thread.join(10)
 
 
-def test_keda_needs_a_token_when_not_anonymous() -> None:
+def test_keda_needs_a_read_credential_unless_anonymous_is_set() -> None:
+    handle = start_server()
+    try:
+        with grpc.insecure_channel(handle.address) as channel:
+            scaler = externalscaler_pb2_grpc.ExternalScalerStub(channel)
+            for bad in ("", "not-a-token-of-this-server"):
+                with pytest.raises(grpc.RpcError) as caught:
+                    scaler.GetMetricSpec(ref(model="llama-70b", tokenFromEnv=bad), timeout=5)
+                assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+            assert "tokenFromEnv" in caught.value.details()  # type: ignore[attr-defined]
+            with pytest.raises(grpc.RpcError) as streamed:
+                next(
+                    iter(scaler.StreamIsActive(ref(model="llama-70b", tokenFromEnv=""), timeout=5))
+                )
+            assert streamed.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+            # A read token in the trigger's metadata (KEDA resolves tokenFromEnv) or as gRPC
+            # metadata (other clients) is enough; it only reads.
+            reply = scaler.GetMetricSpec(ref(model="llama-70b"), timeout=5)
+            assert reply.metricSpecs[0].metricName == "prewarm-llama-70b"
+            reply = scaler.GetMetricSpec(
+                ref(model="llama-70b", tokenFromEnv=""),
+                metadata=(("authorization", f"Bearer {READ_TOKEN}"),),
+                timeout=5,
+            )
+            assert reply.metricSpecs[0].metricName == "prewarm-llama-70b"
+    finally:
+        stop_server(handle)
     config = control_config()
     config = config.model_copy(
-        update={"auth": config.auth.model_copy(update={"keda_anonymous": False})}
+        update={"auth": config.auth.model_copy(update={"keda_anonymous": True})}
     )
     handle = start_server(config=config)
     try:
         with grpc.insecure_channel(handle.address) as channel:
             scaler = externalscaler_pb2_grpc.ExternalScalerStub(channel)
-            with pytest.raises(grpc.RpcError) as caught:
-                scaler.GetMetricSpec(ref(model="llama-70b"), timeout=5)
-            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
-            reply = scaler.GetMetricSpec(
-                ref(model="llama-70b"),
-                metadata=(("authorization", f"Bearer {WRITE_TOKEN}"),),
-                timeout=5,
-            )
+            reply = scaler.GetMetricSpec(ref(model="llama-70b", tokenFromEnv=""), timeout=5)
             assert reply.metricSpecs[0].metricName == "prewarm-llama-70b"
     finally:
         stop_server(handle)

@@ -11,7 +11,7 @@ from planner.actions import Tier
 from prewarm.control.metrics import ControlMetrics
 from prewarm.control.overrides import ControlState, ManualRequest, Pause, Pin, active_overrides
 from protos import control_pb2, control_pb2_grpc, externalscaler_pb2, externalscaler_pb2_grpc
-from tests.control.conftest import WRITE_TOKEN, RunningServer, make_forecast
+from tests.control.conftest import READ_TOKEN, WRITE_TOKEN, RunningServer, make_forecast
 from tests.harness.rpc import bearer
 
 NOW = 1_800_000_000.0
@@ -73,7 +73,11 @@ def test_calls_are_counted_by_method_and_code(running: RunningServer) -> None:
         scaler.GetMetrics(
             externalscaler_pb2.GetMetricsRequest(
                 scaledObjectRef=externalscaler_pb2.ScaledObjectRef(
-                    scalerMetadata={"model": "llama-70b", "targetPerReplica": "1"}
+                    scalerMetadata={
+                        "model": "llama-70b",
+                        "targetPerReplica": "1",
+                        "tokenFromEnv": READ_TOKEN,
+                    }
                 )
             ),
             timeout=5,

@@ -129,6 +129,15 @@ CHART_SCHEMA: dict[str, Any] = _object(
                 "service": _object({"enabled": _BOOL}),
             }
         ),
+        "handoff": _object(
+            {
+                "enabled": _BOOL,
+                "image": _object({"repository": _STRING, "tag": _STRING}),
+                "timeout": _DURATION,
+                "leaseTTL": _DURATION,
+                "renewEvery": _DURATION,
+            }
+        ),
         "monitoring": _object(
             {
                 "serviceMonitor": _MONITOR,

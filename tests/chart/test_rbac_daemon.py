@@ -4,9 +4,9 @@ As tests/actuator/test_rbac.py does for the actuator: ``helm template`` renders 
 ServiceAccount and its RBAC objects (actuator's and daemon's) are applied to the real API server,
 and the daemon's own Kubernetes operations run as that ServiceAccount (TokenRequest token): the
 leader Lease (create, renew, release), the control API's ConfigMap store (create, replace, read)
-and the cluster observer (nodes, pods and events in every namespace, the workload). All succeed. Then, one
-verb at a time, that verb is removed from the daemon's rendered rules and the operations must fail
-with 403, so no verb is superfluous.
+and the cluster observer (nodes, pods and events in every namespace, the workload). All succeed.
+Then, one verb at a time, that verb is removed from the daemon's rendered rules and the operations
+must fail with 403, so no verb is superfluous.
 """
 
 from __future__ import annotations

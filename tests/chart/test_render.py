@@ -316,7 +316,8 @@ def test_daemon_rbac_is_separate_from_the_actuators_and_least_privilege() -> Non
     for kind in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"):
         find(docs, kind, "rel-prewarm-actuator")
     assert rules_of(docs, "ClusterRole", "rel-prewarm-daemon") == [
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]},  # image pulls
     ]
     assert rules_of(docs, "Role", "rel-prewarm-daemon") == [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import grpc
 
+from actuator.agent_auth import agent_metadata
 from actuator.config import AgentClientConfig
+from common.errors import PrewarmError
 from common.ids import ModelId, NodeName, PoolName
 from common.tiers import Tier
 from planner.leadtime import Stage, StageObservation
@@ -81,10 +83,14 @@ class AgentStatusReader:
         timeout_s = self._config.status_timeout_s
         stub = pb_grpc.GpuAgentStub(self._channel(address))
         try:
+            metadata = self._metadata()
+        except PrewarmError as error:
+            return AgentView(problem=f"Status at {address}: {error}")
+        try:
             # The gRPC deadline bounds the call (connecting included); the outer timeout only
             # guards against a call that outlives its deadline.
             status = await asyncio.wait_for(
-                stub.Status(pb.StatusRequest(), timeout=timeout_s, metadata=self._metadata()),
+                stub.Status(pb.StatusRequest(), timeout=timeout_s, metadata=metadata),
                 timeout_s + 1.0,
             )
         except grpc.aio.AioRpcError as error:
@@ -115,10 +121,7 @@ class AgentStatusReader:
             await channel.close()
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
-        token = self._config.token
-        if token is None:
-            return ()
-        return (("authorization", f"Bearer {token.get_secret_value()}"),)
+        return agent_metadata(self._config)
 
 
 def node_state(name: NodeName, pool: PoolName, status: pb.StatusResponse) -> NodeState:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from actuator.agent_auth import agent_metadata
 from actuator.config import ActuatorConfig
 from actuator.kube import PODS, KubeClient, Obj
 from common.errors import InvalidInput, NotFound, PrewarmError, TemporaryError
@@ -300,10 +301,7 @@ class AgentActuator:
         return self._channels[address]
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
-        token = self._config.agent.token
-        if token is None:
-            return ()
-        return (("authorization", f"Bearer {token.get_secret_value()}"),)
+        return agent_metadata(self._config.agent)
 
 
 def _timestamp(epoch_s: float) -> Timestamp:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 _LABEL_KEY = re.compile(
     r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
@@ -120,12 +120,23 @@ class AgentClientConfig(BaseModel):
     token: SecretStr | None = Field(
         default=None, description="Bearer token the agents expect (their auth.mode=token)."
     )
+    token_file: str | None = Field(
+        default=None,
+        description="A file (Kubernetes Secret mount) holding that token instead, read at every "
+        "call, so a rotated Secret is used without a restart.",
+    )
     attempts: int = Field(
         default=4,
         ge=1,
         description="Tries of a call the agent answered UNAVAILABLE (or that could not reach it).",
     )
     max_concurrency: int = Field(default=16, ge=1, description="Agent calls in flight at once.")
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> AgentClientConfig:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("set actuator.agent.token or actuator.agent.token_file, not both")
+        return self
 
 
 class ActuatorConfig(BaseModel):

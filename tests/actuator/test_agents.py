@@ -7,6 +7,7 @@ protocol on 127.0.0.1: it records every request and its metadata, and can be tol
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -293,3 +294,26 @@ async def test_an_agent_write_after_the_lease_is_lost_is_refused_between_retries
 
 async def _address(address: str) -> str:
     return address
+
+
+async def test_the_token_file_is_read_at_every_call(
+    agent: tuple[RecordingAgent, str], tmp_path: Path
+) -> None:
+    servicer, address = agent
+    token = tmp_path / "token"
+    token.write_text("first-token-0123456789\n")
+    config = ActuatorConfig(agent=AgentClientConfig(token_file=str(token)))
+    actuator = AgentActuator(config, lambda node: _address(address), weights_of=weights_of)
+    await actuator.apply([preload()], [], now_s=NOW)
+    token.write_text("rotated-token-0123456789")  # the Secret was rotated
+    await actuator.apply([preload()], [], now_s=NOW)
+    sent = [call[2].get("authorization") for call in servicer.calls]
+    assert sent == ["Bearer first-token-0123456789", "Bearer rotated-token-0123456789"]
+    token.unlink()  # a missing file fails the call with its reason, and nothing is sent
+    (result,) = await actuator.apply([preload()], [], now_s=NOW)
+    assert not result.ok
+    assert "cannot read the agents' token file" in result.detail
+    assert len(servicer.calls) == 2
+    with pytest.raises(ValueError, match="not both"):
+        AgentClientConfig(token=SecretStr("x" * 20), token_file=str(token))
+    await actuator.close()

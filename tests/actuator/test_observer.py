@@ -40,7 +40,7 @@ from protos import gpu_agent_pb2 as pb
 from protos import gpu_agent_pb2_grpc as pb_grpc
 from tests.gpu_agent.fakes import FakeNvml
 from tests.harness.agent import source, write_model
-from tests.harness.k8s import GPU_RESOURCE, make_kwok_nodes, make_namespace
+from tests.harness.k8s import GPU_RESOURCE, make_kwok_nodes, make_namespace, wait_for
 from tests.harness.kube import FAST_RETRY
 from tests.harness.node_agents import (
     agent_process,
@@ -419,7 +419,12 @@ async def test_image_pulls_and_replica_starts_are_measured_once(
     deployment(kube, namespace, str(MODEL), replicas=1)
     path = apply_pod(kube, pod_body("m-1", namespace=namespace, image="vllm/vllm-openai:v0.9",
                                    node=node, labels={"app": str(MODEL)}))  # fmt: skip
-    # The serving pod's containers started at 10:00:00 and it turned Ready 95 s later.
+    # kwok runs the pod first (its own timestamps); then, as a kubelet would have reported it, the
+    # serving pod's containers started at 10:00:00 and it turned Ready 95 s later.
+    wait_for(
+        lambda: ((kube.get(path) or {}).get("status") or {}).get("phase") == "Running",
+        what="kwok runs the serving pod",
+    )
     kube.merge_patch(
         PODS.path(namespace, "m-1", sub="status"),
         {"status": {

@@ -32,6 +32,7 @@ from gpu_agent.config import AgentConfig
 from gpu_agent.control import LoadControl
 from gpu_agent.diskcache import DiskCache
 from gpu_agent.events import EventBus, EventListener
+from gpu_agent.expansion import DirectoryExpander
 from gpu_agent.fetch import ModelFetcher
 from gpu_agent.gpu_tier import GpuTier, default_gpu_device
 from gpu_agent.holdings import Holding, Holdings
@@ -79,11 +80,21 @@ class Agent:
             file_roots=config.allowed_file_roots,
             http_prefixes=config.allowed_http_prefixes,
             require_sha256=config.require_sha256,
+            remote=config.remote,
         )
         fetcher = Fetcher(
             http_session,
             parallel_ranges=config.http_parallel_ranges,
             range_bytes=config.http_range_bytes,
+            timeout_s=config.http_timeout_s,
+            remote=config.remote,
+            require_checksum=config.require_sha256,
+        )
+        self._expander = DirectoryExpander(
+            self._policy,
+            config.remote,
+            require_checksum=config.require_sha256,
+            session=http_session,
             timeout_s=config.http_timeout_s,
         )
         self._fetch = ModelFetcher(
@@ -200,12 +211,20 @@ class Agent:
         propagates; tiers the model already held stay as they were.
         """
         held = spec.model_id in self._holdings
-        checked = check_spec(spec, config=self.config, policy=self._policy, held=held)
+        deadline = self._deadline(spec, grpc_time_remaining_s)
+        # A directory source (hf://org/name@rev, s3://bucket/prefix/) is listed first, in a thread
+        # within the deadline; its revision comes from the listing unless the request names one.
+        spec, expand = await self._expander.expand_spec(
+            spec, remaining_s=None if deadline is None else deadline - self._mono()
+        )
+        checked = check_spec(
+            spec, config=self.config, policy=self._policy, held=held, expand=expand
+        )
         if checked.is_directory:
             self._check_directory(spec.model_id, checked)
         model_id = spec.model_id
         progress = LoadProgress(model_id, started=self._mono(), monotonic=self._mono)
-        control = LoadControl(self._deadline(spec, grpc_time_remaining_s), clock=self._mono)
+        control = LoadControl(deadline, clock=self._mono)
         control.checkpoint()
         yield progress.message(Stage.STAGE_QUEUED)
         async with self._model_locks.setdefault(model_id, asyncio.Lock()):

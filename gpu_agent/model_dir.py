@@ -8,10 +8,13 @@ directory's file list is produced from a Preload's sources. Pure: no I/O, no tie
 
 The seam for remote listings: a directory-like URI (``hf://org/name@rev``, ``s3://bucket/prefix/``)
 is expanded into one entry per file by ``gpu_agent.remote.expand(uri, config)``, whose
-``RemoteFile(path, url, headers, size, sha256, git_sha1)`` maps onto :class:`DirectoryEntry`
-(``path``, ``uri=url``, ``size_bytes=size``, ``sha256``). Such an expansion plugs in through
-:data:`Expander`, called by :func:`directory_entries` for a source without a ``path``; until it is
-wired, a Preload lists every file itself (the catalog's ``weights`` entries with ``path``).
+``RemoteFile(uri, path, size, sha256, git_sha1)`` maps onto :class:`DirectoryEntry` (``path``,
+``uri`` -- the file's own URI, not its download URL: the Fetcher resolves it again, so an S3 URL
+is freshly signed -- ``size_bytes=max(size, 0)``, ``sha256`` or ``""`` for a file the Hub verifies
+by its git blob sha1). Such an expansion plugs in through :data:`Expander`, called by
+:func:`directory_entries` for a source without a ``path``; the agent's is
+:mod:`gpu_agent.expansion`. A Preload may also list every file itself (the catalog's ``weights``
+entries with ``path``).
 """
 
 from __future__ import annotations

@@ -203,7 +203,9 @@ class Fetcher:
     ``session`` is the HTTP boundary (a ``requests.Session``; tests point sources at a loopback
     server); ``remote`` the settings of s3://, hf:// and https header files and redirects
     (without them only plain http(s) and file:// sources can be fetched); ``environ`` where
-    credentials come from when the settings name no Secret files.
+    credentials come from when the settings name no Secret files; ``require_checksum``: refuse
+    (:class:`InvalidInput`, before any byte is written) a remote file that neither the request
+    nor its source gives a sha256 or git blob sha1 for (the agent's ``require_sha256``).
 
     On failure nothing is left at ``dest`` and the ``.partial`` file is removed, except after a
     :class:`TemporaryError` (a dropped connection, a failing server) from a server that answered
@@ -222,6 +224,7 @@ class Fetcher:
         timeout_s: float = 30.0,
         remote: RemoteSourcesConfig | None = None,
         environ: Mapping[str, str] = os.environ,
+        require_checksum: bool = False,
     ) -> None:
         self._session = session if session is not None else requests.Session()
         self._parallel = parallel_ranges
@@ -229,6 +232,7 @@ class Fetcher:
         self._timeout_s = timeout_s
         self._remote = remote
         self._environ = environ
+        self._require_checksum = require_checksum
 
     def fetch(
         self, source: CheckedSource, dest: Path, *, control: LoadControl, progress: Progress
@@ -305,6 +309,11 @@ class Fetcher:
         progress: Progress,
     ) -> tuple[int, str]:
         target = self._locate(source)
+        if self._require_checksum and not (source.sha256 or target.sha256 or target.git_sha1):
+            raise InvalidInput(
+                f"{source.uri}: neither the request nor its source gives a sha256 (or git blob "
+                "sha1) to verify it by, and the agent requires one (require_sha256)"
+            )
         resume = _read_record(record, partial, source)
         # The record is only true of a .partial nobody writes to: drop it while this fetch runs
         # (a process killed now leaves a .partial without a record, which is not trusted).

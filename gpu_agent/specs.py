@@ -106,7 +106,9 @@ def check_spec(
     """The weights of ``spec`` after the policy, or the error that refuses the request.
 
     ``held``: whether the agent already holds the model (then no sources are needed to move it to
-    another tier). ``expand``: lists directory-like sources (:mod:`gpu_agent.model_dir`). Raises
+    another tier). ``expand``: lists directory-like sources (:mod:`gpu_agent.model_dir`; the
+    agent's is :meth:`gpu_agent.expansion.DirectoryExpander.expand_spec`'s, which listed the
+    directory beforehand and filled in ``spec.revision``). Raises
     :class:`InvalidInput` or :class:`PermissionDenied`; writes nothing.
     """
     validate_model_id(spec.model_id, max_len=config.max_model_id_len)
@@ -134,6 +136,12 @@ def check_spec(
             paths=tuple(e.path for e in entries),
             revision=spec.revision or digest_revision(entries),
         )
+    for source in weights.sources:
+        if source.directory:
+            raise InvalidInput(
+                f"{source.uri} names a directory: give it as the Preload's only weights source, "
+                "without a path, and the agent lists its files"
+            )
     # A directory's pickle files are never loaded by the agent (it caches them as they are, for
     # the engine that reads the directory), but the opt-in rule is the same for both kinds.
     names = weights.paths or tuple(s.name for s in weights.sources)

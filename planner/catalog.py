@@ -10,7 +10,10 @@ model ids at the top level is accepted too). Fields per model, all optional:
   (``{namespace, name, kind?, api_version?}``: where replica floors are applied).
 - ``weights`` (``[{uri, sha256, size_bytes?, path?}]``: the files the GPU agents preload; with a
   ``path`` on every entry the model is a directory, each file at its relative path inside it,
-  which the agents materialise read-only for serving engines, see ``docs/engines.md``) and
+  which the agents materialise read-only for serving engines, see ``docs/engines.md``; or one
+  directory URI alone, ``[{uri: "hf://org/name@<commit>"}]`` or
+  ``[{uri: "s3://bucket/models/llama/"}]``, whose files and per-file hashes the agents take from
+  the Hub's or the bucket's listing, see ``docs/sources.md``) and
   ``artifacts`` (``[{uri, sha256, kind, install_dir?}]``: compiled artifacts the agents install
   with every preload of the model; ``kind`` is one of :data:`ARTIFACT_KINDS`, the GPU agent's
   artifact kinds; ``docs/artifacts.md`` says where each lands and which engine reads it). URIs use
@@ -84,19 +87,72 @@ DEFAULT_SIZE_CLASSES: tuple[SizeClass, ...] = (
 
 @dataclass(frozen=True, slots=True)
 class WeightFile:
-    """One weight file of a model, as the GPU agent fetches it: ``file://`` or ``https://`` URI,
-    lowercase hex sha256 (the agent refuses files it cannot verify), size when known (0), and for
-    a directory model its relative ``path`` inside the directory (empty otherwise)."""
+    """One weight file of a model, as the GPU agent fetches it: a URI of :data:`SOURCE_SCHEMES`,
+    lowercase hex sha256 (the agent refuses files it cannot verify; empty for an ``hf://`` file,
+    which the Hub's listing verifies, and for a directory URI), size when known (0), and for a
+    directory model its relative ``path`` inside the directory (empty otherwise).
+
+    A directory URI (``hf://org/name@rev``, ``hf://org/name@rev/folder/``,
+    ``s3://bucket/prefix/``; :attr:`is_directory`) is the model's only entry: the agent lists it.
+    """
 
     uri: str
     sha256: str
     size_bytes: int = 0
     path: str = ""
 
+    @property
+    def is_directory(self) -> bool:
+        """Whether :attr:`uri` names a directory the agent lists (see the class docstring)."""
+        return is_directory_uri(self.uri)
 
-SOURCE_SCHEMES: tuple[str, ...] = ("file", "http", "https")
+
+SOURCE_SCHEMES: tuple[str, ...] = ("file", "http", "https", "s3", "hf")
 """URI schemes of weights and artifacts: the ones a GPU agent can fetch (its ``allowed_schemes``
-setting narrows them further per cluster; by default it takes ``file`` and ``https``)."""
+setting narrows ``file`` and ``http(s)`` further per cluster, by default to ``file`` and
+``https``; ``s3`` and ``hf`` need its ``remote.s3.allowed_buckets`` / ``remote.hf.allowed_repos``,
+see ``docs/sources.md``)."""
+
+_HF_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def is_directory_uri(uri: str) -> bool:
+    """Whether ``uri`` names a directory: ``hf://org/name[@rev]`` or one ending in ``/``, and
+    ``s3://bucket/`` or ``s3://bucket/prefix/`` (the GPU agent's rule; no I/O)."""
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if scheme == "hf":
+        segments = uri[len("hf://") :].split("/")
+        tail = "/".join(segments[2:])
+        return tail == "" or tail.endswith("/")
+    if scheme == "s3":
+        return parts.path in ("", "/") or parts.path.endswith("/")
+    return False
+
+
+def _check_remote_uri(uri: str, *, at: str) -> None:
+    """The shape of an ``hf://`` or ``s3://`` URI, as the GPU agent parses it."""
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if "?" in uri or "#" in uri or ".." in uri.split("/"):
+        raise InvalidInput(f"{at}.uri {uri!r} must not contain '?', '#' or a '..' segment")
+    if scheme == "hf":
+        segments = uri[len("hf://") :].split("/")
+        name = segments[1].partition("@")[0] if len(segments) > 1 else ""
+        if len(segments) < 2 or not _HF_NAME.match(segments[0]) or not _HF_NAME.match(name):
+            raise InvalidInput(
+                f"{at}.uri {uri!r} must name a Hub repository: hf://org/name@<commit> (the whole "
+                "repository), hf://org/name@<commit>/folder/ or hf://org/name@<commit>/file"
+            )
+        if "@" in segments[1] and not segments[1].partition("@")[2]:
+            raise InvalidInput(f"{at}.uri {uri!r} has an empty revision after '@'")
+    elif scheme == "s3" and not _S3_BUCKET.match(parts.netloc):
+        raise InvalidInput(
+            f"{at}.uri {uri!r} must be s3://bucket/key or s3://bucket/prefix/ (bucket: 3-63 "
+            "lowercase letters, digits, '.' and '-')"
+        )
+
 
 ArtifactKind = Literal["mega_cache", "inductor_cache_tar"]
 """A compiled artifact's kind: the GPU agent's ``ArtifactKind`` names (protos/gpu_agent.proto)
@@ -266,7 +322,12 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _source(item: dict[str, Any], *, at: str, example: str) -> tuple[str, str]:
-    """The checked ``uri`` and ``sha256`` of a weights or artifacts entry."""
+    """The checked ``uri`` and ``sha256`` of a weights or artifacts entry.
+
+    The sha256 may be left out for an ``hf://`` file (the Hub's listing has its hash) and must be
+    left out for a directory URI (each file's hash comes from the listing); the caller decides
+    whether a directory URI is allowed where it stands.
+    """
     uri, digest = item.get("uri"), item.get("sha256")
     if not isinstance(uri, str) or "://" not in uri:
         raise InvalidInput(f"{at}.uri must be a URI such as {example}")
@@ -276,6 +337,17 @@ def _source(item: dict[str, Any], *, at: str, example: str) -> tuple[str, str]:
         raise InvalidInput(
             f"{at}.uri {uri!r} has unsupported scheme {scheme!r}: GPU agents fetch {schemes}"
         )
+    if scheme in ("hf", "s3"):
+        _check_remote_uri(uri, at=at)
+    if is_directory_uri(uri):
+        if digest is not None:
+            raise InvalidInput(
+                f"{at}: {uri} is a directory; leave out sha256 (the agent verifies each file by "
+                "the hash the listing gives)"
+            )
+        return uri, ""
+    if digest is None and scheme == "hf":
+        return uri, ""
     if not isinstance(digest, str) or not _SHA256.match(digest):
         raise InvalidInput(f"{at}.sha256 must be 64 lowercase hex digits (sha256sum's output)")
     return uri, digest
@@ -319,6 +391,11 @@ def _weights(value: Any, *, where: str) -> tuple[WeightFile, ...]:
                 f"{at} must be a mapping with uri, sha256, and optional size_bytes and path"
             )
         uri, digest = _source(item, at=at, example="file:///models/x.safetensors")
+        if is_directory_uri(uri) and (len(value) > 1 or set(item) != {"uri"}):
+            raise InvalidInput(
+                f"{at}: {uri} is a directory: it must be the model's only weights entry, with "
+                "just its uri (no sha256, size_bytes or path): the GPU agents list its files"
+            )
         size = _integer(item.get("size_bytes", 0), where=f"{at}.size_bytes")
         path = _relative_path(item["path"], at=f"{at}.path") if "path" in item else ""
         files.append(WeightFile(uri=uri, sha256=digest, size_bytes=size, path=path))
@@ -355,6 +432,8 @@ def _artifacts(model: ModelId, value: Any, *, where: str, root: str) -> tuple[Ar
         if not isinstance(item, dict) or set(item) - {"uri", "sha256", "kind", "install_dir"}:
             raise InvalidInput(f"{at} must be a mapping with uri, sha256, kind, install_dir?")
         uri, digest = _source(item, at=at, example="https://artifacts.example/m.mega-cache")
+        if is_directory_uri(uri):
+            raise InvalidInput(f"{at}.uri {uri!r} is a directory; an artifact is one file")
         kind = item.get("kind")
         if kind not in ARTIFACT_KINDS:
             raise InvalidInput(

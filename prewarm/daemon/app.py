@@ -78,7 +78,8 @@ def identity() -> str:
 
 def weight_sources(catalog: Catalog, model: ModelId) -> list[pb.Source]:
     """The agent's Preload sources of ``model``: its catalog ``weights`` (with their paths, for a
-    directory model).
+    directory model; a single directory URI, ``hf://org/name@<commit>`` or
+    ``s3://bucket/prefix/``, as it is: the agent lists its files).
 
     Raises :class:`NotFound` (that one Preload fails, the rest of the plan goes on) when the
     catalog lists none, saying what to add.
@@ -87,7 +88,8 @@ def weight_sources(catalog: Catalog, model: ModelId) -> list[pb.Source]:
     if not files:
         raise NotFound(
             f"the model catalog lists no weights for {model}: add `weights: [{{uri, sha256}}]` "
-            "to its entry so GPU agents can preload it"
+            "(or one directory, `weights: [{uri: hf://org/name@<commit>}]` or "
+            "`[{uri: s3://bucket/prefix/}]`) to its entry so GPU agents can preload it"
         )
     # Entries with a path make a directory model: the agent materialises it for engines.
     return [

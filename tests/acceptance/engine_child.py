@@ -9,6 +9,10 @@ Usage:
   tokenizer and model from that directory (``from_pretrained``), answer one generate request.
 - ``... serve --source BASE_URL --files JSON``: the same engine without prewarm: download every
   file of the directory from its source, verify each sha256, then load and answer.
+- ``... serve --s3 s3://bucket/prefix/ --s3-endpoint URL``: the same from an S3 server (credentials
+  from ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``): list the prefix (ListObjectsV2 and a HEAD
+  per object, for its stored SHA256 checksum), GET every object with a presigned SigV4 URL (the
+  agent's own :mod:`gpu_agent.remote` code, no boto3), verify each sha256, then load and answer.
 
 ``serve`` prints one JSON line: the seconds from the start of the load to the first response
 (the interpreter's start and imports excluded: they are the same either way), the generated text,
@@ -83,6 +87,26 @@ def _download(base_url: str, files: list[dict[str, str]], into: Path) -> None:
         dest.write_bytes(blob)
 
 
+def _download_s3(uri: str, endpoint: str, into: Path) -> None:
+    import requests
+
+    from gpu_agent.config import S3SourcesConfig
+    from gpu_agent.remote import s3
+
+    config = S3SourcesConfig(endpoint=endpoint, region=os.environ.get("AWS_REGION", "us-east-1"))
+    with requests.Session() as session:
+        client = s3.S3Client(config, session=session, environ=os.environ)
+        for item in client.expand(s3.parse_s3_uri(uri)):
+            response = session.get(item.url, timeout=60)
+            response.raise_for_status()
+            blob = response.content
+            if item.sha256 is None or hashlib.sha256(blob).hexdigest() != item.sha256:
+                raise SystemExit(f"checksum mismatch (or no stored checksum) for {item.uri}")
+            dest = into / item.path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(blob)
+
+
 def serve(args: argparse.Namespace) -> None:
     import torch
 
@@ -95,6 +119,13 @@ def serve(args: argparse.Namespace) -> None:
         PreTrainedTokenizerFast,
     )
 
+    if args.s3:
+        # The S3 client's modules (requests, the SigV4 signer) are imported before the clock
+        # starts too, like the others.
+        import requests  # noqa: F401
+
+        from gpu_agent.remote import s3  # noqa: F401
+
     torch.set_num_threads(1)
     started = time.perf_counter()
     scratch = None
@@ -102,8 +133,13 @@ def serve(args: argparse.Namespace) -> None:
         directory, origin = Path(args.model_dir), "warm"
     else:
         scratch = tempfile.TemporaryDirectory(prefix="engine-download-")
-        directory, origin = Path(scratch.name), "source"
-        _download(args.source, json.loads(args.files), directory)
+        directory = Path(scratch.name)
+        if args.s3:
+            origin = "s3"
+            _download_s3(args.s3, args.s3_endpoint, directory)
+        else:
+            origin = "source"
+            _download(args.source, json.loads(args.files), directory)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     model = AutoModelForCausalLM.from_pretrained(directory)
     inputs = tokenizer(PROMPT, return_tensors="pt")
@@ -127,6 +163,8 @@ def main() -> None:
     serve_parser.add_argument("--model-dir", default="")
     serve_parser.add_argument("--source", default="")
     serve_parser.add_argument("--files", default="[]")
+    serve_parser.add_argument("--s3", default="")
+    serve_parser.add_argument("--s3-endpoint", default="")
     args = parser.parse_args()
     if args.command == "make":
         make(args.directory)

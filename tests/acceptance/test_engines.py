@@ -2,16 +2,19 @@
 
 A real ``prewarm agent`` process (no GPU: the host tier is the hand-off), a tiny GPT-2 model
 directory that the test makes with transformers (config, a tokenizer trained here, two safetensors
-shards and their index), served to the agent by a local HTTP server and preloaded as a directory
-model. Then what a serving pod does, with real processes: ``prewarm handoff wait`` (its init
-container) prints the directory, and a transformers process (tests/acceptance/engine_child.py)
-loads it with ``from_pretrained`` and answers a generate request; the same process type also
-loads the model from its source (download every file, verify, load). Both times to the first
-response are printed with their ratio.
+shards and their index), uploaded to a real S3 server (MinIO, tests/harness/s3.py) with SHA256
+checksums and preloaded by the agent from its one directory URI, ``s3://bucket/models/tiny/``: the
+agent lists the prefix, fetches and verifies every file. Then what a serving pod does, with real
+processes: ``prewarm handoff wait`` (its init container) prints the directory, and a transformers
+process (tests/acceptance/engine_child.py) loads it with ``from_pretrained`` and answers a generate
+request; the same process type also loads the model from its source, the S3 server (list the
+prefix, GET every object with a presigned URL, verify, load). Both times to the first response
+are printed with their ratio.
 
 Asserted besides: bad input fails with one clear error each and leaves nothing half-written (no
 ``.partial``, no new revision directory, ``current`` unchanged): a file whose checksum does not
-match, a source outside the allowed roots, a path with ``..``; the wait verb for a model the
+match, a source outside the allowed roots, a path with ``..``, wrong S3 credentials, a prefix with
+nothing under it; the wait verb for a model the
 agent does not hold falls back after its timeout (exit 0, one line saying so). Leases: with a
 ``prewarm handoff hold`` sidecar alive an Evict without force is refused; the sidecar SIGKILLed,
 its lease expires after the TTL and the model becomes evictable; a sidecar stopped with SIGTERM
@@ -36,12 +39,18 @@ import pytest
 
 from protos import gpu_agent_pb2 as pb
 from protos import gpu_agent_pb2_grpc as pb_grpc
-from tests.gpu_agent.httpserver import serve_files
+from tests.harness import s3 as s3_harness
 from tests.harness.agent import sha256
 from tests.harness.model_dirs import current_target, dir_sources, model_base
 from tests.harness.node_agents import agent_process, node_agent_config
+from tests.harness.s3 import RunningS3
 
 pytestmark = [pytest.mark.acceptance_engines, pytest.mark.slow]
+
+# The real S3 server's fixtures, found by pytest under these module-level names.
+s3_server = s3_harness.s3_server
+s3_bucket = s3_harness.s3_bucket
+PREFIX = "models/tiny/"
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "tiny/gpt2"
@@ -49,13 +58,15 @@ RUNS = 3
 """Serving processes per way of loading; the medians are compared."""
 SLOWER_AT_MOST = 1.5
 """The warm load does strictly less than the cold one (same from_pretrained on the same bytes,
-minus the download and the hashing), so it can be slower only by noise: on a 2-core machine
-running an agent and an HTTP server beside it, medians of 3 runs of ~0.1 s still move by tens of
-percent, hence 1.5x and not 1.0x."""
+minus the listing, the download and the hashing), so it can be slower only by noise: on a 2-core
+machine running an agent and an S3 server beside it, medians of 3 runs of ~0.1 s still move by
+tens of percent, hence 1.5x and not 1.0x."""
 LEASE_TTL_S = 3.0
 
 
-def _run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def _run(
+    *args: str, timeout: float = 180, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, *args],
         cwd=REPO,
@@ -63,7 +74,7 @@ def _run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=timeout,
         check=False,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"},
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", **(env or {})},
     )
 
 
@@ -73,9 +84,18 @@ def _json(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return report
 
 
-def _serve(*args: str) -> dict[str, Any]:
+def _serve(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     """One serving process (tests/acceptance/engine_child.py serve ...); its report."""
-    return _json(_run("-m", "tests.acceptance.engine_child", "serve", *args))
+    return _json(_run("-m", "tests.acceptance.engine_child", "serve", *args, env=env))
+
+
+def _s3_sources(bucket: str, root: Path) -> list[pb.Source]:
+    """One source per file of ``root`` (uploaded under ``PREFIX``), with its path and sha256."""
+    return [
+        pb.Source(uri=f"s3://{bucket}/{PREFIX}{s.path}", sha256=s.sha256,
+                  size_bytes=s.size_bytes, path=s.path)
+        for s in dir_sources(root)
+    ]  # fmt: skip
 
 
 def _request(weights: list[pb.Source], *, revision: str = "") -> pb.PreloadRequest:
@@ -125,7 +145,7 @@ def _wait_until(condition: Any, *, timeout_s: float, what: str) -> None:
 
 
 def test_a_transformers_process_serves_from_the_agents_directory_and_leases_pin_it(
-    tmp_path: Path,
+    tmp_path: Path, s3_server: RunningS3, s3_bucket: str
 ) -> None:
     sources = tmp_path / "sources"
     made = _json(_run("-m", "tests.acceptance.engine_child", "make", str(sources / "tiny")))
@@ -138,31 +158,42 @@ def test_a_transformers_process_serves_from_the_agents_directory_and_leases_pin_
     for name in made["files"]:
         (elsewhere / "tiny" / name).write_bytes((sources / "tiny" / name).read_bytes())
 
+    # The model's home: a bucket, each object uploaded with its SHA256 checksum.
+    for name in made["files"]:
+        s3_server.put(s3_bucket, PREFIX + name, (sources / "tiny" / name).read_bytes(),
+                      with_sha256=True)  # fmt: skip
+    directory_uri = f"s3://{s3_bucket}/{PREFIX}"
+    secret = tmp_path / "s3-secret"  # what a mounted Secret looks like
+    secret.mkdir()
+    (secret / "AWS_ACCESS_KEY_ID").write_text(s3_server.access_key)
+    (secret / "AWS_SECRET_ACCESS_KEY").write_text(s3_server.secret_key)
+
     root = tmp_path / "agent"
     config = node_agent_config(
         root,
         sources=sources,
-        allowed_schemes=["file", "http"],
-        allowed_http_prefixes=["http://127.0.0.1:"],
-    )
+        auth={"mode": "none"},  # loopback only
+        remote={"s3": {"endpoint": s3_server.endpoint, "region": s3_harness.REGION,
+                       "allowed_buckets": [f"{s3_bucket}/models/"],
+                       "credentials_dir": str(secret)}},
+    )  # fmt: skip
     cache, shm = Path(config.cache_dir), Path(config.shm_dir)
-    with (
-        serve_files(sources / "tiny") as (base_url, _),
-        agent_process(config, tmp_path / "agent-run") as agent,
-    ):
+    with agent_process(config, tmp_path / "agent-run") as agent:
         port = agent.port
         address = f"127.0.0.1:{port}"
-        files = [{"path": s.path, "sha256": s.sha256} for s in dir_sources(sources / "tiny")]
 
-        # The daemon's Preload of a directory model: every file, with its path, from the source.
-        progress = _call(
-            port, "Preload", _request(dir_sources(sources / "tiny", base_url=base_url))
-        )
+        # The daemon's Preload of a directory model from the catalog's one directory URI: the
+        # agent lists the prefix and fetches every file, verified by its stored checksum.
+        started = time.monotonic()
+        progress = _call(port, "Preload", _request([pb.Source(uri=directory_uri)]))
+        print(f"agent preload of {directory_uri}: {time.monotonic() - started:.2f} s")
         assert progress[-1].stage == pb.PreloadProgress.STAGE_DONE
         held = _holding(port)
         assert held is not None
         assert held.current_dir == str(model_base(shm, MODEL) / "current")
         revision = held.revision
+        assert len(revision) == 16  # the digest of the prefix's listing
+        assert sorted(p.name for p in Path(held.current_dir).iterdir()) == made["files"]
 
         # The pod's init container: prints the directory the engine gets as --model.
         waited = _run("-m", "prewarm", "handoff", "wait", "--model", MODEL, "--agent", address,
@@ -171,11 +202,15 @@ def test_a_transformers_process_serves_from_the_agents_directory_and_leases_pin_
         assert waited.stdout.strip() == held.model_dir
         assert "held at revision" in waited.stderr
 
-        # The serving process from the warm copy, and the same from the source, alternating.
+        # The serving process from the warm copy, and the same from the source (the S3 server:
+        # list, GET each object presigned, verify, load), alternating.
         warm_runs, cold_runs = [], []
+        s3_env = {**s3_server.environ(), "AWS_REGION": s3_harness.REGION}
         for _ in range(RUNS):
             warm_runs.append(_serve("--model-dir", held.current_dir))
-            cold_runs.append(_serve("--source", base_url, "--files", json.dumps(files)))
+            cold_runs.append(_serve("--s3", directory_uri, "--s3-endpoint", s3_server.endpoint,
+                                    env=s3_env))  # fmt: skip
+        assert {r["origin"] for r in cold_runs} == {"s3"}
         assert {r["text"] for r in warm_runs} == {r["text"] for r in cold_runs}
         assert warm_runs[0]["text"].startswith("the quick brown fox")
         warm_s = statistics.median(r["seconds"] for r in warm_runs)
@@ -183,8 +218,8 @@ def test_a_transformers_process_serves_from_the_agents_directory_and_leases_pin_
         ratio = warm_s / cold_s
         print(
             f"time to first response (median of {RUNS}): {warm_s:.3f} s from the agent's "
-            f"directory, {cold_s:.3f} s from the source (download, verify, load): {ratio:.2f}x; "
-            f"warm {[round(r['seconds'], 3) for r in warm_runs]}, "
+            f"directory, {cold_s:.3f} s from the source, the S3 server (list, download, verify, "
+            f"load): warm/cold {ratio:.2f}x; warm {[round(r['seconds'], 3) for r in warm_runs]}, "
             f"cold {[round(r['seconds'], 3) for r in cold_runs]}"
         )
         assert ratio <= SLOWER_AT_MOST
@@ -192,17 +227,15 @@ def test_a_transformers_process_serves_from_the_agents_directory_and_leases_pin_
         # Bad input: one clear error each, nothing half-written, `current` unchanged.
         def unchanged() -> None:
             assert current_target(shm, MODEL) == revision
-            assert sorted(p.name for p in model_base(shm, MODEL).iterdir()) == [
-                "current",
-                revision,
-            ]
+            names = {p.name for p in model_base(shm, MODEL).iterdir()}
+            assert {n for n in names if not n.startswith(".")} == {"current", revision}
             assert _partials(cache, shm) == []
-            assert len(list((cache / "models").iterdir())) == 1
+            assert len([p for p in (cache / "models").iterdir() if p.is_dir()]) == 1
             holding = _holding(port)
             assert holding is not None
             assert holding.revision == revision
 
-        bad_sum = dir_sources(sources / "tiny", base_url=base_url)
+        bad_sum = _s3_sources(s3_bucket, sources / "tiny")
         bad_sum[2].sha256 = "0" * 64
         code, details = _refused(port, "Preload", _request(bad_sum, revision="r2"))
         print(f"checksum mismatch: {code.name}: {details}")
@@ -218,13 +251,35 @@ def test_a_transformers_process_serves_from_the_agents_directory_and_leases_pin_
         assert "outside the allowed file roots" in details
         unchanged()
 
-        dotdot = dir_sources(sources / "tiny", base_url=base_url)
+        dotdot = _s3_sources(s3_bucket, sources / "tiny")
         dotdot[0].path = "../config.json"
         code, details = _refused(port, "Preload", _request(dotdot, revision="r4"))
         print(f"path with '..': {code.name}: {details}")
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert "'..'" in details
         unchanged()
+
+        # The Secret's key is wrong (rotated elsewhere): S3 refuses the listing; the agent says
+        # which access key, from where, and writes nothing.
+        (secret / "AWS_SECRET_ACCESS_KEY").write_text("not-the-secret-key")
+        code, details = _refused(port, "Preload", _request([pb.Source(uri=directory_uri)]))
+        print(f"wrong S3 credentials: {code.name}: {details}")
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+        assert f"access key {s3_server.access_key}" in details
+        assert "not-the-secret-key" not in details
+        unchanged()
+        (secret / "AWS_SECRET_ACCESS_KEY").write_text(s3_server.secret_key)
+
+        missing = f"s3://{s3_bucket}/models/no-such-model/"
+        code, details = _refused(port, "Preload", _request([pb.Source(uri=missing)]))
+        print(f"missing prefix: {code.name}: {details}")
+        assert code == grpc.StatusCode.NOT_FOUND
+        assert missing in details
+        unchanged()
+
+        # With the right key back, the same directory is the same revision: nothing to do.
+        again = _call(port, "Preload", _request([pb.Source(uri=directory_uri)]))
+        assert again[-1].message == "already held"
 
         unknown = _run("-m", "prewarm", "handoff", "wait", "--model", "no/such-model",
                        "--agent", address, "--timeout", "2s", "--poll", "0.5s",

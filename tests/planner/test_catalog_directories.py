@@ -60,3 +60,66 @@ def test_bad_directory_entries_are_refused_with_the_field_named(entries: str, me
     with pytest.raises(InvalidInput, match="org/tiny") as caught:
         parse_catalog(_catalog(entries))
     assert message in str(caught.value)
+
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        f"hf://org/tiny@{COMMIT}",
+        f"hf://org/tiny@{COMMIT}/base/",
+        "hf://org/tiny",
+        "s3://models-bucket/models/tiny/",
+        "s3://models-bucket/",
+    ],
+)
+def test_one_directory_uri_is_a_directory_model_the_agents_list(uri: str) -> None:
+    from prewarm.daemon.app import weight_sources
+
+    catalog = parse_catalog(_catalog(f"      - {{uri: '{uri}'}}\n"))
+    (weights,) = catalog.spec(ModelId("org/tiny")).weights
+    assert weights == WeightFile(uri, "", 0, "")
+    assert weights.is_directory
+    (source,) = weight_sources(catalog, ModelId("org/tiny"))
+    assert (source.uri, source.sha256, source.path, source.size_bytes) == (uri, "", "", 0)
+
+
+def test_remote_files_take_a_sha256_where_the_agent_needs_one() -> None:
+    catalog = parse_catalog(
+        _catalog(
+            f"      - {{uri: 'hf://org/tiny@{COMMIT}/config.json', path: config.json}}\n"
+            f"      - {{uri: 's3://models-bucket/tiny/w.safetensors', sha256: '{A}',"
+            " path: w.safetensors}\n"
+        )
+    )
+    assert [(w.sha256, w.is_directory) for w in catalog.spec(ModelId("org/tiny")).weights] == [
+        ("", False),
+        (A, False),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        (f"      - {{uri: 'hf://org/tiny@{COMMIT}', sha256: '{A}'}}\n", "leave out sha256"),
+        ("      - {uri: 's3://models-bucket/tiny/', path: x}\n", "only weights entry"),
+        ("      - {uri: 's3://models-bucket/tiny/', size_bytes: 10}\n", "only weights entry"),
+        (
+            "      - {uri: 's3://models-bucket/tiny/'}\n"
+            f"      - {{uri: 'file:///m/y', sha256: '{B}'}}\n",
+            "only weights entry",
+        ),
+        ("      - {uri: 's3://models-bucket/tiny/w.safetensors'}\n", "sha256 must be 64"),
+        ("      - {uri: 's3://Bad_Bucket/tiny/'}\n", "s3://bucket/prefix/"),
+        ("      - {uri: 'hf://tiny'}\n", "must name a Hub repository"),
+        ("      - {uri: 'hf://org/tiny@'}\n", "empty revision"),
+        ("      - {uri: 'hf://org/tiny@main/../x/'}\n", "'..' segment"),
+        ("      - {uri: 'gs://b/tiny/'}\n", "unsupported scheme 'gs'"),
+    ],
+)
+def test_bad_directory_uris_are_refused_with_the_field_named(entries: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match="org/tiny") as caught:
+        parse_catalog(_catalog(entries))
+    assert message in str(caught.value)

@@ -8,6 +8,7 @@ listing. Bad input fails with one clear status and leaves nothing half-written.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import socket
 import time
@@ -17,8 +18,14 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from hypothesis import given
+from hypothesis import strategies as st
 
+from common.errors import InvalidInput
 from gpu_agent.config import AgentConfig, AuthConfig, RemoteSourcesConfig
+from gpu_agent.expansion import listed_entries, listing_revision
+from gpu_agent.model_dir import DirectoryEntry, check_revision
+from gpu_agent.remote import RemoteFile
 from protos import gpu_agent_pb2 as pb
 from tests.harness import fake_hub as fake_hub_harness
 from tests.harness import s3 as s3_harness
@@ -60,6 +67,59 @@ async def _held(stub: object, model_id: str = MODEL) -> pb.ModelHolding:
     status = await stub.Status(pb.StatusRequest())  # type: ignore[attr-defined]
     (held,) = [m for m in status.models if m.model_id == model_id]
     return held
+
+
+# ------------------------------------------------------------------------------ pure parts
+
+_HEX = "0123456789abcdef"
+_files = st.lists(
+    st.tuples(
+        st.from_regex(r"[a-z]{1,8}(/[a-z]{1,8})?\.json", fullmatch=True),
+        st.text(_HEX, min_size=64, max_size=64) | st.none(),
+        st.text(_HEX, min_size=1, max_size=32),
+    ),
+    min_size=1,
+    max_size=8,
+    unique_by=lambda item: item[0],
+)
+
+
+@given(files=_files, data=st.data())
+def test_an_s3_prefixs_revision_depends_on_its_files_not_their_order(
+    files: list[tuple[str, str | None, str]], data: st.DataObject
+) -> None:
+    listed = [
+        RemoteFile(uri=f"s3://b/p/{path}", path=path, url="", sha256=sha, etag=f'"{etag}"')
+        for path, sha, etag in files
+    ]
+    shuffled = data.draw(st.permutations(listed))
+    revision = listing_revision("s3://b/p/", listed)
+    assert revision == listing_revision("s3://b/p/", shuffled)
+    assert check_revision(revision) == revision
+    changed = [dataclasses.replace(listed[0], etag='"other"', sha256=None), *listed[1:]]
+    assert listing_revision("s3://b/p/", changed) != revision
+
+
+def test_listed_files_map_to_entries_and_git_only_files_keep_an_empty_sha256() -> None:
+    commit = "c" * 40
+    files = [
+        RemoteFile(uri=f"hf://acme/tiny@{commit}/w.safetensors", path="w.safetensors",
+                   url="https://cdn/x", size=10, sha256="a" * 64),
+        RemoteFile(uri=f"hf://acme/tiny@{commit}/config.json", path="config.json",
+                   url="https://hub/y", size=-1, git_sha1="b" * 40),
+    ]  # fmt: skip
+    expansion = listed_entries("hf://acme/tiny@main", files, require_checksum=True)
+    assert expansion.revision == commit
+    assert expansion.entries == (
+        DirectoryEntry("w.safetensors", files[0].uri, "a" * 64, 10),
+        DirectoryEntry("config.json", files[1].uri, "", 0),
+    )
+    bare = [dataclasses.replace(files[1], git_sha1=None)]
+    with pytest.raises(InvalidInput, match=r"config\.json .* no checksum"):
+        listed_entries("hf://acme/tiny@main", bare, require_checksum=True)
+    assert (
+        listed_entries("hf://acme/tiny@main", bare, require_checksum=False).entries[0].sha256 == ""
+    )
 
 
 # ---------------------------------------------------------------------------------- hf://

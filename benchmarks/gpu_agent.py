@@ -50,7 +50,7 @@ from common.ids import ModelId  # noqa: E402
 from common.tiers import Tier  # noqa: E402
 from gpu_agent.agent import Agent  # noqa: E402
 from gpu_agent.artifacts import install_cache_tar, install_mega_cache  # noqa: E402
-from gpu_agent.config import AgentConfig  # noqa: E402
+from gpu_agent.config import AgentConfig, AuthConfig  # noqa: E402
 from gpu_agent.control import LoadControl  # noqa: E402
 from gpu_agent.copy_engine import (  # noqa: E402
     PinnedMapping,
@@ -429,6 +429,7 @@ async def gpu_section(work: Path, args: argparse.Namespace) -> dict[str, Any]:
             chunk_bytes=args.chunk_mib * MIB,
             copy_workers=args.workers,
             pressure_poll_interval_s=0.1,
+            auth=AuthConfig(mode="none"),  # 127.0.0.1 only
         )
         sizes = [float(s) for s in args.attach_gb.split(",")]
         for size in sizes:
@@ -594,6 +595,7 @@ async def cpu_section(work: Path, args: argparse.Namespace) -> dict[str, Any]:
             chunk_bytes=args.chunk_mib * MIB,
             copy_workers=args.workers,
             pressure_poll_interval_s=0.1,
+            auth=AuthConfig(mode="none"),  # 127.0.0.1 only
         )
         attach: dict[str, Any] = {}
         async with AgentHarness(config, _NoGpu()) as harness:

@@ -40,6 +40,7 @@ from gpu_agent.host_tier import HostTier
 from gpu_agent.leases import Leases
 from gpu_agent.loader import Loader
 from gpu_agent.model_dir import WEIGHT_SUFFIX, TreeFile, model_slug
+from gpu_agent.model_locks import ModelLocks
 from gpu_agent.nvml import GpuMemory, Nvml, PynvmlNvml
 from gpu_agent.progress import LoadProgress, Stage
 from gpu_agent.reclaim import Reclaimer
@@ -47,6 +48,7 @@ from gpu_agent.safetensors_format import read_layout
 from gpu_agent.sources import Fetcher, SourcePolicy
 from gpu_agent.specs import CheckedWeights, PreloadSpec, check_spec, validate_model_id
 from gpu_agent.status import status_response
+from gpu_agent.versions import weights_digest, with_revision
 from protos import gpu_agent_pb2 as pb
 from protos.tiers import agent_tier
 
@@ -139,17 +141,18 @@ class Agent:
         self._leases = Leases(
             self._holdings, gpu=self._gpu, events=self._events, monotonic=monotonic
         )
-        self._model_locks: dict[ModelId, asyncio.Lock] = {}
+        self._model_locks = ModelLocks()
 
     # ----------------------------------------------------------------------------- lifecycle
 
     def recover(self) -> None:
         """Start clean after any exit, a SIGKILL mid-load included.
 
-        Removes partial files and incomplete model directories from the disk tier and keeps the
-        complete ones as disk-tier holdings; empties the host tier (its files belonged to the
-        previous process, and processes that still map them keep their mappings after unlink).
-        GPU memory of a dead process is freed by the driver.
+        Removes partial files, incomplete model directories and replaced versions from the disk
+        tier and keeps the complete ones as disk-tier holdings; empties the host tier (its files
+        belonged to the previous process, and processes that still map them keep their mappings
+        after unlink). Only what the agent marked as its own is removed from either tier
+        (:mod:`gpu_agent.tier_roots`). GPU memory of a dead process is freed by the driver.
         """
         self._host.reset()
         for manifest in self._disk.recover():
@@ -182,6 +185,7 @@ class Agent:
                     layouts=layouts,
                     disk_bytes=sum(f.size_bytes for f in manifest.files),
                     revision=manifest.revision,
+                    digest=manifest.digest,
                     tree=tree,
                 )
             )
@@ -220,6 +224,7 @@ class Agent:
         checked = check_spec(
             spec, config=self.config, policy=self._policy, held=held, expand=expand
         )
+        checked = with_revision(checked)  # a single-file model's version is its digest
         if checked.is_directory:
             self._check_directory(spec.model_id, checked)
         model_id = spec.model_id
@@ -227,13 +232,17 @@ class Agent:
         control = LoadControl(deadline, clock=self._mono)
         control.checkpoint()
         yield progress.message(Stage.STAGE_QUEUED)
-        async with self._model_locks.setdefault(model_id, asyncio.Lock()):
+        async with self._model_locks.hold(model_id):
             control.checkpoint()
+            if checked.sources:
+                await self._reinstate(model_id, checked)
             with self._holdings.lock:
                 existing = self._holdings.get(model_id)
                 tier = None
                 same = not checked.sources or existing is None
                 same = same or (existing is not None and existing.revision == checked.revision)
+                if same and existing is not None and checked.sources:
+                    self._check_same_version(existing, checked)
                 if same and existing is not None and self._satisfies(existing, spec.target_tier):
                     existing.predicted_value = spec.predicted_value
                     existing.last_used = self._mono()
@@ -243,10 +252,35 @@ class Agent:
                 return
             async for item in self._loader.run(spec, checked, control=control, progress=progress):
                 yield item
+            # The version this load replaced is dropped now, unless leases still hold it.
+            await asyncio.to_thread(self._reclaim.discard_retired, model_id)
+
+    async def _reinstate(self, model_id: ModelId, checked: CheckedWeights) -> None:
+        """A retired version (replaced, still leased) with the weights asked for becomes the
+        model's current one again (a roll-back); the version it displaces is replaced as at a
+        commit. Call under the model's lock."""
+        for back in self._holdings.take_retired(model_id, revision=checked.revision):
+            displaced = await asyncio.to_thread(self._reclaim.reinstate, back)
+            if displaced is not None:
+                await asyncio.to_thread(
+                    self._reclaim.replace, displaced, reason=f"revision {back.revision} is back"
+                )
+
+    @staticmethod
+    def _check_same_version(existing: Holding, checked: CheckedWeights) -> None:
+        """:class:`FailedPrecondition` when a request names the held revision with other files
+        (a named revision's files must not change; an unnamed one is their digest)."""
+        digest = weights_digest(checked)
+        if existing.digest and existing.digest != digest:
+            raise FailedPrecondition(
+                f"model {existing.model_id} is held at revision {existing.revision} with other "
+                "files (their sha256s differ); give the new files another revision, or evict "
+                "the model first"
+            )
 
     def _check_directory(self, model_id: ModelId, checked: CheckedWeights) -> None:
         """Refuse, before anything is written, a directory model that would share its slug with
-        another held model, or replace a revision that pods hold leases on."""
+        another held model."""
         slug = model_slug(model_id)
         with self._holdings.lock:
             for other in self._holdings.all():
@@ -256,13 +290,6 @@ class Agent:
                         f"models {other.model_id} and {model_id} would share the directory "
                         f"<shm_dir>/models/{slug}; evict {other.model_id} first or rename one"
                     )
-            existing = self._holdings.get(model_id)
-            if existing is not None and existing.revision != checked.revision and existing.leases:
-                raise FailedPrecondition(
-                    f"model {model_id} is held at revision {existing.revision or '(single file)'} "
-                    f"and {len(existing.leases)} lease(s) hold it; revision {checked.revision} "
-                    "is loaded once they are released"
-                )
 
     def _deadline(self, spec: PreloadSpec, grpc_remaining: float | None) -> float | None:
         candidates = []
@@ -287,13 +314,14 @@ class Agent:
         A load in flight for the model is cancelled first (that Preload fails with
         FAILED_PRECONDITION and leaves nothing behind). :class:`NotFound` when the model is
         neither held nor loading; :class:`FailedPrecondition` when it is attached and not
-        ``force``.
+        ``force``. A forced Evict from every tier drops the model's older versions that leases
+        still held too.
         """
         mid = self.validate_model_id(model_id)
         loading = self._holdings.load_control(mid)
         if loading is not None:
             loading.cancel("evicted while loading; preload again if it is still wanted")
-        async with self._model_locks.setdefault(mid, asyncio.Lock()):
+        async with self._model_locks.hold(mid):
             with self._holdings.lock:
                 holding = self._holdings.get(mid)
                 if holding is None:
@@ -307,6 +335,10 @@ class Agent:
                     )
             drop = None if tier == Tier.REMOTE else tier
             freed, tiers = await asyncio.to_thread(self._reclaim.evict, mid, drop)
+            if force and drop is None:
+                freed += await asyncio.to_thread(
+                    self._reclaim.discard_retired, mid, leased_too=True
+                )
         return pb.EvictResponse(
             model_id=mid, bytes_freed=freed, tiers=[agent_tier(t) for t in tiers]
         )
@@ -390,9 +422,11 @@ class Agent:
             self._events.publish(pb.Event.KIND_ATTACH_MISSED, mid, reason=f"pid {client_pid}")
             raise
 
-    def release(self, lease_id: str) -> None:
-        """End a lease; :class:`NotFound` if it does not exist (already released)."""
-        self._leases.release(lease_id)
+    async def release(self, lease_id: str) -> None:
+        """End a lease; :class:`NotFound` if it does not exist (already released). An older
+        version of the model that only this lease still held is dropped now."""
+        model_id = self._leases.release(lease_id)
+        await self._drop_released_versions([model_id])
 
     def renew_lease(self, lease_id: str) -> float:
         """Keep a TTL lease alive; its TTL. :class:`NotFound` once it has ended."""
@@ -407,11 +441,25 @@ class Agent:
         due, so a lease lasts at most its TTL plus a sweep."""
         while not stop.is_set():
             self.expire_leases()
+            await self._drop_released_versions(self._holdings.retired_unleased())
             wait_s = LEASE_SWEEP_S
             if (due := self._leases.next_expiry()) is not None:
                 wait_s = min(wait_s, max(due - self._mono(), 0.01))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait_s)
+
+    async def _drop_released_versions(self, model_ids: Sequence[ModelId]) -> None:
+        """Drop the retired versions of ``model_ids`` whose last lease ended, each under its
+        model's lock (so never while a Preload of that model runs)."""
+        for model_id in model_ids:
+            if not any(not h.leases for h in self._holdings.retired(model_id)):
+                continue
+            async with self._model_locks.hold(model_id):
+                await asyncio.to_thread(self._reclaim.discard_retired, model_id)
+
+    def model_locks(self) -> int:
+        """The model ids with a lock now (held or waited for); for tests."""
+        return len(self._model_locks)
 
     # -------------------------------------------------------------------------------- events
 

@@ -23,14 +23,29 @@ def _default_schemes() -> list[Scheme]:
 
 
 class AuthConfig(BaseModel):
-    """How callers authenticate: nothing (loopback/dev), a bearer token, or mutual TLS."""
+    """How callers authenticate: a bearer token (the default), mutual TLS, or nothing.
+
+    Whether a token is present is checked when the agent starts (:mod:`gpu_agent.startup`), not
+    here: the settings tree is shared with the daemon, which never serves the agent.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     mode: Literal["none", "token", "mtls"] = Field(
-        default="none", description="none, token (Authorization: Bearer) or mtls."
+        default="token",
+        description=(
+            "token (Authorization: Bearer, from auth.token or auth.token_file), mtls, or none "
+            "(anyone who reaches the port may preload, evict and attach: loopback tests only)."
+        ),
     )
     token: SecretStr | None = Field(default=None, description="Bearer token (mode=token).")
+    token_file: str | None = Field(
+        default=None,
+        description=(
+            "A file (Kubernetes Secret mount) holding the bearer token instead of auth.token; "
+            "re-read when it changes, so a rotated Secret is used without a restart."
+        ),
+    )
     tls_cert_file: str | None = Field(default=None, description="Server certificate (PEM).")
     tls_key_file: str | None = Field(default=None, description="Server private key (PEM).")
     client_ca_file: str | None = Field(
@@ -39,8 +54,8 @@ class AuthConfig(BaseModel):
 
     @model_validator(mode="after")
     def _complete(self) -> AuthConfig:
-        if self.mode == "token" and (self.token is None or not self.token.get_secret_value()):
-            raise ValueError("auth.mode=token needs auth.token (PREWARM_AGENT__AUTH__TOKEN)")
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("set auth.token or auth.token_file, not both")
         if self.mode == "mtls" and not (
             self.tls_cert_file and self.tls_key_file and self.client_ca_file
         ):
@@ -260,8 +275,20 @@ class AgentConfig(BaseModel):
         le=65535,
         description="Port of /metrics, /healthz and /readyz (0: any free port; null: off).",
     )
-    cache_dir: str = Field(default="/var/cache/prewarm", description="Node-local disk cache.")
-    shm_dir: str = Field(default="/dev/shm/prewarm", description="Host shared-memory tier.")
+    cache_dir: str = Field(
+        default="/var/cache/prewarm",
+        description=(
+            "Node-local disk cache: a directory of its own (not /, /tmp, /var/cache, a home "
+            "directory, ...); start-up removes only the incomplete entries the agent marked."
+        ),
+    )
+    shm_dir: str = Field(
+        default="/dev/shm/prewarm",
+        description=(
+            "Host shared-memory tier: a directory of its own under the tmpfs (not /dev/shm "
+            "itself); start-up removes only the entries the agent marked as its own."
+        ),
+    )
     headroom_bytes: int = Field(
         default=2 * GIB, ge=0, description="GPU memory always left free for inference pods."
     )
@@ -318,6 +345,13 @@ class AgentConfig(BaseModel):
         default=0.1, gt=0, le=0.5, description="How often NVML is read for memory pressure."
     )
     shutdown_grace_s: float = Field(default=5.0, ge=0)
+    reflection: bool = Field(
+        default=False,
+        description=(
+            "Serve gRPC server reflection (lists the agent's services; behind auth like the "
+            "rest). Off: clients use the published gpu_agent.proto."
+        ),
+    )
     auth: AuthConfig = Field(default_factory=AuthConfig)
     remote: RemoteSourcesConfig = Field(
         default_factory=RemoteSourcesConfig,

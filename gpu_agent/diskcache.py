@@ -1,10 +1,14 @@
 """The node-local disk tier: where a model's files live, its manifest, and start-up clean-up.
 
-Owns the directory layout ``<cache_dir>/models/<key>/`` (``key`` derives from the model id, so any
-id is a safe directory name; a directory model's revision ``r`` lives in ``<key>@r/``, its files
-under ``tree/`` at their paths), the manifest written last and atomically (a directory without one
-is incomplete), and :meth:`DiskCache.recover`, which removes whatever a killed agent left behind. It
-must not fetch or validate sources (see :mod:`gpu_agent.sources`).
+Owns the directory layout ``<cache_dir>/models/<key>@<revision>/`` (``key`` derives from the model
+id, so any id is a safe directory name; the revision names the version of the weights, see
+:mod:`gpu_agent.versions`; a directory model's files lie under ``tree/`` at their paths), the
+manifest written last and atomically (a directory without one is incomplete; a version replaced
+while leases still read it has its manifest renamed to ``manifest.retired``, so a restart drops
+it), and :meth:`DiskCache.recover`, which removes whatever a killed agent left behind, and only
+that: every model directory the agent makes carries its marker (:mod:`gpu_agent.tier_roots`), and
+unmarked entries are left alone. It must not fetch or validate sources (see
+:mod:`gpu_agent.sources`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -20,8 +25,12 @@ from pathlib import Path
 
 from common.ids import ModelId
 from gpu_agent.sources import PARTIAL_SUFFIX
+from gpu_agent.tier_roots import MARKER, is_owned, make_owned_dir
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+RETIRED_MANIFEST = "manifest.retired"
 TREE = "tree"
 """A directory model's files lie under ``<model dir>/tree/`` at their paths (so a model file
 named ``manifest.json`` cannot collide with the cache's own)."""
@@ -52,7 +61,9 @@ class Manifest:
     files: list[CachedFile] = field(default_factory=list)
     predicted_value: float = 0.0
     revision: str = ""
-    """A directory model's revision (empty: a single-file model)."""
+    """The version's name (:mod:`gpu_agent.versions`; empty: cached before versions were)."""
+    digest: str = ""
+    """:func:`gpu_agent.versions.weights_digest` of the weights (empty: not recorded)."""
 
 
 class DiskCache:
@@ -67,6 +78,11 @@ class DiskCache:
         key = model_key(model_id)
         return self.models_dir / (f"{key}@{revision}" if revision else key)
 
+    def make_model_dir(self, model_id: ModelId, revision: str = "") -> bool:
+        """Create (and mark as the agent's) the directory of ``model_id`` at ``revision``;
+        whether it was created now."""
+        return make_owned_dir(self.model_dir(model_id, revision))
+
     def write_manifest(self, model_id: ModelId, manifest: Manifest) -> None:
         """Mark the model's directory complete (atomic rename of the manifest)."""
         directory = self.model_dir(model_id, manifest.revision)
@@ -75,6 +91,7 @@ class DiskCache:
             "model_id": manifest.model_id,
             "predicted_value": manifest.predicted_value,
             "revision": manifest.revision,
+            "digest": manifest.digest,
             "files": [asdict(f) for f in manifest.files],
         }
         partial.write_text(json.dumps(data), encoding="utf-8")
@@ -89,6 +106,7 @@ class DiskCache:
                 predicted_value=float(data.get("predicted_value", 0.0)),
                 files=[CachedFile(**f) for f in data["files"]],
                 revision=str(data.get("revision", "")),
+                digest=str(data.get("digest", "")),
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -102,11 +120,26 @@ class DiskCache:
         """Delete the model's directory (at ``revision``); return the bytes freed."""
         return _remove_tree(self.model_dir(model_id, revision))
 
+    def retire(self, model_id: ModelId, revision: str) -> None:
+        """Mark a version that leases still read as no longer the model's (its files stay until
+        :meth:`remove`); a restart, which ends every lease, removes it."""
+        directory = self.model_dir(model_id, revision)
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(directory / MANIFEST, directory / RETIRED_MANIFEST)
+
+    def reinstate(self, model_id: ModelId, revision: str) -> None:
+        """Undo :meth:`retire`: the version is the model's again."""
+        directory = self.model_dir(model_id, revision)
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(directory / RETIRED_MANIFEST, directory / MANIFEST)
+
     def recover(self) -> list[Manifest]:
         """Remove partial files and incomplete directories; return the complete models.
 
-        Run at start-up, before serving: a killed agent may have left ``*.partial`` files or a
-        directory without a manifest.
+        Run at start-up, before serving: a killed agent may have left ``*.partial`` files, a
+        directory without a manifest, or a retired version. Only the agent's own entries are
+        touched: a complete model directory (its manifest names it) or one carrying the marker;
+        anything else in ``models/`` is logged and left as it is.
         """
         self.models_dir.mkdir(parents=True, exist_ok=True)
         complete = []
@@ -117,10 +150,18 @@ class DiskCache:
                 if manifest is not None
                 else None
             )
+            ours = expected == directory.name or is_owned(directory)
+            if not ours:
+                log.warning(
+                    "not the agent's: left in place",
+                    extra={"path": str(directory), "tier": "disk"},
+                )
+                continue
             if manifest is None or expected != directory.name:
                 _remove_tree(directory)
                 continue
-            keep = {directory / MANIFEST} | {directory / f.name for f in manifest.files}
+            keep = {directory / MANIFEST, directory / MARKER}
+            keep |= {directory / f.name for f in manifest.files}
             for entry in sorted(directory.rglob("*"), reverse=True):
                 # Deepest first: stray files (a killed fetch's .partial), then emptied directories.
                 if entry.is_dir() and not entry.is_symlink():

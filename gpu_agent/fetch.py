@@ -29,19 +29,22 @@ from gpu_agent.progress import Emit, LoadProgress, Stage
 from gpu_agent.safetensors_format import SafetensorsLayout, read_layout
 from gpu_agent.sources import CheckedSource, Fetcher, SourcePolicy
 from gpu_agent.specs import ArtifactSpec, CheckedWeights, PreloadSpec
+from gpu_agent.versions import weights_digest
 from protos import gpu_agent_pb2 as pb
 
 
 @dataclass(frozen=True, slots=True)
 class DiskCopy:
     """A model's complete files in the disk tier: ``files`` (aligned with ``layouts``) are the
-    safetensors weights; a directory model's every file is in ``tree``, at ``revision``."""
+    safetensors weights; a directory model's every file is in ``tree``; the version is
+    ``revision``, from weights whose :func:`gpu_agent.versions.weights_digest` is ``digest``."""
 
     files: list[Path]
     layouts: list[SafetensorsLayout]
     nbytes: int
     tree: tuple[TreeFile, ...] = ()
     revision: str = ""
+    digest: str = ""
 
 
 def source_bytes(checked: Sequence[CheckedSource]) -> int:
@@ -94,10 +97,10 @@ class ModelFetcher:
                                     created=created)  # fmt: skip
         checked = weights.sources
         model_id = spec.model_id
-        directory = self._disk.model_dir(model_id)
+        directory = self._disk.model_dir(model_id, weights.revision)
         if not directory.exists():
             created.append(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        self._disk.make_model_dir(model_id, weights.revision)
         reporter = progress.stage(Stage.STAGE_FETCHING, total=source_bytes(checked), emit=emit)
         paths: list[Path] = []
         files: list[CachedFile] = []
@@ -115,11 +118,14 @@ class ModelFetcher:
         control.checkpoint()
         emit(progress.message(Stage.STAGE_VERIFYING, tier=Tier.DISK))
         layouts = [read_layout(path) for path in paths]
+        digest = weights_digest(weights)
         self._disk.write_manifest(
             model_id,
-            Manifest(model_id=model_id, files=files, predicted_value=spec.predicted_value),
-        )
-        return DiskCopy(paths, layouts, sum(f.size_bytes for f in files))
+            Manifest(model_id=model_id, files=files, predicted_value=spec.predicted_value,
+                     revision=weights.revision, digest=digest),
+        )  # fmt: skip
+        return DiskCopy(paths, layouts, sum(f.size_bytes for f in files),
+                        revision=weights.revision, digest=digest)  # fmt: skip
 
     def _fetch_tree(
         self,
@@ -141,6 +147,7 @@ class ModelFetcher:
             shutil.rmtree(directory, ignore_errors=True)
         if not directory.exists():
             created.append(directory)
+        self._disk.make_model_dir(model_id, weights.revision)
         tree_root = directory / TREE
         tree_root.mkdir(parents=True, exist_ok=True)
         total = source_bytes(weights.sources)
@@ -159,13 +166,14 @@ class ModelFetcher:
         emit(progress.message(Stage.STAGE_VERIFYING, tier=Tier.DISK))
         weight_files = [t.disk_path for t in tree if t.path.endswith(WEIGHT_SUFFIX)]
         layouts = [read_layout(path) for path in weight_files]
+        digest = weights_digest(weights)
         self._disk.write_manifest(
             model_id,
             Manifest(model_id=model_id, files=files, predicted_value=spec.predicted_value,
-                     revision=weights.revision),
+                     revision=weights.revision, digest=digest),
         )  # fmt: skip
         return DiskCopy(weight_files, layouts, sum(f.size_bytes for f in files), tuple(tree),
-                        weights.revision)  # fmt: skip
+                        weights.revision, digest)  # fmt: skip
 
     def install_artifacts(
         self,

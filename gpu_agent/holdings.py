@@ -2,7 +2,9 @@
 
 Owns :class:`Holding` (a model's disk files, host shared-memory files and page-locked mappings,
 GPU allocation and open leases), the lock every read-modify-write of a holding takes, the loads in
-flight, and the views other modules decide from (eviction candidates per tier, GPU bytes held).
+flight, the retired versions (a model's older weights that leases still hold after a newer version
+replaced them: kept, never offered, freed when their last lease ends), and the views other
+modules decide from (eviction candidates per tier, GPU bytes held).
 It must not do I/O, free memory or decide what to evict: the tier modules and
 :mod:`gpu_agent.reclaim` do, under :attr:`Holdings.lock`.
 """
@@ -68,7 +70,11 @@ class Holding:
     last_load: LoadRecord | None = None
     """The latest load that moved the model up (None: none since the agent started)."""
     revision: str = ""
-    """A directory model's revision (empty: a single-file model)."""
+    """The version's name: a directory model's revision, a single-file model's digest prefix
+    (:mod:`gpu_agent.versions`); empty for a model cached before versions were recorded."""
+    digest: str = ""
+    """:func:`gpu_agent.versions.weights_digest` of the weights it was loaded from (empty: not
+    recorded)."""
     tree: tuple[TreeFile, ...] = ()
     """A directory model's every file in the disk tier (its weights are also ``disk_files``)."""
     host_dir: Path | None = None
@@ -118,6 +124,7 @@ class Holdings:
         """Taken by every read-modify-write of a holding (re-entrant: eviction nests in it)."""
         self._by_id: dict[ModelId, Holding] = {}
         self._loading: dict[ModelId, LoadControl] = {}
+        self._retired: dict[ModelId, list[Holding]] = {}
 
     def get(self, model_id: ModelId) -> Holding | None:
         return self._by_id.get(model_id)
@@ -135,6 +142,44 @@ class Holdings:
         """The holdings now, in the order they were added."""
         with self.lock:
             return list(self._by_id.values())
+
+    # ---------------------------------------------------------------------- retired versions
+
+    def retire(self, holding: Holding) -> None:
+        """Keep ``holding`` (no longer the model's current version) until its leases end."""
+        with self.lock:
+            self._retired.setdefault(holding.model_id, []).append(holding)
+
+    def retired(self, model_id: ModelId | None = None) -> list[Holding]:
+        """The retired versions (of one model, or all)."""
+        with self.lock:
+            if model_id is not None:
+                return list(self._retired.get(model_id, ()))
+            return [h for versions in self._retired.values() for h in versions]
+
+    def take_retired(
+        self, model_id: ModelId, *, revision: str | None = None, unleased: bool = False
+    ) -> list[Holding]:
+        """Remove and return ``model_id``'s retired versions (only ``revision``'s; only those no
+        lease holds any more)."""
+        with self.lock:
+            versions = self._retired.get(model_id, [])
+            taken = [
+                h
+                for h in versions
+                if (revision is None or h.revision == revision) and not (unleased and h.leases)
+            ]
+            kept = [h for h in versions if all(h is not t for t in taken)]
+            if kept:
+                self._retired[model_id] = kept
+            else:
+                self._retired.pop(model_id, None)
+            return taken
+
+    def retired_unleased(self) -> list[ModelId]:
+        """The models with a retired version that no lease holds any more."""
+        with self.lock:
+            return [m for m, hs in self._retired.items() if any(not h.leases for h in hs)]
 
     # --------------------------------------------------------------------------- in flight
 
@@ -181,10 +226,11 @@ class Holdings:
             ]
 
     def gpu_bytes(self, gpu_uuid: str | None = None) -> int:
-        """Bytes of GPU memory held (on one GPU, or all)."""
+        """Bytes of GPU memory held (on one GPU, or all), retired versions included."""
         with self.lock:
+            every = [*self._by_id.values(), *self.retired()]
             return sum(
                 h.gpu.nbytes
-                for h in self._by_id.values()
+                for h in every
                 if h.gpu is not None and (gpu_uuid is None or h.gpu.gpu_uuid == gpu_uuid)
             )

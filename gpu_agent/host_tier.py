@@ -1,8 +1,10 @@
 """The host tier: model files in shared memory (``shm_dir``), mmap-able by inference processes.
 
-Owns the tier's directory (``<shm_dir>/<key>/``, emptied at start-up: its files belonged to the
-previous process), copying a model's disk files into it, page-locking them for GPU fills
-(``host_fill=registered``), removing them, and the free space beyond ``host_headroom_bytes``.
+Owns the tier's directories (a single-file model's ``<shm_dir>/<key>@<revision>/``, emptied at
+start-up: its files belonged to the previous process; only what the agent marked as its own is
+removed then, see :mod:`gpu_agent.tier_roots`), copying a model's disk files into it, page-locking
+them for GPU fills (``host_fill=registered``), removing them, and the free space beyond
+``host_headroom_bytes``.
 
 Directory models are the engines' hand-off: each revision is materialised read-only (files 0444,
 directories 0555) at ``<shm_dir>/models/<slug>/<revision>/`` (:mod:`gpu_agent.model_dir` names
@@ -15,8 +17,9 @@ registry of holdings.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -28,6 +31,9 @@ from gpu_agent.copy_engine import PinnedMapping
 from gpu_agent.diskcache import model_key, remove_tree
 from gpu_agent.model_dir import CURRENT_LINK, MODELS_SUBDIR, TreeFile, model_slug
 from gpu_agent.sources import PARTIAL_SUFFIX, copy_with_progress
+from gpu_agent.tier_roots import MARKER, is_owned, make_owned_dir, remove_if_only_marker
+
+log = logging.getLogger(__name__)
 
 READ_ONLY_FILE = 0o444
 READ_ONLY_DIR = 0o555
@@ -43,13 +49,31 @@ class HostTier:
         self._headroom = headroom_bytes
         self._host_fill = host_fill
         self._max_bytes = max_bytes
+        self._layout = threading.Lock()
+        """Held while the shared directories (``models/``, a model's base) are made or removed,
+        so that one load never loses the directory another is about to write into."""
 
     def reset(self) -> None:
-        """Empty the tier. Processes that still map its files keep their mappings after unlink."""
-        # remove_tree makes read-only model directories writable first; errors are ignored (the
-        # root may be a mount point, which cannot itself be removed: its contents are).
-        remove_tree(self.root)
+        """Remove what a previous agent left in the tier: the entries it marked as its own (and,
+        in its ``models/``, the marked model directories); anything else stays. Processes that
+        still map the files keep their mappings after unlink."""
         self.root.mkdir(parents=True, exist_ok=True)
+        models = self.root / MODELS_SUBDIR
+        for entry in sorted(self.root.iterdir()):
+            if entry == models and is_owned(entry):
+                for base in sorted(entry.iterdir()):
+                    if is_owned(base):
+                        # remove_tree makes read-only revision directories writable first.
+                        remove_tree(base)
+                    elif base.name != MARKER:
+                        log.warning("not the agent's: left in place", extra={"path": str(base)})
+                remove_if_only_marker(entry)
+            elif is_owned(entry):
+                remove_tree(entry)
+            else:
+                log.warning(
+                    "not the agent's: left in place", extra={"path": str(entry), "tier": "host"}
+                )
 
     def free_bytes(self) -> int:
         """Free space beyond the headroom, and within the tier's cap when it has one (negative
@@ -65,19 +89,25 @@ class HostTier:
         """Whether every one of ``paths`` lies in this tier."""
         return all(path.is_relative_to(self.root) for path in paths)
 
+    def model_files_dir(self, model_id: ModelId, revision: str = "") -> Path:
+        """A single-file model's directory in the tier (one per version)."""
+        key = model_key(model_id)
+        return self.root / (f"{key}@{revision}" if revision else key)
+
     def copy_in(
         self,
         model_id: ModelId,
         disk_files: Sequence[Path],
         *,
+        revision: str = "",
         control: LoadControl,
         progress: Callable[[int], None],
         created: list[Path],
     ) -> list[Path]:
         """Copy a model's files in; its directory is appended to ``created`` first."""
-        directory = self.root / model_key(model_id)
+        directory = self.model_files_dir(model_id, revision)
         created.append(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        make_owned_dir(directory)
         paths = []
         for path in disk_files:
             dest = directory / path.name
@@ -114,11 +144,14 @@ class HostTier:
         switches it once the whole load succeeded.
         """
         base = self.model_base(model_id)
-        base.mkdir(parents=True, exist_ok=True)
         final = base / revision
         staging = base / f".{revision}{PARTIAL_SUFFIX}"
-        remove_tree(staging)  # left by a killed agent only (reset empties the tier at start-up)
         created.append(staging)
+        with self._layout:
+            make_owned_dir(base.parent)
+            make_owned_dir(base)
+            remove_tree(staging)  # left by a killed agent only (reset empties the tier at start-up)
+            staging.mkdir()
         for item in tree:
             dest = staging / item.path
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -153,9 +186,16 @@ class HostTier:
         if link.is_symlink() and os.readlink(link) == revision:
             link.unlink(missing_ok=True)
         freed = remove_tree(base / revision)
-        with contextlib.suppress(OSError):
-            base.rmdir()  # only when no revision and no link is left
+        self.tidy(model_id)
         return freed
+
+    def tidy(self, model_id: ModelId) -> None:
+        """Remove a directory model's base, and ``models/``, once nothing but the agent's marker
+        is left in them (no revision, no link)."""
+        base = self.model_base(model_id)
+        with self._layout:
+            remove_if_only_marker(base)
+            remove_if_only_marker(base.parent)
 
     def pin(self, paths: Sequence[Path], *, gpu_usable: bool) -> dict[Path, PinnedMapping]:
         """Page-lock the files so later GPU fills DMA from them; ``{}`` when that is not done.
@@ -176,10 +216,12 @@ class HostTier:
             return {}
         return pinned
 
-    def remove(self, model_id: ModelId, pinned: Mapping[Path, PinnedMapping]) -> int:
-        """Unpin and delete a model's files; the bytes freed."""
+    def remove(
+        self, model_id: ModelId, pinned: Mapping[Path, PinnedMapping], *, revision: str = ""
+    ) -> int:
+        """Unpin and delete a single-file model's files (of one version); the bytes freed."""
         unpin(pinned)
-        return remove_tree(self.root / model_key(model_id))
+        return remove_tree(self.model_files_dir(model_id, revision))
 
 
 def unpin(pinned: Mapping[Path, PinnedMapping]) -> None:

@@ -6,7 +6,9 @@ the disk files), the tensor table with offsets into whatever is offered, and rel
 kept alive only by a lease. An attached model is never a candidate for eviction (the registry
 sees its leases). A lease may carry a time to live: its holder (a pod's hold sidecar) renews it,
 and :meth:`Leases.expire` ends the ones whose renewals stopped, so a crashed pod never pins a
-model forever. It must not load or evict models.
+model forever. A lease belongs to the version it was taken on: when a newer version replaces the
+model, the lease keeps the old one (retired, see :mod:`gpu_agent.holdings`) alive until it ends.
+It must not load or evict models.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from common.ids import ModelId
 from common.tiers import Tier
 from gpu_agent.events import EventBus
 from gpu_agent.gpu_tier import GpuTier
-from gpu_agent.holdings import GpuResidency, Holdings
+from gpu_agent.holdings import GpuResidency, Holding, Holdings
 from gpu_agent.safetensors_format import SafetensorsLayout
 from protos import gpu_agent_pb2 as pb
 from protos.tiers import agent_tier
@@ -34,6 +36,8 @@ MAX_LEASE_TTL_S = 86_400.0
 @dataclass(slots=True)
 class _Lease:
     model_id: ModelId
+    holding: Holding
+    """The version the lease was taken on (it stays leased after a newer one replaces it)."""
     pid: int
     ttl_s: float = 0.0
     """0: lives until Release."""
@@ -106,29 +110,29 @@ class Leases:
             now = self._mono()
             holding.last_used = now
             expires = now + ttl_s if ttl_s > 0 else float("inf")
-            self._leases[lease_id] = _Lease(model_id, client_pid, ttl_s, expires)
+            self._leases[lease_id] = _Lease(model_id, holding, client_pid, ttl_s, expires)
         self._events.publish(
             pb.Event.KIND_ATTACHED, model_id, tier=tier, reason=f"pid {client_pid}"
         )
         return response
 
-    def release(self, lease_id: str, *, reason: str = "") -> None:
-        """End a lease; :class:`NotFound` if it does not exist (already released or expired)."""
+    def release(self, lease_id: str, *, reason: str = "") -> ModelId:
+        """End a lease; the model it was on. :class:`NotFound` if it does not exist (already
+        released or expired)."""
         with self._holdings.lock:
             lease = self._leases.pop(lease_id, None)
             if lease is None:
                 raise NotFound(
                     f"lease {lease_id[:64]!r} does not exist (already released, or expired)"
                 )
-            holding = self._holdings.get(lease.model_id)
-            if holding is not None:
-                holding.leases.pop(lease_id, None)
-            evicted_while_attached = holding is None or holding.gpu is None
+            lease.holding.leases.pop(lease_id, None)
+            evicted_while_attached = lease.holding.gpu is None
         if evicted_while_attached:
             self._gpu.release_cache()
         self._events.publish(
             pb.Event.KIND_RELEASED, lease.model_id, reason=reason or f"pid {lease.pid}"
         )
+        return lease.model_id
 
     def renew(self, lease_id: str) -> float:
         """Extend a lease by its TTL; the TTL (0: the lease has none and needs no renewal).
@@ -143,9 +147,7 @@ class Leases:
             now = self._mono()
             if lease.ttl_s > 0:
                 lease.expires_at = now + lease.ttl_s
-            holding = self._holdings.get(lease.model_id)
-            if holding is not None:
-                holding.last_used = now
+            lease.holding.last_used = now
             return lease.ttl_s
 
     def expire(self) -> list[str]:

@@ -3,8 +3,9 @@
 Owns the pipeline disk → host → GPU for one model (fetching only what the model is not already
 held in, falling back to host memory on a node without a GPU), a directory model's hand-off
 directory (materialised in the host tier whenever the target is host or GPU, its ``current`` link
-switched as the load's last step; a new revision of a held model is loaded beside the old one,
-which is dropped at commit), the early refusal of a model that can never fit, the bridge that
+switched as the load's last step; a new version of a held model, directory or single file, is
+loaded beside the old one, which is dropped at commit, or kept until its leases end), the early
+refusal of a model that can never fit, the bridge that
 streams a worker thread's progress to the async caller, and the rule that a failed or cancelled
 load leaves nothing behind: every file and allocation it created is removed, tiers the model
 already held stay as they were. It must not validate requests (:mod:`gpu_agent.specs`) or
@@ -122,7 +123,7 @@ class Loader:
         holding, replaced = self._commit(spec, result, duration_s=duration_s)
         if replaced is not None:
             await asyncio.to_thread(
-                self._reclaim.discard, replaced, reason=f"replaced by revision {holding.revision}"
+                self._reclaim.replace, replaced, reason=f"replaced by revision {holding.revision}"
             )
         self._events.publish(
             pb.Event.KIND_LOADED,
@@ -147,8 +148,7 @@ class Loader:
         with self._holdings.lock:
             holding = self._holdings.get(spec.model_id)
             if holding is not None and result.replaces:
-                # Leases taken on the old revision while the new one loaded end with it; the
-                # agent refuses to start a replacement while the old revision is leased.
+                # From here on Attach offers the new version; leases on the old one keep it.
                 replaced = self._holdings.pop(spec.model_id)
                 holding = None
             if holding is None:
@@ -160,6 +160,7 @@ class Loader:
                     layouts=result.disk.layouts,
                     disk_bytes=result.disk.nbytes,
                     revision=result.disk.revision,
+                    digest=result.disk.digest,
                     tree=result.disk.tree,
                 )
                 self._holdings.put(holding)
@@ -217,6 +218,7 @@ class Loader:
                         existing.disk_bytes,
                         existing.tree,
                         existing.revision,
+                        existing.digest,
                     )
                     held_host = list(existing.host_files) if existing.host_files else None
                     held_pinned = dict(existing.host_pinned)
@@ -261,6 +263,7 @@ class Loader:
             unpin(pinned)
             for path in reversed(created):
                 remove_tree(path)
+            self._host.tidy(model_id)  # a directory model's base, if this load made it
             self._gpu.release_cache()
             raise
 
@@ -295,8 +298,9 @@ class Loader:
                                               created=created)  # fmt: skip
             reporter.finish(tier=Tier.HOST)
             return [host_dir / t.path for t in disk.tree if t.is_weights], host_dir
-        paths = self._host.copy_in(spec.model_id, disk.files, control=control,
-                                   progress=reporter.add, created=created)  # fmt: skip
+        paths = self._host.copy_in(spec.model_id, disk.files, revision=disk.revision,
+                                   control=control, progress=reporter.add,
+                                   created=created)  # fmt: skip
         reporter.finish(tier=Tier.HOST)
         return paths, None
 

@@ -3,7 +3,9 @@
 Owns every eviction the agent performs: dropping one model from the GPU, host or disk tier (and
 the event that says so), admission of a newcomer within free memory minus headroom (evicting only
 models worth less per byte, by :mod:`gpu_agent.eviction`'s rule), and relief when other processes
-push a GPU's free memory below the headroom. Attached models and models being loaded are never
+push a GPU's free memory below the headroom, and the versions a newer one replaced: dropped at
+once, or retired while leases still hold them and dropped when the last one ends (a retired
+version asked for again is reinstated instead). Attached models and models being loaded are never
 candidates. It must not load anything or speak gRPC.
 """
 
@@ -144,7 +146,7 @@ class Reclaimer:
         host_dir, holding.host_dir = holding.host_dir, None
         if host_dir is not None:
             return self._host.remove_revision(holding.model_id, holding.revision, pinned)
-        return self._host.remove(holding.model_id, pinned)
+        return self._host.remove(holding.model_id, pinned, revision=holding.revision)
 
     def _drop_in_memory(self, holding: Holding) -> None:
         holding.gpu = None
@@ -167,6 +169,41 @@ class Reclaimer:
                 self._events.publish(pb.Event.KIND_EVICTED, holding.model_id, tier=tier,
                                      nbytes=nbytes, reason=reason)  # fmt: skip
         return gpu_bytes + host_bytes + disk_bytes
+
+    # ---------------------------------------------------------------------------- versions
+
+    def replace(self, old: Holding, *, reason: str) -> int:
+        """``old`` was replaced by a newer version of its model (and is out of the registry):
+        retired, whole, while leases hold it (processes attached to it keep reading it), else
+        discarded. The bytes freed now."""
+        with self._holdings.lock:
+            leased = bool(old.leases)
+            if leased:
+                self._holdings.retire(old)
+        if leased:
+            self._disk.retire(old.model_id, old.revision)
+            return 0
+        return self.discard(old, reason=reason)
+
+    def reinstate(self, back: Holding) -> Holding | None:
+        """Make a retired version (taken from the retired ones) the model's current one again;
+        the version it displaces, if any, which the caller passes to :meth:`replace`."""
+        with self._holdings.lock:
+            displaced = self._holdings.pop(back.model_id)
+            self._holdings.put(back)
+        self._disk.reinstate(back.model_id, back.revision)
+        if back.host_dir is not None:
+            self._host.publish(back.model_id, back.revision)
+        return displaced
+
+    def discard_retired(self, model_id: ModelId, *, leased_too: bool = False) -> int:
+        """Drop ``model_id``'s retired versions that no lease holds any more (every one with
+        ``leased_too``: a forced Evict); the bytes freed."""
+        reason = EVICT_REASON if leased_too else "an older version: its last lease ended"
+        freed = 0
+        for old in self._holdings.take_retired(model_id, unleased=not leased_too):
+            freed += self.discard(old, reason=reason)
+        return freed
 
     # ---------------------------------------------------------------------------- pressure
 

@@ -1,9 +1,12 @@
 """The GPU agent's gRPC server: the GpuAgent service, health, reflection, auth and lifecycle.
 
-Owns the translation between proto requests and :class:`gpu_agent.agent.Agent` calls, the mapping
-of error kinds to status codes (through :mod:`common.grpc_status`, nowhere else), bearer-token and
-mTLS authentication, and the lifecycle: SIGTERM/SIGINT → health NOT_SERVING → stop with a grace
-period → exit. It must not hold model state or decide evictions (that is the agent's).
+Owns the translation between proto requests and :class:`gpu_agent.agent.Agent` calls (request
+bytes that do not decode, and fields no valid request has, are INVALID_ARGUMENT, never UNKNOWN),
+the mapping of error kinds to status codes (through :mod:`common.grpc_status`, nowhere else),
+bearer-token and mTLS authentication, the start-up checks (a token in token mode, tier roots of
+the agent's own), and the lifecycle: SIGTERM/SIGINT → health NOT_SERVING → stop with a grace
+period → exit. Reflection is served only when ``agent.reflection`` asks. It must not hold model
+state or decide evictions (that is the agent's).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import inspect
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -27,9 +32,11 @@ from common.http_endpoints import ProbeServer
 from common.ids import ModelId
 from common.tiers import Tier
 from gpu_agent.agent import Agent
+from gpu_agent.auth import BearerToken
 from gpu_agent.config import AgentConfig
 from gpu_agent.metrics import AgentMetrics
 from gpu_agent.specs import ArtifactSpec, PreloadSpec, SourceSpec
+from gpu_agent.tier_roots import check_tier_roots
 from protos import gpu_agent_pb2 as pb
 from protos import gpu_agent_pb2_grpc as pb_grpc
 from protos.tiers import tier_from_proto
@@ -50,7 +57,15 @@ def preload_spec(request: pb.PreloadRequest) -> PreloadSpec:
     agent validates). An unspecified target tier is the GPU."""
     deadline = None
     if request.HasField("deadline"):
-        deadline = request.deadline.ToNanoseconds() / 1e9
+        try:
+            deadline = request.deadline.ToNanoseconds() / 1e9
+        except ValueError as error:
+            # protobuf refuses Timestamps outside 0001-01-01..9999-12-31 or with nanos outside
+            # [0, 1e9): no valid client sends one.
+            raise InvalidInput(
+                f"deadline is not a valid Timestamp ({error}); send the wall-clock time the "
+                "load must finish by, or leave it unset"
+            ) from error
     return PreloadSpec(
         model_id=ModelId(request.model_id),
         weights=tuple(
@@ -129,7 +144,7 @@ class GpuAgentService(pb_grpc.GpuAgentServicer):
         self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ReleaseResponse:
         try:
-            self._agent.release(request.lease_id)
+            await self._agent.release(request.lease_id)
         except PrewarmError as error:
             await _abort(context, error)
         return pb.ReleaseResponse()
@@ -147,8 +162,8 @@ class GpuAgentService(pb_grpc.GpuAgentServicer):
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Refuses calls without ``authorization: Bearer <token>`` (health checks excepted)."""
 
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+    def __init__(self, token: BearerToken) -> None:
+        self._token = token
 
         async def deny(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             error = Unauthenticated("missing or wrong bearer token (authorization metadata)")
@@ -169,9 +184,72 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         for key, value in metadata:
             if key == "authorization":
                 presented = value.encode() if isinstance(value, str) else value
-        if hmac.compare_digest(presented, self._expected):
+        if hmac.compare_digest(presented, self._token.expected()):
             return await continuation(handler_call_details)
         return self._deny
+
+
+async def _decoded(
+    decode: Callable[[bytes], Any],
+    raw: bytes,
+    context: grpc.aio.ServicerContext[Any, Any],
+    method: str,
+) -> Any:
+    try:
+        return decode(raw)
+    except DecodeError as error:
+        await _abort(
+            context,
+            InvalidInput(
+                f"the request bytes are not a valid message for {method} ({error}); send the "
+                "request type gpu_agent.proto declares"
+            ),
+        )
+        raise  # unreachable: abort raises
+
+
+class RequestDecodeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Decodes unary requests itself, so that bytes which are not the method's message type end
+    as INVALID_ARGUMENT (grpc's own failed deserialisation ends as UNKNOWN, logged as an
+    unexpected exception)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler
+        decode = handler.request_deserializer
+        method: str = handler_call_details.method
+        serialize = handler.response_serializer
+        if not handler.response_streaming:
+            unary = handler.unary_unary
+            if not inspect.iscoroutinefunction(unary):
+                return handler
+
+            async def unary_unary(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                return await unary(await _decoded(decode, raw, context, method), context)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, response_serializer=serialize)
+        stream = handler.unary_stream
+        if inspect.isasyncgenfunction(stream):
+
+            async def generated(
+                raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                async for item in stream(await _decoded(decode, raw, context, method), context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(generated, response_serializer=serialize)
+        if inspect.iscoroutinefunction(stream):
+            # A streaming handler that writes with context.write() (grpc's health Watch).
+            async def written(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+                await stream(await _decoded(decode, raw, context, method), context)
+
+            return grpc.unary_stream_rpc_method_handler(written, response_serializer=serialize)
+        return handler
 
 
 def server_credentials(config: AgentConfig) -> grpc.ServerCredentials | None:
@@ -203,27 +281,38 @@ async def serve(
 ) -> None:
     """Run the agent until ``stop`` is set (or SIGTERM/SIGINT when ``handle_signals``).
 
-    Recovers the tiers first (a previous process may have been killed mid-load), then serves
-    GpuAgent, health and reflection on ``config.listen``; ``on_ready`` gets the bound port. On
-    stop: health goes NOT_SERVING, then the server stops with ``shutdown_grace_s`` of grace.
+    Checks the configuration first (:class:`InvalidInput`: no token in token mode, a tier root
+    that is not the agent's own), recovers the tiers (a previous process may have been killed
+    mid-load), then serves GpuAgent, health (and reflection when configured) on
+    ``config.listen``; ``on_ready`` gets the bound port. On stop: health goes NOT_SERVING, then
+    the server stops with ``shutdown_grace_s`` of grace.
     """
     loop = asyncio.get_running_loop()
     stop = stop if stop is not None else asyncio.Event()
+    # Configuration errors end start-up before anything is touched (InvalidInput: exit 2).
+    check_tier_roots(config.cache_dir, config.shm_dir, home=Path.home())
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if config.auth.mode == "token":
+        interceptors.append(BearerTokenInterceptor(BearerToken.from_config(config.auth)))
+    elif config.auth.mode == "none":
+        log.warning(
+            "gpu agent auth is off (agent.auth.mode=none): anyone who reaches the port may "
+            "preload, evict and attach",
+            extra={"listen": config.listen},
+        )
+    interceptors.append(RequestDecodeInterceptor())
     agent = agent if agent is not None else Agent(config)
     await asyncio.to_thread(agent.recover)
     agent.bind_loop(loop)
 
-    interceptors = []
-    if config.auth.mode == "token":
-        assert config.auth.token is not None
-        interceptors.append(BearerTokenInterceptor(config.auth.token.get_secret_value()))
     server = grpc.aio.server(interceptors=interceptors)
     pb_grpc.add_GpuAgentServicer_to_server(GpuAgentService(agent), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    if config.reflection:
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
     credentials = server_credentials(config)
     if credentials is None:
         port = server.add_insecure_port(config.listen)

@@ -4,6 +4,8 @@ Owns how the agent reports itself: its share of each GPU against other processes
 models per tier, the capacity a tier may still grow into (free space beyond its headroom) and
 each model's top tier, value density, last use and latest load (duration, from and to which
 tier), and a directory model's hand-off paths (its revision directory and ``current`` link).
+Older versions that leases still hold after a newer one replaced them are not models of their
+own: their bytes count in the tiers' usage.
 It must not change any holding.
 """
 
@@ -98,6 +100,12 @@ def status_response(
                 reported.loaded_to = agent_tier(load.target)
                 reported.loaded_bytes = load.nbytes
             response.models.append(reported)
+        for old in holdings.retired():
+            usage[Tier.DISK][0] += old.disk_bytes
+            if old.host_files is not None:
+                usage[Tier.HOST][0] += old.file_bytes
+            if old.gpu is not None:
+                usage[Tier.GPU][0] += old.gpu.nbytes
     for tier, (used, count) in usage.items():
         response.tiers.append(
             pb.TierUsage(

@@ -14,7 +14,8 @@ Errors are gRPC status codes (see common/grpc_status.py):
   DATA_LOSS          checksum mismatch, truncated or corrupt safetensors
   RESOURCE_EXHAUSTED larger than the free memory (minus headroom) of the target tier
   DEADLINE_EXCEEDED  the request's deadline passed before the load finished
-  FAILED_PRECONDITION the model was evicted while it was loading; it is attached and force=false
+  FAILED_PRECONDITION the model was evicted while it was loading; it is attached and force=false;
+                     a named revision is held with other files
   UNAVAILABLE        the agent is shutting down or a source is unreachable; retry with backoff
 A failed Preload leaves no partial file or allocation behind.
 """
@@ -94,9 +95,12 @@ Global___ArtifactKind: _TypeAlias = ArtifactKind  # noqa: Y015
 
 @_typing.final
 class Source(_message.Message):
-    """Where to fetch one file from. Schemes: file:// (under an allowed root) and http(s)://
-    (under an allowed prefix). The sha256 is checked after the fetch; empty skips the check only
-    when the agent's config allows unverified sources.
+    """Where to fetch one file from. Schemes: file:// (under an allowed root), http(s):// (under an
+    allowed prefix), s3:// and hf:// (allowed buckets and repositories; docs/sources.md). The
+    sha256 is checked after the fetch; empty skips the check only when the agent's config allows
+    unverified sources, or the source gives its own hash (hf://). A directory URI
+    (hf://org/name@rev, hf://org/name@rev/folder/, s3://bucket/prefix/), alone, without sha256 or
+    path, is a directory model whose files the agent lists and verifies by the listing's hashes.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -189,9 +193,11 @@ class PreloadRequest(_message.Message):
     """honoured only when the agent's config allows pickle"""
     revision: _builtins.str
     """Directory models: the revision directory's name (e.g. a Hub commit or a catalog version; 1..64
-    letters, digits and . _ -). Empty: a digest of the sorted (path, sha256) list. Preloading a
+    letters, digits and . _ -). Empty: a digest of the sorted (path, sha256) list; for a
+    directory URI, the Hub commit it resolved to, or a digest of the S3 listing. Preloading a
     held model at another revision loads the new one beside it and switches `current` once it is
-    complete (FAILED_PRECONDITION while the old revision is leased).
+    complete; the old revision stays until the last lease on it ends. A revision's files never
+    change: the held revision's name with other sha256s is FAILED_PRECONDITION.
     """
     @_builtins.property
     def weights(self) -> _containers.RepeatedCompositeFieldContainer[Global___Source]:

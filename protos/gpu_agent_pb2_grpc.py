@@ -77,7 +77,11 @@ class GpuAgentServicer:
     def Preload(self, request, context):
         """Fetch weights (and compiled artifacts) into the tiers up to target_tier. Streams progress; the
         last message has stage STAGE_DONE. Idempotent: preloading a model already held at (or above)
-        the target tier returns STAGE_DONE at once and refreshes its predicted value.
+        the target tier, with the same weights (their sha256s are compared with the held version's),
+        returns STAGE_DONE at once and refreshes its predicted value. Other weights are a new
+        version, loaded beside the held one: Attach offers the new version once it is loaded, and the
+        old one stays, whole, until the last lease on it ends (preloading it again meanwhile makes it
+        current again, without a fetch).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -14,7 +14,8 @@ Errors are gRPC status codes (see common/grpc_status.py):
   DATA_LOSS          checksum mismatch, truncated or corrupt safetensors
   RESOURCE_EXHAUSTED larger than the free memory (minus headroom) of the target tier
   DEADLINE_EXCEEDED  the request's deadline passed before the load finished
-  FAILED_PRECONDITION the model was evicted while it was loading; it is attached and force=false
+  FAILED_PRECONDITION the model was evicted while it was loading; it is attached and force=false;
+                     a named revision is held with other files
   UNAVAILABLE        the agent is shutting down or a source is unreachable; retry with backoff
 A failed Preload leaves no partial file or allocation behind.
 """
@@ -50,7 +51,11 @@ class GpuAgentStub:
     Preload: _grpc.UnaryStreamMultiCallable[_gpu_agent_pb2.PreloadRequest, _gpu_agent_pb2.PreloadProgress]
     """Fetch weights (and compiled artifacts) into the tiers up to target_tier. Streams progress; the
     last message has stage STAGE_DONE. Idempotent: preloading a model already held at (or above)
-    the target tier returns STAGE_DONE at once and refreshes its predicted value.
+    the target tier, with the same weights (their sha256s are compared with the held version's),
+    returns STAGE_DONE at once and refreshes its predicted value. Other weights are a new
+    version, loaded beside the held one: Attach offers the new version once it is loaded, and the
+    old one stays, whole, until the last lease on it ends (preloading it again meanwhile makes it
+    current again, without a fetch).
     """
     Evict: _grpc.UnaryUnaryMultiCallable[_gpu_agent_pb2.EvictRequest, _gpu_agent_pb2.EvictResponse]
     """Drop a model from one tier or all tiers. NOT_FOUND if the agent does not hold it."""
@@ -76,7 +81,11 @@ class GpuAgentAsyncStub(GpuAgentStub):
     Preload: _aio.UnaryStreamMultiCallable[_gpu_agent_pb2.PreloadRequest, _gpu_agent_pb2.PreloadProgress]  # type: ignore[assignment]
     """Fetch weights (and compiled artifacts) into the tiers up to target_tier. Streams progress; the
     last message has stage STAGE_DONE. Idempotent: preloading a model already held at (or above)
-    the target tier returns STAGE_DONE at once and refreshes its predicted value.
+    the target tier, with the same weights (their sha256s are compared with the held version's),
+    returns STAGE_DONE at once and refreshes its predicted value. Other weights are a new
+    version, loaded beside the held one: Attach offers the new version once it is loaded, and the
+    old one stays, whole, until the last lease on it ends (preloading it again meanwhile makes it
+    current again, without a fetch).
     """
     Evict: _aio.UnaryUnaryMultiCallable[_gpu_agent_pb2.EvictRequest, _gpu_agent_pb2.EvictResponse]  # type: ignore[assignment]
     """Drop a model from one tier or all tiers. NOT_FOUND if the agent does not hold it."""
@@ -105,7 +114,11 @@ class GpuAgentServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_gpu_agent_pb2.PreloadProgress], _abc.AsyncIterator[_gpu_agent_pb2.PreloadProgress]]:
         """Fetch weights (and compiled artifacts) into the tiers up to target_tier. Streams progress; the
         last message has stage STAGE_DONE. Idempotent: preloading a model already held at (or above)
-        the target tier returns STAGE_DONE at once and refreshes its predicted value.
+        the target tier, with the same weights (their sha256s are compared with the held version's),
+        returns STAGE_DONE at once and refreshes its predicted value. Other weights are a new
+        version, loaded beside the held one: Attach offers the new version once it is loaded, and the
+        old one stays, whole, until the last lease on it ends (preloading it again meanwhile makes it
+        current again, without a fetch).
         """
 
     @_abc_1.abstractmethod

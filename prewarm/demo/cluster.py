@@ -1,6 +1,8 @@
 """The demo's cluster: real GPU agent processes on 127.0.0.1, one per node, and no Kubernetes.
 
-Owns: starting and stopping ``prewarm agent`` processes (:class:`AgentProcess`), and
+Owns: starting and stopping ``prewarm agent`` processes (:class:`AgentProcess`; with a bearer
+token from a file only this user reads, :func:`new_agent_token`, or explicitly without auth on
+127.0.0.1), and
 :class:`LocalAgentsObserver`, the observer of a cluster whose nodes are those agents: what the
 agents hold, their free memory and their measured loads come from their ``Status`` answers, read
 as the daemon's own observer reads them (:mod:`actuator.agent_status`); replicas, images and GPUs,
@@ -10,6 +12,8 @@ met, every image cached, each pool's GPUs fixed). Must not: claim a cluster acti
 
 from __future__ import annotations
 
+import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -38,12 +42,22 @@ class AgentProcess:
     """A real ``prewarm agent`` process on 127.0.0.1 with its tiers under ``workdir``.
 
     ``host_max_bytes`` caps its host-memory tier (the tier it holds preloads in without a GPU).
+    ``token_file``: callers must present the token in it; ``None``: no auth (it listens on
+    127.0.0.1 only).
     """
 
-    def __init__(self, workdir: Path, models_dir: Path, *, host_max_bytes: int) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        models_dir: Path,
+        *,
+        host_max_bytes: int,
+        token_file: Path | None = None,
+    ) -> None:
         self.workdir = workdir
         self.models_dir = models_dir
         self.host_max_bytes = host_max_bytes
+        self.token_file = token_file
         self.process: subprocess.Popen[str] | None = None
         self.port = 0
 
@@ -66,6 +80,9 @@ class AgentProcess:
                 "disk_headroom_bytes": 0,
                 "host_max_bytes": self.host_max_bytes,
                 "headroom_bytes": 512 * 1024**2,
+                "auth": {"mode": "none"}
+                if self.token_file is None
+                else {"mode": "token", "token_file": str(self.token_file)},
             }
         }
         path = self.workdir / "agent.yaml"
@@ -237,12 +254,26 @@ def _held_tier(model: ModelId, pool: PoolName, nodes: Sequence[NodeState]) -> Ti
     return max(held, default=Tier.REMOTE)
 
 
+def new_agent_token(path: Path) -> Path:
+    """Write a fresh random bearer token for the agents to ``path`` (readable by this user
+    only); ``path``, for their ``agent.auth.token_file`` and the callers' ``token_file``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(secrets.token_urlsafe(32))
+    return path
+
+
 def start_agents(
-    workdir: Path, models_dir: Path, host_max_bytes: Mapping[NodeName, int]
+    workdir: Path,
+    models_dir: Path,
+    host_max_bytes: Mapping[NodeName, int],
+    *,
+    token_file: Path | None = None,
 ) -> dict[NodeName, AgentProcess]:
-    """One agent per node, started together (they import torch at start-up: seconds each)."""
+    """One agent per node, started together (they import torch at start-up: seconds each);
+    each expects the token in ``token_file`` (``None``: no auth, 127.0.0.1 only)."""
     agents = {
-        node: AgentProcess(workdir / node, models_dir, host_max_bytes=cap)
+        node: AgentProcess(workdir / node, models_dir, host_max_bytes=cap, token_file=token_file)
         for node, cap in host_max_bytes.items()
     }
     try:

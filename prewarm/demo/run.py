@@ -28,7 +28,7 @@ from rich.live import Live
 from rich.table import Table
 
 from actuator.agents import AgentActuator
-from actuator.config import ActuatorConfig
+from actuator.config import ActuatorConfig, AgentClientConfig
 from common.durations import format_duration
 from common.ids import ModelId, NodeName, PoolName
 from forecaster.engine import AutoForecaster
@@ -42,7 +42,7 @@ from prewarm.daemon.loop import Daemon
 from prewarm.daemon.replay import ReplaySource
 from prewarm.data import resolve_trace
 from prewarm.demo.applier import AgentOnlyApplier
-from prewarm.demo.cluster import LocalAgentsObserver, LocalNode, start_agents
+from prewarm.demo.cluster import LocalAgentsObserver, LocalNode, new_agent_token, start_agents
 from prewarm.demo.models import write_model
 from prewarm.demo.report import DemoOutcome, write_report
 from prewarm.demo.simulated import SimulatedRuns, run_policies
@@ -140,7 +140,15 @@ async def run_live(
     catalog = demo_catalog(models, models_dir, config.bytes_per_gb)
     pools = demo_nodes(catalog, config)
     console.print(f"starting a GPU agent process for each of {', '.join(pools)}...")
-    agents = start_agents(workdir / "agents", models_dir, {n: cap for n, (_, cap) in pools.items()})
+    # The agents require a token, as in a cluster; the demo's daemon presents it from the file.
+    token_file = new_agent_token(workdir / "agent-token")
+    agents = start_agents(
+        workdir / "agents",
+        models_dir,
+        {n: cap for n, (_, cap) in pools.items()},
+        token_file=token_file,
+    )
+    agent_client = AgentClientConfig(token_file=str(token_file))
     live_start_trace_s = batch.start_s + window.start * batch.step_s
     # Replay on wall time from now on: the agents check preload deadlines against their clocks.
     shift_s = (time.time() // batch.step_s + 1) * batch.step_s - live_start_trace_s
@@ -160,11 +168,12 @@ async def run_live(
         nodes,
         latest_plan=lambda: daemon.plan(),
         catalog=catalog,
+        config=agent_client,
         memory_scale=GB / config.bytes_per_gb,
     )
     address = {n.name: n.address for n in nodes}
     actuator = AgentActuator(
-        ActuatorConfig(),
+        ActuatorConfig(agent=agent_client),
         address_of=lambda node: _resolved(address[node]),
         weights_of=lambda model: weight_sources(catalog, model),
     )

@@ -24,7 +24,7 @@ from actuator.config import ActuatorConfig
 from common.errors import DataLoss
 from common.ids import ModelId, NodeName
 from gpu_agent.agent import Agent
-from gpu_agent.config import AgentConfig
+from gpu_agent.config import AgentConfig, AuthConfig
 from gpu_agent.server import serve
 from gpu_agent.specs import ARTIFACT_KINDS as AGENT_KINDS
 from planner.actions import Preload, Tier
@@ -60,6 +60,7 @@ async def real_agent(tmp_path: Path) -> AsyncIterator[RunningAgent]:
         allowed_install_roots=[str(tmp_path / "compile")],
         shutdown_grace_s=0.5,
         metrics_port=None,
+        auth=AuthConfig(mode="none"),  # 127.0.0.1 only
     )
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     stop = asyncio.Event()

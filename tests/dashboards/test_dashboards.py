@@ -27,7 +27,7 @@ from forecaster.engine import AutoForecaster
 from forecaster.types import SeriesBatch
 from gpu_agent.agent import Agent
 from gpu_agent.client import attach
-from gpu_agent.config import AgentConfig
+from gpu_agent.config import AgentConfig, AuthConfig
 from gpu_agent.server import serve
 from planner.actions import Evict, Preload, Tier
 from planner.catalog import parse_catalog
@@ -85,6 +85,7 @@ def _agent_config(tmp_path: Path, models: Path) -> AgentConfig:
         host_headroom_bytes=0,
         disk_headroom_bytes=0,
         shutdown_grace_s=0.5,
+        auth=AuthConfig(mode="none"),  # 127.0.0.1 only
     )
 
 

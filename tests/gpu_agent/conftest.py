@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from gpu_agent.agent import Agent
-from gpu_agent.config import AgentConfig
+from gpu_agent.config import AgentConfig, AuthConfig
 from gpu_agent.nvml import Nvml
 from gpu_agent.server import serve
 from protos import gpu_agent_pb2_grpc as pb_grpc
@@ -56,6 +56,8 @@ def config(tmp_path: Path, models_dir: Path) -> AgentConfig:
         pressure_poll_interval_s=0.05,
         shutdown_grace_s=0.5,
         metrics_port=0,
+        # Loopback only; the tests that check auth set a token or mTLS themselves.
+        auth=AuthConfig(mode="none"),
     )
 
 

@@ -19,9 +19,10 @@ from gpu_agent.model_dir import (
     directory_entries,
     model_slug,
 )
+from gpu_agent.tier_roots import MARKER
 from protos import gpu_agent_pb2 as pb
 from tests.gpu_agent.httpserver import serve_files
-from tests.harness.agent import expect, leftovers, preload_all, refused_preload, sha256
+from tests.harness.agent import leftovers, preload_all, refused_preload, sha256
 from tests.harness.model_dirs import (
     current_target,
     dir_sources,
@@ -54,6 +55,11 @@ def _modes(directory: Path) -> dict[str, int]:
     for path in directory.rglob("*"):
         found[str(path.relative_to(directory))] = stat.S_IMODE(path.stat().st_mode)
     return found
+
+
+def _entries(directory: Path) -> list[str]:
+    """The names in ``directory``, less the agent's ownership marker."""
+    return sorted(p.name for p in directory.iterdir() if p.name != MARKER)
 
 
 def _no_partials(config: AgentConfig) -> None:
@@ -121,18 +127,18 @@ async def test_a_new_revision_replaces_the_old_one_and_current_follows(
     assert held.revision == "r2"
     shm = Path(config.shm_dir)
     assert current_target(shm, MODEL) == "r2"
-    assert sorted(p.name for p in model_base(shm, MODEL).iterdir()) == ["current", "r2"]
+    assert _entries(model_base(shm, MODEL)) == ["current", "r2"]
     assert tree_bytes(Path(held.current_dir)) == files_2
     cached = sorted(p.name for p in (Path(config.cache_dir) / "models").iterdir())
     assert len(cached) == 1
     assert cached[0].endswith("@r2")
 
 
-async def test_a_leased_revision_is_not_replaced(
+async def test_a_leased_revision_stays_beside_the_new_one_until_its_lease_ends(
     start_agent, models_dir: Path, config: AgentConfig
 ) -> None:
-    write_model_dir(models_dir / "r1", seed=1)
-    write_model_dir(models_dir / "r2", seed=2)
+    files_1 = write_model_dir(models_dir / "r1", seed=1)
+    files_2 = write_model_dir(models_dir / "r2", seed=2)
     running = await start_agent()
     await preload_all(running.stub, _request(dir_sources(models_dir / "r1"), revision="r1"))
     lease = await running.stub.Attach(
@@ -140,20 +146,46 @@ async def test_a_leased_revision_is_not_replaced(
     )
     assert lease.tier == pb.TIER_HOST
     assert not lease.tensors
+    held_1 = await _status_of(running.stub)
+    done = await preload_all(running.stub, _request(dir_sources(models_dir / "r2"), revision="r2"))
+    assert done[-1].stage == pb.PreloadProgress.STAGE_DONE
+    assert done[-1].message != "already held"
+    shm = Path(config.shm_dir)
+    # The new revision is what pods find now; the leased one is still whole beside it.
+    assert current_target(shm, MODEL) == "r2"
+    assert _entries(model_base(shm, MODEL)) == ["current", "r1", "r2"]
+    assert tree_bytes(Path(held_1.model_dir)) == files_1
+    held_2 = await _status_of(running.stub)
+    assert (held_2.revision, held_2.attached) == ("r2", 0)
+    assert tree_bytes(Path(held_2.model_dir)) == files_2
+    second = await running.stub.Attach(
+        pb.AttachRequest(model_id=MODEL, max_tier=pb.TIER_HOST, lease_only=True)
+    )
+    assert (await _status_of(running.stub)).attached == 1
+    await running.stub.Release(pb.ReleaseRequest(lease_id=lease.lease_id))
+    assert _entries(model_base(shm, MODEL)) == ["current", "r2"]
+    cached = [p.name for p in (Path(config.cache_dir) / "models").iterdir()]
+    assert len(cached) == 1
+    assert cached[0].endswith("@r2")
+    await running.stub.Release(pb.ReleaseRequest(lease_id=second.lease_id))
+    assert _entries(model_base(shm, MODEL)) == ["current", "r2"]
+    _no_partials(config)
+
+
+async def test_a_named_revision_with_other_files_is_refused(
+    start_agent, models_dir: Path, config: AgentConfig
+) -> None:
+    write_model_dir(models_dir / "r1", seed=1)
+    write_model_dir(models_dir / "other", seed=2)
+    running = await start_agent()
+    await preload_all(running.stub, _request(dir_sources(models_dir / "r1"), revision="v1"))
     details = await refused_preload(
         running.stub,
-        _request(dir_sources(models_dir / "r2"), revision="r2"),
+        _request(dir_sources(models_dir / "other"), revision="v1"),
         grpc.StatusCode.FAILED_PRECONDITION,
     )
-    assert "lease" in details
-    assert current_target(Path(config.shm_dir), MODEL) == "r1"
-    details = await expect(
-        grpc.StatusCode.FAILED_PRECONDITION, running.stub.Evict(pb.EvictRequest(model_id=MODEL))
-    )
-    assert "attached" in details
-    await running.stub.Release(pb.ReleaseRequest(lease_id=lease.lease_id))
-    await preload_all(running.stub, _request(dir_sources(models_dir / "r2"), revision="r2"))
-    assert current_target(Path(config.shm_dir), MODEL) == "r2"
+    assert "other files" in details
+    assert current_target(Path(config.shm_dir), MODEL) == "v1"
 
 
 @pytest.mark.parametrize(
@@ -224,7 +256,7 @@ async def test_one_bad_checksum_leaves_nothing_and_the_held_revision_untouched(
     assert bad[-1].uri in details
     shm = Path(config.shm_dir)
     assert current_target(shm, MODEL) == "r1"
-    assert sorted(p.name for p in model_base(shm, MODEL).iterdir()) == ["current", "r1"]
+    assert _entries(model_base(shm, MODEL)) == ["current", "r1"]
     assert tree_bytes(model_base(shm, MODEL) / "current") == files_1
     assert leftovers(Path(config.cache_dir)) == before_cache
     _no_partials(config)

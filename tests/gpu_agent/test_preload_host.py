@@ -128,20 +128,30 @@ async def test_watch_sees_load_and_evict(start_agent, models_dir: Path, config: 
     assert list(status.models) == []
 
 
-async def test_health_and_reflection_are_served(start_agent) -> None:
+async def _list_services(channel: grpc.aio.Channel) -> set[str]:
+    reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+    call = reflect.ServerReflectionInfo()
+    await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+    answer = await call.read()
+    await call.done_writing()
+    return {s.name for s in answer.list_services_response.service}
+
+
+async def test_reflection_is_off_unless_configured(start_agent) -> None:
     running = await start_agent()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await _list_services(running.channel)
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_health_and_reflection_are_served(start_agent, config: AgentConfig) -> None:
+    running = await start_agent(config.model_copy(update={"reflection": True}))
     health = health_pb2_grpc.HealthStub(running.channel)
     reply = await health.Check(
         health_pb2.HealthCheckRequest(service="prewarm.gpu_agent.v1.GpuAgent")
     )
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    reflect = reflection_pb2_grpc.ServerReflectionStub(running.channel)
-    call = reflect.ServerReflectionInfo()
-    await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
-    answer = await call.read()
-    await call.done_writing()
-    names = {s.name for s in answer.list_services_response.service}
-    assert "prewarm.gpu_agent.v1.GpuAgent" in names
+    assert "prewarm.gpu_agent.v1.GpuAgent" in await _list_services(running.channel)
 
 
 async def test_bearer_token_is_required(start_agent, config: AgentConfig) -> None:

@@ -102,11 +102,18 @@ def test_sigterm_stops_gracefully(tmp_path: Path, config) -> None:
         process.kill()
 
 
-@pytest.mark.parametrize("field", ["token"])
-def test_token_mode_without_token_is_a_config_error(tmp_path: Path, config, field: str) -> None:
+@pytest.mark.parametrize("auth", [None, {"token_file": "/nonexistent/token"}])
+def test_token_mode_without_token_is_a_config_error(
+    tmp_path: Path, config, auth: dict[str, str] | None
+) -> None:
+    """Token mode is the default: an agent given no token (or an unreadable token file) does
+    not start, and says how to configure one."""
     config_file = tmp_path / "bad.yaml"
     data = config.model_dump(mode="json")
-    data["auth"] = {"mode": "token"}
+    if auth is None:
+        del data["auth"]
+    else:
+        data["auth"] = auth
     config_file.write_text(yaml.safe_dump({"agent": data}))
     result = subprocess.run(
         [sys.executable, "-m", "prewarm", "--config", str(config_file), "agent"],
@@ -114,3 +121,4 @@ def test_token_mode_without_token_is_a_config_error(tmp_path: Path, config, fiel
     )  # fmt: skip
     assert result.returncode == 2
     assert "auth.token" in result.stderr
+    assert "Traceback" not in result.stderr

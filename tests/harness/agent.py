@@ -25,6 +25,7 @@ import torch
 from common.tiers import Tier
 from gpu_agent.agent import Agent
 from gpu_agent.config import AgentConfig
+from gpu_agent.tier_roots import MARKER
 from protos import gpu_agent_pb2 as pb
 from protos import gpu_agent_pb2_grpc as pb_grpc
 
@@ -60,8 +61,11 @@ def expected_sums(tensors: Mapping[str, torch.Tensor]) -> dict[str, float]:
 
 
 def leftovers(root: Path) -> list[Path]:
-    """Files under ``root`` (partial files included)."""
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    """Files under ``root`` (partial files included; the agent's ownership markers, which sit
+    beside the files they vouch for, are not counted)."""
+    if not root.exists():
+        return []
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != MARKER)
 
 
 def assert_clean(config: AgentConfig) -> None:

@@ -38,7 +38,7 @@ AGENT_LABELS = {"app.kubernetes.io/name": "prewarm-gpu-agent"}
 
 def node_agent_config(root: Path, *, sources: Path, **overrides: Any) -> AgentConfig:
     """An agent's settings with its tiers under ``root``, file sources under ``sources``, any free
-    port on 127.0.0.1 and no metrics server."""
+    port on 127.0.0.1, no metrics server and no auth (``auth=`` in ``overrides`` sets one)."""
     settings: dict[str, Any] = {
         "listen": "127.0.0.1:0",
         "cache_dir": str(root / "cache"),
@@ -52,6 +52,8 @@ def node_agent_config(root: Path, *, sources: Path, **overrides: Any) -> AgentCo
         "copy_workers": 2,
         "shutdown_grace_s": 0.5,
         "metrics_port": None,
+        # 127.0.0.1 only; a test that checks the token passes auth= itself.
+        "auth": {"mode": "none"},
         **overrides,
     }
     return AgentConfig.model_validate(settings)

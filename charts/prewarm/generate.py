@@ -92,6 +92,7 @@ CHART_SCHEMA: dict[str, Any] = _object(
             }
         ),
         "controlTokens": _object({"enabled": _BOOL, "existingSecret": _STRING}),
+        "agentToken": _object({"enabled": _BOOL, "existingSecret": _STRING}),
         "service": _object(
             {
                 "type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
@@ -161,7 +162,14 @@ CHART_SCHEMA: dict[str, Any] = _object(
                 ),
             }
         ),
-        "networkPolicy": _object({"enabled": _BOOL, "daemonFrom": _LIST, "agentFrom": _LIST}),
+        "networkPolicy": _object(
+            {
+                "enabled": _BOOL,
+                "daemonFrom": _LIST,
+                "agentFrom": _LIST,
+                "agentEgressPorts": {"type": "array", "items": _PORT},
+            }
+        ),
         "containerSecurityContext": _MAP,
     },
     title="prewarm chart values",
@@ -267,14 +275,43 @@ What it creates:
   `/healthz`, `/readyz`, `/metrics`; grpc 9090: control API and KEDA external scaler) and
   PodDisruptionBudget;
 - least-privilege RBAC: `<fullname>-actuator` (what the actuator writes) and `<fullname>-daemon`
-  (the Lease, the control API's ConfigMap, listing pods to count GPUs in use), each proven
-  sufficient and minimal against a real API server by the repository's tests;
+  (the Lease, the control API's ConfigMap, listing pods to count GPUs in use and events to time
+  image pulls), each proven sufficient and minimal against a real API server by the repository's
+  tests;
 - the GPU agent DaemonSet on nodes labelled `nvidia.com/gpu.present=true`, with its own
   ServiceAccount (no RBAC), hostPath mounts for the disk cache, the host shared-memory tier and the
   compile cache, `hostIPC` for CUDA IPC hand-off, and a node-local Service for inference pods;
 - the negative PriorityClass of the capacity placeholder pods;
-- optionally: ServiceMonitor / PodMonitor / PrometheusRule (need the Prometheus Operator's CRDs),
-  the Grafana dashboards ConfigMap (on by default, for the Grafana sidecar) and NetworkPolicies.
+- the control API's tokens and the agents' token (Secrets) and two NetworkPolicies;
+- optionally: ServiceMonitor / PodMonitor / PrometheusRule (need the Prometheus Operator's CRDs)
+  and the Grafana dashboards ConfigMap (on by default, for the Grafana sidecar).
+
+## Security
+
+Defaults:
+
+- **Control API and KEDA scaler** (grpc 9090): bearer tokens from the Secret
+  `<fullname>-control-tokens` (keys `write` and `read`, random, kept across upgrades; `controlTokens`).
+  The KEDA scaler needs a read credential too: a `tokenFromEnv` key in the trigger's metadata,
+  or a TLS client certificate (docs/keda.md); `config.control.auth.keda_anonymous: true` turns that
+  off explicitly.
+- **GPU agents** (grpc 50061): a bearer token from the Secret `<fullname>-agent-token` (key
+  `token`; `agentToken`), mounted into the agents and the daemon; an agent without a token refuses
+  to start. Reflection is off (`config.agent.reflection`). Serving pods that run
+  `prewarm handoff` need the same token (`--token-file`) and an `networkPolicy.agentFrom` entry.
+- **NetworkPolicies** (`networkPolicy.enabled`, on): the daemon accepts http and grpc only from
+  this release's pods and `networkPolicy.daemonFrom` (e.g. Prometheus, KEDA, your CLI's
+  namespace); the agents accept grpc only from the daemon and `networkPolicy.agentFrom`, their
+  metrics port only from the daemon's peers, and connect only to DNS and the TCP ports of
+  `networkPolicy.agentEgressPorts` (443 and 80; add e.g. 9000 for a MinIO endpoint). The daemon's
+  egress is not restricted (the API server's address is not portable).
+
+Rotating a token: write a new value into the Secret (`kubectl create secret generic ...
+--dry-run=client -o yaml | kubectl apply -f -`, or your secret manager). The agents and the daemon
+re-read the mounted file, which the kubelet refreshes within about a minute; rotate the agents' token
+in one step (both sides read the same Secret). Control API clients pick up the new value from their
+`--token-file` or `PREWARM_TOKEN`; the daemon reads control tokens at start-up, so restart it
+(`kubectl rollout restart deployment/<fullname>`) after rotating `<fullname>-control-tokens`.
 
 `values.schema.json` holds, under `config`, the schema of the daemon's whole settings tree, so a
 misspelt or out-of-range setting is refused by `helm install` rather than at start-up.

@@ -43,30 +43,33 @@ CORE_KINDS = [
     "ServiceAccount",
 ]  # fmt: skip
 AGENT_KINDS = ["DaemonSet", "Service", "ServiceAccount"]
+POLICIES = ["NetworkPolicy", "NetworkPolicy"]  # on by default: the daemon's and the agents'
+SECRETS = ["Secret", "Secret"]  # the control API's tokens and the agents' token
 EXPECTED_KINDS = {
-    "default.yaml": [*CORE_KINDS, *AGENT_KINDS, "ConfigMap", "PodDisruptionBudget", "Secret"],
-    "active.yaml": [*CORE_KINDS, *AGENT_KINDS, "ConfigMap", "PodDisruptionBudget"],
-    "agent-off.yaml": [*CORE_KINDS, "Secret"],
+    "default.yaml": [*CORE_KINDS, *AGENT_KINDS, "ConfigMap", *POLICIES, "PodDisruptionBudget",
+                     *SECRETS],
+    "active.yaml": [*CORE_KINDS, *AGENT_KINDS, "ConfigMap", *POLICIES, "PodDisruptionBudget"],
+    "agent-off.yaml": [*CORE_KINDS, "NetworkPolicy", "Secret"],
     "monitoring.yaml": [
         *CORE_KINDS,
         *AGENT_KINDS,
         "ConfigMap",
+        *POLICIES,
         "PodDisruptionBudget",
         "PodMonitor",
         "PrometheusRule",
-        "Secret",
+        *SECRETS,
         "ServiceMonitor",
     ],
     "networkpolicy.yaml": [
         *CORE_KINDS,
         *AGENT_KINDS,
         "ConfigMap",
-        "NetworkPolicy",
-        "NetworkPolicy",
+        *POLICIES,
         "PodDisruptionBudget",
-        "Secret",
+        *SECRETS,
     ],
-}
+}  # fmt: skip
 
 # What each bad values file must be refused with (helm's schema message, or the chart's own).
 BAD_MESSAGES = {
@@ -580,7 +583,40 @@ def test_network_policies() -> None:
     assert [p["port"] for p in agent_ingress["ports"]] == ["grpc"]
     assert [p["port"] for p in agent_metrics["ports"]] == ["metrics"]
     assert agent_metrics["from"][1:] == ingress["from"][1:]  # Prometheus, as for the daemon
-    assert "NetworkPolicy" not in kinds(render(DEFAULT))
+    (egress,) = agent["spec"]["egress"]
+    assert [p["port"] for p in egress["ports"]] == [53, 53, 443, 80]
+    # On by default (secure by default); egress ports follow networkPolicy.agentEgressPorts.
+    assert kinds(render(DEFAULT)).count("NetworkPolicy") == 2
+    minio = render(DEFAULT, sets=["networkPolicy.agentEgressPorts={443,9000}"])
+    (egress,) = find(minio, "NetworkPolicy", "prewarm-gpu-agent")["spec"]["egress"]
+    assert [p["port"] for p in egress["ports"]] == [53, 53, 443, 9000]
+    assert "NetworkPolicy" not in kinds(render(DEFAULT, sets=["networkPolicy.enabled=false"]))
+
+
+def test_agents_require_a_token_from_a_secret_the_daemon_sends() -> None:
+    docs = render(DEFAULT)
+    secret = find(docs, "Secret", "prewarm-agent-token")
+    assert sorted(secret["data"]) == ["token"]
+    agent_config = yaml.safe_load(find(docs, "ConfigMap", "prewarm-config")["data"]["agent.yaml"])
+    daemon_config = yaml.safe_load(
+        find(docs, "ConfigMap", "prewarm-config")["data"]["prewarm.yaml"]
+    )
+    path = "/etc/prewarm-agent-token/token"
+    assert agent_config["agent"]["auth"] == {"token_file": path}  # mode: token is the default
+    assert daemon_config["actuator"]["agent"]["token_file"] == path
+    for kind in ("DaemonSet", "Deployment"):
+        pod = find(docs, kind)["spec"]["template"]["spec"]
+        mounts = [m for c in pod["containers"] for m in c.get("volumeMounts") or []]
+        assert {"name": "agent-token", "mountPath": "/etc/prewarm-agent-token",
+                "readOnly": True} in mounts  # fmt: skip
+        volume = next(v for v in pod["volumes"] if v["name"] == "agent-token")
+        assert volume["secret"]["secretName"] == "prewarm-agent-token"
+    # An existing Secret replaces the generated one; a token the user passes turns it off.
+    existing = render(DEFAULT, sets=["agentToken.existingSecret=theirs"])
+    assert "prewarm-agent-token" not in [d["metadata"]["name"] for d in existing]
+    volumes = find(existing, "DaemonSet")["spec"]["template"]["spec"]["volumes"]
+    assert {"secretName": "theirs", "defaultMode": 288} in [v.get("secret") for v in volumes]
+    assert "prewarm-agent-token" not in [d["metadata"]["name"] for d in render(ACTIVE)]
 
 
 # -- generated files ------------------------------------------------------------------------------
@@ -651,6 +687,6 @@ def test_control_api_tokens_come_from_a_secret(
     # Tokens the user configures are left alone; an existing Secret replaces the generated one.
     assert "Secret" not in kinds(render(ACTIVE))
     existing = render(DEFAULT, sets=["controlTokens.existingSecret=mine"])
-    assert "Secret" not in kinds(existing)
+    assert "prewarm-control-tokens" not in [d["metadata"]["name"] for d in existing]
     volumes = find(existing, "Deployment")["spec"]["template"]["spec"]["volumes"]
     assert {"secretName": "mine", "defaultMode": 288} in [v.get("secret") for v in volumes]

@@ -149,6 +149,17 @@ a daemon that silently looks for its Lease or its agents in the wrong place.
   (dict "name" "admin" "scope" "write" "file" (printf "%s/write" $dir))
   (dict "name" "reader" "scope" "read" "file" (printf "%s/read" $dir))) -}}
 {{- end -}}
+{{- if eq (include "prewarm.agentTokenUsed" .) "true" -}}
+{{- $file := printf "%s/token" (include "prewarm.agentTokenDir" .) -}}
+{{- if not (hasKey $cfg "agent") }}{{ $_ := set $cfg "agent" (dict) }}{{ end -}}
+{{- if not (hasKey $cfg.agent "auth") }}{{ $_ := set $cfg.agent "auth" (dict) }}{{ end -}}
+{{- $_ := set $cfg.agent.auth "token_file" $file -}}
+{{- if not (hasKey $cfg "actuator") }}{{ $_ := set $cfg "actuator" (dict) }}{{ end -}}
+{{- if not (hasKey $cfg.actuator "agent") }}{{ $_ := set $cfg.actuator "agent" (dict) }}{{ end -}}
+{{- if not (or (hasKey $cfg.actuator.agent "token") (hasKey $cfg.actuator.agent "token_file")) -}}
+{{- $_ := set $cfg.actuator.agent "token_file" $file -}}
+{{- end -}}
+{{- end -}}
 {{- $election := dig "daemon" "leader_election" "enabled" true $cfg -}}
 {{- if and (gt (int .Values.daemon.replicas) 1) (not $election) -}}
 {{- fail "daemon.replicas > 1 needs config.daemon.leader_election.enabled: every replica would act" -}}
@@ -193,6 +204,21 @@ seccompProfile:
 {{- $control := .Values.config.control | default dict -}}
 {{- $auth := $control.auth | default dict -}}
 {{- and .Values.controlTokens.enabled (dig "enabled" true $control) (eq ($auth.mode | default "token") "token") (empty $auth.tokens) -}}
+{{- end }}
+
+{{/* "true" when the chart supplies the GPU agents' token (see agentToken in values.yaml). */}}
+{{- define "prewarm.agentTokenUsed" -}}
+{{- $agent := .Values.config.agent | default dict -}}
+{{- $auth := $agent.auth | default dict -}}
+{{- and .Values.agent.enabled .Values.agentToken.enabled (eq ($auth.mode | default "token") "token") (not $auth.token) (not $auth.token_file) -}}
+{{- end }}
+
+{{- define "prewarm.agentTokenSecret" -}}
+{{- .Values.agentToken.existingSecret | default (printf "%s-agent-token" (include "prewarm.fullname" .)) }}
+{{- end }}
+
+{{- define "prewarm.agentTokenDir" -}}
+/etc/prewarm-agent-token
 {{- end }}
 
 {{- define "prewarm.controlTokensSecret" -}}

@@ -291,10 +291,10 @@ What it creates:
 Defaults:
 
 - **Control API and KEDA scaler** (grpc 9090): bearer tokens from the Secret
-  `<fullname>-control-tokens` (keys `write` and `read`, random, kept across upgrades; `controlTokens`).
-  The KEDA scaler needs a read credential too: a `tokenFromEnv` key in the trigger's metadata,
-  or a TLS client certificate (docs/keda.md); `config.control.auth.keda_anonymous: true` turns that
-  off explicitly.
+  `<fullname>-control-tokens` (keys `write` and `read`, random, kept across upgrades;
+  `controlTokens`). The KEDA scaler needs a read credential too: a `tokenFromEnv` key in the
+  trigger's metadata, or a TLS client certificate (docs/keda.md);
+  `config.control.auth.keda_anonymous: true` turns that off explicitly.
 - **GPU agents** (grpc 50061): a bearer token from the Secret `<fullname>-agent-token` (key
   `token`; `agentToken`), mounted into the agents and the daemon; an agent without a token refuses
   to start. Reflection is off (`config.agent.reflection`). Serving pods that run
@@ -307,10 +307,11 @@ Defaults:
   egress is not restricted (the API server's address is not portable).
 
 Rotating a token: write a new value into the Secret (`kubectl create secret generic ...
---dry-run=client -o yaml | kubectl apply -f -`, or your secret manager). The agents and the daemon
-re-read the mounted file, which the kubelet refreshes within about a minute; rotate the agents' token
-in one step (both sides read the same Secret). Control API clients pick up the new value from their
-`--token-file` or `PREWARM_TOKEN`; the daemon reads control tokens at start-up, so restart it
+--dry-run=client -o yaml | kubectl apply -f -`, or your secret manager). The agents and the
+daemon re-read the mounted file, which the kubelet refreshes within about a minute; rotate the
+agents' token in one step (both sides read the same Secret). Control API clients pick up the new
+value from their `--token-file` or `PREWARM_TOKEN`; the daemon reads control tokens at start-up,
+so restart it
 (`kubectl rollout restart deployment/<fullname>`) after rotating `<fullname>-control-tokens`.
 
 `values.schema.json` holds, under `config`, the schema of the daemon's whole settings tree, so a

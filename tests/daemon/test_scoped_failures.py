@@ -58,7 +58,7 @@ class SwitchableSource:
 
 
 def test_a_refused_query_fails_only_the_forecasts(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     start_s = 1_800_000_000.0
     counts = np.random.default_rng(1).poisson(30.0, (1, 600)).astype(np.float64)
@@ -111,7 +111,8 @@ def test_a_refused_query_fails_only_the_forecasts(
     assert "bad_data" in broken_ready or "parse error" in broken_ready
     assert 'prewarm_history_errors_total{kind="InvalidInput"} 3.0' in metrics
     assert fixed_ready == "ok\n"
-    log = capsys.readouterr().out
+    # The daemon's log goes to stdout, or to logging once another test has configured it.
+    log = capsys.readouterr().out + "\n".join(str(r.msg) for r in caplog.records)
     assert log.count("history source refused the query") == 1  # once, not once per tick
 
 

@@ -128,12 +128,18 @@ def node_state(name: NodeName, pool: PoolName, status: pb.StatusResponse) -> Nod
     """A node's memory and holdings from its agent's answer (InvalidInput: an unknown tier).
 
     ``free_gpu_bytes`` = sum over GPUs of free minus headroom (each never below 0; 0 without a
-    GPU), ``free_host_bytes`` = the host tier's capacity minus used, ``holdings`` = each model's
+    GPU, and 0 for a GPU yielded to a starting replica: its agent refuses GPU-tier Preloads onto
+    it until ``yielded_until``, and the replica is about to take the memory that looks free),
+    ``free_host_bytes`` = the host tier's capacity minus used, ``holdings`` = each model's
     fastest tier.
     """
     free_gpu = 0
     if status.gpu_available:
-        free_gpu = sum(max(0, g.free_bytes - g.headroom_bytes) for g in status.gpus)
+        free_gpu = sum(
+            max(0, g.free_bytes - g.headroom_bytes)
+            for g in status.gpus
+            if not g.HasField("yielded_until")  # the agent reports a hold only while it lasts
+        )
     free_host: int | None = None
     for usage in status.tiers:
         if tier_from_proto(usage.tier) == Tier.HOST:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -25,13 +27,13 @@ from pathlib import Path
 import requests
 import torch
 
-from common.errors import DataLoss, FailedPrecondition, NotFound
+from common.errors import DataLoss, FailedPrecondition, InvalidInput, NotFound, PrewarmError
 from common.ids import ModelId
 from common.tiers import Tier
 from gpu_agent.config import AgentConfig
 from gpu_agent.control import LoadControl
 from gpu_agent.diskcache import DiskCache
-from gpu_agent.events import EventBus, EventListener
+from gpu_agent.events import EventBus, EventListener, timestamp
 from gpu_agent.expansion import DirectoryExpander
 from gpu_agent.fetch import ModelFetcher
 from gpu_agent.gpu_tier import GpuTier, default_gpu_device
@@ -49,11 +51,16 @@ from gpu_agent.sources import Fetcher, SourcePolicy
 from gpu_agent.specs import CheckedWeights, PreloadSpec, check_spec, validate_model_id
 from gpu_agent.status import status_response
 from gpu_agent.versions import weights_digest, with_revision
+from gpu_agent.yields import GpuYields
 from protos import gpu_agent_pb2 as pb
 from protos.tiers import agent_tier
 
+log = logging.getLogger(__name__)
+
 LEASE_SWEEP_S = 1.0
 """How often expired leases are looked for (at most; sooner when one is due)."""
+YIELD_REASON_MAX = 256
+"""The longest YieldGpu reason (characters); it is echoed in Status, events and logs."""
 
 
 class Agent:
@@ -128,12 +135,14 @@ class Agent:
             events=self._events,
             monotonic=monotonic,
         )
+        self._yields = GpuYields(monotonic=monotonic)
         self._loader = Loader(
             self._holdings,
             fetch=self._fetch,
             host=self._host,
             gpu=self._gpu,
             reclaim=self._reclaim,
+            yields=self._yields,
             events=self._events,
             monotonic=monotonic,
             wall_clock=wall_clock,
@@ -227,6 +236,7 @@ class Agent:
         checked = with_revision(checked)  # a single-file model's version is its digest
         if checked.is_directory:
             self._check_directory(spec.model_id, checked)
+        self._check_not_yielded(spec)
         model_id = spec.model_id
         progress = LoadProgress(model_id, started=self._mono(), monotonic=self._mono)
         control = LoadControl(deadline, clock=self._mono)
@@ -290,6 +300,18 @@ class Agent:
                         f"models {other.model_id} and {model_id} would share the directory "
                         f"<shm_dir>/models/{slug}; evict {other.model_id} first or rename one"
                     )
+
+    def _check_not_yielded(self, spec: PreloadSpec) -> None:
+        """Refuse, before anything is written, a GPU-tier Preload that no GPU could take now
+        because its GPU (or every GPU) is yielded to a starting replica."""
+        if spec.target_tier != Tier.GPU or self.gpu_unavailable_reason() is not None:
+            return
+        if spec.gpu_uuid:
+            self._yields.check(spec.gpu_uuid)
+            return
+        yielded = self._yields.yielded_uuids()
+        if yielded and all(g.uuid in yielded for g in self._gpu.gpus()):
+            self._gpu.choose("", skip=yielded)  # raises FailedPrecondition with the advice
 
     def _deadline(self, spec: PreloadSpec, grpc_remaining: float | None) -> float | None:
         candidates = []
@@ -361,6 +383,93 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.config.pressure_poll_interval_s)
 
+    # ------------------------------------------------------------------------ co-residency
+
+    async def yield_gpu(
+        self, gpu_uuids: Sequence[str], *, reason: str, hold_s: float = 0.0
+    ) -> pb.YieldGpuResponse:
+        """Give ``gpu_uuids`` (empty: every GPU) to a replica starting on this node.
+
+        Serving engines measure free GPU memory once, at start-up, and refuse to start (or size
+        their KV cache too small) while another process holds it, so the agent steps aside:
+        GPU-tier Preloads onto these GPUs are refused for ``hold_s`` (0: the configured
+        ``yield_hold_s``; a second call renews), GPU loads in flight onto them are cancelled and
+        waited for, and every model held there moves down to the host tier (kept on disk when
+        the host tier has no room: weights are never dropped). Attached models lose the agent's
+        reference too; their memory returns once the attached processes close it. Nothing to do
+        on a node without a GPU. :class:`NotFound` for a GPU NVML does not report,
+        :class:`InvalidInput` for a bad ``hold_s`` or an over-long reason.
+        """
+        if not math.isfinite(hold_s) or hold_s < 0 or hold_s > self.config.yield_max_hold_s:
+            raise InvalidInput(
+                f"hold_s must be between 0 (the agent's default, {self.config.yield_hold_s}s) "
+                f"and {self.config.yield_max_hold_s}s; got {hold_s}"
+            )
+        if len(reason) > YIELD_REASON_MAX:
+            raise InvalidInput(f"reason is longer than {YIELD_REASON_MAX} characters; shorten it")
+        reason = reason or "a replica is starting"
+        if self.gpu_unavailable_reason() is not None:
+            return pb.YieldGpuResponse()
+        known = [g.uuid for g in self._gpu.gpus()]
+        for uuid in gpu_uuids:
+            if uuid not in known:
+                raise NotFound(f"no GPU with uuid {uuid} on this node (Status lists its GPUs)")
+        targets = list(dict.fromkeys(gpu_uuids)) or known
+        hold = hold_s or self.config.yield_hold_s
+
+        def hold_gpus() -> tuple[float, list[ModelId]]:
+            with self._gpu.alloc_lock:
+                return self._yields.hold(targets, hold_s=hold, reason=reason)
+
+        until, cancelled = await asyncio.to_thread(hold_gpus)
+        # A cancelled load cleans up at its next checkpoint; one that finished its copy first
+        # commits, and is demoted below with the others. A Preload holds its model's lock until
+        # it has done either, so taking the lock waits for it.
+        for model_id in cancelled:
+            async with self._model_locks.hold(model_id):
+                pass
+        response = pb.YieldGpuResponse(gpu_uuids=targets)
+        response.yielded_until.CopyFrom(timestamp(self._wall() + (until - self._mono())))
+        with self._holdings.lock:
+            on_gpus = [
+                (h.model_id, h.predicted_value)
+                for h in self._holdings.all()
+                if h.gpu is not None and h.gpu.gpu_uuid in targets
+            ]
+        why = f"GPU yielded to a starting replica: {reason}"
+        for model_id, value in on_gpus:
+            async with self._model_locks.hold(model_id):
+                response.gpu_bytes_freed += await asyncio.to_thread(
+                    self._reclaim.drop_gpu, model_id, reason=why
+                )
+            if await self._keep_in_host(model_id, value):
+                response.demoted_model_ids.append(model_id)
+            else:
+                response.kept_on_disk_model_ids.append(model_id)
+        log.info(
+            "gpus yielded",
+            extra={"gpus": targets, "reason": reason, "hold_s": hold,
+                   "freed_bytes": response.gpu_bytes_freed},
+        )  # fmt: skip
+        return response
+
+    async def _keep_in_host(self, model_id: ModelId, value: float) -> bool:
+        """Bring a model demoted from the GPU to the host tier (from its disk copy); whether it
+        is there now. Without host room it stays on disk, where the next Preload finds it."""
+        spec = PreloadSpec(
+            model_id=model_id, weights=(), target_tier=Tier.HOST, predicted_value=value
+        )
+        try:
+            async for _ in self.preload(spec):
+                pass
+        except PrewarmError as error:
+            log.warning(
+                "model demoted from the GPU kept on disk only",
+                extra={"model_id": model_id, "error": str(error)},
+            )
+        holding = self._holdings.get(model_id)
+        return holding is not None and holding.tier >= Tier.HOST
+
     # -------------------------------------------------------------------------------- status
 
     def gpu_bytes_held(self, gpu_uuid: str | None = None) -> int:
@@ -370,10 +479,17 @@ class Agent:
     def status(self) -> pb.StatusResponse:
         """GPUs, tier usage and holdings now."""
         gpus = self._gpu.gpus()
+        now_wall, now_mono = self._wall(), self._mono()
+        yielded = {
+            h.gpu_uuid: (now_wall + (h.until - now_mono), h.reason) for h in self._yields.yielded()
+        }
         room = {
             Tier.DISK: self._fetch.free_bytes(),
             Tier.HOST: self._host.free_bytes(),
-            Tier.GPU: sum(max(self._gpu.free_for_models(g), 0) for g in gpus),
+            # A yielded GPU takes no model until its hold ends: no room there.
+            Tier.GPU: sum(
+                max(self._gpu.free_for_models(g), 0) for g in gpus if g.uuid not in yielded
+            ),
         }
         return status_response(
             self._holdings,
@@ -383,6 +499,7 @@ class Agent:
             gpus=gpus,
             headroom_bytes=self.config.headroom_bytes,
             room_bytes=room,
+            yielded=yielded,
             wall_clock=self._wall,
             monotonic=self._mono,
         )

@@ -344,6 +344,21 @@ class AgentConfig(BaseModel):
     pressure_poll_interval_s: float = Field(
         default=0.1, gt=0, le=0.5, description="How often NVML is read for memory pressure."
     )
+    yield_hold_s: float = Field(
+        default=600.0,
+        gt=0,
+        le=86_400,
+        description=(
+            "How long a YieldGpu without hold_s keeps GPU-tier Preloads off the yielded GPUs "
+            "(long enough for an engine to start and take its share of GPU memory)."
+        ),
+    )
+    yield_max_hold_s: float = Field(
+        default=3600.0,
+        gt=0,
+        le=86_400,
+        description="The longest hold_s a YieldGpu may ask for (longer is INVALID_ARGUMENT).",
+    )
     shutdown_grace_s: float = Field(default=5.0, ge=0)
     reflection: bool = Field(
         default=False,

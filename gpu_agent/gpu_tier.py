@@ -9,7 +9,7 @@ evict (:mod:`gpu_agent.reclaim` does) or touch the registry of holdings.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import torch
@@ -78,8 +78,9 @@ class GpuTier:
                 f"{largest} minus {self.headroom_bytes} headroom"
             )
 
-    def choose(self, wanted_uuid: str) -> GpuMemory:
-        """The GPU asked for, else the one with most free memory."""
+    def choose(self, wanted_uuid: str, *, skip: Collection[str] = ()) -> GpuMemory:
+        """The GPU asked for, else the one with most free memory that is not in ``skip`` (GPUs
+        yielded to starting replicas); :class:`FailedPrecondition` when every GPU is skipped."""
         gpus = self._nvml.gpus()
         if wanted_uuid:
             for gpu in gpus:
@@ -88,7 +89,13 @@ class GpuTier:
             raise NotFound(f"no GPU with uuid {wanted_uuid} on this node")
         if not gpus:
             raise ResourceExhausted("NVML reports no GPU on this node")
-        return max(gpus, key=lambda g: g.free_bytes)
+        open_gpus = [g for g in gpus if g.uuid not in skip]
+        if not open_gpus:
+            raise FailedPrecondition(
+                "every GPU on this node is yielded to a starting replica (YieldGpu); preload to "
+                "the host tier, onto another node, or after the hold (Status: yielded_until)"
+            )
+        return max(open_gpus, key=lambda g: g.free_bytes)
 
     def device(self, gpu: GpuMemory) -> torch.device:
         return self._gpu_device(gpu)

@@ -5,7 +5,10 @@ container waits until the agent holds the model's directory in the host tier (St
 learns its path, or gives up after a timeout so the engine falls back to its own download; a
 native sidecar holds a lease on the model (Attach with ``lease_only`` and a TTL, RenewLease every
 few seconds, Release on SIGTERM), so eviction never pulls the directory from under the running
-engine and a crashed pod's lease simply expires. ``prewarm handoff`` (prewarm/cli/handoff_cmd.py)
+engine and a crashed pod's lease simply expires. Before the engine starts, the init container also
+asks the agent to yield the GPU memory it holds (YieldGpu), because engines size their memory
+pools from what is free at start-up and refuse to start while another process holds it.
+``prewarm handoff`` (prewarm/cli/handoff_cmd.py)
 is the command line over this module.
 
 Must not import torch or the agent's server side: it runs in the small daemon image. Errors a
@@ -142,6 +145,55 @@ def wait_for_directory(
         if monotonic() >= deadline:
             return WaitResult(None, reason=f"{reason} after {timeout_s:g} s")
         sleep(min(poll_s, max(deadline - monotonic(), 0.0)))
+
+
+@dataclass(frozen=True, slots=True)
+class YieldResult:
+    """What a YieldGpu did: the GPUs yielded (none on a GPU-less node), the wall-clock end of
+    the hold, the bytes freed, and the models moved down to host memory (or kept on disk);
+    ``error`` when the agent could not be asked (the engine starts anyway)."""
+
+    gpu_uuids: tuple[str, ...] = ()
+    until_unix_s: float = 0.0
+    freed_bytes: int = 0
+    demoted: tuple[str, ...] = ()
+    on_disk: tuple[str, ...] = ()
+    error: str = ""
+
+
+def yield_gpu(
+    agent: AgentChannel,
+    *,
+    reason: str,
+    gpu_uuids: tuple[str, ...] = (),
+    hold_s: float = 0.0,
+    timeout_s: float = 60.0,
+) -> YieldResult:
+    """Ask the agent to free the GPU memory it holds on ``gpu_uuids`` (empty: every GPU of the
+    node) and keep off them for ``hold_s`` (0: its default), before the engine starts.
+
+    An agent that cannot be reached is reported in ``error``, not raised: the engine may still
+    start (the agent also gives memory back under pressure). A refusal (bad token or request, an
+    unknown GPU) is raised: it is a configuration error that retrying will not fix.
+    """
+    if hold_s < 0:
+        raise InvalidInput("the yield hold must be >= 0 (0: the agent's default)")
+    request = pb.YieldGpuRequest(gpu_uuids=list(gpu_uuids), reason=reason, hold_s=hold_s)
+    try:
+        response = agent.stub.YieldGpu(request, metadata=agent.metadata, timeout=timeout_s)
+    except grpc.RpcError as error:
+        kind = error_for(error.code(), error.details() or "")
+        if isinstance(kind, (*_FATAL, NotFound)):
+            raise kind from error
+        return YieldResult(error=f"agent at {agent.target}: {type(kind).__name__}: {kind}")
+    until = response.yielded_until.ToNanoseconds() / 1e9 if response.gpu_uuids else 0.0
+    return YieldResult(
+        gpu_uuids=tuple(response.gpu_uuids),
+        until_unix_s=until,
+        freed_bytes=response.gpu_bytes_freed,
+        demoted=tuple(response.demoted_model_ids),
+        on_disk=tuple(response.kept_on_disk_model_ids),
+    )
 
 
 class Holder:

@@ -35,6 +35,7 @@ from gpu_agent.reclaim import Reclaimer
 from gpu_agent.safetensors_format import SafetensorsLayout
 from gpu_agent.sources import CheckedSource
 from gpu_agent.specs import CheckedWeights, PreloadSpec
+from gpu_agent.yields import GpuYields
 from protos import gpu_agent_pb2 as pb
 
 
@@ -64,11 +65,13 @@ class Loader:
         host: HostTier,
         gpu: GpuTier,
         reclaim: Reclaimer,
+        yields: GpuYields,
         events: EventBus,
         monotonic: Callable[[], float],
         wall_clock: Callable[[], float],
     ) -> None:
         self._holdings = holdings
+        self._yields = yields
         self._fetch = fetch
         self._host = host
         self._gpu = gpu
@@ -118,6 +121,7 @@ class Loader:
             )
             raise
         finally:
+            self._yields.end_fill(spec.model_id)
             self._holdings.end_load(spec.model_id)
         duration_s = self._mono() - progress.started
         holding, replaced = self._commit(spec, result, duration_s=duration_s)
@@ -317,7 +321,11 @@ class Loader:
     ) -> GpuResidency:
         nbytes, placements = plan_placements(layouts, sources)
         with self._gpu.alloc_lock:
-            gpu = self._gpu.choose(spec.gpu_uuid)
+            gpu = self._gpu.choose(spec.gpu_uuid, skip=self._yields.yielded_uuids())
+            # A GPU yielded to a starting replica takes no model until its hold ends; a yield
+            # from now on cancels this fill (and waits for it) before it reports the GPU free.
+            self._yields.check(gpu.uuid)
+            self._yields.start_fill(spec.model_id, gpu.uuid, control)
             device = self._gpu.device(gpu)
             self._reclaim.make_gpu_room(gpu, spec.model_id, nbytes, value=spec.predicted_value)
             control.checkpoint()

@@ -158,6 +158,17 @@ class GpuAgentService(pb_grpc.GpuAgentServicer):
             await _abort(context, error)
             raise
 
+    async def YieldGpu(  # noqa: N802
+        self, request: pb.YieldGpuRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.YieldGpuResponse:
+        try:
+            return await self._agent.yield_gpu(
+                list(request.gpu_uuids), reason=request.reason, hold_s=request.hold_s
+            )
+        except PrewarmError as error:
+            await _abort(context, error)
+            raise
+
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Refuses calls without ``authorization: Bearer <token>`` (health checks excepted)."""

@@ -1,6 +1,7 @@
 """The Status answer: GPUs as NVML sees them, per-tier usage and capacity, and every holding.
 
-Owns how the agent reports itself: its share of each GPU against other processes', bytes and
+Owns how the agent reports itself: its share of each GPU against other processes' (and until
+when a GPU is yielded to a starting replica), bytes and
 models per tier, the capacity a tier may still grow into (free space beyond its headroom) and
 each model's top tier, value density, last use and latest load (duration, from and to which
 tier), and a directory model's hand-off paths (its revision directory and ``current`` link).
@@ -31,6 +32,7 @@ def status_response(
     gpus: Sequence[GpuMemory],
     headroom_bytes: int,
     room_bytes: Mapping[Tier, int],
+    yielded: Mapping[str, tuple[float, str]] | None = None,
     wall_clock: Callable[[], float],
     monotonic: Callable[[], float],
     current_link: Callable[[ModelId], Path] | None = None,
@@ -40,7 +42,8 @@ def status_response(
     ``current_link``: where a directory model's ``current`` link lies (the host tier's rule).
 
     ``room_bytes``: per tier, the free space beyond its headroom (may be negative); ``gpus``: the
-    NVML readings. ``last_used`` (monotonic) is reported as wall-clock time.
+    NVML readings; ``yielded``: per yielded GPU, the hold's end (wall clock) and its reason.
+    ``last_used`` (monotonic) is reported as wall-clock time.
     """
     response = pb.StatusResponse(node=node, gpu_available=gpu_unavailable_reason is None)
     if gpu_unavailable_reason is not None:
@@ -66,6 +69,10 @@ def status_response(
                 headroom_bytes=headroom_bytes,
             )
         )
+        if yielded is not None and gpu.uuid in yielded:
+            until, reason = yielded[gpu.uuid]
+            response.gpus[-1].yielded_until.CopyFrom(timestamp(until))
+            response.gpus[-1].yield_reason = reason
     usage = {tier: [0, 0] for tier in HELD_TIERS}
     with holdings.lock:
         for holding in holdings.all():

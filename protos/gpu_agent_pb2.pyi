@@ -15,7 +15,8 @@ Errors are gRPC status codes (see common/grpc_status.py):
   RESOURCE_EXHAUSTED larger than the free memory (minus headroom) of the target tier
   DEADLINE_EXCEEDED  the request's deadline passed before the load finished
   FAILED_PRECONDITION the model was evicted while it was loading; it is attached and force=false;
-                     a named revision is held with other files
+                     a named revision is held with other files; a GPU-tier Preload onto a GPU
+                     yielded to a starting replica (YieldGpu)
   UNAVAILABLE        the agent is shutting down or a source is unreachable; retry with backoff
 A failed Preload leaves no partial file or allocation behind.
 """
@@ -391,6 +392,8 @@ class GpuStatus(_message.Message):
     OTHER_PROCESSES_BYTES_FIELD_NUMBER: _builtins.int
     OURS_BYTES_FIELD_NUMBER: _builtins.int
     HEADROOM_BYTES_FIELD_NUMBER: _builtins.int
+    YIELDED_UNTIL_FIELD_NUMBER: _builtins.int
+    YIELD_REASON_FIELD_NUMBER: _builtins.int
     uuid: _builtins.str
     index: _builtins.int
     name: _builtins.str
@@ -403,6 +406,13 @@ class GpuStatus(_message.Message):
     """held by this agent's GPU-tier models"""
     headroom_bytes: _builtins.int
     """always left free for inference processes"""
+    yield_reason: _builtins.str
+    @_builtins.property
+    def yielded_until(self) -> _timestamp_pb2.Timestamp:
+        """Set while the GPU is yielded to a starting replica (YieldGpu): no GPU-tier Preload lands on
+        it before this time; the daemon plans none onto it.
+        """
+
     def __init__(
         self,
         *,
@@ -415,10 +425,12 @@ class GpuStatus(_message.Message):
         other_processes_bytes: _builtins.int = ...,
         ours_bytes: _builtins.int = ...,
         headroom_bytes: _builtins.int = ...,
+        yielded_until: _timestamp_pb2.Timestamp | None = ...,
+        yield_reason: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["yielded_until", b"yielded_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["free_bytes", b"free_bytes", "headroom_bytes", b"headroom_bytes", "index", b"index", "name", b"name", "other_processes_bytes", b"other_processes_bytes", "ours_bytes", b"ours_bytes", "total_bytes", b"total_bytes", "used_bytes", b"used_bytes", "uuid", b"uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["free_bytes", b"free_bytes", "headroom_bytes", b"headroom_bytes", "index", b"index", "name", b"name", "other_processes_bytes", b"other_processes_bytes", "ours_bytes", b"ours_bytes", "total_bytes", b"total_bytes", "used_bytes", b"used_bytes", "uuid", b"uuid", "yield_reason", b"yield_reason", "yielded_until", b"yielded_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -926,3 +938,74 @@ class RenewLeaseResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RenewLeaseResponse: _TypeAlias = RenewLeaseResponse  # noqa: Y015
+
+@_typing.final
+class YieldGpuRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GPU_UUIDS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    HOLD_S_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """for Status, events and logs, e.g. "replica of llama-8b starting" """
+    hold_s: _builtins.float
+    """how long GPU-tier Preloads stay refused; 0 = the agent's default"""
+    @_builtins.property
+    def gpu_uuids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """empty = every GPU of the node"""
+
+    def __init__(
+        self,
+        *,
+        gpu_uuids: _abc.Iterable[_builtins.str] | None = ...,
+        reason: _builtins.str = ...,
+        hold_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gpu_uuids", b"gpu_uuids", "hold_s", b"hold_s", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___YieldGpuRequest: _TypeAlias = YieldGpuRequest  # noqa: Y015
+
+@_typing.final
+class YieldGpuResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GPU_UUIDS_FIELD_NUMBER: _builtins.int
+    YIELDED_UNTIL_FIELD_NUMBER: _builtins.int
+    DEMOTED_MODEL_IDS_FIELD_NUMBER: _builtins.int
+    KEPT_ON_DISK_MODEL_IDS_FIELD_NUMBER: _builtins.int
+    GPU_BYTES_FREED_FIELD_NUMBER: _builtins.int
+    gpu_bytes_freed: _builtins.int
+    @_builtins.property
+    def gpu_uuids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the GPUs now yielded"""
+
+    @_builtins.property
+    def yielded_until(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def demoted_model_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """moved from the GPU tier to the host tier"""
+
+    @_builtins.property
+    def kept_on_disk_model_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """moved from the GPU tier; no host room: on disk"""
+
+    def __init__(
+        self,
+        *,
+        gpu_uuids: _abc.Iterable[_builtins.str] | None = ...,
+        yielded_until: _timestamp_pb2.Timestamp | None = ...,
+        demoted_model_ids: _abc.Iterable[_builtins.str] | None = ...,
+        kept_on_disk_model_ids: _abc.Iterable[_builtins.str] | None = ...,
+        gpu_bytes_freed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["yielded_until", b"yielded_until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["demoted_model_ids", b"demoted_model_ids", "gpu_bytes_freed", b"gpu_bytes_freed", "gpu_uuids", b"gpu_uuids", "kept_on_disk_model_ids", b"kept_on_disk_model_ids", "yielded_until", b"yielded_until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___YieldGpuResponse: _TypeAlias = YieldGpuResponse  # noqa: Y015

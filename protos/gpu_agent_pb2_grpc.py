@@ -69,6 +69,11 @@ class GpuAgentStub:
                 request_serializer=protos_dot_gpu__agent__pb2.RenewLeaseRequest.SerializeToString,
                 response_deserializer=protos_dot_gpu__agent__pb2.RenewLeaseResponse.FromString,
                 _registered_method=True)
+        self.YieldGpu = channel.unary_unary(
+                '/prewarm.gpu_agent.v1.GpuAgent/YieldGpu',
+                request_serializer=protos_dot_gpu__agent__pb2.YieldGpuRequest.SerializeToString,
+                response_deserializer=protos_dot_gpu__agent__pb2.YieldGpuResponse.FromString,
+                _registered_method=True)
 
 
 class GpuAgentServicer:
@@ -132,6 +137,19 @@ class GpuAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def YieldGpu(self, request, context):
+        """Give GPU memory to a replica starting on this node (a serving pod's init container calls it
+        before the engine measures free GPU memory): every model the agent holds on those GPUs moves
+        down to the host tier (weights are never dropped: without host room a model stays on disk),
+        and GPU-tier Preloads onto them are refused (FAILED_PRECONDITION) until the hold ends.
+        Calling again renews the hold. Status reports it (GpuStatus.yielded_until). On a node without
+        a GPU it does nothing. NOT_FOUND for a GPU uuid NVML does not report; INVALID_ARGUMENT for a
+        hold_s below 0 or above the agent's maximum.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GpuAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +187,11 @@ def add_GpuAgentServicer_to_server(servicer, server):
                     servicer.RenewLease,
                     request_deserializer=protos_dot_gpu__agent__pb2.RenewLeaseRequest.FromString,
                     response_serializer=protos_dot_gpu__agent__pb2.RenewLeaseResponse.SerializeToString,
+            ),
+            'YieldGpu': grpc.unary_unary_rpc_method_handler(
+                    servicer.YieldGpu,
+                    request_deserializer=protos_dot_gpu__agent__pb2.YieldGpuRequest.FromString,
+                    response_serializer=protos_dot_gpu__agent__pb2.YieldGpuResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -360,6 +383,33 @@ class GpuAgent:
             '/prewarm.gpu_agent.v1.GpuAgent/RenewLease',
             protos_dot_gpu__agent__pb2.RenewLeaseRequest.SerializeToString,
             protos_dot_gpu__agent__pb2.RenewLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def YieldGpu(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prewarm.gpu_agent.v1.GpuAgent/YieldGpu',
+            protos_dot_gpu__agent__pb2.YieldGpuRequest.SerializeToString,
+            protos_dot_gpu__agent__pb2.YieldGpuResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -15,7 +15,8 @@ Errors are gRPC status codes (see common/grpc_status.py):
   RESOURCE_EXHAUSTED larger than the free memory (minus headroom) of the target tier
   DEADLINE_EXCEEDED  the request's deadline passed before the load finished
   FAILED_PRECONDITION the model was evicted while it was loading; it is attached and force=false;
-                     a named revision is held with other files
+                     a named revision is held with other files; a GPU-tier Preload onto a GPU
+                     yielded to a starting replica (YieldGpu)
   UNAVAILABLE        the agent is shutting down or a source is unreachable; retry with backoff
 A failed Preload leaves no partial file or allocation behind.
 """
@@ -74,6 +75,15 @@ class GpuAgentStub:
     """Keep a lease taken with a lease_ttl_s alive for another lease_ttl_s. NOT_FOUND when the lease
     has ended (released, or expired because its renewals stopped): attach again.
     """
+    YieldGpu: _grpc.UnaryUnaryMultiCallable[_gpu_agent_pb2.YieldGpuRequest, _gpu_agent_pb2.YieldGpuResponse]
+    """Give GPU memory to a replica starting on this node (a serving pod's init container calls it
+    before the engine measures free GPU memory): every model the agent holds on those GPUs moves
+    down to the host tier (weights are never dropped: without host room a model stays on disk),
+    and GPU-tier Preloads onto them are refused (FAILED_PRECONDITION) until the hold ends.
+    Calling again renews the hold. Status reports it (GpuStatus.yielded_until). On a node without
+    a GPU it does nothing. NOT_FOUND for a GPU uuid NVML does not report; INVALID_ARGUMENT for a
+    hold_s below 0 or above the agent's maximum.
+    """
 
 @_typing.type_check_only
 class GpuAgentAsyncStub(GpuAgentStub):
@@ -103,6 +113,15 @@ class GpuAgentAsyncStub(GpuAgentStub):
     RenewLease: _aio.UnaryUnaryMultiCallable[_gpu_agent_pb2.RenewLeaseRequest, _gpu_agent_pb2.RenewLeaseResponse]  # type: ignore[assignment]
     """Keep a lease taken with a lease_ttl_s alive for another lease_ttl_s. NOT_FOUND when the lease
     has ended (released, or expired because its renewals stopped): attach again.
+    """
+    YieldGpu: _aio.UnaryUnaryMultiCallable[_gpu_agent_pb2.YieldGpuRequest, _gpu_agent_pb2.YieldGpuResponse]  # type: ignore[assignment]
+    """Give GPU memory to a replica starting on this node (a serving pod's init container calls it
+    before the engine measures free GPU memory): every model the agent holds on those GPUs moves
+    down to the host tier (weights are never dropped: without host room a model stays on disk),
+    and GPU-tier Preloads onto them are refused (FAILED_PRECONDITION) until the hold ends.
+    Calling again renews the hold. Status reports it (GpuStatus.yielded_until). On a node without
+    a GPU it does nothing. NOT_FOUND for a GPU uuid NVML does not report; INVALID_ARGUMENT for a
+    hold_s below 0 or above the agent's maximum.
     """
 
 class GpuAgentServicer(metaclass=_abc_1.ABCMeta):
@@ -172,6 +191,21 @@ class GpuAgentServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gpu_agent_pb2.RenewLeaseResponse, _abc.Awaitable[_gpu_agent_pb2.RenewLeaseResponse]]:
         """Keep a lease taken with a lease_ttl_s alive for another lease_ttl_s. NOT_FOUND when the lease
         has ended (released, or expired because its renewals stopped): attach again.
+        """
+
+    @_abc_1.abstractmethod
+    def YieldGpu(
+        self,
+        request: _gpu_agent_pb2.YieldGpuRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gpu_agent_pb2.YieldGpuResponse, _abc.Awaitable[_gpu_agent_pb2.YieldGpuResponse]]:
+        """Give GPU memory to a replica starting on this node (a serving pod's init container calls it
+        before the engine measures free GPU memory): every model the agent holds on those GPUs moves
+        down to the host tier (weights are never dropped: without host room a model stays on disk),
+        and GPU-tier Preloads onto them are refused (FAILED_PRECONDITION) until the hold ends.
+        Calling again renews the hold. Status reports it (GpuStatus.yielded_until). On a node without
+        a GPU it does nothing. NOT_FOUND for a GPU uuid NVML does not report; INVALID_ARGUMENT for a
+        hold_s below 0 or above the agent's maximum.
         """
 
 def add_GpuAgentServicer_to_server(servicer: GpuAgentServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -15,12 +15,15 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from common.durations import parse_duration_s
 from common.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from gpu_agent.handoff import AgentChannel
 
 AgentOption = Annotated[
     str | None,
@@ -74,6 +77,25 @@ def _write(path: Path, value: str) -> None:
     tmp.replace(path)
 
 
+def _yield(channel: AgentChannel, model: str, *, gpus: tuple[str, ...], hold_s: float) -> None:
+    """YieldGpu for a replica of ``model`` starting; one line on stderr says what happened."""
+    from gpu_agent.handoff import yield_gpu
+
+    done = yield_gpu(channel, reason=f"replica of {model} starting", gpu_uuids=gpus,
+                     hold_s=hold_s)  # fmt: skip
+    if done.error:
+        sys.stderr.write(
+            f"prewarm handoff: could not ask the agent to yield GPU memory ({done.error}); "
+            "the engine starts anyway\n"
+        )
+    elif done.gpu_uuids:
+        sys.stderr.write(
+            f"prewarm handoff: the agent yielded {', '.join(done.gpu_uuids)} "
+            f"({done.freed_bytes} bytes freed; to host memory: {len(done.demoted)} model(s), "
+            f"to disk: {len(done.on_disk)})\n"
+        )
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``handoff`` command group to ``app``."""
     handoff = typer.Typer(
@@ -105,18 +127,47 @@ def register(app: typer.Typer) -> None:
                 help="What the engine loads when the model is not held (e.g. the Hub id).",
             ),
         ] = "",
+        yield_gpu: Annotated[
+            bool,
+            typer.Option(
+                "--yield-gpu/--no-yield-gpu",
+                help=(
+                    "Before returning, have the agent free the GPU memory it holds (YieldGpu), "
+                    "so the engine finds it free at start-up."
+                ),
+            ),
+        ] = True,
+        gpus: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--gpu",
+                help="GPU uuid to yield (repeatable; default: every GPU of the node).",
+            ),
+        ] = None,
+        yield_hold: Annotated[
+            str,
+            typer.Option(
+                "--yield-hold",
+                help="How long the agent keeps off the GPUs, e.g. 10m (default: the agent's).",
+            ),
+        ] = "",
     ) -> None:
         """Wait until the node's agent holds MODEL's directory; print its path (exit 0).
 
         After --timeout: one line on stderr that the engine falls back to its normal download,
-        --fallback on stdout when given, exit 0.
+        --fallback on stdout when given, exit 0. Either way, unless --no-yield-gpu, the agent
+        first moves the models it holds in GPU memory down to host memory and keeps GPU-tier
+        preloads off the GPUs for --yield-hold (one line on stderr says what it freed).
         """
         from gpu_agent.handoff import AgentChannel, wait_for_directory
 
         timeout_s = _seconds(timeout, "--timeout")
         poll_s = _seconds(poll, "--poll")
+        hold_s = _seconds(yield_hold, "--yield-hold") if yield_hold else 0.0
         with AgentChannel(_agent_address(agent), token=_token(token_file)) as channel:
             found = wait_for_directory(channel, model, timeout_s=timeout_s, poll_s=poll_s)
+            if yield_gpu:
+                _yield(channel, model, gpus=tuple(gpus or ()), hold_s=hold_s)
         if found.model_dir is not None:
             if write_to is not None:
                 _write(write_to, found.model_dir)

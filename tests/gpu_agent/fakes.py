@@ -47,3 +47,35 @@ class FakeNoGpuNvml:
 
     def gpus(self) -> list[GpuMemory]:
         return []
+
+
+class FakeMultiNvml:
+    """An NVML that reports ``count`` GPUs of ``total_bytes`` each; ``ours(uuid)`` is what the
+    agent holds on one (wired to ``Agent.gpu_bytes_held`` by the tests)."""
+
+    def __init__(
+        self, total_bytes: int, *, count: int = 2, ours: Callable[[str], int] = lambda _u: 0
+    ) -> None:
+        self.total_bytes = total_bytes
+        self.uuids = [f"GPU-00000000-fake-0000-0000-00000000000{i}" for i in range(count)]
+        self.ours = ours
+
+    def unavailable_reason(self) -> str | None:
+        return None
+
+    def gpus(self) -> list[GpuMemory]:
+        gpus = []
+        for index, uuid in enumerate(self.uuids):
+            used = min(self.total_bytes, self.ours(uuid))
+            gpus.append(
+                GpuMemory(
+                    index=index,
+                    uuid=uuid,
+                    name="FakeMultiNvml GPU",
+                    total_bytes=self.total_bytes,
+                    used_bytes=used,
+                    free_bytes=self.total_bytes - used,
+                    other_processes_bytes=0,
+                )
+            )
+        return gpus

@@ -7,6 +7,7 @@ clock for the hold, and ``prewarm handoff wait`` run as a real process against a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -249,3 +250,27 @@ async def test_handoff_wait_frees_the_gpu_before_the_engine_starts(
     (gpu,) = status.gpus
     assert gpu.yield_reason == "replica of a starting"
     assert await held_tiers(running.stub) == {"a": pb.TIER_HOST}
+
+
+async def test_a_gpu_load_in_flight_is_stopped_or_demoted_before_the_yield_returns(
+    start_agent, models_dir: Path, config
+) -> None:
+    path = models_dir / "big.safetensors"
+    write_model(path, numel=5_000_000)  # ~20 MB: twenty 1 MiB chunks into the "GPU"
+    running, _ = await start_one_gpu(start_agent, config, Clock())
+    host = pb.PreloadRequest(model_id="big", weights=[source(path)], target_tier=pb.TIER_HOST)
+    await preload_all(running.stub, host)
+    stream = running.stub.Preload(gpu_request("big", path))
+    async for progress in stream:
+        if progress.stage == pb.PreloadProgress.STAGE_GPU:
+            break
+    response = await running.stub.YieldGpu(pb.YieldGpuRequest(reason="starting"))
+    # Whether the copy was cancelled or had just finished, the GPU is free when YieldGpu returns.
+    assert running.agent.gpu_bytes_held() == 0
+    assert running.agent.loading() == frozenset()
+    assert list(response.kept_on_disk_model_ids) == []
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        async for _ in stream:
+            pass
+    assert await stream.code() in (grpc.StatusCode.OK, PRECONDITION)
+    assert await held_tiers(running.stub) == {"big": pb.TIER_HOST}

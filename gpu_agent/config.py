@@ -126,7 +126,8 @@ class S3SourcesConfig(BaseModel):
         description=(
             "A directory mounted from a Kubernetes Secret with files AWS_ACCESS_KEY_ID, "
             "AWS_SECRET_ACCESS_KEY and optionally AWS_SESSION_TOKEN; read at each use. Null: the "
-            "agent's environment variables of the same names."
+            "agent's environment variables of the same names, else web identity (see "
+            "sts_endpoint)."
         ),
     )
     anonymous: bool = Field(
@@ -137,6 +138,23 @@ class S3SourcesConfig(BaseModel):
         ge=60,
         le=7 * 24 * 3600,
         description="Lifetime of the presigned URLs a download uses (at most 7 days, SigV4's cap).",
+    )
+    sts_endpoint: str | None = Field(
+        default=None,
+        description=(
+            "STS server for web identity (AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE set, as "
+            "EKS IRSA does). Null: remote.s3.endpoint when set (MinIO serves STS there), else "
+            "the regional https://sts.<region>.amazonaws.com."
+        ),
+    )
+    web_identity_duration_s: int = Field(
+        default=3600,
+        ge=900,
+        le=12 * 3600,
+        description=(
+            "DurationSeconds asked of STS for web identity credentials (the role's maximum "
+            "session duration caps it); they are exchanged again 5 minutes before they expire."
+        ),
     )
 
     @field_validator("allowed_buckets")
@@ -157,6 +175,11 @@ class S3SourcesConfig(BaseModel):
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
         return _check_endpoint(value, "remote.s3.endpoint")
+
+    @field_validator("sts_endpoint")
+    @classmethod
+    def _sts_endpoint(cls, value: str | None) -> str | None:
+        return _check_endpoint(value, "remote.s3.sts_endpoint")
 
 
 class HfSourcesConfig(BaseModel):

@@ -1,14 +1,16 @@
 """``s3://bucket/key`` sources: parsing, credentials, presigned GETs, HEAD and ListObjectsV2.
 
-Owns the S3 URI rule, where credentials come from (a Secret directory, else the environment),
+Owns the S3 URI rule, where credentials come from (a Secret directory, else static keys in the
+environment, else web identity through :mod:`gpu_agent.remote.web_identity`),
 addressing (virtual-hosted on AWS, path-style on a custom endpoint or a dotted bucket), the
 ListObjectsV2 pagination and the mapping of S3's answers to the error taxonomy. Every request is a
 presigned URL (:mod:`gpu_agent.remote.sigv4`), so the download itself is a plain ranged GET that
 :mod:`gpu_agent.sources` makes like any other. Must not decide which buckets are allowed (that is
 :mod:`gpu_agent.sources`) or write files.
 
-Not supported yet: web identity (IRSA, ``AWS_WEB_IDENTITY_TOKEN_FILE``), instance profiles, shared
-credential files (``~/.aws``), requester-pays buckets, SSE-C objects.
+Not supported yet: EKS Pod Identity's container credentials endpoint
+(``AWS_CONTAINER_CREDENTIALS_FULL_URI``), instance profiles, shared credential files (``~/.aws``),
+requester-pays buckets, SSE-C objects.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from common.errors import (
 from gpu_agent.config import S3SourcesConfig
 from gpu_agent.remote import sigv4
 from gpu_agent.remote.types import RemoteFile, check_relative_path
+from gpu_agent.remote.web_identity import DEFAULT_CACHE, CredentialCache, WebIdentity
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -150,8 +153,8 @@ def load_credentials(
             raise FailedPrecondition(
                 "no S3 credentials: set remote.s3.credentials_dir to a Secret mount with "
                 "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, set those environment variables, or "
-                "set remote.s3.anonymous for a public bucket (web identity / IRSA is not "
-                "supported yet)"
+                "set remote.s3.anonymous for a public bucket, or give the pod a web identity "
+                "(EKS IRSA: AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE)"
             )
         origin = "environment variables"
     return sigv4.Credentials(
@@ -182,7 +185,9 @@ class S3Client:
 
     ``session`` is the HTTP boundary, ``environ`` where credentials come from when no
     ``credentials_dir`` is set, ``clock`` the time the signatures are made at (aware, UTC),
-    ``page_size`` the keys asked for per ListObjectsV2 page (S3 returns at most 1000).
+    ``page_size`` the keys asked for per ListObjectsV2 page (S3 returns at most 1000),
+    ``credential_cache`` where web identity credentials are kept between clients (clients are made
+    per request; the default is the process's).
     """
 
     def __init__(
@@ -194,6 +199,7 @@ class S3Client:
         clock: Clock = _utc_now,
         timeout_s: float = 30.0,
         page_size: int = 1000,
+        credential_cache: CredentialCache = DEFAULT_CACHE,
     ) -> None:
         self._config = config
         self._page_size = page_size
@@ -201,6 +207,30 @@ class S3Client:
         self._environ = environ
         self._clock = clock
         self._timeout_s = timeout_s
+        self._credential_cache = credential_cache
+
+    # ---------------------------------------------------------------------------- credentials
+
+    def _sts_endpoint(self) -> str:
+        if self._config.sts_endpoint is not None:
+            return self._config.sts_endpoint
+        if self._config.endpoint is not None:
+            return self._config.endpoint
+        return f"https://sts.{self._config.region}.amazonaws.com"
+
+    def credentials(self) -> sigv4.Credentials | None:
+        """What requests are signed with: ``None`` when anonymous; the Secret directory when set;
+        static keys in the environment; else web identity (the AWS SDKs' order, so a pod with
+        both keeps using its static keys)."""
+        config = self._config
+        identity = WebIdentity.from_environ(self._environ)
+        static = all(self._environ.get(n, "").strip() for n in CREDENTIAL_NAMES[:2])
+        if config.anonymous or config.credentials_dir is not None or static or identity is None:
+            return load_credentials(config, environ=self._environ)
+        return self._credential_cache.get(
+            identity, endpoint=self._sts_endpoint(), duration_s=config.web_identity_duration_s,
+            session=self._session, clock=self._clock, timeout_s=self._timeout_s,
+        )  # fmt: skip
 
     # ----------------------------------------------------------------------------- addressing
 
@@ -231,7 +261,7 @@ class S3Client:
         """
         url = self._base_url(bucket, key)
         if credentials is None:
-            credentials = load_credentials(self._config, environ=self._environ)
+            credentials = self.credentials()
         if credentials is None:
             if query:
                 url += "?" + sigv4.canonical_query(query)
@@ -258,7 +288,7 @@ class S3Client:
         """
         if location.is_prefix:
             raise InvalidInput(f"{location.uri} names a prefix (ends in '/'), not an object")
-        credentials = load_credentials(self._config, environ=self._environ)
+        credentials = self.credentials()
         checksum_mode = {"x-amz-checksum-mode": "ENABLED"}
         head_url = self.presign(
             "HEAD", location.bucket, location.key, signed_headers=checksum_mode,
@@ -284,7 +314,7 @@ class S3Client:
 
     def list_objects(self, location: S3Location) -> list[S3Object]:
         """Every object whose key starts with ``location.key`` (ListObjectsV2, all pages)."""
-        credentials = load_credentials(self._config, environ=self._environ)
+        credentials = self.credentials()
         objects: list[S3Object] = []
         token: str | None = None
         while True:

@@ -177,8 +177,10 @@ def _wait_ready(endpoint: str, process: subprocess.Popen[bytes], log: Path) -> N
 
 
 @contextmanager
-def run_s3_server() -> Iterator[RunningS3]:
-    """Start MinIO on 127.0.0.1 (a free port) with a temporary data directory; stop it after."""
+def run_s3_server(extra_env: dict[str, str] | None = None) -> Iterator[RunningS3]:
+    """Start MinIO on 127.0.0.1 (a free port) with a temporary data directory; stop it after.
+
+    ``extra_env`` adds MinIO settings (e.g. ``MINIO_IDENTITY_OPENID_*`` for web identity)."""
     binary = server_binary()
     with tempfile.TemporaryDirectory(prefix="prewarm-s3-") as scratch:
         root = Path(scratch)
@@ -195,6 +197,7 @@ def run_s3_server() -> Iterator[RunningS3]:
             "MINIO_UPDATE": "off",
             "MINIO_CI_CD": "on",
             "MINIO_REGION": REGION,
+            **(extra_env or {}),
         }
         log = root / "minio.log"
         with log.open("wb") as out:

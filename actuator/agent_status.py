@@ -10,7 +10,7 @@ so that both read agents the same way. Must not: decide anything, or write to an
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -158,6 +158,20 @@ def node_state(name: NodeName, pool: PoolName, status: pb.StatusResponse) -> Nod
         free_host_bytes=free_host,
         holdings=holdings,
     )
+
+
+def held_tier(model: ModelId, pool: PoolName, nodes: Sequence[NodeState]) -> Tier:
+    """The fastest tier below GPU that an answering agent of ``pool`` holds ``model`` in (a model
+    in GPU memory counts as HOST: a replica there attaches at least as fast as it reads host
+    memory); REMOTE when none does."""
+    held = [
+        min(tier, Tier.HOST)
+        for node in nodes
+        if node.pool == pool and node.agent_seen
+        for holder, tier in node.holdings.items()
+        if holder == model
+    ]
+    return max(held, default=Tier.REMOTE)
 
 
 class LoadLedger:

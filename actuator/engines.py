@@ -82,17 +82,10 @@ class Engines:
         ]
 
     def pods(self, model: ModelId) -> list[Obj]:
-        """The model's workload's Running, Ready, not terminating pods."""
+        """The model's workload's Running, Ready, not terminating pods (read from the API)."""
         workload = workload_for(self._catalog.spec(model))
         found = self._kube.get(workload_resource(workload).path(workload.namespace, workload.name))
-        selector = ((found or {}).get("spec") or {}).get("selector")
-        return [
-            pod
-            for pod in self._kube.list(PODS.path(workload.namespace))
-            if selector_matches(selector, pod["metadata"].get("labels") or {})
-            and not pod["metadata"].get("deletionTimestamp")
-            and _ready(pod)
-        ]
+        return ready_pods(found, self._kube.list(PODS.path(workload.namespace)), workload.namespace)
 
     def asleep(self, model: ModelId, pods: Sequence[Obj]) -> int:
         """How many of ``pods`` (the model's ready pods) sleep; a pod that does not answer counts
@@ -188,6 +181,20 @@ def _address(pod: Obj, engine: EngineSpec) -> str:
     if not ip:
         raise ValueError(f"pod {_name(pod)} has no IP yet")
     return f"{ip}:{engine.port}"
+
+
+def ready_pods(workload: Obj | None, pods: Sequence[Obj], namespace: str) -> list[Obj]:
+    """Of ``pods``, those of ``workload`` (its selector, in ``namespace``) that are Running, Ready
+    and not terminating: the replicas whose engine can be asked to sleep or wake."""
+    selector = ((workload or {}).get("spec") or {}).get("selector")
+    return [
+        pod
+        for pod in pods
+        if pod["metadata"].get("namespace", namespace) == namespace
+        and selector_matches(selector, pod["metadata"].get("labels") or {})
+        and not pod["metadata"].get("deletionTimestamp")
+        and _ready(pod)
+    ]
 
 
 def _ready(pod: Obj) -> bool:

@@ -74,20 +74,20 @@ from actuator.agent_status import (
     AgentView,
     ChannelFactory,
     LoadLedger,
+    held_tier,
     node_state,
 )
 from actuator.agents import agent_address, running_agent_pods
 from actuator.capacity import COMPONENT as PLACEHOLDER_COMPONENT
 from actuator.capacity import GPU_RESOURCE
 from actuator.config import ActuatorConfig
-from actuator.engines import Engines
+from actuator.engines import Engines, ready_pods
 from actuator.floors import workload_resource
 from actuator.kube import EVENTS, NODES, PODS, KubeClient, Obj
 from actuator.kubelet import canonical_image, image_pull, replica_start_s, rfc3339_s
 from actuator.selectors import selector_matches
 from common.errors import PrewarmError
 from common.ids import ModelId, NodeName, PoolName
-from common.tiers import Tier
 from planner.catalog import GB, Catalog
 from planner.leadtime import Stage, StageObservation
 from planner.observed import ClusterSnapshot
@@ -198,7 +198,10 @@ class KubeClusterObserver:
         asleep: dict[ModelId, int] = {}
         if self._engines is not None:
             for model in set(self._engines.models()) & set(models):
-                asleep[model] = self._engines.asleep(model, self._engines.pods(model))
+                # The pods and workloads this observation already read, not a second listing.
+                namespace = workload_for(self._catalog.spec(model)).namespace
+                ready = ready_pods(workloads.get(model), pods, namespace)
+                asleep[model] = self._engines.asleep(model, ready)
         return _Cluster(
             nodes=nodes,
             pods=pods,
@@ -397,18 +400,11 @@ class KubeClusterObserver:
             ready = int((workload.get("status") or {}).get("readyReplicas") or 0)
             wanted = int((workload.get("spec") or {}).get("replicas") or 0)
             starting = max(0, wanted - ready)
-        held = [
-            min(tier, Tier.HOST)
-            for node in nodes
-            if node.pool == spec.node_pool and node.agent_seen
-            for held_model, tier in node.holdings.items()
-            if held_model == model
-        ]
         return ModelState(
             model=model,
             ready_replicas=ready,
             starting_replicas=starting,
-            tier=max(held, default=Tier.REMOTE),
+            tier=held_tier(model, spec.node_pool, nodes),
             image_cached=spec.image in images.get(spec.node_pool, set()),
             asleep_replicas=min(asleep, ready),
         )

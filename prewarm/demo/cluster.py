@@ -24,11 +24,16 @@ from pathlib import Path
 
 import yaml
 
-from actuator.agent_status import AgentStatusReader, AgentView, LoadLedger, node_state
+from actuator.agent_status import (
+    AgentStatusReader,
+    AgentView,
+    LoadLedger,
+    held_tier,
+    node_state,
+)
 from actuator.config import AgentClientConfig
 from common.errors import FailedPrecondition
 from common.ids import ModelId, NodeName, PoolName
-from common.tiers import Tier
 from planner.actions import ReplicaFloor, WarmPlan
 from planner.catalog import Catalog
 from planner.leadtime import StageObservation
@@ -221,7 +226,7 @@ class LocalAgentsObserver:
             model: ModelState(
                 model=model,
                 ready_replicas=floors.get(model, 0),
-                tier=_held_tier(model, self._catalog.spec(model).node_pool, states),
+                tier=held_tier(model, self._catalog.spec(model).node_pool, states),
                 image_cached=True,
             )
             for model in models
@@ -240,18 +245,6 @@ def _floors(plan: WarmPlan | None) -> dict[ModelId, int]:
         for floor in plan.of_type(ReplicaFloor):
             floors[floor.model] = max(floors.get(floor.model, 0), floor.min_replicas)
     return floors
-
-
-def _held_tier(model: ModelId, pool: PoolName, nodes: Sequence[NodeState]) -> Tier:
-    """The fastest tier below GPU that an answering agent of ``pool`` holds ``model`` in."""
-    held = [
-        min(tier, Tier.HOST)
-        for node in nodes
-        if node.pool == pool and node.agent_seen
-        for holder, tier in node.holdings.items()
-        if holder == model
-    ]
-    return max(held, default=Tier.REMOTE)
 
 
 def new_agent_token(path: Path) -> Path:

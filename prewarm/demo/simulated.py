@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from planner.catalog import Catalog
-from prewarm.sim.bench import load_bench_input, run_policy
-from prewarm.sim.policies import POLICY_NAMES, make_policy
+from prewarm.sim.bench import load_bench_input, run_bench
+from prewarm.sim.policies import POLICY_NAMES
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,14 +30,14 @@ def run_policies(
     policies: Sequence[str] = POLICY_NAMES,
     progress: Callable[[str], None] | None = None,
 ) -> SimulatedRuns:
-    """Every policy in ``policies`` on ``trace`` under the bench's default budget."""
-    bench = load_bench_input(trace, catalog)
-    summaries: dict[str, dict[str, float]] = {}
-    for name in policies:
-        if progress is not None:
-            progress(name)
-        result = run_policy(
-            bench, make_policy(name, bench.trace), budget_gb=bench.default_budget_gb
-        )
-        summaries[name] = result.summary()
-    return SimulatedRuns(summaries=summaries)
+    """Every policy in ``policies`` on ``trace`` under the bench's default budget
+    (:func:`prewarm.sim.bench.run_bench`); ``progress`` is told each policy's name as it starts."""
+    started: set[str] = set()
+
+    def tell(label: str, _ticks: int) -> None:
+        if progress is not None and label not in started:
+            started.add(label)
+            progress(label)
+
+    results = run_bench(load_bench_input(trace, catalog), policies, progress=tell)
+    return SimulatedRuns(summaries={name: result.summary() for name, result in results.items()})

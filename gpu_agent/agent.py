@@ -520,6 +520,7 @@ class Agent:
         *,
         max_tier: Tier = Tier.GPU,
         client_pid: int,
+        client_pid_namespace: str = "",
         lease_ttl_s: float = 0.0,
         lease_only: bool = False,
     ) -> pb.AttachResponse:
@@ -528,12 +529,15 @@ class Agent:
         GPU tier: a CUDA IPC handle of the model's one allocation (only when it lives on a CUDA
         device). Host tier: the shared-memory files to mmap. Disk tier: the cached files, which
         the client loads normally. ``lease_ttl_s`` > 0: the lease ends unless renewed
-        (:meth:`renew_lease`) within that time. ``lease_only``: just the lease (a pod's hold
-        sidecar). :class:`NotFound` if the model is not held.
+        (:meth:`renew_lease`) within that time; a client in the agent's PID namespace also loses
+        it when it exits, and a lease that could end neither way is refused (see
+        :mod:`gpu_agent.leases`). ``lease_only``: just the lease (a pod's hold sidecar).
+        :class:`NotFound` if the model is not held.
         """
         mid = self.validate_model_id(model_id)
         try:
             return self._leases.attach(mid, max_tier=max_tier, client_pid=client_pid,
+                                       client_pid_namespace=client_pid_namespace,
                                        ttl_s=lease_ttl_s, lease_only=lease_only)  # fmt: skip
         except NotFound:
             self._events.publish(pb.Event.KIND_ATTACH_MISSED, mid, reason=f"pid {client_pid}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +37,14 @@ from common.errors import NotFound, PrewarmError, TemporaryError
 from common.grpc_status import error_for
 from common.tiers import Tier
 from gpu_agent.copy_engine import TORCH_DTYPES
+from gpu_agent.processes import own_pid_namespace
 from protos import gpu_agent_pb2 as pb
 from protos import gpu_agent_pb2_grpc as pb_grpc
 from protos.tiers import agent_tier, tier_from_proto
 
 DEFAULT_TARGET = "127.0.0.1:50061"
+DEFAULT_LEASE_TTL_S = 60.0
+"""The lease's time to live; :class:`AttachedModel` renews it every third of that."""
 
 
 @dataclass
@@ -59,12 +63,37 @@ class AttachedModel:
     _metadata: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     _keep: list[Any] = field(default_factory=list, repr=False)
     _channel: grpc.Channel | None = field(default=None, repr=False)
+    _renewing: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def keep_renewed(self, every_s: float) -> None:
+        """Renew the lease every ``every_s`` seconds from a daemon thread until :meth:`release`
+        (or until the agent says it has ended: the tensors stay valid, but the model becomes
+        evictable)."""
+        stop = self._renewing
+
+        def renew() -> None:
+            while not stop.wait(every_s):
+                lease, stub = self.lease_id, self._stub
+                if not lease or stub is None:
+                    return
+                try:
+                    stub.RenewLease(
+                        pb.RenewLeaseRequest(lease_id=lease), metadata=self._metadata, timeout=5
+                    )
+                except grpc.RpcError as error:
+                    if error.code() == grpc.StatusCode.NOT_FOUND:
+                        return
+                except ValueError:  # the channel was closed by release()
+                    return
+
+        threading.Thread(target=renew, name=f"lease-{self.model_id}", daemon=True).start()
 
     def release(self) -> None:
         """Drop the tensors, end the lease and close the channel (idempotent).
 
         Raises the agent's error (mapped by :mod:`common.grpc_status`) if ending the lease fails.
         """
+        self._renewing.set()
         self.tensors = {}
         self._keep.clear()
         try:
@@ -98,6 +127,7 @@ def attach(
     fallback_files: Sequence[Path] = (),
     fallback_device: str = "cpu",
     timeout_s: float = 10.0,
+    lease_ttl_s: float = DEFAULT_LEASE_TTL_S,
 ) -> AttachedModel:
     """Attach to ``model_id`` held by the agent at ``target``; see the module docstring.
 
@@ -106,6 +136,10 @@ def attach(
     agent does not hold the model or cannot be reached, ``fallback_files`` (safetensors) are
     loaded normally onto ``fallback_device``; without them the agent's error is raised
     (:class:`NotFound`, :class:`TemporaryError`, ...).
+
+    The lease lives ``lease_ttl_s`` seconds without a renewal; the returned model renews it
+    until released, so a process that dies stops pinning the model. ``lease_ttl_s=0`` asks for a
+    lease bound to this process instead, which only an agent in the same PID namespace grants.
     """
     metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
     channel = (
@@ -120,7 +154,11 @@ def attach(
             try:
                 response = stub.Attach(
                     pb.AttachRequest(
-                        model_id=model_id, max_tier=agent_tier(tier), client_pid=os.getpid()
+                        model_id=model_id,
+                        max_tier=agent_tier(tier),
+                        client_pid=os.getpid(),
+                        client_pid_namespace=own_pid_namespace(),
+                        lease_ttl_s=lease_ttl_s,
                     ),
                     metadata=metadata,
                     timeout=timeout_s,
@@ -138,6 +176,8 @@ def attach(
             )
             try:
                 _map(response, attached)
+                if lease_ttl_s > 0:
+                    attached.keep_renewed(lease_ttl_s / 3)
                 return attached
             except (OSError, RuntimeError):
                 # Not mappable from here (different node/GPU, no IPC namespace, no shm mount):

@@ -29,6 +29,7 @@ import grpc
 
 from common.errors import InvalidInput, NotFound, PermissionDenied, PrewarmError
 from common.grpc_status import error_for
+from gpu_agent.processes import own_pid_namespace
 from protos import gpu_agent_pb2 as pb
 from protos import gpu_agent_pb2_grpc as pb_grpc
 
@@ -252,6 +253,7 @@ class Holder:
             model_id=self._model,
             max_tier=pb.TIER_HOST,
             client_pid=os.getpid(),
+            client_pid_namespace=own_pid_namespace(),
             lease_ttl_s=self._ttl_s,
             lease_only=True,
         )

@@ -5,8 +5,9 @@ caller can map: a CUDA IPC handle of the GPU allocation, the host tier's shared-
 the disk files), the tensor table with offsets into whatever is offered, and releasing memory
 kept alive only by a lease. An attached model is never a candidate for eviction (the registry
 sees its leases). A lease may carry a time to live: its holder (a pod's hold sidecar) renews it,
-and :meth:`Leases.expire` ends the ones whose renewals stopped, so a crashed pod never pins a
-model forever. A lease belongs to the version it was taken on: when a newer version replaces the
+and :meth:`Leases.expire` ends the ones whose renewals stopped, or whose process exited when the
+agent can watch it (:mod:`gpu_agent.processes`), so a crashed pod never pins a model forever: a
+lease that could end neither way (no TTL, and a process the agent cannot see) is refused. A lease belongs to the version it was taken on: when a newer version replaces the
 model, the lease keeps the old one (retired, see :mod:`gpu_agent.holdings`) alive until it ends.
 It must not load or evict models.
 """
@@ -25,6 +26,7 @@ from common.tiers import Tier
 from gpu_agent.events import EventBus
 from gpu_agent.gpu_tier import GpuTier
 from gpu_agent.holdings import GpuResidency, Holding, Holdings
+from gpu_agent.processes import ProcessRef, ProcessTable
 from gpu_agent.safetensors_format import SafetensorsLayout
 from protos import gpu_agent_pb2 as pb
 from protos.tiers import agent_tier
@@ -39,6 +41,8 @@ class _Lease:
     holding: Holding
     """The version the lease was taken on (it stays leased after a newer one replaces it)."""
     pid: int
+    owner: ProcessRef | None = None
+    """The holder's process when the agent can watch it: the lease ends when it exits."""
     ttl_s: float = 0.0
     """0: lives until Release."""
     expires_at: float = float("inf")
@@ -55,8 +59,10 @@ class Leases:
         gpu: GpuTier,
         events: EventBus,
         monotonic: Callable[[], float],
+        processes: ProcessTable | None = None,
     ) -> None:
         self._holdings = holdings
+        self._processes = processes or ProcessTable()
         self._gpu = gpu
         self._events = events
         self._mono = monotonic
@@ -68,14 +74,18 @@ class Leases:
         *,
         max_tier: Tier,
         client_pid: int,
+        client_pid_namespace: str = "",
         ttl_s: float = 0.0,
         lease_only: bool = False,
     ) -> pb.AttachResponse:
         """Open a lease on a held model, offered in the fastest tier up to ``max_tier``.
 
         GPU tier only when the allocation lives on a CUDA device. ``ttl_s`` > 0: the lease ends
-        unless renewed within that many seconds. ``lease_only``: no tensor table or handle (the
-        caller only pins the model). :class:`NotFound` if the model is not held.
+        unless renewed within that many seconds. When ``client_pid`` in ``client_pid_namespace``
+        is a process the agent can watch, the lease also ends when it exits. ``lease_only``: no
+        tensor table or handle (the caller only pins the model). :class:`InvalidInput` for a TTL
+        out of range, a watchable pid that is not running, or a lease that could never end
+        without a Release; :class:`NotFound` if the model is not held.
         """
         if not 0 <= ttl_s <= MAX_LEASE_TTL_S or ttl_s != ttl_s:
             raise InvalidInput(f"lease_ttl_s must be between 0 and {MAX_LEASE_TTL_S:.0f}")
@@ -83,6 +93,7 @@ class Leases:
             holding = self._holdings.get(model_id)
             if holding is None:
                 raise NotFound(f"model {model_id} is not held by this agent; preload it first")
+            owner = self._owner(client_pid, client_pid_namespace, ttl_s=ttl_s)
             lease_id = uuid.uuid4().hex
             response = pb.AttachResponse(model_id=model_id, lease_id=lease_id)
             gpu = holding.gpu
@@ -110,11 +121,26 @@ class Leases:
             now = self._mono()
             holding.last_used = now
             expires = now + ttl_s if ttl_s > 0 else float("inf")
-            self._leases[lease_id] = _Lease(model_id, holding, client_pid, ttl_s, expires)
+            self._leases[lease_id] = _Lease(model_id, holding, client_pid, owner, ttl_s, expires)
         self._events.publish(
             pb.Event.KIND_ATTACHED, model_id, tier=tier, reason=f"pid {client_pid}"
         )
         return response
+
+    def _owner(self, pid: int, namespace: str, *, ttl_s: float) -> ProcessRef | None:
+        if self._processes.watchable(pid, namespace):
+            owner = self._processes.find(pid)
+            if owner is None:
+                raise InvalidInput(f"client_pid {pid} is not a running process on this node")
+            return owner
+        if ttl_s == 0:
+            raise InvalidInput(
+                "a lease without lease_ttl_s must come from a process the agent can watch "
+                f"(client_pid {pid} in PID namespace {namespace[:64] or 'unset'!r}; the agent's "
+                f"is {self._processes.namespace or 'unknown'!r}): set lease_ttl_s and renew it "
+                "(`prewarm handoff hold` does), or share the agent's PID namespace"
+            )
+        return None
 
     def release(self, lease_id: str, *, reason: str = "") -> ModelId:
         """End a lease; the model it was on. :class:`NotFound` if it does not exist (already
@@ -151,21 +177,24 @@ class Leases:
             return lease.ttl_s
 
     def expire(self) -> list[str]:
-        """End every lease whose TTL passed without a renewal; their ids."""
+        """End every lease whose TTL passed without a renewal or whose process exited; their
+        ids."""
         now = self._mono()
         with self._holdings.lock:
-            stale = [
-                (lease_id, lease)
-                for lease_id, lease in self._leases.items()
-                if lease.expires_at <= now
-            ]
-        for lease_id, lease in stale:
+            leases = list(self._leases.items())
+        stale: list[tuple[str, str]] = []
+        for lease_id, lease in leases:
+            if lease.expires_at <= now:
+                why = f"lease expired (not renewed for {lease.ttl_s:g} s)"
+            elif lease.owner is not None and not self._processes.alive(lease.owner):
+                why = "its process exited"
+            else:
+                continue
+            stale.append((lease_id, f"pid {lease.pid}: {why}"))
+        for lease_id, reason in stale:
             # A Release racing this one may have ended it already: that is the same outcome.
             with contextlib.suppress(NotFound):
-                self.release(
-                    lease_id,
-                    reason=f"pid {lease.pid}: lease expired (not renewed for {lease.ttl_s:g} s)",
-                )
+                self.release(lease_id, reason=reason)
         return [lease_id for lease_id, _ in stale]
 
     def next_expiry(self) -> float | None:

@@ -133,6 +133,7 @@ class GpuAgentService(pb_grpc.GpuAgentServicer):
                 request.model_id,
                 max_tier=tier_from_proto(request.max_tier) or Tier.GPU,
                 client_pid=request.client_pid,
+                client_pid_namespace=request.client_pid_namespace,
                 lease_ttl_s=request.lease_ttl_s,
                 lease_only=request.lease_only,
             )

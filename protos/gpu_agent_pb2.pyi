@@ -683,11 +683,14 @@ class AttachRequest(_message.Message):
     CLIENT_PID_FIELD_NUMBER: _builtins.int
     LEASE_TTL_S_FIELD_NUMBER: _builtins.int
     LEASE_ONLY_FIELD_NUMBER: _builtins.int
+    CLIENT_PID_NAMESPACE_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     max_tier: Global___Tier.ValueType
     """unspecified = the fastest tier held"""
     client_pid: _builtins.int
-    """for logs and lease clean-up"""
+    """The caller's pid and its PID namespace (the target of /proc/self/ns/pid). When the agent
+    shares that namespace, the lease ends when that process exits.
+    """
     lease_ttl_s: _builtins.float
     """Seconds the lease lives without a RenewLease; 0 = until Release. A lease whose renewals stop
     (its holder crashed) expires, and the model becomes evictable again.
@@ -695,6 +698,10 @@ class AttachRequest(_message.Message):
     lease_only: _builtins.bool
     """Only take the lease (no tensor table, no CUDA IPC handle): a pod's hold sidecar that pins the
     model's directory while its engine reads it.
+    """
+    client_pid_namespace: _builtins.str
+    """A lease must be able to end without a Release: lease_ttl_s = 0 is refused unless client_pid
+    names a running process the agent can watch (same PID namespace).
     """
     def __init__(
         self,
@@ -704,10 +711,11 @@ class AttachRequest(_message.Message):
         client_pid: _builtins.int = ...,
         lease_ttl_s: _builtins.float = ...,
         lease_only: _builtins.bool = ...,
+        client_pid_namespace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_pid", b"client_pid", "lease_only", b"lease_only", "lease_ttl_s", b"lease_ttl_s", "max_tier", b"max_tier", "model_id", b"model_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_pid", b"client_pid", "client_pid_namespace", b"client_pid_namespace", "lease_only", b"lease_only", "lease_ttl_s", b"lease_ttl_s", "max_tier", b"max_tier", "model_id", b"model_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

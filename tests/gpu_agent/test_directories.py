@@ -142,7 +142,7 @@ async def test_a_leased_revision_stays_beside_the_new_one_until_its_lease_ends(
     running = await start_agent()
     await preload_all(running.stub, _request(dir_sources(models_dir / "r1"), revision="r1"))
     lease = await running.stub.Attach(
-        pb.AttachRequest(model_id=MODEL, max_tier=pb.TIER_HOST, lease_only=True)
+        pb.AttachRequest(model_id=MODEL, max_tier=pb.TIER_HOST, lease_only=True, lease_ttl_s=600)
     )
     assert lease.tier == pb.TIER_HOST
     assert not lease.tensors
@@ -159,7 +159,7 @@ async def test_a_leased_revision_stays_beside_the_new_one_until_its_lease_ends(
     assert (held_2.revision, held_2.attached) == ("r2", 0)
     assert tree_bytes(Path(held_2.model_dir)) == files_2
     second = await running.stub.Attach(
-        pb.AttachRequest(model_id=MODEL, max_tier=pb.TIER_HOST, lease_only=True)
+        pb.AttachRequest(model_id=MODEL, max_tier=pb.TIER_HOST, lease_only=True, lease_ttl_s=600)
     )
     assert (await _status_of(running.stub)).attached == 1
     await running.stub.Release(pb.ReleaseRequest(lease_id=lease.lease_id))

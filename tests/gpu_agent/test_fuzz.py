@@ -502,7 +502,8 @@ def _check_tiers_agree(channel: grpc.Channel, config: AgentConfig) -> pb.StatusR
         if holding.model_dir:
             expected_host |= _files(Path(holding.model_dir))
             continue
-        lease = stub.Attach(pb.AttachRequest(model_id=model_id, max_tier=pb.TIER_HOST),
+        lease = stub.Attach(pb.AttachRequest(model_id=model_id, max_tier=pb.TIER_HOST,
+                                             lease_ttl_s=60),
                             metadata=METADATA, timeout=10)  # fmt: skip
         expected_host |= {Path(f.path) for f in lease.files}
         stub.Release(pb.ReleaseRequest(lease_id=lease.lease_id), metadata=METADATA, timeout=10)

@@ -131,7 +131,7 @@ async def test_attached_models_are_not_evicted_under_pressure(
     size = path.stat().st_size
     running, nvml = await start_with_fake_gpu(start_agent, config, 4 * size)
     await preload_all(running.stub, gpu_request("m", path, 1.0))
-    lease = await running.stub.Attach(pb.AttachRequest(model_id="m"))
+    lease = await running.stub.Attach(pb.AttachRequest(model_id="m", lease_ttl_s=600))
     # A CPU "GPU" allocation has no CUDA IPC handle: the agent offers the disk files instead.
     assert lease.tier == pb.TIER_DISK
     nvml.other_bytes = 4 * size

@@ -1,16 +1,21 @@
-"""Leases with a time to live: renewed by their holder, ended by the agent when renewals stop.
+"""Leases end without a Release: by their time to live when renewals stop, or with their process.
 
-The agent's monotonic clock is the test's (virtual time); the gRPC calls are real.
+The agent's monotonic clock is the test's (virtual time); the gRPC calls and the client
+processes are real.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
 
 from gpu_agent.agent import Agent
 from gpu_agent.config import AgentConfig
+from gpu_agent.processes import own_pid_namespace
 from protos import gpu_agent_pb2 as pb
 from tests.gpu_agent.fakes import FakeNoGpuNvml
 from tests.harness.agent import expect, preload_all
@@ -79,12 +84,22 @@ async def test_a_lease_that_is_not_renewed_expires_and_the_model_becomes_evictab
     assert evicted.bytes_freed > 0
 
 
-async def test_a_lease_without_ttl_lives_until_release(
+def _bound_to(pid: int, **fields: object) -> pb.AttachRequest:
+    return pb.AttachRequest(
+        model_id=MODEL,
+        max_tier=pb.TIER_HOST,
+        client_pid=pid,
+        client_pid_namespace=own_pid_namespace(),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+async def test_a_lease_without_ttl_lives_until_release_while_its_process_runs(
     start_agent, config: AgentConfig, models_dir: Path
 ) -> None:
     clock = Clock()
     running = await _held_agent(start_agent, config, models_dir, clock)
-    lease = await running.stub.Attach(pb.AttachRequest(model_id=MODEL, max_tier=pb.TIER_HOST))
+    lease = await running.stub.Attach(_bound_to(os.getpid()))
     assert lease.tensors  # a full Attach still describes the tensors
     clock.now += 10**6
     assert running.agent.expire_leases() == []
@@ -101,3 +116,55 @@ async def test_bad_ttls_are_refused(start_agent, config: AgentConfig, models_dir
             grpc.StatusCode.INVALID_ARGUMENT,
             running.stub.Attach(pb.AttachRequest(model_id=MODEL, lease_ttl_s=ttl)),
         )
+
+
+async def test_a_lease_ends_when_its_process_exits(
+    start_agent, config: AgentConfig, models_dir: Path
+) -> None:
+    running = await _held_agent(start_agent, config, models_dir, Clock())
+    holders = [
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        for _ in range(2)
+    ]
+    try:
+        untimed = await running.stub.Attach(_bound_to(holders[0].pid, lease_only=True))
+        timed = await running.stub.Attach(_bound_to(holders[1].pid, lease_ttl_s=3600))
+        assert running.agent.expire_leases() == []
+        assert await _attached(running.stub) == 2
+
+        # SIGKILL, not yet reaped: a zombie holds nothing.
+        holders[0].kill()
+        holders[0].wait()
+        holders[1].kill()
+        holders[1].wait()
+        assert sorted(running.agent.expire_leases()) == sorted([untimed.lease_id, timed.lease_id])
+        assert await _attached(running.stub) == 0
+        evicted = await running.stub.Evict(pb.EvictRequest(model_id=MODEL))
+        assert evicted.bytes_freed > 0
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+
+
+async def test_a_lease_that_could_never_end_is_refused(
+    start_agent, config: AgentConfig, models_dir: Path
+) -> None:
+    running = await _held_agent(start_agent, config, models_dir, Clock())
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    refused = {
+        "no pid": pb.AttachRequest(model_id=MODEL, client_pid=-1),
+        "another PID namespace": pb.AttachRequest(
+            model_id=MODEL, client_pid=os.getpid(), client_pid_namespace="pid:[1]"
+        ),
+        "a pid that is not running": _bound_to(exited.pid),
+    }
+    for case, request in refused.items():
+        details = await expect(grpc.StatusCode.INVALID_ARGUMENT, running.stub.Attach(request))
+        assert ("lease_ttl_s" in details or "not a running process" in details), case
+    # With a TTL, a process the agent cannot see may hold a lease: the TTL ends it.
+    lease = await running.stub.Attach(
+        pb.AttachRequest(model_id=MODEL, client_pid=-1, lease_ttl_s=30, lease_only=True)
+    )
+    assert lease.lease_id

@@ -44,7 +44,7 @@ def _read(path: str) -> bytes | None:
 
 async def _attached_bytes(stub: object, **kwargs: object) -> tuple[pb.AttachResponse, bytes]:
     lease = await stub.Attach(  # type: ignore[attr-defined]
-        pb.AttachRequest(model_id="m", max_tier=pb.TIER_HOST, **kwargs)  # type: ignore[arg-type]
+        pb.AttachRequest(model_id="m", max_tier=pb.TIER_HOST, **{"lease_ttl_s": 600.0, **kwargs})  # type: ignore[arg-type]
     )
     assert lease.tier == pb.TIER_HOST
     (file,) = lease.files

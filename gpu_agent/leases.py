@@ -7,8 +7,9 @@ kept alive only by a lease. An attached model is never a candidate for eviction 
 sees its leases). A lease may carry a time to live: its holder (a pod's hold sidecar) renews it,
 and :meth:`Leases.expire` ends the ones whose renewals stopped, or whose process exited when the
 agent can watch it (:mod:`gpu_agent.processes`), so a crashed pod never pins a model forever: a
-lease that could end neither way (no TTL, and a process the agent cannot see) is refused. A lease belongs to the version it was taken on: when a newer version replaces the
-model, the lease keeps the old one (retired, see :mod:`gpu_agent.holdings`) alive until it ends.
+lease that could end neither way (no TTL, and a process the agent cannot see) is refused. A
+lease belongs to the version it was taken on: when a newer version replaces the model, the lease
+keeps the old one (retired, see :mod:`gpu_agent.holdings`) alive until it ends.
 It must not load or evict models.
 """
 

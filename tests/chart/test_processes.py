@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import grpc
@@ -267,3 +267,82 @@ def test_agent_runs_with_the_charts_config_and_probes(tmp_path: Path) -> None:
         assert status == 200
         assert "prewarm_agent_headroom_bytes" in metrics
         stop(process)
+
+
+def _is_leader(http: int) -> bool | None:
+    """What a daemon's /metrics says about leadership (None: it did not answer)."""
+    try:
+        status, metrics = http_get(f"http://127.0.0.1:{http}/metrics")
+    except OSError:
+        return None
+    if status != 200:
+        return None
+    return "prewarm_is_leader 1.0" in metrics
+
+
+@pytest.mark.chaos
+@pytest.mark.k8s
+@pytest.mark.prometheus
+def test_sigkill_of_the_leading_daemon_process_hands_the_lease_to_the_standby(
+    sa_kubeconfig: tuple[Path, list[Obj]],
+    k8s_control_plane: ControlPlane,
+    k8s_namespace: str,
+    tmp_path: Path,
+) -> None:
+    """Two ``prewarm run`` processes as the chart runs them (two replicas, one Lease): exactly
+    one leads; after a SIGKILL of its process (nothing released) the other leads within the lease
+    duration plus one retry period, and the Lease names it."""
+    lease_s, retry_s = 4, 1.0
+    kubeconfig, _ = sa_kubeconfig
+    now = time.time()
+    start_s = (now // 60) * 60 - 3 * 3600
+    counts = (20 + 10 * np.sin(np.arange(3 * 60) / 30)).round()[None, :]
+    batch = SeriesBatch(models=(ModelId("chat"),), start_s=start_s, step_s=60.0, counts=counts)
+    admin = KubeClient(k8s_control_plane.admin_client(), FAST_RETRY)
+    with prometheus_with_history(batch, tmp_path / "prom") as prometheus, ExitStack() as stack:
+        daemons: dict[str, tuple[subprocess.Popen[str], int]] = {}
+        for pod in ("pod-0", "pod-1"):
+            http, grpc_port = free_port(), free_port()
+            docs = render(release=f"p{k8s_namespace}", namespace=k8s_namespace, sets=[
+                f"daemon.ports.http={http}", f"daemon.ports.grpc={grpc_port}",
+                f"config.forecaster.prometheus.url={prometheus.url}",
+                "config.forecaster.history_window_s=10800",
+                "config.daemon.tick_s=1",
+                f"config.daemon.leader_election.lease_duration_s={lease_s}",
+                f"config.daemon.leader_election.retry_period_s={retry_s:g}",
+            ])  # fmt: skip
+            deployment = find(docs, "Deployment")
+            env = {"KUBECONFIG": str(kubeconfig), "POD_NAME": pod}
+            (tmp_path / pod).mkdir()
+            process = stack.enter_context(started(deployment, "daemon", docs, tmp_path / pod, env))
+            ports = {"http": http, "grpc": grpc_port}
+            wait_for_probes(process, container(deployment, "daemon"), ports)
+            daemons[pod] = (process, http)
+
+        # Exactly one leads, sampled for a few retry periods.
+        leaders: set[str] = set()
+        deadline = time.monotonic() + 4 * retry_s
+        while time.monotonic() < deadline or not leaders:
+            views = {pod: _is_leader(http) for pod, (_, http) in daemons.items()}
+            assert sum(bool(v) for v in views.values()) <= 1, views
+            leaders |= {pod for pod, leading in views.items() if leading}
+            assert time.monotonic() < deadline + 30, "no daemon took the Lease in 30 s"
+            time.sleep(0.2)
+        assert len(leaders) == 1, leaders
+        leader = leaders.pop()
+        standby = next(pod for pod in daemons if pod != leader)
+
+        killed_at = time.monotonic()
+        daemons[leader][0].kill()  # SIGKILL: the Lease is not released
+        daemons[leader][0].wait()
+        while not _is_leader(daemons[standby][1]):
+            assert time.monotonic() - killed_at < 60, "the standby never took the Lease"
+            time.sleep(0.1)
+        failover_s = time.monotonic() - killed_at
+        lease = admin.get(LEASES.path(k8s_namespace, "prewarm-leader"))
+        assert lease is not None
+        assert lease["spec"]["holderIdentity"].startswith(f"{standby}_"), lease["spec"]
+        print(f"\nprocess failover: {leader} SIGKILLed, {standby} leads after {failover_s:.1f} s")
+        # Its last renewal came at most one retry period before the kill.
+        assert failover_s <= lease_s + retry_s + 1.0, failover_s
+        stop(daemons[standby][0])

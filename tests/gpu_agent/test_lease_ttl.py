@@ -84,6 +84,10 @@ async def test_a_lease_that_is_not_renewed_expires_and_the_model_becomes_evictab
     assert evicted.bytes_freed > 0
 
 
+def _process(code: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
 def _bound_to(pid: int, **fields: object) -> pb.AttachRequest:
     return pb.AttachRequest(
         model_id=MODEL,
@@ -122,10 +126,7 @@ async def test_a_lease_ends_when_its_process_exits(
     start_agent, config: AgentConfig, models_dir: Path
 ) -> None:
     running = await _held_agent(start_agent, config, models_dir, Clock())
-    holders = [
-        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-        for _ in range(2)
-    ]
+    holders = [_process("import time; time.sleep(600)") for _ in range(2)]
     try:
         untimed = await running.stub.Attach(_bound_to(holders[0].pid, lease_only=True))
         timed = await running.stub.Attach(_bound_to(holders[1].pid, lease_ttl_s=3600))
@@ -151,7 +152,7 @@ async def test_a_lease_that_could_never_end_is_refused(
     start_agent, config: AgentConfig, models_dir: Path
 ) -> None:
     running = await _held_agent(start_agent, config, models_dir, Clock())
-    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited = _process("pass")
     exited.wait()
     refused = {
         "no pid": pb.AttachRequest(model_id=MODEL, client_pid=-1),
@@ -162,7 +163,7 @@ async def test_a_lease_that_could_never_end_is_refused(
     }
     for case, request in refused.items():
         details = await expect(grpc.StatusCode.INVALID_ARGUMENT, running.stub.Attach(request))
-        assert ("lease_ttl_s" in details or "not a running process" in details), case
+        assert "lease_ttl_s" in details or "not a running process" in details, case
     # With a TTL, a process the agent cannot see may hold a lease: the TTL ends it.
     lease = await running.stub.Attach(
         pb.AttachRequest(model_id=MODEL, client_pid=-1, lease_ttl_s=30, lease_only=True)

@@ -23,7 +23,8 @@ def test_a_recycled_pid_is_not_the_original_holder(tmp_path: Path) -> None:
     table = ProcessTable(tmp_path)
     _procfs(tmp_path, 42, _stat(42, comm="python (serving) x", state="S", start=1234))
     original = table.find(42)
-    assert original is not None and original.start_ticks == 1234
+    assert original is not None
+    assert original.start_ticks == 1234
     assert table.alive(original)
 
     _procfs(tmp_path, 42, _stat(42, comm="other", state="R", start=9999))
@@ -48,4 +49,5 @@ def test_only_pids_of_the_agents_own_namespace_are_watched() -> None:
     assert not table.watchable(os.getpid(), "")
     assert not table.watchable(0, namespace)
     me = table.find(os.getpid())
-    assert me is not None and table.alive(me)
+    assert me is not None
+    assert table.alive(me)

@@ -27,7 +27,9 @@ def install_crd(kube: KubeClient, file: Path) -> str:
     name = crd["metadata"]["name"]
     path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
     kube.apply(path, crd, field_manager="test", dry_run=False)
-    group_version = f"{crd['spec']['group']}/{crd['spec']['versions'][0]['name']}"
+    versions = crd["spec"]["versions"]
+    stored = next((v for v in versions if v.get("storage")), versions[0])
+    group_version = f"{crd['spec']['group']}/{stored['name']}"
     plural = crd["spec"]["names"]["plural"]
 
     def served() -> bool:

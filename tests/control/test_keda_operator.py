@@ -33,6 +33,7 @@ import pytest
 
 from actuator.kube import DEPLOYMENTS, HPAS, SCALED_OBJECTS, KubeClient, Resource
 from common.ids import ModelId
+from forecaster.types import Forecast
 from prewarm.control.config import ControlConfig
 from prewarm.control.view import StaticDaemonView
 from tests.control.conftest import (
@@ -96,26 +97,35 @@ def kube(k8s_api: Any) -> KubeClient:
     return KubeClient(k8s_api, FAST_RETRY)
 
 
+def spiking_forecast(now_s: float) -> Forecast:
+    """SPIKING's forecast: nothing until the first step boundary SPIKE_AFTER_S or more after
+    ``now_s``, then 120 requests a minute (at the median)."""
+    start = math.floor(now_s / STEP_S) * STEP_S
+    idle = math.ceil((now_s + SPIKE_AFTER_S - start) / STEP_S)
+    return make_forecast(
+        SPIKING,
+        start_s=start,
+        step_s=STEP_S,
+        counts=[0.0] * idle + [120.0, 120.0],
+        p_active=[0.0] * idle + [1.0, 1.0],
+    )
+
+
+def idle_forecast(model: ModelId, now_s: float) -> Forecast:
+    """No request predicted for six steps."""
+    start = math.floor(now_s / STEP_S) * STEP_S
+    return make_forecast(model, start_s=start, step_s=STEP_S, counts=[0.0] * 6, p_active=[0.0] * 6)
+
+
 @contextmanager
-def scaler_server(config: ControlConfig) -> Iterator[RunningServer]:
-    """prewarm's control API with the scaler: SPIKING forecast to spike SPIKE_AFTER_S from now,
-    QUIET forecast to stay idle."""
+def scaler_server(config: ControlConfig, *, spike: bool = True) -> Iterator[RunningServer]:
+    """prewarm's control API with the scaler. SPIKING is forecast to spike SPIKE_AFTER_S from now
+    (``spike``) or to stay idle; QUIET is forecast to stay idle."""
     now = time.time()
-    start = math.floor(now / STEP_S) * STEP_S
-    # The spike begins at the first step boundary at least SPIKE_AFTER_S ahead.
-    idle = math.ceil((now + SPIKE_AFTER_S - start) / STEP_S)
     view = StaticDaemonView(
         forecast_map={
-            SPIKING: make_forecast(
-                SPIKING,
-                start_s=start,
-                step_s=STEP_S,
-                counts=[0.0] * idle + [120.0, 120.0],
-                p_active=[0.0] * idle + [1.0, 1.0],
-            ),
-            QUIET: make_forecast(
-                QUIET, start_s=start, step_s=STEP_S, counts=[0.0] * 6, p_active=[0.0] * 6
-            ),
+            SPIKING: spiking_forecast(now) if spike else idle_forecast(SPIKING, now),
+            QUIET: idle_forecast(QUIET, now),
         }
     )
     handle = start_server(config=config, view=view)
@@ -169,10 +179,12 @@ def _scaled_object(
     *,
     metadata: dict[str, str],
     authentication: str | None = None,
+    trigger_type: str = "external",
+    polling_interval_s: int = 1,
 ) -> dict[str, Any]:
-    """The ScaledObject of docs/keda.md, polling every second (KEDA's default is 30 s)."""
+    """The ScaledObject of docs/keda.md; by default it polls every second (KEDA's default: 30 s)."""
     trigger: dict[str, Any] = {
-        "type": "external",
+        "type": trigger_type,
         "metricType": "AverageValue",
         "metadata": metadata,
     }
@@ -186,7 +198,7 @@ def _scaled_object(
             "scaleTargetRef": {"name": name},
             "minReplicaCount": 0,
             "maxReplicaCount": 4,
-            "pollingInterval": 1,
+            "pollingInterval": polling_interval_s,
             "cooldownPeriod": 600,
             "triggers": [trigger],
         },
@@ -213,6 +225,14 @@ def _refusals(server: RunningServer, code: str) -> dict[str, float]:
             if sample.name == "prewarm_control_calls_total" and labels.get("code") == code:
                 counts[labels["method"]] = counts.get(labels["method"], 0.0) + sample.value
     return {method: count for method, count in counts.items() if count > 0}
+
+
+def _served(server: RunningServer, method: str) -> float:
+    """How many ``method`` calls prewarm's scaler answered OK."""
+    value = server.server.metrics.registry.get_sample_value(
+        "prewarm_control_calls_total", {"method": method, "code": "OK"}
+    )
+    return value or 0.0
 
 
 def _served_inactive(server: RunningServer, model: ModelId) -> bool:
@@ -384,3 +404,58 @@ def test_token_from_env_scales_from_zero_and_a_wrong_token_stays_at_zero(
         assert _condition(kube, ns, "llama-right", "Active") == "True"
         assert _condition(kube, ns, "llama-wrong", "Ready") == "False"
         assert "not one of control.auth.tokens" in keda.log_text()
+
+
+def test_external_push_scales_from_zero_when_the_forecast_turns_to_a_spike(
+    k8s_control_plane: ControlPlane, kube: KubeClient, k8s_namespace: str
+) -> None:
+    """``type: external-push``: KEDA holds a StreamIsActive stream open. The model is forecast
+    idle, KEDA reads it inactive; when the forecast turns to a spike, prewarm pushes the change and
+    KEDA scales 0 -> 1 at once, with no IsActive poll in between (polling every 300 s)."""
+    ns = k8s_namespace
+    with (
+        run_keda_operator(k8s_control_plane, kube, namespace=ns) as keda,
+        scaler_server(control_config(), spike=False) as server,
+    ):
+        _apply(kube, SECRETS, _secret(ns, "prewarm-token", {"token": READ_TOKEN.encode()}))
+        env = [{
+            "name": "PREWARM_SCALER_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": "prewarm-token", "key": "token"}},
+        }]  # fmt: skip
+        _apply(kube, DEPLOYMENTS, _deployment(ns, "llama", env=env))
+        metadata = {
+            "scalerAddress": server.address,
+            "model": SPIKING,
+            "leadTime": "5m",
+            "targetPerReplica": "1",
+            "tokenFromEnv": "PREWARM_SCALER_TOKEN",
+        }
+        _apply(kube, SCALED_OBJECTS, _scaled_object(
+            ns, "llama", metadata=metadata, trigger_type="external-push", polling_interval_s=300
+        ))  # fmt: skip
+        # KEDA's scale loop checks once at start, then every pollingInterval; the push stream
+        # opens with it.
+        wait_for(lambda: _served(server, "IsActive") > 0, what="KEDA's first IsActive poll")
+        wait_for(lambda: _condition(kube, ns, "llama", "Ready") == "True", what="llama Ready")
+        time.sleep(1.0)
+        assert _replicas(kube, ns, "llama") == 0
+        polls = _served(server, "IsActive")
+
+        server.view.forecast_map[SPIKING] = spiking_forecast(time.time())
+        turned = time.monotonic()
+        try:
+            wait_for(
+                lambda: _replicas(kube, ns, "llama") >= 1,
+                timeout_s=20,
+                interval_s=0.1,
+                what="KEDA to scale llama from zero on the pushed change",
+            )
+        except pytest.fail.Exception:
+            pytest.fail(f"the pushed change did not scale llama; operator log:\n{keda.tail(80)}")
+        elapsed = time.monotonic() - turned
+        print(
+            f"\nKEDA {KEDA_VERSION} external-push: forecast turned -> replicas>=1 "
+            f"in {elapsed:.2f} s"
+        )
+        assert time.time() < spike_at(server), "scaled only once the spike had begun"
+        assert _served(server, "IsActive") == polls, "an IsActive poll, not the stream, scaled it"

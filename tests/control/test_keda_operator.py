@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client as k8s_client
 
 from actuator.kube import DEPLOYMENTS, HPAS, SCALED_OBJECTS, KubeClient, Resource
 from common.ids import ModelId
@@ -92,7 +93,7 @@ def pki(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def kube(k8s_api: Any) -> KubeClient:
+def kube(k8s_api: k8s_client.ApiClient) -> KubeClient:
     """The project's client with the harness's admin credentials."""
     return KubeClient(k8s_api, FAST_RETRY)
 
@@ -249,11 +250,16 @@ def _condition(kube: KubeClient, namespace: str, name: str, kind: str) -> str | 
 
 
 def _scale_from_zero(
-    kube: KubeClient, keda: RunningKeda, server: RunningServer, namespace: str, name: str
+    kube: KubeClient,
+    keda: RunningKeda,
+    server: RunningServer,
+    namespace: str,
+    name: str,
+    *,
+    created: float,
 ) -> float:
-    """Wait until KEDA scaled ``name`` 0 -> >=1; the seconds since its ScaledObject was created
-    (the caller creates it just before). Fails with the operator's log tail."""
-    created = time.monotonic()
+    """Wait until KEDA scaled ``name`` 0 -> >=1; the seconds since ``created`` (``monotonic()``
+    just before its ScaledObject was created). Fails with the operator's log tail."""
     try:
         wait_for(
             lambda: _replicas(kube, namespace, name) >= 1,
@@ -320,10 +326,11 @@ def test_trigger_authentication_mtls_scales_from_zero_ahead_of_the_spike(
         _apply(kube, SCALED_OBJECTS, _scaled_object(
             ns, "mistral", metadata=metadata(QUIET), authentication="prewarm-keda"
         ))  # fmt: skip
+        created = time.monotonic()
         _apply(kube, SCALED_OBJECTS, _scaled_object(
             ns, "llama", metadata=metadata(SPIKING), authentication="prewarm-keda"
         ))  # fmt: skip
-        elapsed = _scale_from_zero(kube, keda, server, ns, "llama")
+        elapsed = _scale_from_zero(kube, keda, server, ns, "llama", created=created)
         print(f"\nKEDA {KEDA_VERSION} mTLS: ScaledObject created -> replicas>=1 in {elapsed:.2f} s")
 
         wait_for(lambda: _condition(kube, ns, "llama", "Active") == "True", what="llama Active")
@@ -388,8 +395,9 @@ def test_token_from_env_scales_from_zero_and_a_wrong_token_stays_at_zero(
             "tokenFromEnv": "PREWARM_SCALER_TOKEN",
         }
         _apply(kube, SCALED_OBJECTS, _scaled_object(ns, "llama-wrong", metadata=metadata))
+        created = time.monotonic()
         _apply(kube, SCALED_OBJECTS, _scaled_object(ns, "llama-right", metadata=metadata))
-        elapsed = _scale_from_zero(kube, keda, server, ns, "llama-right")
+        elapsed = _scale_from_zero(kube, keda, server, ns, "llama-right", created=created)
         print(
             f"\nKEDA {KEDA_VERSION} token: ScaledObject created -> replicas>=1 in {elapsed:.2f} s"
         )

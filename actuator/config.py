@@ -9,6 +9,7 @@ do I/O; defaults are production defaults.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -35,6 +36,44 @@ class PlaceholderConfig(BaseModel):
     )
     cpu_request: str = Field(default="10m", description="CPU request of each placeholder pod.")
     memory_request: str = Field(default="16Mi", description="Memory request of each pod.")
+    shape_from_workload: bool = Field(
+        default=True,
+        description="Shape each placeholder pod like one replica of the model it holds room for, "
+        "copied from its workload's pod template (GPUs from resources.limits['nvidia.com/gpu'], "
+        "CPU and memory requests, tolerations, nodeSelector, affinity, "
+        "topologySpreadConstraints): one placeholder pod per replica, so a multi-GPU replica's "
+        "GPUs are held on one node. Off: the pool's shape (`pools.<pool>.placeholder`, else "
+        "this section) for every pod.",
+    )
+    expendable_priority_cutoff: int = Field(
+        default=-10,
+        description="The cluster autoscaler's --expendable-pods-priority-cutoff (its default "
+        "-10). It ignores pending pods whose priority is BELOW the cut-off (strictly less): "
+        "they never make it add a node. The PriorityClass's value must therefore lie in "
+        "[cut-off, -1]; the actuator reads the PriorityClass and refuses to place placeholders "
+        "otherwise. Karpenter provisions for pending pods of any priority.",
+    )
+
+
+class PlaceholderShape(BaseModel):
+    """A pool's own placeholder pod shape; a field left unset takes `actuator.placeholder`'s."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpus_per_pod: int | None = Field(
+        default=None, ge=1, description="nvidia.com/gpu of each pod: one replica's GPUs."
+    )
+    cpu_request: str | None = Field(default=None, description="CPU request of each pod.")
+    memory_request: str | None = Field(default=None, description="Memory request of each pod.")
+    tolerations: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Tolerations of each pod (default: one for the nvidia.com/gpu NoSchedule "
+        "taint).",
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Node labels each pod also selects, beside `pool_label`=<pool>.",
+    )
 
 
 class PrepullConfig(BaseModel):
@@ -71,7 +110,18 @@ class PoolConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    gpus_per_node: int = Field(default=8, ge=1, description="GPUs on one node of this pool.")
+    gpus_per_node: int = Field(
+        default=8,
+        ge=1,
+        description="GPUs on one node of this pool. When not set, for a Karpenter NodePool it "
+        "comes from its requirement on karpenter.k8s.aws/instance-gpu-count or "
+        "karpenter.azure.com/sku-gpu-count (the largest value of an `In`), else 8.",
+    )
+    placeholder: PlaceholderShape = Field(
+        default_factory=PlaceholderShape,
+        description="This pool's placeholder pod shape, used when a placeholder is not shaped "
+        "from a workload.",
+    )
     machine_deployment: MachineDeploymentRef | None = Field(
         default=None,
         description="Scale this MachineDeployment directly instead of placing placeholder pods.",
@@ -149,8 +199,11 @@ class ActuatorConfig(BaseModel):
     dry_run: bool = Field(default=False, description="Send every write with dryRun=All.")
     pool_label: str = Field(
         default="prewarm.io/pool",
-        description="Node label whose value names a node's pool, e.g. karpenter.sh/nodepool or "
-        "cloud.google.com/gke-nodepool.",
+        description="Node label whose value names a node's pool, e.g. karpenter.sh/nodepool "
+        "(Karpenter sets it to the NodePool's name on every node it launches) or "
+        "cloud.google.com/gke-nodepool. Karpenter NodePools (karpenter.sh/v1) are pools even "
+        "with no node: named by their template label `pool_label` when they set one, else by "
+        "their own name when `pool_label` is karpenter.sh/nodepool.",
     )
     placeholder: PlaceholderConfig = Field(default_factory=PlaceholderConfig)
     prepull: PrepullConfig = Field(default_factory=PrepullConfig)

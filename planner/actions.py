@@ -26,13 +26,31 @@ class WorkloadRef:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicaDemand:
+    """``replicas`` replicas of ``model`` (its serving ``workload``) that a :class:`NodeCapacity`
+    holds room for, each needing ``gpus_per_replica`` GPUs (the planner's estimate from the
+    weights; the actuator shapes the placeholders from the workload's own pod template)."""
+
+    model: ModelId
+    workload: WorkloadRef
+    replicas: int
+    gpus_per_replica: int
+
+
+@dataclass(frozen=True, slots=True)
 class NodeCapacity:
-    """Hold ``gpus`` GPUs of placeholder capacity in ``pool`` so nodes exist before demand."""
+    """Hold ``gpus`` GPUs of placeholder capacity in ``pool`` so nodes exist before demand.
+
+    ``demands`` says which replicas the GPUs are for (empty: unknown, e.g. a hand-made action);
+    the actuator then shapes one placeholder pod per replica like that replica, so a node that
+    fits the placeholder fits the replica.
+    """
 
     pool: PoolName
     gpus: int
     reason: str
     value: float
+    demands: tuple[ReplicaDemand, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

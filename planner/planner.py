@@ -58,6 +58,7 @@ from planner.actions import (
     ImagePrepull,
     NodeCapacity,
     Preload,
+    ReplicaDemand,
     ReplicaFloor,
     Tier,
     WarmPlan,
@@ -664,6 +665,7 @@ def _actions(
             for node in placement.holders(model, pool_name, Tier.HOST):
                 placement.release(node, Tier.HOST, nbytes)
     extra_gpus: dict[PoolName, int] = {}
+    demands: dict[PoolName, list[ReplicaDemand]] = {}
     for i in order:
         model = t.names[i]
         spec = t.specs[i]
@@ -787,6 +789,9 @@ def _actions(
             gpu_bytes = pool.gpu_memory_bytes if pool is not None else 80 * GB
             gpr = gpus_per_replica(spec.weights_bytes, gpu_bytes)
             extra_gpus[spec.node_pool] = extra_gpus.get(spec.node_pool, 0) + ahead * gpr
+            demands.setdefault(spec.node_pool, []).append(
+                ReplicaDemand(model, _workload(spec), ahead, gpr)
+            )
     for pool_name, gpus in sorted(extra_gpus.items()):
         actions.append(
             NodeCapacity(
@@ -794,6 +799,7 @@ def _actions(
                 gpus=gpus,
                 reason=f"{gpus} GPUs of replicas planned or forecast within the node lead time",
                 value=float(gpus),
+                demands=tuple(demands.get(pool_name, ())),
             )
         )
     return actions, notes

@@ -9,7 +9,7 @@ never capped.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from common.ids import ModelId, PoolName
 from planner.actions import Action, ImagePrepull, NodeCapacity, Preload, Tier, WarmPlan
@@ -55,14 +55,9 @@ def cap_plan(
             allowed = current + gpus_left
             gpus_left = 0
             if allowed > current:
-                kept.append(
-                    NodeCapacity(
-                        pool=action.pool,
-                        gpus=allowed,
-                        reason=f"{action.reason} (clipped by max_nodes_added)",
-                        value=action.value,
-                    )
-                )
+                # The demands stay: the actuator holds them in order up to the clipped GPUs.
+                reason = f"{action.reason} (clipped by max_nodes_added)"
+                kept.append(replace(action, gpus=allowed, reason=reason))
             deferred.append((action, "max_nodes_added"))
         elif isinstance(action, ImagePrepull):
             if prepulls_left > 0:

@@ -638,6 +638,19 @@ class NodeCapacityActuator:
         """
         return self._priority_class()[0]
 
+    def check_at_start(self) -> str | None:
+        """The daemon's start-up check of the PriorityClass: logs a problem as an error (or why
+        it could not check, as a warning) and returns it; never raises."""
+        try:
+            problem = self.priority_class_problem()
+        except PrewarmError as error:
+            _log.warning("could not check the placeholders' PriorityClass: %s", error)
+            return None
+        if problem is not None:
+            _log.error("capacity placeholders: %s", problem)
+            self._logged_problem = problem
+        return problem
+
     def _priority_class(self) -> tuple[str | None, bool]:
         """(:meth:`priority_class_problem`, whether the problem is that the class is missing).
 

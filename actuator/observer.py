@@ -17,8 +17,13 @@ What is read, and the quirks:
   pending-bound pods are used, *except* prewarm's own placeholders: they are preempted the moment a
   real pod needs the GPU, so for planning they count as free (and are reported separately, per
   pool and per node).
+- Karpenter NodePools (:mod:`actuator.nodepools`, when ``karpenter.sh/v1`` is served) are pools
+  too, with or without nodes: a NodePool scaled to zero is a pool with 0 free GPUs, so a model of
+  it needs a node and its lead time counts the node's provisioning from zero. Listing them is
+  refused (403): logged, and pools are known from their nodes only.
 - GPU memory per pool comes from the GPU feature discovery label ``nvidia.com/gpu.memory`` (MiB)
-  when present, else from the largest GPU an agent of the pool reports, else the planner's default.
+  when present, else from the largest GPU an agent of the pool reports, else from the NodePool's
+  ``karpenter.k8s.aws/instance-gpu-memory`` requirement, else the planner's default.
 - Nodes: every Ready node of a pool is a :class:`NodeState`. Its agent is the Running pod that
   ``agent.label_selector`` selects in ``namespace`` on that node, called where
   :func:`actuator.agents.agent_address` says (address annotation, else pod IP and ``grpc`` port).
@@ -85,6 +90,7 @@ from actuator.engines import Engines, ready_pods
 from actuator.floors import workload_resource
 from actuator.kube import EVENTS, NODES, PODS, KubeClient, Obj
 from actuator.kubelet import canonical_image, image_pull, replica_start_s, rfc3339_s
+from actuator.nodepools import NodePoolInfo, NodePoolReader
 from actuator.selectors import selector_matches
 from common.errors import PrewarmError
 from common.ids import ModelId, NodeName, PoolName
@@ -111,6 +117,8 @@ class _Cluster:
     """The kubelets' ``Pulled`` events."""
     asleep: dict[ModelId, int]
     """Per sleep-capable model, its ready replicas whose engine sleeps."""
+    node_pools: dict[PoolName, NodePoolInfo] = field(default_factory=dict)
+    """Karpenter NodePools by pool (none without Karpenter)."""
 
 
 @dataclass(slots=True)
@@ -150,6 +158,7 @@ class KubeClusterObserver:
         self._agents = AgentStatusReader(config.agent, channel_factory=channel_factory)
         self._engines = engines
         self._memory = _Memory()
+        self._node_pools = NodePoolReader(kube, config)
 
     async def close(self) -> None:
         """Close every agent channel."""
@@ -209,6 +218,7 @@ class KubeClusterObserver:
             workloads=workloads,
             pulls=pulls,
             asleep=asleep,
+            node_pools=self._node_pools.read_or_none(),
         )
 
     # ---------------------------------------------------------------------- agents, concurrently
@@ -314,11 +324,17 @@ class KubeClusterObserver:
         memory.down = {n: why for n, why in memory.down.items() if n in listed}
         memory.first = False
 
+        node_pools = cluster.node_pools
+        for pool in node_pools:
+            allocatable.setdefault(pool, 0)  # a NodePool with no node yet: no free GPU
         pools = {
             pool: PoolState(
                 pool=pool,
                 free_gpus=max(0, allocatable[pool] - used.get(pool, 0)),
-                gpu_memory_bytes=label_memory.get(pool) or agent_memory.get(pool) or 80 * GB,
+                gpu_memory_bytes=label_memory.get(pool)
+                or agent_memory.get(pool)
+                or (node_pools[pool].gpu_memory_bytes if pool in node_pools else None)
+                or 80 * GB,
             )
             for pool in allocatable
         }

@@ -60,7 +60,7 @@ CHART_SCHEMA: dict[str, Any] = _object(
         ),
         "imagePullSecrets": {"type": "array", "items": _object({"name": _STRING})},
         "serviceAccount": _object({"create": _BOOL, "name": _STRING, "annotations": _STRING_MAP}),
-        "rbac": _object({"create": _BOOL, "keda": _BOOL, "clusterAPI": _BOOL}),
+        "rbac": _object({"create": _BOOL, "keda": _BOOL, "clusterAPI": _BOOL, "karpenter": _BOOL}),
         "placeholder": _object(
             {
                 "createPriorityClass": _BOOL,
@@ -68,7 +68,14 @@ CHART_SCHEMA: dict[str, Any] = _object(
                 "priority": {
                     "type": "integer",
                     "maximum": -1,
-                    "description": "Negative, so that every real pod preempts the placeholders.",
+                    "description": "Negative, so that every real pod preempts the placeholders; "
+                    "not below expendablePodsPriorityCutoff (the chart fails otherwise).",
+                },
+                "expendablePodsPriorityCutoff": {
+                    "type": "integer",
+                    "maximum": -1,
+                    "description": "The cluster autoscaler's --expendable-pods-priority-cutoff: "
+                    "pending pods with a priority below it trigger no scale-up.",
                 },
             }
         ),

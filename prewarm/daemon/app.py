@@ -24,6 +24,7 @@ from kubernetes.client import ApiClient, CoreV1Api
 
 from actuator.agents import AgentActuator, PodAddressResolver
 from actuator.apply import Actuator
+from actuator.capacity import NodeCapacityActuator
 from actuator.config import RetryConfig
 from actuator.engines import Engines
 from actuator.kube import KubeClient, default_api_client
@@ -176,6 +177,10 @@ def build_runtime(
     sleeps = any(s.engine for s in catalog.specs.values())
     engines = Engines(kube, catalog, fence=fence) if sleeps else None
     actuator = Actuator(writer, settings.actuator, agents=agents, engines=engines)
+    # The placeholders' PriorityClass, checked once at start-up (logged, never fatal; every
+    # placement checks it again). Few, fast retries: an unreachable API must not delay start-up.
+    quick = RetryConfig(attempts=2, initial_backoff_s=0.1, request_timeout_s=5.0)
+    NodeCapacityActuator(KubeClient(api, quick), settings.actuator).check_at_start()
     observer = KubeClusterObserver(kube, config=settings.actuator, catalog=catalog, engines=engines)
     leader_check: Callable[[], bool] = (
         (lambda: elector.is_leader) if elector is not None else (lambda: True)

@@ -25,6 +25,7 @@ from common.errors import PermissionDenied
 from common.ids import ModelId, PoolName
 from planner.actions import ImagePrepull, NodeCapacity, ReplicaFloor, WorkloadRef
 from tests.actuator.conftest import CRDS
+from tests.harness.crds import KARPENTER_NODE_POOLS, real_crds
 from tests.harness.helm import CHART, helm, render
 from tests.harness.k8s import ControlPlane, make_kwok_nodes, make_namespace, wait_for
 from tests.harness.kube import FAST_RETRY, install_crd, remove_crds
@@ -58,8 +59,19 @@ class Setup:
 
 
 @pytest.fixture
+def karpenter_crd(kube: KubeClient) -> Iterator[None]:
+    """Karpenter's real NodePool CRD: placing placeholders lists NodePools (for their limits)."""
+    with real_crds(kube, KARPENTER_NODE_POOLS):
+        yield
+
+
+@pytest.fixture
 def setup(
-    plane: ControlPlane, kube: KubeClient, k8s_api: k8s_client.ApiClient, k8s_namespace: str
+    plane: ControlPlane,
+    kube: KubeClient,
+    k8s_api: k8s_client.ApiClient,
+    k8s_namespace: str,
+    karpenter_crd: None,
 ) -> Iterator[Setup]:
     keda = install_crd(kube, CRDS / "scaledobjects.yaml")
     capi = install_crd(kube, CRDS / "machinedeployments.yaml")
@@ -117,7 +129,8 @@ def raise_first(results: Sequence[CapacityResult | FloorResult | PrepullStatus])
 
 
 def every_operation(s: Setup, client: KubeClient) -> None:
-    """Each actuator operation, applied and then cleaned up, as ``client``."""
+    """Each actuator operation, applied and then cleaned up, as ``client``. Placing placeholders
+    reads their PriorityClass and lists the Karpenter NodePools."""
     capacity = NodeCapacityActuator(client, s.config)
     planned = [
         NodeCapacity(PoolName("gpu"), 2, "r", 1.0),

@@ -103,6 +103,7 @@ a daemon that silently looks for its Lease or its agents in the wrong place.
   (list (list "actuator" "namespace") .Release.Namespace "the release namespace (helm --namespace)")
   (list (list "control" "namespace") .Release.Namespace "the release namespace (helm --namespace)")
   (list (list "actuator" "placeholder" "priority_class") .Values.placeholder.priorityClassName "placeholder.priorityClassName")
+  (list (list "actuator" "placeholder" "expendable_priority_cutoff") (int .Values.placeholder.expendablePodsPriorityCutoff) "placeholder.expendablePodsPriorityCutoff")
   (list (list "actuator" "agent" "label_selector") $agentSelector "the agent pods' labels")
   (list (list "actuator" "agent" "port") $agentPort "agent.port")
   (list (list "agent" "listen") (printf "0.0.0.0:%d" $agentPort) "agent.port")

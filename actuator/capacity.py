@@ -56,6 +56,7 @@ _log = logging.getLogger(__name__)
 
 COMPONENT = "capacity-placeholder"
 POOL_LABEL = "prewarm.io/pool"
+PLACEHOLDER_LABEL = "prewarm.io/placeholder"
 GPU_RESOURCE = "nvidia.com/gpu"
 ORIGINAL_REPLICAS = "prewarm.io/original-replicas"
 SET_REPLICAS = "prewarm.io/set-replicas"
@@ -150,8 +151,10 @@ def workload_shape(workload: Obj, ref: WorkloadRef) -> PodShape:
                     into[name] = into.get(name, Decimal(0)) + amount
                 else:
                     into[name] = max(into.get(name, Decimal(0)), amount)
-    effective = {k: max(totals.get(k, Decimal(0)), init_max.get(k, Decimal(0))) for k in
-                 (GPU_RESOURCE, "cpu", "memory")}  # fmt: skip
+    effective = {
+        name: max(totals.get(name, Decimal(0)), init_max.get(name, Decimal(0)))
+        for name in (GPU_RESOURCE, "cpu", "memory")
+    }
     gpus = effective[GPU_RESOURCE]
     if gpus <= 0 or gpus != gpus.to_integral_value():
         raise _NoGpuRequest(
@@ -322,11 +325,18 @@ class PlaceholderCapacity:
         placeholder = self._config.placeholder
         shape = placement.shape
         gpus = str(shape.gpus)
-        selector = {"app.kubernetes.io/name": "prewarm-placeholder", POOL_LABEL: action.pool}
-        pod_labels = {**owner_labels(COMPONENT), **selector}
-        labels = dict(pod_labels)
-        selector = {**selector, "prewarm.io/placeholder": placement.name}
-        pod_labels["prewarm.io/placeholder"] = placement.name
+        # A Deployment's selector is immutable and must not overlap another's (their controllers
+        # would fight over the pods): the pool-shaped one keeps the selector it always had; the
+        # workload-shaped ones carry another name and their own Deployment's name.
+        if placement.workload is None:
+            selector = {"app.kubernetes.io/name": "prewarm-placeholder", POOL_LABEL: action.pool}
+        else:
+            selector = {
+                "app.kubernetes.io/name": "prewarm-placeholder-replica",
+                POOL_LABEL: action.pool,
+                PLACEHOLDER_LABEL: placement.name,
+            }
+        labels = {**owner_labels(COMPONENT), **selector}
         # The pool label last: a template that selects another pool cannot move the placeholder.
         node_selector = {**shape.node_selector, self._config.pool_label: action.pool}
         pod: Obj = {
@@ -376,7 +386,7 @@ class PlaceholderCapacity:
                 "selector": {"matchLabels": selector},
                 # Recreate: a rolling update would briefly double the held GPUs.
                 "strategy": {"type": "Recreate"},
-                "template": {"metadata": {"labels": pod_labels}, "spec": pod},
+                "template": {"metadata": {"labels": labels}, "spec": pod},
             },
         }
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -484,17 +483,3 @@ def test_chart_refuses_a_priority_below_the_expendable_cutoff() -> None:
     assert "expendable_priority_cutoff: -100" in lowered.stdout
     positive = helm("template", "r", str(CHART), "--set", "placeholder.priority=0")
     assert positive.returncode != 0  # values.schema.json: maximum -1
-
-
-def test_a_shape_sums_its_containers_exactly() -> None:
-    """Quantities of a shape are summed exactly (no float rounding of memory); a container that
-    sets only limits requests them."""
-    body = deployment_body("x")
-    body["spec"]["template"]["spec"]["containers"] = [
-        {"name": "a", "image": "i", "resources": {"limits": {GPU: 2, "cpu": "1500m",
-                                                             "memory": "1Gi"}}},
-        {"name": "b", "image": "i", "resources": {"requests": {"cpu": "500m", "memory": "1Mi"},
-                                                  "limits": {GPU: "2"}}},
-    ]  # fmt: skip
-    shape = workload_shape(body, WorkloadRef("ns", "x"))
-    assert (shape.gpus, shape.cpu, shape.memory) == (4, Decimal(2), Decimal(1024**3 + 1024**2))

@@ -483,3 +483,36 @@ def test_chart_refuses_a_priority_below_the_expendable_cutoff() -> None:
     assert "expendable_priority_cutoff: -100" in lowered.stdout
     positive = helm("template", "r", str(CHART), "--set", "placeholder.priority=0")
     assert positive.returncode != 0  # values.schema.json: maximum -1
+
+
+def test_a_statefulset_replica_is_copied_too(
+    kube: KubeClient,
+    config: ActuatorConfig,
+    k8s_api: k8s_client.ApiClient,
+    k8s_namespace: str,
+    priority_class: str,
+) -> None:
+    make_priority_class(kube, priority_class, -1)
+    namespace = apps(k8s_api, k8s_namespace)
+    body = deployment_body("sts", namespace=namespace)
+    body["kind"] = "StatefulSet"
+    body["spec"]["serviceName"] = "sts"
+    body["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {GPU: "2"}}
+    kube.apply(
+        f"/apis/apps/v1/namespaces/{namespace}/statefulsets/sts",
+        body,
+        field_manager="kubectl",
+        dry_run=False,
+    )
+    ref = WorkloadRef(namespace, "sts", kind="StatefulSet")
+    pool = f"sts-{k8s_namespace}"
+    actuator = NodeCapacityActuator(kube, karpenter_config(config, priority_class))
+
+    (result,) = actuator.reconcile([capacity(pool, ReplicaDemand(MODEL, ref, 3, 1))])
+
+    assert result.error is None
+    (deployment,) = placeholder_pods(kube, config.namespace).values()
+    assert deployment["spec"]["replicas"] == 3
+    resources = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources["limits"] == {GPU: "2"}  # the template's 2 GPUs, not the planner's 1
+    actuator.reconcile([])

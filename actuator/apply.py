@@ -158,6 +158,8 @@ def results_per_action(plan: WarmPlan, report: ActuationReport) -> list[ActionRe
                     results.append(ActionResult(action, "error", str(applied.error)))
                 else:
                     detail = f"{applied.target} at {applied.replicas}"
+                    if applied.notes:  # e.g. what a NodePool limit cut
+                        detail += f" ({applied.notes})"
                     results.append(ActionResult(action, done, detail))
             elif action.gpus <= 0:
                 results.append(ActionResult(action, done, "nothing to hold"))

@@ -140,6 +140,7 @@ class NodePoolReader:
     def __init__(self, kube: KubeClient, config: ActuatorConfig) -> None:
         self._kube = kube
         self._config = config
+        self._refused = False
 
     def read(self) -> dict[PoolName, NodePoolInfo]:
         """The NodePools by pool (the first by name when two name the same pool).
@@ -163,11 +164,15 @@ class NodePoolReader:
         """:meth:`read`, but a refusal (403) is logged and reads as no NodePools (the observer:
         one missing permission must not stop the whole observation)."""
         try:
-            return self.read()
+            found = self.read()
         except PermissionDenied as error:
-            _log.warning(
-                "cannot list Karpenter NodePools (grant list on nodepools.karpenter.sh: the "
-                "chart's rbac.karpenter); pools are known from their nodes only: %s",
-                error,
-            )
+            if not self._refused:  # once per outage, not every tick
+                _log.warning(
+                    "cannot list Karpenter NodePools (grant list on nodepools.karpenter.sh: the "
+                    "chart's rbac.karpenter); pools are known from their nodes only: %s",
+                    error,
+                )
+            self._refused = True
             return {}
+        self._refused = False
+        return found

@@ -166,12 +166,16 @@ def test_failed_poll_leaves_the_engine_with_its_last_good_forecasts_marked_stale
     assert np.all(np.isfinite(forecast.values))
 
 
-def test_series_without_the_model_label_is_invalid_input() -> None:
+def test_series_without_the_model_label_is_a_scoped_invalid_input_issue() -> None:
     behaviour = Behaviour(answers=["ok"])
     with fake_prometheus(behaviour) as url:
         source, _ = _source(url, model_label="deployment")
-        with pytest.raises(InvalidInput, match="without the label 'deployment'"):
-            source.fetch(start_s=0, end_s=600)
+        batch = source.fetch(start_s=0, end_s=600)
+    assert batch.models == ()  # nothing attributable; the poll itself succeeded
+    (issue,) = source.report().issues
+    assert issue.kind == "InvalidInput"
+    assert "without the label 'deployment'" in issue.message
+    assert source.query in issue.message
 
 
 def test_negative_and_nan_samples_are_missing_not_counts() -> None:

@@ -142,17 +142,24 @@ class DemandQuery:
 def preset_promql(
     preset: Preset, *, model_label: str, matchers: str = "", rate_window_s: int
 ) -> str:
-    """``sum by (<label>) (rate(<selector>[<window>s]))`` for ``preset``.
+    """``sum by (<label>) (rate(<counter>{<matchers>}[<window>s]))`` for ``preset`` (of every
+    counter, for a preset with several).
 
     ``matchers`` (``namespace="llm",job="vllm"``) are added to the preset's own.
     """
-    all_matchers = [m for m in (preset.matchers, matchers.strip().strip(",")) if m]
+    all_matchers = ",".join(m for m in (preset.matchers, matchers.strip().strip(",")) if m)
+    window = f"[{rate_window_s}s]"
     if len(preset.metrics) == 1:
-        selector = f"{preset.metrics[0]}{{{','.join(all_matchers)}}}"
+        inner = f"rate({preset.metrics[0]}{{{all_matchers}}}{window})"
     else:
-        names = "|".join(preset.metrics)
-        selector = "{" + ",".join([f'__name__=~"{names}"', *all_matchers]) + "}"
-    return f"sum by ({model_label}) (rate({selector}[{rate_window_s}s]))"
+        # rate() drops the metric name, so the counters of one model (Triton's successes and
+        # failures share every label) would collide in one vector; a label naming each counter
+        # keeps them apart until the sum.
+        inner = " or ".join(
+            f'label_replace(rate({m}{{{all_matchers}}}{window}), "prewarm_counter", "{m}", "", "")'
+            for m in preset.metrics
+        )
+    return f"sum by ({model_label}) ({inner})"
 
 
 def resolve(

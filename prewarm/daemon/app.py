@@ -211,6 +211,7 @@ def build_runtime(
         is_leader=leader_check,
         leader_address=leader_address,
         control_state=store.load if store is not None else None,
+        source_report=source.report,
         clock=clock,
     )
     control: ControlServer | None = None

@@ -9,9 +9,15 @@ talk to Prometheus, Kubernetes or the agents directly: those are the ``HistorySo
 
 Failure policy: a history source that fails with :class:`TemporaryError` keeps the last good
 forecasts marked stale and the cycle still plans (the reactive floor comes from the cluster
-observation); a control store that cannot be read keeps the last manual state; an observer failure
-skips the rest of the tick (the history it fetched waits for the next one); an applier failure is
-counted and retried next tick; a tick never raises out of :meth:`Daemon.run`.
+observation); a scoped failure of one query (a series without the model label, a query rejected
+while others answered: the issues of the source's :class:`~forecaster.sources.SourceReport`) is
+counted in ``prewarm_history_errors_total`` and shown in ``/readyz`` while the rest of the history
+is used; history shorter than the window (a Prometheus retention shorter than
+``forecaster.history_window_s``) is forecast from what exists, said once in the log, in
+``prewarm_history_seconds`` and in ``/readyz``; a control store that cannot be read keeps the
+last manual state; an observer failure skips the rest of the tick (the history it fetched waits
+for the next one); an applier failure is counted and retried next tick; a tick never raises out
+of :meth:`Daemon.run`.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import structlog
 
 from common.errors import NotFound, PrewarmError, TemporaryError
 from common.ids import ModelId
+from forecaster.sources import SourceReport
 from forecaster.types import Forecast, ForecastEngine, SeriesBatch
 from planner.actions import ActionResult, WarmPlan
 from planner.catalog import Catalog
@@ -78,6 +85,7 @@ class Daemon:
         is_leader: Callable[[], bool] = lambda: True,
         leader_address: Callable[[], str | None] = lambda: None,
         control_state: Callable[[], Awaitable[ControlState]] | None = None,
+        source_report: Callable[[], SourceReport] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -114,6 +122,8 @@ class Daemon:
         self._leader_address = leader_address
         self._control_state = control_state
         self._clock = clock
+        self._source_report = source_report
+        self._short_history_logged = False
         self._ticks_ok = 0
         self._problems: dict[str, str] = {}
         self.metrics.active_mode.set(1 if config.mode == "active" else 0)
@@ -255,7 +265,41 @@ class Daemon:
             self.metrics.history_errors.labels(kind=type(error).__name__).inc()
             return None, False
         self._problems.pop("history", None)
+        if self._source_report is not None:
+            self._note_source(self._source_report())
         return history, True
+
+    def _note_source(self, report: SourceReport) -> None:
+        """Count and show the poll's scoped issues; publish and announce how deep history is."""
+        current: dict[str, str] = {}
+        for issue in report.issues:
+            key = f"history-query:{issue.query}"
+            problem = f"history query skipped in part: {issue.message}"
+            if self._problems.get(key) != problem:
+                log.error(problem, kind=issue.kind)
+            current[key] = problem
+            self.metrics.history_errors.labels(kind=issue.kind).inc()
+        for key in [k for k in self._problems if k.startswith("history-query:")]:
+            if key not in current:
+                del self._problems[key]
+        self._problems.update(current)
+        self.metrics.history_window_seconds.set(report.window_s)
+        for model, seconds in report.history_s.items():
+            self.metrics.history_seconds.labels(model=model).set(seconds)
+        if report.short and report.available_s is not None:
+            days = report.available_s / 86400
+            window_days = report.window_s / 86400
+            note = (
+                f"history: the source holds {days:.1f} d of the {window_days:.1f} d window "
+                "(forecaster.history_window_s); forecasting with what exists (a longer "
+                "Prometheus retention, or time, fills it)"
+            )
+            if not self._short_history_logged:
+                log.warning(note, available_s=report.available_s, window_s=report.window_s)
+                self._short_history_logged = True
+            self._problems["history-depth"] = note
+        else:
+            self._problems.pop("history-depth", None)
 
     async def _load_control(self) -> ControlState | None:
         """The stored manual state; None (the last one stays in force) when unreadable."""

@@ -97,6 +97,18 @@ class DaemonMetrics:
             ["kind"],
             registry=r,
         )
+        self.history_seconds = Gauge(
+            "prewarm_history_seconds",
+            "History the source holds per model (from its oldest sample, at most the window); "
+            "below prewarm_history_window_seconds the model is forecast from what exists.",
+            ["model"],
+            registry=r,
+        )
+        self.history_window_seconds = Gauge(
+            "prewarm_history_window_seconds",
+            "The configured history window (forecaster.history_window_s).",
+            registry=r,
+        )
         self.is_leader = Gauge(
             "prewarm_is_leader", "1 when this replica holds the leader Lease.", registry=r
         )
@@ -149,6 +161,7 @@ class DaemonMetrics:
     def forget_model(self, model: ModelId) -> None:
         """Drop every series of a model that no longer exists, so dashboards do not show ghosts."""
         for metric in (
+            self.history_seconds,
             self.observed_rps,
             self.forecast_error,
             self.under_forecast,

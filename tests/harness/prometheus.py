@@ -2,8 +2,10 @@
 
 Owns: writing a batch as an OpenMetrics counter (one sample per model at the end of every step,
 so ``x - x offset <step>`` at a step's end is exactly that step's count), building TSDB blocks with
-``promtool tsdb create-blocks-from openmetrics``, starting ``prometheus`` on a free 127.0.0.1 port
-on those blocks, waiting until it answers ``/-/ready``, and stopping it.
+``promtool tsdb create-blocks-from openmetrics`` (from a batch, or from any OpenMetrics file),
+starting ``prometheus`` on a free 127.0.0.1 port on those blocks (optionally with a
+``--web.config.file``: basic auth, TLS, client certificates), waiting until it answers
+``/-/ready``, and stopping it.
 Must not: skip. A missing binary fails the test loudly and says how to install it
 (``hack/testenv.sh``, which runs ``hack/testenv.d/10-prometheus.sh``).
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -25,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from forecaster.types import SeriesBatch
 
@@ -86,11 +90,31 @@ class RunningPrometheus:
 @contextmanager
 def prometheus_with_history(batch: SeriesBatch, workdir: Path) -> Iterator[RunningPrometheus]:
     """Backfill ``batch`` into a fresh TSDB under ``workdir``, serve it, stop it afterwards."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    source = workdir / "history.om.txt"
+    write_openmetrics(batch, source)
+    with prometheus_with_openmetrics(source, workdir) as server:
+        yield server
+
+
+@contextmanager
+def prometheus_with_openmetrics(
+    source: Path,
+    workdir: Path,
+    *,
+    web_config: dict[str, Any] | None = None,
+    ready_context: ssl.SSLContext | None = None,
+    ready_headers: dict[str, str] | None = None,
+) -> Iterator[RunningPrometheus]:
+    """Backfill the OpenMetrics file ``source`` (``# EOF`` terminated) and serve it.
+
+    ``web_config`` is written as Prometheus's ``--web.config.file`` (basic_auth_users,
+    tls_server_config); the readiness probe then uses ``ready_context`` (TLS) and
+    ``ready_headers`` (auth), and the URL is ``https`` when the config has TLS.
+    """
     prometheus, promtool = binaries()
     data = workdir / "tsdb"
     data.mkdir(parents=True, exist_ok=True)
-    source = workdir / "history.om.txt"
-    write_openmetrics(batch, source)
     built = subprocess.run(
         [promtool, "tsdb", "create-blocks-from", "openmetrics", str(source), str(data)],
         capture_output=True,
@@ -103,22 +127,32 @@ def prometheus_with_history(batch: SeriesBatch, workdir: Path) -> Iterator[Runni
     config = workdir / "prometheus.yml"
     config.write_text("global:\n  scrape_interval: 1h\nscrape_configs: []\n", encoding="utf-8")
     port = free_port()
+    args = [
+        prometheus,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={data}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        # Backfilled history is years old; keep it however old it is.
+        "--storage.tsdb.retention.time=100y",
+    ]
+    scheme = "http"
+    if web_config is not None:
+        web = workdir / "web.yml"
+        web.write_text(yaml.safe_dump(web_config), encoding="utf-8")
+        args.append(f"--web.config.file={web}")
+        if "tls_server_config" in web_config:
+            scheme = "https"
     log = (workdir / "prometheus.log").open("w", encoding="utf-8")
-    process = subprocess.Popen(
-        [
-            prometheus,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={data}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            # Backfilled history is years old; keep it however old it is.
-            "--storage.tsdb.retention.time=100y",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+    url = f"{scheme}://127.0.0.1:{port}"
     try:
-        _wait_ready(url, process, workdir / "prometheus.log")
+        _wait_ready(
+            url,
+            process,
+            workdir / "prometheus.log",
+            context=ready_context,
+            headers=ready_headers,
+        )
         yield RunningPrometheus(url=url, data_dir=data)
     finally:
         stop_process(process)
@@ -136,7 +170,13 @@ def stop_process(process: subprocess.Popen[Any]) -> None:
 
 
 def _wait_ready(
-    url: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 60
+    url: str,
+    process: subprocess.Popen[bytes],
+    log: Path,
+    timeout_s: float = 60,
+    *,
+    context: ssl.SSLContext | None = None,
+    headers: dict[str, str] | None = None,
 ) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -146,7 +186,8 @@ def _wait_ready(
                 pytrace=False,
             )
         try:
-            with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as answer:
+            request = urllib.request.Request(f"{url}/-/ready", headers=headers or {})
+            with urllib.request.urlopen(request, timeout=2, context=context) as answer:
                 if answer.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):

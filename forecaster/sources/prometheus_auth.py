@@ -98,6 +98,9 @@ def load_aws_credentials(
 class PrometheusAuth(requests.auth.AuthBase):
     """Sets the configured authentication headers on each request (secrets re-read each time).
 
+    ``environ`` (the AWS variables), ``sts_session``, ``sts_cache`` (web-identity credentials) and
+    ``clock`` (the signature's time) are the I/O boundaries; production defaults when omitted.
+
     Order: bearer or basic ``Authorization``, the tenant header, then the SigV4 signature, which
     covers the final URL, the body and the tenant header.
     """
@@ -108,11 +111,13 @@ class PrometheusAuth(requests.auth.AuthBase):
         *,
         environ: Mapping[str, str] | None = None,
         sts_session: requests.Session | None = None,
+        sts_cache: CredentialCache = DEFAULT_CACHE,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self._config = config
         self._environ = environ if environ is not None else os.environ
         self._sts_session = sts_session
+        self._sts_cache = sts_cache
         self._clock = clock
 
     @property
@@ -151,7 +156,12 @@ class PrometheusAuth(requests.auth.AuthBase):
         if c.sigv4 is not None:
             session = self._sts_session if self._sts_session is not None else requests.Session()
             credentials = load_aws_credentials(
-                c.sigv4, environ=self._environ, session=session, timeout_s=c.timeout_s
+                c.sigv4,
+                environ=self._environ,
+                session=session,
+                timeout_s=c.timeout_s,
+                cache=self._sts_cache,
+                clock=self._clock,
             )
             body = request.body or b""
             if isinstance(body, str):

@@ -27,6 +27,8 @@ class Behaviour:
     """What the answer ``"samples"`` serves as the values of one series, model ``a``."""
     requests: int = 0
     queries: list[dict[str, list[str]]] = field(default_factory=list)
+    authorizations: list[str] = field(default_factory=list)
+    """The ``Authorization`` header of each request ('' when there was none)."""
 
 
 def _matrix(result: list[dict[str, object]]) -> bytes:
@@ -60,6 +62,7 @@ def fake_prometheus(behaviour: Behaviour) -> Iterator[str]:
             behaviour.requests += 1
             query = parse_qs(urlparse(self.path).query)
             behaviour.queries.append(query)
+            behaviour.authorizations.append(self.headers.get("Authorization", ""))
             answer = behaviour.answers[index]
             if answer == "stall":
                 time.sleep(behaviour.stall_s)

@@ -11,18 +11,25 @@ from __future__ import annotations
 import datetime as dt
 import ssl
 import subprocess
+import threading
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import numpy as np
 import pytest
 
 from common.aws import sigv4
+from common.aws.web_identity import CredentialCache
 from common.errors import FailedPrecondition, PermissionDenied, TemporaryError
 from common.ids import ModelId
 from forecaster.config import PrometheusSourceConfig
 from forecaster.sources.prometheus import PrometheusSource
+from forecaster.sources.prometheus_auth import PrometheusAuth
+from tests.forecaster.fake_prometheus import Behaviour, fake_prometheus
 from tests.harness.exported_counters import ExportedCounter, write_openmetrics
 from tests.harness.fake_amp_gateway import FakeAmpGateway, running
 from tests.harness.prometheus import RunningPrometheus, prometheus_with_openmetrics
@@ -300,3 +307,103 @@ def test_missing_aws_credentials_say_where_to_put_them(tmp_path: Path) -> None:
     source = PrometheusSource(config)
     with pytest.raises(FailedPrecondition, match="AWS_ACCESS_KEY_ID"):
         source.fetch(start_s=0, end_s=600)
+
+
+class FakeSts:
+    """A fake of AWS STS's ``AssumeRoleWithWebIdentity`` (a cloud API that cannot run here): it
+    accepts one token and hands out fixed temporary credentials valid for an hour."""
+
+    def __init__(self, token: str, credentials: sigv4.Credentials) -> None:
+        self.token = token
+        self.credentials = credentials
+        self.forms: list[dict[str, str]] = []
+        self.url = ""
+
+    @contextmanager
+    def serve(self) -> Iterator[FakeSts]:
+        sts = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:  # quiet in tests
+                return
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                form = dict(parse_qsl(self.rfile.read(length).decode()))
+                sts.forms.append(form)
+                ok = (
+                    form.get("Action") == "AssumeRoleWithWebIdentity"
+                    and form.get("WebIdentityToken") == sts.token
+                )
+                expires = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+                body = (
+                    "<AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult>"
+                    f"<Credentials><AccessKeyId>{sts.credentials.access_key_id}</AccessKeyId>"
+                    f"<SecretAccessKey>{sts.credentials.secret_access_key}</SecretAccessKey>"
+                    f"<SessionToken>{sts.credentials.session_token}</SessionToken>"
+                    f"<Expiration>{expires}</Expiration></Credentials>"
+                    "</AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>"
+                    if ok
+                    else "<ErrorResponse><Error><Code>InvalidIdentityToken</Code>"
+                    "<Message>bad token</Message></Error></ErrorResponse>"
+                ).encode()
+                self.send_response(200 if ok else 400)
+                self.send_header("Content-Type", "text/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{server.server_address[1]}"
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=10)
+
+
+@pytest.mark.prometheus
+@pytest.mark.acceptance_fleet
+def test_sigv4_with_web_identity_credentials(
+    plain_prometheus: RunningPrometheus, tmp_path: Path
+) -> None:
+    temporary = sigv4.Credentials("ASIAIRSA", "irsa-secret", "irsa-session-token")
+    gateway = FakeAmpGateway(
+        upstream=plain_prometheus.url,
+        secrets={"ASIAIRSA": "irsa-secret"},
+        session_tokens={"ASIAIRSA": "irsa-session-token"},
+    )
+    token_file = tmp_path / "token"
+    token_file.write_text("projected-sa-token\n", encoding="utf-8")
+    environ = {
+        "AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/prewarm",
+        "AWS_WEB_IDENTITY_TOKEN_FILE": str(token_file),
+    }
+    with FakeSts("projected-sa-token", temporary).serve() as sts, running(gateway):
+        config = PrometheusSourceConfig.model_validate(
+            {"url": gateway.url, "preset": "vllm", "retries": 0,
+             "sigv4": {"region": "eu-west-1", "sts_endpoint": sts.url}}
+        )  # fmt: skip
+        auth = PrometheusAuth(config, environ=environ, sts_cache=CredentialCache())
+        source = PrometheusSource(config, history_window_s=MINUTES * 60.0, auth=auth)
+        np.testing.assert_allclose(_read(source), COUNTS, atol=1e-6)
+        _read(source)
+    assert gateway.refusals == []
+    assert len(sts.forms) == 1  # cached until shortly before they expire
+    assert sts.forms[0]["RoleSessionName"] == "prewarm-forecaster"
+
+
+def test_a_bearer_token_file_is_read_at_each_request(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("first\n", encoding="utf-8")
+    behaviour = Behaviour(answers=["ok"])
+    with fake_prometheus(behaviour) as url:
+        config = PrometheusSourceConfig(url=url, bearer_token_file=str(token), retries=0)
+        source = PrometheusSource(config)
+        source.fetch(start_s=0, end_s=600)
+        token.write_text("second\n", encoding="utf-8")
+        source.fetch(start_s=0, end_s=600)
+    assert behaviour.authorizations == ["Bearer first", "Bearer second"]

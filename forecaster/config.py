@@ -172,8 +172,8 @@ class PrometheusSourceConfig(BaseModel):
     rate_window_s: int | None = Field(
         default=None,
         ge=1,
-        description="rate() window of preset queries (null: step_s); at least twice the scrape "
-        "interval.",
+        description="rate() window of preset queries (null: the larger of step_s and 120 s, four "
+        "scrapes at the common 30 s interval, so one missed scrape is not read as a gap).",
     )
     step_s: int = Field(default=60, ge=1, description="Query resolution in seconds.")
     timeout_s: float = Field(default=30.0, gt=0, description="Per-request timeout.")

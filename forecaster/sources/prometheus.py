@@ -65,6 +65,10 @@ from forecaster.types import SeriesBatch
 
 _Parsed = list[tuple[ModelId, np.ndarray, np.ndarray]]
 
+DEFAULT_MIN_RATE_WINDOW_S = 120
+"""rate() needs two samples in its window; four at the common 30 s scrape interval keep one missed
+scrape from reading as an absent (zero-filled) step."""
+
 
 class PrometheusSource:
     """Per-model request counts per step from one or more demand queries.
@@ -86,7 +90,7 @@ class PrometheusSource:
         self.config = config
         self.step_s = float(config.step_s)
         self.history_window_s = history_window_s
-        window = config.rate_window_s or config.step_s
+        window = config.rate_window_s or max(config.step_s, DEFAULT_MIN_RATE_WINDOW_S)
         self.queries: tuple[demand.DemandQuery, ...] = tuple(
             demand.resolve(
                 preset=q.preset,
@@ -136,6 +140,8 @@ class PrometheusSource:
         issues: list[SourceIssue] = []
         per_query: list[dict[ModelId, np.ndarray]] = []
         rejected: list[InvalidInput] = []
+        # Zero-fill's memory changes only when the whole fetch succeeds (a failed poll is retried).
+        last_present = dict(self._last_present_s)
         for index, query in enumerate(self.queries):
             try:
                 rows, present = self._fetch_query(query, first, steps, issues)
@@ -146,10 +152,11 @@ class PrometheusSource:
                 issues.append(SourceIssue("InvalidInput", query.promql, str(error)))
                 continue
             if query.zero_fill:
-                self._zero_fill(index, rows, present, first)
+                self._zero_fill(index, rows, present, first=first, steps=steps, seen=last_present)
             per_query.append(rows)
         if rejected and len(rejected) == len(self.queries):
             raise rejected[0]
+        self._last_present_s = last_present
         self._issues = tuple(issues)
         models = tuple(sorted({m for rows in per_query for m in rows}))
         counts = np.full((len(models), steps), np.nan)
@@ -207,31 +214,42 @@ class PrometheusSource:
         index: int,
         rows: dict[ModelId, np.ndarray],
         present: dict[ModelId, np.ndarray],
+        *,
         first: float,
+        steps: int,
+        seen: dict[tuple[int, ModelId], float],
     ) -> None:
-        """Absent steps after a model's first present one (here or in an earlier poll) read 0;
-        a model absent for a whole window is forgotten (it stays absent, not zero)."""
+        """Absent steps after a model's first present one (here, or in ``seen`` from an earlier
+        poll) read 0; a model absent for a whole window is forgotten (absent, not zero).
+
+        ``seen`` maps (query index, model) to the end of the model's last present step and is
+        updated in place.
+        """
         step = self.step_s
-        steps = next(iter(rows.values())).size if rows else 0
-        for (query, model), last in list(self._last_present_s.items()):
-            if query != index:
+        end = first + steps * step
+        for (query, model), last in list(seen.items()):
+            if query != index or model in rows:
                 continue
-            if model not in rows and steps:
-                if first + steps * step - last > self.history_window_s:
-                    del self._last_present_s[(query, model)]
-                    continue
-                rows[model] = np.full(steps, np.nan)
-                present[model] = np.zeros(steps, dtype=bool)
+            if end - last > self.history_window_s:
+                del seen[(query, model)]
+                continue
+            # Seen before, no series at all now: the whole range is a scale-to-zero gap.
+            rows[model] = np.full(steps, np.nan)
+            present[model] = np.zeros(steps, dtype=bool)
         for model, row in rows.items():
             mask = present[model]
-            seen_before = (index, model) in self._last_present_s
             hits = np.flatnonzero(mask)
-            start = 0 if seen_before else (int(hits[0]) if hits.size else steps)
+            if (index, model) in seen:
+                start = 0
+            elif hits.size:
+                start = int(hits[0])
+            else:
+                continue  # never present: nothing is known
             absent = ~mask
             absent[:start] = False
             row[absent] = 0.0
             if hits.size:
-                self._last_present_s[(index, model)] = first + (int(hits[-1]) + 1) * step
+                seen[(index, model)] = first + (int(hits[-1]) + 1) * step
 
     def _fetch_query(
         self,

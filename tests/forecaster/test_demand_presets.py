@@ -238,8 +238,9 @@ def fleet_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runni
 
 
 def _source(url: str, **settings: object) -> PrometheusSource:
+    # A one-step rate window reads each minute exactly (the scrapes here never miss).
     config = PrometheusSourceConfig.model_validate(
-        {"url": url, "timeout_s": 10.0, "retries": 0, **settings}
+        {"url": url, "timeout_s": 10.0, "retries": 0, "rate_window_s": 60, **settings}
     )
     return PrometheusSource(config, history_window_s=MINUTES * 60.0)
 
@@ -308,6 +309,16 @@ def test_zero_fill_remembers_a_model_across_polls(fleet_prometheus: RunningProme
     unfilled = _source(fleet_prometheus.url, preset="vllm", zero_fill=False)
     unfilled.poll(now_s=START + 35 * 60)
     assert qwen not in unfilled.poll(now_s=START + 50 * 60).models
+
+    # The query's only model at zero: Prometheus answers no series at all, still zeros.
+    alone = _source(fleet_prometheus.url, preset="vllm", matchers='model_name="qwen-2-7b"')
+    alone.poll(now_s=START + 35 * 60)
+    gap = alone.poll(now_s=START + 50 * 60)
+    assert gap.models == (qwen,)
+    np.testing.assert_array_equal(gap.row(qwen), 0.0)
+    back = alone.poll(now_s=START + 70 * 60)  # the engine is back at minute 60
+    expected = [0.0] * 10 + FLEET["vllm"][1]["qwen-2-7b"][60:70]
+    np.testing.assert_allclose(back.row(qwen), expected, atol=1e-6)
 
 
 def test_two_queries_are_summed_per_model_and_max_serves_overlapping_sources(
@@ -381,3 +392,6 @@ def test_the_default_stays_todays_custom_query() -> None:
     assert query.promql == "sum by (model) (rate(inference_requests_total[1m]))"
     assert query.model_label == "model"
     assert not query.zero_fill
+    (vllm,) = PrometheusSource(PrometheusSourceConfig(preset="vllm")).queries
+    assert vllm.promql == "sum by (model_name) (rate(vllm:request_success_total{}[120s]))"
+    assert vllm.zero_fill

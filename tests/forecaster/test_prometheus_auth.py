@@ -60,7 +60,14 @@ def _read(source: PrometheusSource) -> np.ndarray:
 
 def _source(url: str, **settings: object) -> PrometheusSource:
     config = PrometheusSourceConfig.model_validate(
-        {"url": url, "preset": "vllm", "timeout_s": 10.0, "retries": 0, **settings}
+        {
+            "url": url,
+            "preset": "vllm",
+            "timeout_s": 10.0,
+            "retries": 0,
+            "rate_window_s": 60,
+            **settings,
+        }
     )
     return PrometheusSource(config, history_window_s=MINUTES * 60.0)
 
@@ -384,7 +391,7 @@ def test_sigv4_with_web_identity_credentials(
     }
     with FakeSts("projected-sa-token", temporary).serve() as sts, running(gateway):
         config = PrometheusSourceConfig.model_validate(
-            {"url": gateway.url, "preset": "vllm", "retries": 0,
+            {"url": gateway.url, "preset": "vllm", "retries": 0, "rate_window_s": 60,
              "sigv4": {"region": "eu-west-1", "sts_endpoint": sts.url}}
         )  # fmt: skip
         auth = PrometheusAuth(config, environ=environ, sts_cache=CredentialCache())

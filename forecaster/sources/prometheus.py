@@ -3,13 +3,13 @@
 Owns: running the demand queries (:mod:`forecaster.demand`: a preset or a free query each) and
 combining their counts per model id (``sum``, or ``max`` for sources that see the same requests),
 zero-filling a vanished series, range queries split into chunks under Prometheus's
-11,000-points-per-series limit, incremental fetching
-(each poll asks only for steps after the last complete one it has), the conversion of a per-second
-rate sampled at ``t`` into the count of the step ``[t - step, t)``, typed errors, and retries with
-exponential backoff. Must not: forecast, or hide a failure: after the retries it raises
-:class:`TemporaryError` (down, slow, 5xx, 429, garbage) or :class:`InvalidInput` (400: a bad query)
-or :class:`PermissionDenied` (401/403), and the caller skips the cycle (see
-:class:`forecaster.sources.PollingSource`).
+11,000-points-per-series limit, incremental fetching (each poll asks only for steps after the last
+complete one it has), the conversion of a per-second rate sampled at ``t`` into the count of the
+step ``[t - step, t)``, how much history exists (:meth:`PrometheusSource.report`), typed errors,
+and retries with exponential backoff. Authentication is :mod:`forecaster.sources.prometheus_auth`.
+Must not: forecast, or hide a failure: after the retries it raises :class:`TemporaryError` (down,
+slow, 5xx, 429, garbage) or :class:`InvalidInput` (400: a bad query) or :class:`PermissionDenied`
+(401/403), and the caller skips the cycle (see :class:`forecaster.sources.PollingSource`).
 
 Quirks handled here:
 - A range query evaluates the expression at ``start, start+step, ...``; ``rate(x[1m])`` at ``t``

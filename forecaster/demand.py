@@ -57,7 +57,7 @@ PRESETS: dict[str, Preset] = {
             "SGLang",
             ("sglang:num_requests_total",),
             "model_name",
-            counts="a processed request",
+            counts="a finished request",
         ),
         Preset(
             "tgi",

@@ -116,7 +116,7 @@ class PrometheusAuth(requests.auth.AuthBase):
     ) -> None:
         self._config = config
         self._environ = environ if environ is not None else os.environ
-        self._sts_session = sts_session
+        self._sts_session = sts_session if sts_session is not None else requests.Session()
         self._sts_cache = sts_cache
         self._clock = clock
 
@@ -154,11 +154,10 @@ class PrometheusAuth(requests.auth.AuthBase):
             request.headers[c.tenant.header] = tenant
             signed[c.tenant.header] = tenant
         if c.sigv4 is not None:
-            session = self._sts_session if self._sts_session is not None else requests.Session()
             credentials = load_aws_credentials(
                 c.sigv4,
                 environ=self._environ,
-                session=session,
+                session=self._sts_session,
                 timeout_s=c.timeout_s,
                 cache=self._sts_cache,
                 clock=self._clock,

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from common.errors import InvalidInput
 from common.ids import ModelId
 from forecaster.config import PrometheusSourceConfig
 from forecaster.demand import PRESET_NAMES, PRESETS
@@ -364,6 +365,22 @@ def test_a_query_without_the_model_label_is_one_issue_and_the_others_go_on(
     assert issue.kind == "InvalidInput"
     assert "'deployment'" in issue.message
     assert "tgi_request_count" in issue.message  # names the query
+
+
+def test_a_rejected_query_among_others_is_one_issue_and_alone_an_error(
+    fleet_prometheus: RunningPrometheus,
+) -> None:
+    broken = "sum by (model) (rate(inference_requests_total[1m]"  # unbalanced: 400 bad_data
+    source = _source(
+        fleet_prometheus.url, queries=[{"preset": "kserve"}, {"preset": "custom", "query": broken}]
+    )
+    batch = source.fetch(start_s=START, end_s=START + MINUTES * 60)
+    assert batch.models == (ModelId("sklearn-iris"),)
+    (issue,) = source.report().issues
+    assert issue.kind == "InvalidInput"
+    assert issue.query == broken
+    with pytest.raises(InvalidInput, match="rejected the query"):
+        _source(fleet_prometheus.url, query=broken).fetch(start_s=START, end_s=START + 600)
 
 
 def test_an_unknown_preset_is_one_config_error_listing_the_valid_names() -> None:

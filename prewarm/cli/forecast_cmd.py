@@ -18,6 +18,7 @@ import typer
 from common.durations import format_duration, parse_duration_s
 from common.errors import InvalidInput
 from forecaster.config import PrometheusSourceConfig
+from forecaster.demand import CUSTOM
 from forecaster.engine import AutoForecaster
 from forecaster.sources.prometheus import PrometheusSource
 from forecaster.sources.trace import read_trace
@@ -77,7 +78,9 @@ def load_history(
     settings = state(ctx).settings().forecaster
     updates: dict[str, Any] = {"url": prometheus}
     if query is not None:
-        updates["query"] = query
+        # A query of one's own replaces whatever demand the settings describe (a preset, or
+        # several queries): it is the custom preset.
+        updates.update(query=query, preset=CUSTOM, queries=[])
     if model_label is not None:
         updates["model_label"] = model_label
     config = PrometheusSourceConfig.model_validate({**settings.prometheus.model_dump(), **updates})
@@ -85,7 +88,12 @@ def load_history(
     now = time.time() if now_s is None else now_s
     batch = source.fetch(start_s=now - settings.history_window_s, end_s=now)
     if not batch.models:
-        raise InvalidInput(f"query {config.query!r} returned no series from {prometheus}")
+        what = f"query {config.query!r}" if config.preset == CUSTOM else f"preset {config.preset!r}"
+        if config.queries:
+            what = f"{len(config.queries)} queries"
+        raise InvalidInput(
+            f"{what} returned no series with a model label from {prometheus} (docs/demand.md)"
+        )
     return batch, prometheus
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Fetches the real CustomResourceDefinitions of the projects prewarm writes to (KEDA, KServe,
-# Knative Serving, Karpenter) from their own Go modules, pinned below, through the Go module proxy
+# Fetches the real CustomResourceDefinitions of the projects prewarm writes to or ships objects for
+# (KEDA, KServe, Knative Serving, Karpenter, the Prometheus Operator) from their own Go modules, pinned below, through the Go module proxy
 # (`go mod download`; no build). The pins are the newest releases whose go.mod the local Go toolchain
 # accepts (GOTOOLCHAIN=local). The files are copied, unchanged, into one directory of the
 # test-environment cache named by the pins; tests/harness/crds.py installs them into the test
@@ -13,6 +13,7 @@ KEDA=github.com/kedacore/keda/v2@v2.20.0
 KSERVE=github.com/kserve/kserve@v0.15.2
 KNATIVE=knative.dev/serving@v0.51.0
 KARPENTER=sigs.k8s.io/karpenter@v1.14.0
+PROMETHEUS_OPERATOR=github.com/prometheus-operator/prometheus-operator@v0.85.0
 
 # module@version|path inside the module
 files=(
@@ -23,6 +24,9 @@ files=(
   "$KNATIVE|config/core/300-resources/service.yaml"
   "$KARPENTER|pkg/apis/crds/karpenter.sh_nodepools.yaml"
   "$KARPENTER|pkg/apis/crds/karpenter.sh_nodeclaims.yaml"
+  "$PROMETHEUS_OPERATOR|example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml"
+  "$PROMETHEUS_OPERATOR|example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml"
+  "$PROMETHEUS_OPERATOR|example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml"
 )
 
 cache=${PREWARM_TESTENV_CACHE:-$HOME/.cache/prewarm-testenv}
@@ -51,7 +55,7 @@ if [ ! -f "$out/.complete" ]; then
     install -m 0644 "$dir/$path" "$out/$name"
   done
   touch "$out/.complete"
-  echo "testenv: CRDs of KEDA, KServe, Knative Serving and Karpenter in $out" >&2
+  echo "testenv: CRDs in $out" >&2
 fi
 
 if [ -f hack/testenv.env ]; then

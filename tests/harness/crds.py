@@ -1,4 +1,5 @@
-"""The REAL CustomResourceDefinitions of KEDA, KServe, Knative Serving and Karpenter.
+"""The REAL CustomResourceDefinitions of KEDA, KServe, Knative Serving, Karpenter and the
+Prometheus Operator.
 
 ``hack/testenv.d/40-crds.sh`` copies them, unchanged, from those projects' own Go modules (pinned
 releases, fetched through the Go module proxy) into the test-environment cache. Unlike the
@@ -35,6 +36,9 @@ KSERVE_INFERENCE_SERVICES = "serving.kserve.io_inferenceservices.yaml"
 KNATIVE_SERVICES = "serving.knative.dev_services.yaml"
 KARPENTER_NODE_POOLS = "karpenter.sh_nodepools.yaml"
 KARPENTER_NODE_CLAIMS = "karpenter.sh_nodeclaims.yaml"
+POD_MONITORS = "monitoring.coreos.com_podmonitors.yaml"
+SERVICE_MONITORS = "monitoring.coreos.com_servicemonitors.yaml"
+PROMETHEUS_RULES = "monitoring.coreos.com_prometheusrules.yaml"
 
 
 def crds_dir() -> Path:

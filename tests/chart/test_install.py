@@ -3,10 +3,9 @@
 Every object ``helm template`` renders, for every values file, is sent with server-side apply and
 ``fieldValidation=Strict``: the API server refuses unknown or duplicate fields instead of dropping
 them, runs its validation and admission, and every object must be accepted and read back with
-everything the chart wrote. The Prometheus Operator's kinds need their CRDs: MINIMAL stand-ins
-(tests/chart/crds/, real group/version/kind and the spec fields the chart uses) are installed for
-this module, since no operator runs here. Then the real ``helm install`` / ``helm uninstall``
-against the same API server.
+everything the chart wrote. The Prometheus Operator's kinds need their CRDs: the real ones, from
+its Go module (tests/harness/crds.py), are installed for this module; no operator runs here.
+Then the real ``helm install`` / ``helm uninstall`` against the same API server.
 
 There is no controller-manager or scheduler: the Deployment and DaemonSet are stored, not run.
 """
@@ -23,23 +22,21 @@ from kubernetes import client as k8s_client
 
 from actuator.kube import KubeClient
 from tests.chart.conftest import GOOD_VALUES, VALUES
+from tests.harness.crds import POD_MONITORS, PROMETHEUS_RULES, SERVICE_MONITORS, real_crds
 from tests.harness.helm import CHART, Obj, helm, render
 from tests.harness.k8s import ControlPlane
-from tests.harness.kube import FAST_RETRY, install_crd, remove_crds
+from tests.harness.kube import FAST_RETRY
 
 pytestmark = [pytest.mark.k8s, pytest.mark.helm]
-
-CRDS = Path(__file__).with_name("crds")
-MONITORING = "monitoring.coreos.com/v1"
 
 
 @pytest.fixture(scope="module")
 def monitoring_crds(k8s_control_plane: ControlPlane) -> Iterator[None]:
-    """The stand-in ServiceMonitor, PodMonitor and PrometheusRule CRDs, for this module."""
+    """The Prometheus Operator's real ServiceMonitor, PodMonitor and PrometheusRule CRDs, for this
+    module (their full schemas: the apiserver validates what the chart renders against them)."""
     kube = KubeClient(k8s_control_plane.admin_client(), FAST_RETRY)
-    paths = [install_crd(kube, file) for file in sorted(CRDS.glob("*.yaml"))]
-    yield
-    remove_crds(kube, paths, MONITORING)
+    with real_crds(kube, SERVICE_MONITORS, POD_MONITORS, PROMETHEUS_RULES):
+        yield
 
 
 def call(api: k8s_client.ApiClient, method: str, path: str, **kwargs: Any) -> tuple[int, Obj]:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 _LABEL_KEY = re.compile(
     r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 class PlaceholderConfig(BaseModel):
@@ -89,8 +90,32 @@ class PrepullConfig(BaseModel):
     helper_binary: str = Field(
         default="/bin/busybox", description="Path of the static busybox inside helper_image."
     )
+    helper_pull_secrets: list[str] = Field(
+        default_factory=list,
+        description="Names of Secrets (kubernetes.io/dockerconfigjson) for pulling helper_image "
+        "from a private registry, added to every pre-pull pod. A pod can only use Secrets of its "
+        "own namespace and pre-pull pods run in the namespace of the model's workload, so each "
+        "must exist there; mirroring helper_image into the registry the workloads already pull "
+        "from needs none.",
+    )
+    run_as_user: int = Field(
+        default=65532,
+        ge=1,
+        description="Numeric user (and group) pre-pull pods run as: non-root, as the restricted "
+        "Pod Security Standard requires; any UID works (the copied busybox is world-executable).",
+    )
     cpu_request: str = Field(default="1m", description="CPU request of each pre-pull pod.")
     memory_request: str = Field(default="8Mi", description="Memory request of each pod.")
+
+    @field_validator("helper_pull_secrets")
+    @classmethod
+    def _secret_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _DNS_SUBDOMAIN.match(name) or len(name) > 253:
+                raise ValueError(
+                    f"{name!r} is not a Secret name (lower-case DNS subdomain, e.g. 'regcred')"
+                )
+        return value
 
 
 class MachineDeploymentRef(BaseModel):

@@ -2,9 +2,9 @@
 
 Owns: reading a kubelet ``Pulled`` event (``Successfully pulled image "vllm/vllm-openai:v0.9" in
 1m2.5s (1m2.5s including waiting). Image size: 9876543210 bytes.``; older kubelets leave out the
-parenthesis and the size) and a pod's start (its containers started -> Ready), and comparing
-image references the way a container runtime resolves them. Pure functions; must not read the
-API.
+parenthesis and the size) and a pod's start (its containers started -> Ready). Image references are
+compared the way a container runtime resolves them (:func:`canonical_image`, from
+:mod:`actuator.images`). Pure functions; must not read the API.
 """
 
 from __future__ import annotations
@@ -14,6 +14,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from actuator.images import canonical_image
+
+__all__ = [
+    "ImagePull",
+    "canonical_image",
+    "go_duration_s",
+    "image_pull",
+    "replica_start_s",
+    "rfc3339_s",
+]
 
 _PULLED = re.compile(
     r'Successfully pulled image "(?P<image>[^"]+)" in (?P<took>[0-9.a-zµ]+)'
@@ -52,23 +63,6 @@ def image_pull(message: str) -> ImagePull | None:
     if seconds is None:
         return None
     return ImagePull(found["image"], seconds, int(found["size"] or 0))
-
-
-def canonical_image(reference: str) -> str:
-    """``reference`` as a runtime resolves it: ``vllm/vllm-openai`` and
-    ``docker.io/vllm/vllm-openai:latest`` are the same image."""
-    name, digest = reference, ""
-    if "@" in name:
-        name, digest = name.split("@", 1)
-    first, _, rest = name.partition("/")
-    if not rest:
-        name = f"docker.io/library/{name}"
-    elif "." not in first and ":" not in first and first != "localhost":
-        name = f"docker.io/{name}"
-    last = name.rsplit("/", 1)[-1]
-    if ":" not in last and not digest:
-        name += ":latest"
-    return f"{name}@{digest}" if digest else name
 
 
 def replica_start_s(pod: Mapping[str, Any]) -> float | None:

@@ -36,10 +36,15 @@ What is read, and the quirks:
   is read as ``matchLabels``). A workload that is missing or has an empty selector runs nowhere
   (an empty selector would claim every pod of its namespace).
 - A model's replicas are its workload's ``status.readyReplicas``; starting replicas are
-  ``spec.replicas - readyReplicas`` (never negative). An image counts as cached in a pool when any
-  node of the pool lists it in ``status.images``. ``ModelState.tier`` is the fastest tier below
-  GPU that any answering agent of the model's pool holds it in; a model in GPU memory counts as
-  HOST there (a replica on that node attaches to it at least as fast as it would read host memory).
+  ``spec.replicas - readyReplicas`` (never negative). An image counts as cached in a pool only
+  when *every* Ready, schedulable node of the pool lists it in ``status.images`` (names compared
+  as a runtime resolves them, :func:`actuator.images.node_has_image`: ``vllm/x`` is
+  ``docker.io/vllm/x:latest``, a digest matches a ``repo@sha256:...`` name): a replica may land on
+  any of them, and a node that just joined has nothing yet. A pool with no such node, or a
+  catalog image that is not a valid reference, is not cached. ``ModelState.tier`` is the
+  fastest tier below GPU that any answering agent of the model's pool holds it in; a model in GPU
+  memory counts as HOST there (a replica on that node attaches to it at least as fast as it
+  would read host memory).
 
 Stage observations (:class:`planner.leadtime.StageObservation`), each reported once:
 
@@ -88,6 +93,14 @@ from actuator.capacity import GPU_RESOURCE
 from actuator.config import ActuatorConfig
 from actuator.engines import Engines, ready_pods
 from actuator.floors import workload_resource
+from actuator.images import (
+    ImageReference,
+    InvalidImageReference,
+    holds_image,
+    node_image_names,
+    parse_image,
+    reported_images,
+)
 from actuator.kube import EVENTS, NODES, PODS, KubeClient, Obj
 from actuator.kubelet import canonical_image, image_pull, replica_start_s, rfc3339_s
 from actuator.nodepools import NodePoolInfo, NodePoolReader
@@ -234,7 +247,7 @@ class KubeClusterObserver:
         allocatable: dict[PoolName, int] = {}
         label_memory: dict[PoolName, int] = {}
         agent_memory: dict[PoolName, int] = {}
-        images: dict[PoolName, set[str]] = {}
+        images: dict[PoolName, list[list[ImageReference]]] = {}
         observations: list[StageObservation] = []
         ready_nodes: list[tuple[NodeName, PoolName]] = []
         present_uids: set[str] = set()
@@ -244,7 +257,7 @@ class KubeClusterObserver:
             pool = PoolName(metadata["labels"][pool_label])
             pool_of[name] = pool
             allocatable.setdefault(pool, 0)
-            images.setdefault(pool, set())
+            images.setdefault(pool, [])
             uid = str(metadata.get("uid") or name)
             present_uids.add(uid)
             if memory.first:
@@ -262,8 +275,10 @@ class KubeClusterObserver:
             label_mib = (metadata.get("labels") or {}).get("nvidia.com/gpu.memory")
             if label_mib and str(label_mib).isdigit():
                 label_memory[pool] = max(label_memory.get(pool, 0), int(label_mib) * _MIB)
-            for image in status.get("images") or []:
-                images[pool].update(image.get("names") or [])
+            # A cordoned node takes no new replica (and is usually about to go away), so it
+            # neither needs the image nor keeps the pool from counting as cached.
+            if not (node.get("spec") or {}).get("unschedulable"):
+                images[pool].append(reported_images(node_image_names(node)))
         memory.nodes_known &= present_uids
 
         used: dict[PoolName, int] = {}
@@ -363,7 +378,10 @@ class KubeClusterObserver:
         images: dict[str, tuple[str, float]] = {}
         for model in cluster.workloads:
             spec = self._catalog.spec(model)
-            images[canonical_image(spec.image)] = (spec.image, spec.image_gb)
+            try:
+                images[canonical_image(spec.image)] = (spec.image, spec.image_gb)
+            except InvalidImageReference:
+                continue  # reported by the pre-pull of that image; nothing to measure here
         for event in cluster.pulls:
             uid = str(event["metadata"].get("uid") or event["metadata"].get("name"))
             listed.add(uid)
@@ -371,7 +389,10 @@ class KubeClusterObserver:
             if uid in memory.measured or pull is None:
                 continue
             memory.measured.add(uid)
-            known = images.get(canonical_image(pull.image))
+            try:
+                known = images.get(canonical_image(pull.image))
+            except InvalidImageReference:
+                known = None
             if known is not None:
                 gb = pull.size_bytes / 1e9 if pull.size_bytes else known[1]
                 found.append(StageObservation(Stage.IMAGE, known[0], pull.seconds, gb))
@@ -406,7 +427,7 @@ class KubeClusterObserver:
         self,
         model: ModelId,
         workload: Obj | None,
-        images: Mapping[PoolName, set[str]],
+        images: Mapping[PoolName, list[list[ImageReference]]],
         nodes: Sequence[NodeState],
         asleep: int,
     ) -> ModelState:
@@ -421,9 +442,19 @@ class KubeClusterObserver:
             ready_replicas=ready,
             starting_replicas=starting,
             tier=held_tier(model, spec.node_pool, nodes),
-            image_cached=spec.image in images.get(spec.node_pool, set()),
+            image_cached=_cached_everywhere(spec.image, images.get(spec.node_pool) or []),
             asleep_replicas=min(asleep, ready),
         )
+
+
+def _cached_everywhere(image: str, nodes: Sequence[list[ImageReference]]) -> bool:
+    """Whether each node (its reported images) holds ``image``; False for no nodes or an image
+    that is not a valid reference."""
+    try:
+        wanted = parse_image(image)
+    except InvalidImageReference:
+        return False
+    return bool(nodes) and all(holds_image(reported, wanted) for reported in nodes)
 
 
 def _serving_pods(cluster: _Cluster, catalog: Catalog) -> dict[ModelId, list[Obj]]:

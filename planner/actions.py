@@ -55,13 +55,19 @@ class NodeCapacity:
 
 @dataclass(frozen=True, slots=True)
 class ImagePrepull:
-    """Pull ``image`` onto the nodes of ``pool`` before ``deadline_s`` (epoch seconds)."""
+    """Pull ``image`` onto the nodes of ``pool`` before ``deadline_s`` (epoch seconds).
+
+    ``workload`` is the serving workload of a model that runs ``image``: the pull uses what that
+    workload's pods would pull with (its namespace, its pod template's and ServiceAccount's
+    ``imagePullSecrets``). None: a public image, pulled from the actuator's own namespace.
+    """
 
     pool: PoolName
     image: str
     deadline_s: float
     reason: str
     value: float
+    workload: WorkloadRef | None = None
 
 
 @dataclass(frozen=True, slots=True)

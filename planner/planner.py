@@ -781,6 +781,7 @@ def _actions(
                     deadline_s=now + node_lead,
                     reason=f"P(request within node lead {node_lead:.0f}s)={p_node:.2f}",
                     value=p_node * spec.image_gb,
+                    workload=_workload(spec),
                 )
             )
         ahead = max(int(t.forecast_node[i]), target) - current

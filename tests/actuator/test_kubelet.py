@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from actuator.images import InvalidImageReference
 from actuator.kubelet import ImagePull, canonical_image, go_duration_s, image_pull, replica_start_s
 
 
@@ -38,7 +39,10 @@ def test_canonical_image_names() -> None:
     assert canonical_image("docker.io/vllm/vllm-openai:v0.9") == "docker.io/vllm/vllm-openai:v0.9"
     assert canonical_image("ghcr.io/org/img") == "ghcr.io/org/img:latest"
     assert canonical_image("localhost:5000/img:1") == "localhost:5000/img:1"
-    assert canonical_image("img@sha256:abc") == "docker.io/library/img@sha256:abc"
+    digest = "sha256:" + "ab" * 32
+    assert canonical_image(f"img@{digest}") == f"docker.io/library/img@{digest}"
+    with pytest.raises(InvalidImageReference, match="64 hex digits"):
+        canonical_image("img@sha256:abc")  # a truncated digest is refused, not compared
 
 
 def _pod(ready: str | None, started: list[str | None]) -> dict[str, object]:

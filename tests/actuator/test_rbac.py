@@ -153,7 +153,10 @@ def every_operation(s: Setup, client: KubeClient) -> None:
         floors.restore(workload)  # raises what reconcile only logged (e.g. a 403)
 
     puller = ImagePrepuller(client, s.config)
-    action = ImagePrepull(PoolName(s.pool), "registry.example/model:1", 2e9, "r", 1.0)
+    # With the model's workload: the pod runs in its namespace, with the pull Secrets of its pod
+    # template and of its ServiceAccount (read here, which "get serviceaccounts" is for).
+    workload = WorkloadRef(s.apps_ns, "plain")
+    action = ImagePrepull(PoolName(s.pool), "registry.example/model:1", 2e9, "r", 1.0, workload)
 
     def pulled() -> bool:
         status = puller.reconcile([action], now_s=1e9)[0]
@@ -192,8 +195,10 @@ def test_a_verb_outside_the_rules_is_refused(setup: Setup) -> None:
             field_manager="prewarm",
             dry_run=False,
         )
-    with pytest.raises(PermissionDenied):  # pods only in prewarm's own namespace
-        setup.actor.list(PODS.path(setup.apps_ns))
+    with pytest.raises(PermissionDenied):  # pre-pull pods are listed, never read one by one
+        setup.actor.get(PODS.path(setup.apps_ns, "any"))
+    with pytest.raises(PermissionDenied):  # pull Secrets are passed on by name, never read
+        setup.actor.get(f"/api/v1/namespaces/{setup.apps_ns}/secrets/regcred")
     assert setup.admin.get(DEPLOYMENTS.path(setup.apps_ns, "plain")) is not None
 
 

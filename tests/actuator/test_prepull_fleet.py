@@ -288,12 +288,11 @@ def test_a_node_that_joins_gets_its_pull_at_the_next_step_and_never_two(
         per_node = Counter(p["spec"]["nodeName"] for p in all_prepull_pods(kube))
         assert set(per_node) <= {new} and all(count == 1 for count in per_node.values())
 
-    done = wait_for(
-        lambda: all(s.done for s in (found := puller.reconcile(actions, now_s=NOW))) and found,
-        timeout_s=60,
-        interval_s=0.3,
-        what="the new node's pull",
-    )
+    def all_done() -> list[PrepullStatus] | None:
+        found = puller.reconcile(actions, now_s=NOW)
+        return found if all(s.done for s in found) else None
+
+    done = wait_for(all_done, timeout_s=60, interval_s=0.3, what="the new node's pull")
     assert done[0].succeeded == {old, NodeName(new)}
     wait_for(lambda: all_prepull_pods(kube) == [], what="pre-pull pods removed")
 

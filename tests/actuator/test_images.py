@@ -187,7 +187,8 @@ def test_every_spelling_resolves_to_one_canonical_name(
     canonical = ref.canonical
     again = parse_image(canonical)
     assert again.canonical == canonical
-    assert ref.same_image(again) and again.same_image(ref)
+    assert ref.same_image(again)
+    assert again.same_image(ref)
     # A node reporting the reference as written holds the image named canonically, and back.
     assert holds_image(reported_images([reference]), again)
     assert holds_image(reported_images([canonical]), ref)

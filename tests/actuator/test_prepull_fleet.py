@@ -124,12 +124,12 @@ def test_pull_secrets_come_from_the_deployments_template_and_service_account(
     make_kwok_nodes(k8s_api, pool=pool, count=2)
     core = k8s_client.CoreV1Api(k8s_api)
     for secret in ("template-cred", "sa-cred", "helper-cred"):
-        body = {
+        secret_body = {
             "metadata": {"name": secret},
             "type": "kubernetes.io/dockerconfigjson",
             "stringData": {".dockerconfigjson": '{"auths": {}}'},
         }
-        core.create_namespaced_secret(apps, body)  # type: ignore[arg-type]
+        core.create_namespaced_secret(apps, secret_body)  # type: ignore[arg-type]
     sa = {"metadata": {"name": "serving"}, "imagePullSecrets": [{"name": "sa-cred"}]}
     core.create_namespaced_service_account(apps, sa)  # type: ignore[arg-type]
     body = deployment_body("llm", namespace=apps, image="registry.corp.example:5000/llm:v3")
@@ -220,7 +220,8 @@ def test_short_names_count_as_cached_against_docker_io_library_names(
     for image in ("nginx:1.27", "library/nginx:1.27", f"nginx@{SHA}", "vllm/vllm-openai:v0.9"):
         assert image_cached(kube, config, pool, image), image
         status = ImagePrepuller(kube, config).step(prepull(pool, image), now_s=NOW)
-        assert status.done and status.succeeded == set(nodes), image
+        assert status.succeeded == set(nodes), image
+        assert status.done, image
     assert not image_cached(kube, config, pool, "nginx")  # latest is another image
     assert not image_cached(kube, config, pool, "ghcr.io/library/nginx:1.27")
     assert all_prepull_pods(kube) == []  # nothing to pull: no pod was created
@@ -286,7 +287,8 @@ def test_a_node_that_joins_gets_its_pull_at_the_next_step_and_never_two(
     for _ in range(3):  # more ticks before kwok finishes: still one pod on the new node
         puller.reconcile(actions, now_s=NOW)
         per_node = Counter(p["spec"]["nodeName"] for p in all_prepull_pods(kube))
-        assert set(per_node) <= {new} and all(count == 1 for count in per_node.values())
+        assert set(per_node) <= {new}
+        assert all(count == 1 for count in per_node.values())
 
     def all_done() -> list[PrepullStatus] | None:
         found = puller.reconcile(actions, now_s=NOW)
@@ -328,9 +330,11 @@ def test_pods_are_admitted_where_pod_security_restricted_is_enforced(
     puller.step(action, now_s=NOW)  # raises if admission refuses a pod
 
     pods = all_prepull_pods(kube)
-    assert len(pods) == 2 and {p["metadata"]["namespace"] for p in pods} == {apps}
+    assert len(pods) == 2
+    assert {p["metadata"]["namespace"] for p in pods} == {apps}
     security = pods[0]["spec"]["securityContext"]
-    assert security["runAsNonRoot"] is True and security["runAsUser"] == 65532
+    assert security["runAsNonRoot"] is True
+    assert security["runAsUser"] == 65532
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
     for container in (*pods[0]["spec"]["initContainers"], *pods[0]["spec"]["containers"]):
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
@@ -356,8 +360,10 @@ def test_an_invalid_reference_fails_alone(
     bad_status, good_status = puller.reconcile([bad, good], now_s=NOW)
 
     assert isinstance(bad_status.error, InvalidImageReference)
-    assert "'Model'" in str(bad_status.error) and "lower case" in str(bad_status.error)
-    assert good_status.error is None and good_status.pending == {f"{pool}-0"}
+    assert "'Model'" in str(bad_status.error)
+    assert "lower case" in str(bad_status.error)
+    assert good_status.error is None
+    assert good_status.pending == {f"{pool}-0"}
     assert not image_cached(kube, config, pool, "Registry.Example/Model:1")
     with pytest.raises(InvalidImageReference):
         puller.step(bad, now_s=NOW)

@@ -2,9 +2,10 @@
 
 What this proves, each against the real apiserver and its admission chain:
 
-- pull Secrets come from the model's workload: the pre-pull pod runs in the Deployment's
-  namespace with the ``imagePullSecrets`` of its pod template and of its ServiceAccount (plus the
-  helper image's), so a private image is pulled with the credentials its own pods use;
+- pull Secrets come from the model's workload: the pre-pull pod runs in the workload's namespace
+  with the ``imagePullSecrets`` of its pod template and of its ServiceAccount (plus the helper
+  image's), so a private image is pulled with the credentials its own pods use; for a Deployment,
+  and for a KServe InferenceService and a Knative Service under their real CRDs;
 - names are compared as a runtime resolves them: a catalog's ``nginx:1.27`` is cached on nodes
   whose status lists ``docker.io/library/nginx:1.27`` (as containerd reports it), and a digest
   matches a ``repo@sha256:...`` name;
@@ -29,6 +30,7 @@ import pytest
 from kubernetes import client as k8s_client
 
 from actuator.config import ActuatorConfig, PrepullConfig
+from actuator.floors import workload_resource
 from actuator.images import InvalidImageReference
 from actuator.kube import NODES, PODS, KubeClient, Obj
 from actuator.observer import KubeClusterObserver
@@ -37,6 +39,7 @@ from common.errors import PermissionDenied
 from common.ids import ModelId, NodeName, PoolName
 from planner.actions import ImagePrepull, WorkloadRef
 from planner.catalog import Catalog, ModelSpec
+from tests.harness.crds import KNATIVE_SERVICES, KSERVE_INFERENCE_SERVICES, real_crds
 from tests.harness.k8s import make_kwok_nodes, make_namespace, wait_for
 from tests.harness.kube import FAST_RETRY
 from tests.harness.workloads import deployment_body
@@ -368,3 +371,70 @@ def test_an_invalid_reference_fails_alone(
     with pytest.raises(InvalidImageReference):
         puller.step(bad, now_s=NOW)
     assert puller.cleanup() == 1
+
+
+KSERVE = {
+    "apiVersion": "serving.kserve.io/v1beta1",
+    "kind": "InferenceService",
+    "metadata": {"name": "llm"},
+    "spec": {
+        "predictor": {
+            "serviceAccountName": "serving",
+            "imagePullSecrets": [{"name": "predictor-cred"}],
+            "containers": [{"name": "kserve-container", "image": "registry.corp.example/llm:v3"}],
+        }
+    },
+}
+KNATIVE = {
+    "apiVersion": "serving.knative.dev/v1",
+    "kind": "Service",
+    "metadata": {"name": "llm"},
+    "spec": {
+        "template": {
+            "spec": {
+                "serviceAccountName": "serving",
+                "imagePullSecrets": [{"name": "template-cred"}],
+                "containers": [{"image": "registry.corp.example/llm:v3"}],
+            }
+        }
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("crd", "body", "secrets"),
+    [
+        (KSERVE_INFERENCE_SERVICES, KSERVE, ["predictor-cred", "sa-cred"]),
+        (KNATIVE_SERVICES, KNATIVE, ["template-cred", "sa-cred"]),
+    ],
+    ids=["kserve-inferenceservice", "knative-service"],
+)
+def test_pull_secrets_of_kserve_and_knative_workloads(
+    kube: KubeClient,
+    k8s_api: k8s_client.ApiClient,
+    k8s_namespace: str,
+    apps: str,
+    crd: str,
+    body: Obj,
+    secrets: list[str],
+) -> None:
+    pool = f"crd-{k8s_namespace}"
+    make_kwok_nodes(k8s_api, pool=pool, count=1)
+    sa = {"metadata": {"name": "serving"}, "imagePullSecrets": [{"name": "sa-cred"}]}
+    k8s_client.CoreV1Api(k8s_api).create_namespaced_service_account(apps, sa)  # type: ignore[arg-type]
+    workload = WorkloadRef(apps, "llm", kind=body["kind"], api_version=body["apiVersion"])
+    config = ActuatorConfig(namespace=k8s_namespace, retry=FAST_RETRY)
+    puller = ImagePrepuller(kube, config)
+    with real_crds(kube, crd):
+        path = workload_resource(workload).path(apps, "llm")
+        wait_for(lambda: kube.list(workload_resource(workload).path(apps)) == [],
+                 what=f"{body['kind']} served")  # fmt: skip
+        kube.apply(path, {**body, "metadata": {"name": "llm", "namespace": apps}},
+                   field_manager="kubectl", dry_run=False)  # fmt: skip
+
+        puller.step(prepull(pool, "registry.corp.example/llm:v3", workload), now_s=NOW)
+
+        (pod,) = all_prepull_pods(kube)
+        assert pod["metadata"]["namespace"] == apps
+        assert [s["name"] for s in pod["spec"]["imagePullSecrets"]] == secrets
+        assert puller.cleanup() == 1

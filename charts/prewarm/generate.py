@@ -281,10 +281,11 @@ What it creates:
   `config.daemon.leader_election.lease_name`), its ConfigMap of settings, Service (http 8080:
   `/healthz`, `/readyz`, `/metrics`; grpc 9090: control API and KEDA external scaler) and
   PodDisruptionBudget;
-- least-privilege RBAC: `<fullname>-actuator` (what the actuator writes) and `<fullname>-daemon`
-  (the Lease, the control API's ConfigMap, listing pods to count GPUs in use and events to time
-  image pulls), each proven sufficient and minimal against a real API server by the repository's
-  tests;
+- least-privilege RBAC: `<fullname>-actuator` (what the actuator writes, including image
+  pre-pull pods in the workloads' namespaces, and the pod listing the observer shares) and
+  `<fullname>-daemon` (the Lease, the control API's ConfigMap and events to time image pulls),
+  each proven sufficient and minimal against a real API server by the repository's tests (see
+  docs/prepull.md for the pre-pull part);
 - the GPU agent DaemonSet on nodes labelled `nvidia.com/gpu.present=true`, with its own
   ServiceAccount (no RBAC), hostPath mounts for the disk cache, the host shared-memory tier and the
   compile cache, `hostIPC` for CUDA IPC hand-off, and a node-local Service for inference pods;

@@ -318,10 +318,16 @@ def test_daemon_rbac_is_separate_from_the_actuators_and_least_privilege() -> Non
     # The actuator's objects keep their names (tests/actuator/test_rbac.py proves their rules).
     for kind in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"):
         find(docs, kind, "rel-prewarm-actuator")
+    # Pods are listed with the actuator's ClusterRole (its image pre-pull pods live in the
+    # workloads' namespaces); a second grant would make one of them superfluous.
     assert rules_of(docs, "ClusterRole", "rel-prewarm-daemon") == [
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
         {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]},  # image pulls
     ]
+    assert {
+        "apiGroups": [""],
+        "resources": ["pods"],
+        "verbs": ["list", "create", "patch", "delete"],
+    } in rules_of(docs, "ClusterRole", "rel-prewarm-actuator")
     assert rules_of(docs, "Role", "rel-prewarm-daemon") == [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],

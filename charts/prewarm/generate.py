@@ -60,7 +60,15 @@ CHART_SCHEMA: dict[str, Any] = _object(
         ),
         "imagePullSecrets": {"type": "array", "items": _object({"name": _STRING})},
         "serviceAccount": _object({"create": _BOOL, "name": _STRING, "annotations": _STRING_MAP}),
-        "rbac": _object({"create": _BOOL, "keda": _BOOL, "clusterAPI": _BOOL, "karpenter": _BOOL}),
+        "rbac": _object(
+            {
+                "create": _BOOL,
+                "keda": _BOOL,
+                "clusterAPI": _BOOL,
+                "karpenter": _BOOL,
+                "prepullPodPolicy": _BOOL,
+            }
+        ),
         "placeholder": _object(
             {
                 "createPriorityClass": _BOOL,

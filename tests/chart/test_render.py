@@ -40,8 +40,12 @@ MONITORING = VALUES / "monitoring.yaml"
 CORE_KINDS = [
     "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding", "ConfigMap",
     "Deployment", "PriorityClass", "Role", "Role", "RoleBinding", "RoleBinding", "Service",
-    "ServiceAccount",
+    "ServiceAccount", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
 ]  # fmt: skip
+CLUSTER_SCOPED = {
+    "ClusterRole", "ClusterRoleBinding", "PriorityClass", "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+}  # fmt: skip
 AGENT_KINDS = ["DaemonSet", "Service", "ServiceAccount"]
 POLICIES = ["NetworkPolicy", "NetworkPolicy"]  # on by default: the daemon's and the agents'
 SECRETS = ["Secret", "Secret"]  # the control API's tokens and the agents' token
@@ -111,7 +115,7 @@ def test_helm_template_renders_the_expected_objects(values: Path) -> None:
     for doc in docs:
         labels = doc["metadata"].get("labels") or {}
         assert labels.get("app.kubernetes.io/instance") == "prewarm", doc["metadata"]["name"]
-        if doc["kind"] not in {"ClusterRole", "ClusterRoleBinding", "PriorityClass"}:
+        if doc["kind"] not in CLUSTER_SCOPED:
             assert doc["metadata"]["namespace"] == "prewarm", doc["metadata"]["name"]
 
 

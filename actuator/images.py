@@ -28,6 +28,7 @@ so node names are normalised with the same rules before comparing; a name that d
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -183,14 +184,22 @@ def canonical_image(reference: str) -> str:
 
 def reported_images(names: Iterable[str]) -> list[ImageReference]:
     """The parseable names among those a kubelet reports for a node's images (see module
-    docstring; names that do not parse, such as bare image ids, are left out)."""
+    docstring; names that do not parse, such as ``<none>:<none>``, are left out)."""
     found: list[ImageReference] = []
     for name in names:
-        try:
-            found.append(parse_image(name))
-        except InvalidImageReference:
-            continue
+        reference = _parse_reported(name)
+        if reference is not None:
+            found.append(reference)
     return found
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_reported(name: str) -> ImageReference | None:
+    # Every node of a pool reports much the same names, every tick: parse each name once.
+    try:
+        return parse_image(name)
+    except InvalidImageReference:
+        return None
 
 
 def node_image_names(node: Mapping[str, Any]) -> list[str]:

@@ -12,7 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from actuator.config import PrepullConfig
 from actuator.prepull import ImagePrepuller, PullContext
 from common.ids import NodeName, PoolName
 from planner.actions import ImagePrepull
@@ -68,3 +70,20 @@ def test_bad_prepull_values_are_refused_at_install_time(value: str) -> None:
     result = helm("template", "prewarm", str(CHART), "--set", value)
     assert result.returncode != 0
     assert "values don't meet the specifications of the schema" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ({"helper_pull_secrets": ["Mirror_Cred"]}, "is not a Secret name"),
+        ({"helper_pull_secrets": ["ok", "-bad"]}, "is not a Secret name"),
+        ({"run_as_user": 0}, "greater than or equal to 1"),
+    ],
+)
+def test_bad_prepull_settings_say_what_to_fix(settings: dict[str, object], problem: str) -> None:
+    with pytest.raises(ValidationError, match=problem):
+        PrepullConfig.model_validate(settings)
+    assert PrepullConfig(helper_pull_secrets=["mirror-cred", "a.b"]).helper_pull_secrets == [
+        "mirror-cred",
+        "a.b",
+    ]

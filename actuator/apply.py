@@ -18,7 +18,7 @@ from actuator.agents import AgentActuator, AgentResult
 from actuator.capacity import CapacityResult, NodeCapacityActuator
 from actuator.config import ActuatorConfig
 from actuator.engines import EngineResult, Engines
-from actuator.floors import FloorResult, ReplicaFloors
+from actuator.floors import FloorResult, Problems, ReplicaFloors
 from actuator.kube import KubeClient
 from actuator.prepull import ImagePrepuller, PrepullStatus
 from common.errors import PrewarmError
@@ -72,7 +72,9 @@ class ActuationReport:
 
 class Actuator:
     """The Kubernetes parts share one :class:`KubeClient`; GPU agents are optional (no agents =
-    Preload/Evict actions are reported as skipped)."""
+    Preload/Evict actions are reported as skipped). ``workload_problems``: per model, why its
+    workload is unresolved (its floor then fails with that error; see
+    :mod:`actuator.workloads`)."""
 
     def __init__(
         self,
@@ -81,11 +83,12 @@ class Actuator:
         *,
         agents: AgentActuator | None = None,
         engines: Engines | None = None,
+        workload_problems: Problems | None = None,
     ) -> None:
         self.config = config
         self.capacity = NodeCapacityActuator(kube, config)
         self.prepuller = ImagePrepuller(kube, config)
-        self.floors = ReplicaFloors(kube, config)
+        self.floors = ReplicaFloors(kube, config, problems=workload_problems)
         self.agents = agents
         self.engines = engines
 

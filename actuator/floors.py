@@ -2,21 +2,39 @@
 
 Owns choosing *where* a floor is written, never fighting the autoscaler that owns the workload:
 
+- a KServe InferenceService -> its ``spec.predictor.minReplicas``, in every deployment mode: KServe
+  turns it into the ``min-scale`` of the Knative Service it owns (serverless), or into the
+  ``minReplicas`` of the HPA / ``minReplicaCount`` of the KEDA ScaledObject it owns, or the
+  Deployment's replicas when its autoscaler class is ``none`` (RawDeployment / Standard). Those
+  objects are KServe's: a write there is undone on KServe's next reconcile. Unset means 1
+  (KServe's ``DefaultMinReplicas``);
+- a Knative Service -> the annotation ``autoscaling.knative.dev/min-scale`` (or the older
+  ``minScale`` spelling when that is the one present: Knative refuses both at once) on
+  ``spec.template.metadata.annotations``, the documented place; the KPA then keeps that many pods
+  of the revision. A template change makes Knative stamp out a NEW Revision that takes over the
+  traffic routed to the latest revision: raising or restoring a floor is a (quick) rollout, and a
+  Service whose traffic is pinned to a named revision, or whose template names its revision, is
+  refused with an error saying so (the floor would warm a revision no request reaches, or
+  Knative's webhook would reject the change). Unset means 0 (Knative's default ``min-scale``);
 - a KEDA ScaledObject targets it -> the ScaledObject's ``spec.minReplicaCount`` (KEDA owns the HPA
   it generates and would overwrite any change made there);
 - else an HPA targets it -> the HPA's ``spec.minReplicas`` (never ``/scale``: the HPA would undo it,
   and a fight between two controllers flaps the replica count);
-- else -> the workload's ``/scale`` subresource.
+- else -> the workload's ``/scale`` subresource (Deployment, StatefulSet).
 
 The value before prewarm's first change is recorded on the same object in
-``prewarm.io/original-min-replicas`` (HPA, ScaledObject) or ``prewarm.io/original-replicas``
-(``/scale``), with ``prewarm.io/set-replicas`` (what prewarm wrote) and the label
-``prewarm.io/floor=active`` so expired floors can be found. For HPA and ScaledObject record and
-raise are ONE write; for ``/scale`` the record is written first. Either way there is never a raised
-floor without a recorded original. When someone else changes the value while a floor stands, their
-value becomes the recorded original (the operator's last change wins, on every path). On expiry
-the original is restored, unless someone else changed the value since prewarm set it (theirs is
-kept); then the record is removed.
+``prewarm.io/original-min-replicas`` (InferenceService, Knative Service, HPA, ScaledObject) or
+``prewarm.io/original-replicas`` (``/scale``), with ``prewarm.io/set-replicas`` (what prewarm
+wrote) and the label ``prewarm.io/floor=active`` so expired floors can be found. Except for
+``/scale``, record and raise are ONE write; for ``/scale`` the record is written first. Either way
+there is never a raised floor without a recorded original. When someone else changes the value
+while a floor stands, their value becomes the recorded original (the operator's last change wins,
+on every path). On expiry the original is restored, unless someone else changed the value since
+prewarm set it (theirs is kept); then the record is removed.
+
+A model whose workload could not be resolved (see :mod:`actuator.workloads`: two workloads claim
+it, or the one that claims it is controlled by a kind prewarm cannot floor) gets that problem as
+its floor's ``error``, and nothing is written for it.
 
 Must not: lower a value someone else raised, or write to a workload another autoscaler owns.
 """
@@ -24,13 +42,25 @@ Must not: lower a value someone else raised, or write to a workload another auto
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from actuator.config import ActuatorConfig
-from actuator.kube import DEPLOYMENTS, HPAS, SCALED_OBJECTS, Conflict, KubeClient, Obj, Resource
-from common.errors import FailedPrecondition, NotFound, PrewarmError
+from actuator.kube import (
+    DEPLOYMENTS,
+    HPAS,
+    INFERENCE_SERVICES,
+    KNATIVE_SERVICES,
+    SCALED_OBJECTS,
+    STATEFULSETS,
+    Conflict,
+    KubeClient,
+    Obj,
+    Resource,
+)
+from common.errors import FailedPrecondition, InvalidInput, NotFound, PrewarmError
+from common.ids import ModelId
 from planner.actions import ReplicaFloor, WorkloadRef
 
 _log = logging.getLogger(__name__)
@@ -43,7 +73,47 @@ FLOOR_LABEL = "prewarm.io/floor"
 UNSET = "unset"
 _CONFLICT_RETRIES = 5
 
-Via = Literal["scaledobject", "hpa", "scale"]
+MIN_SCALE = "autoscaling.knative.dev/min-scale"
+MIN_SCALE_LEGACY = "autoscaling.knative.dev/minScale"
+MAX_SCALE = "autoscaling.knative.dev/max-scale"
+MAX_SCALE_LEGACY = "autoscaling.knative.dev/maxScale"
+_TEMPLATE_ANNOTATIONS = ("spec", "template", "metadata", "annotations")
+
+Via = Literal["scaledobject", "hpa", "scale", "inferenceservice", "knative"]
+
+Problems = Callable[[], Mapping[ModelId, PrewarmError]]
+"""Per model, why its workload could not be resolved (e.g. :meth:`WorkloadDiscovery.problems`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadKind:
+    """A kind of serving workload prewarm floors, and where its floor lives."""
+
+    kind: str
+    resource: Resource
+    via: Via
+
+    @property
+    def group(self) -> str:
+        return self.resource.api_version.rpartition("/")[0]
+
+
+WORKLOAD_KINDS: tuple[WorkloadKind, ...] = (
+    WorkloadKind("Deployment", DEPLOYMENTS, "scale"),
+    WorkloadKind("StatefulSet", STATEFULSETS, "scale"),
+    WorkloadKind("InferenceService", INFERENCE_SERVICES, "inferenceservice"),
+    WorkloadKind("Service", KNATIVE_SERVICES, "knative"),
+)
+"""The workload kinds prewarm discovers and floors (by kind and API group)."""
+
+
+def workload_kind(workload: WorkloadRef) -> WorkloadKind | None:
+    """The known kind of ``workload`` (matched by kind and API group), or None."""
+    group = workload.api_version.rpartition("/")[0]
+    for known in WORKLOAD_KINDS:
+        if known.kind == workload.kind and known.group == group:
+            return known
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +135,6 @@ class _Owner:
     resource: Resource
     namespace: str
     name: str
-    field: str  # the spec field that holds the floor ("minReplicaCount", "minReplicas", "replicas")
 
     @property
     def path(self) -> str:
@@ -75,11 +144,71 @@ class _Owner:
     def original_key(self) -> str:
         return ORIGINAL_REPLICAS if self.via == "scale" else ORIGINAL_MIN
 
+    @property
+    def default(self) -> int:
+        """The value an unset field means to the controller that reads it."""
+        # KEDA minReplicaCount and Knative min-scale default to 0; Deployment/StatefulSet
+        # replicas, HPA minReplicas and KServe minReplicas (DefaultMinReplicas) to 1.
+        return 0 if self.via in ("scaledobject", "knative") else 1
+
+    def field(self, obj: Obj) -> tuple[str, ...]:
+        """The path, from the object's root, of the value that holds the floor."""
+        if self.via == "inferenceservice":
+            return ("spec", "predictor", "minReplicas")
+        if self.via == "knative":
+            # Knative accepts the older camelCase key too, but never both: keep the one in use.
+            present = _dig(obj, _TEMPLATE_ANNOTATIONS) or {}
+            key = MIN_SCALE_LEGACY if MIN_SCALE_LEGACY in present else MIN_SCALE
+            return (*_TEMPLATE_ANNOTATIONS, key)
+        name = {"scaledobject": "minReplicaCount", "hpa": "minReplicas"}.get(self.via, "replicas")
+        return ("spec", name)
+
+    def cap(self, obj: Obj) -> int | None:
+        """The largest floor the object accepts (its maximum), or None when unbounded."""
+        if self.via == "hpa":
+            # The API rejects minReplicas > maxReplicas: the floor is capped, the HPA not widened.
+            raw = _dig(obj, ("spec", "maxReplicas"))
+        elif self.via == "inferenceservice":
+            raw = _dig(obj, ("spec", "predictor", "maxReplicas"))  # 0: unlimited (KServe)
+        elif self.via == "knative":
+            present = _dig(obj, _TEMPLATE_ANNOTATIONS) or {}
+            raw = present.get(MAX_SCALE, present.get(MAX_SCALE_LEGACY))  # "0": unlimited
+        else:
+            return None
+        value = _as_int(raw, where=f"{self.path} maximum")
+        return value if value else None
+
+
+def _dig(obj: Any, path: Sequence[str]) -> Any:
+    for key in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _nest(path: Sequence[str], value: Any) -> Obj:
+    body: Any = value
+    for key in reversed(path):
+        body = {key: body}
+    return dict(body)
+
+
+def _as_int(raw: Any, *, where: str) -> int | None:
+    if raw is None:
+        return None
+    try:
+        return int(str(raw))
+    except ValueError:
+        message = f"{where} is {raw!r}, not a whole number; fix it on the object"
+        raise InvalidInput(message) from None
+
 
 def _workload_resource(workload: WorkloadRef) -> Resource:
-    plural = {"Deployment": "deployments", "StatefulSet": "statefulsets"}.get(workload.kind)
-    if plural is None:
-        plural = workload.kind.lower() + "s"
+    known = workload_kind(workload)
+    if known is not None:
+        return known.resource
+    plural = workload.kind.lower() + "s"
     return Resource(workload.api_version, plural)
 
 
@@ -96,12 +225,24 @@ def scale_target_matches(scale_target: Obj, workload: WorkloadRef) -> bool:
 
 
 class ReplicaFloors:
-    """Raises and restores replica floors. KEDA support is on when its CRD is served."""
+    """Raises and restores replica floors. KEDA, KServe and Knative support is on when their CRD
+    is served. ``problems`` (optional) names, per model, why its workload is unresolved: such a
+    model's floor fails with that error and nothing is written for it."""
 
-    def __init__(self, kube: KubeClient, config: ActuatorConfig) -> None:
+    def __init__(
+        self, kube: KubeClient, config: ActuatorConfig, *, problems: Problems | None = None
+    ) -> None:
         self._kube = kube
         self._config = config
         self._keda: bool | None = None
+        self._problems = problems
+        self._served: dict[str, bool] = {}
+
+    def _serves(self, resource: Resource) -> bool:
+        """Whether ``resource``'s API is served (asked once per process)."""
+        if resource.api_version not in self._served:
+            self._served[resource.api_version] = self._kube.served(resource.api_version)
+        return self._served[resource.api_version]
 
     def keda_enabled(self) -> bool:
         """Whether ScaledObjects are served; one warning the first time they are not."""
@@ -117,18 +258,22 @@ class ReplicaFloors:
     def owner(self, workload: WorkloadRef) -> _Owner:
         """Where ``workload``'s floor is written (see the module docstring for the order)."""
         ns = workload.namespace
+        known = workload_kind(workload)
+        if known is not None and known.via != "scale":
+            # KServe and Knative own the autoscalers (and Deployments) below these objects.
+            return _Owner(known.via, known.resource, ns, workload.name)
         if self.keda_enabled():
             for item in self._kube.list(SCALED_OBJECTS.path(ns)):
                 if scale_target_matches(item["spec"].get("scaleTargetRef") or {}, workload):
                     name = item["metadata"]["name"]
-                    return _Owner("scaledobject", SCALED_OBJECTS, ns, name, "minReplicaCount")
+                    return _Owner("scaledobject", SCALED_OBJECTS, ns, name)
         for item in self._kube.list(HPAS.path(ns)):
             owners = item["metadata"].get("ownerReferences") or []
             if any(ref.get("kind") == "ScaledObject" for ref in owners):
                 continue  # KEDA's own HPA: the ScaledObject is the place to write.
             if scale_target_matches(item["spec"].get("scaleTargetRef") or {}, workload):
-                return _Owner("hpa", HPAS, ns, item["metadata"]["name"], "minReplicas")
-        return _Owner("scale", _workload_resource(workload), ns, workload.name, "replicas")
+                return _Owner("hpa", HPAS, ns, item["metadata"]["name"])
+        return _Owner("scale", _workload_resource(workload), ns, workload.name)
 
     def raise_floor(
         self, floor: ReplicaFloor, *, now_s: float, dry_run: bool = False
@@ -155,15 +300,18 @@ class ReplicaFloors:
         if current is None:
             raise NotFound(
                 f"{owner.via} {owner.namespace}/{owner.name} for model {floor.model} does not "
-                "exist; fix the model catalog's workload"
+                "exist; fix the model's workload (catalog entry, workload_template, or the "
+                "prewarm.io/model label on the workload)"
             )
+        if owner.via == "knative":
+            _check_knative(current, owner)
         metadata = current["metadata"]
         annotations = metadata.get("annotations") or {}
-        spec = current.get("spec") or {}
-        # Unset means the API default: replicas and HPA minReplicas 1, KEDA minReplicaCount 0.
-        default = 0 if owner.via == "scaledobject" else 1
-        raw = spec.get(owner.field)
-        current_value = default if raw is None else int(raw)
+        field = owner.field(current)
+        default = owner.default
+        raw = _dig(current, field)
+        parsed = _as_int(raw, where=f"{owner.path} {'.'.join(field)}")
+        current_value = default if parsed is None else parsed
         recorded = annotations.get(owner.original_key)
         ours = annotations.get(SET_REPLICAS) == str(current_value)
         if recorded is None or not ours:
@@ -175,9 +323,11 @@ class ReplicaFloors:
             original_text = recorded
             original = default if recorded == UNSET else int(recorded)
         target = max(original, floor.min_replicas)
-        if owner.via == "hpa" and spec.get("maxReplicas") is not None:
-            # The API rejects minReplicas > maxReplicas; the floor is capped, not the HPA widened.
-            target = min(target, int(spec["maxReplicas"]))
+        cap = owner.cap(current)
+        if cap is not None:
+            # A floor above the object's own maximum is refused (HPA) or silently clamped by its
+            # controller (KServe, Knative): the floor is capped, the maximum never widened.
+            target = min(target, cap)
         if not ours:
             # Someone else set the value (or nobody did yet): never lower theirs.
             target = max(target, current_value)
@@ -214,8 +364,9 @@ class ReplicaFloors:
                     resource_version=None if dry_run else updated["metadata"]["resourceVersion"],
                 )
         else:
-            # One write: the record and the raised minimum land together or not at all.
-            body = {**record, "spec": {owner.field: target}}
+            # One write: the record and the raised minimum land together or not at all. Every
+            # floor field lies under "spec", so the two parts of the patch never overlap.
+            body = {**record, **_nest(field, _encode(owner, target))}
             self._kube.merge_patch(
                 owner.path, body, field_manager=manager, dry_run=dry_run, resource_version=rv
             )
@@ -230,10 +381,11 @@ class ReplicaFloors:
         dry_run = dry_run or self._config.dry_run
         restored = False
         ns = workload.namespace
-        candidates = [_Owner("scale", _workload_resource(workload), ns, workload.name, "replicas")]
         owner = self.owner(workload)
-        if owner.via != "scale":
-            candidates.append(owner)
+        candidates = [owner]
+        if owner.via in ("hpa", "scaledobject"):
+            # The floor may have gone to /scale before this autoscaler was added.
+            candidates.insert(0, _Owner("scale", _workload_resource(workload), ns, workload.name))
         for candidate in candidates:
             for _ in range(_CONFLICT_RETRIES):
                 try:
@@ -254,8 +406,8 @@ class ReplicaFloors:
         recorded = annotations.get(owner.original_key)
         if recorded is None:
             return False
-        spec = current.get("spec") or {}
-        value = spec.get(owner.field)
+        field = owner.field(current)
+        value = _dig(current, field)
         still_ours = value is not None and str(value) == annotations.get(SET_REPLICAS)
         unrecord = {
             "metadata": {
@@ -280,22 +432,36 @@ class ReplicaFloors:
         body: Obj = dict(unrecord)
         if still_ours:
             # JSON merge patch: null removes the field, putting back "unset" exactly.
-            body["spec"] = {owner.field: None if recorded == UNSET else int(recorded)}
+            original = None if recorded == UNSET else _encode(owner, int(recorded))
+            body.update(_nest(field, original))
         self._kube.merge_patch(
             owner.path, body, field_manager=manager, dry_run=dry_run, resource_version=rv
         )
         return True
 
     def floored(self) -> set[WorkloadRef]:
-        """Workloads that carry an active prewarm floor record, found by the floor label."""
+        """Workloads that carry an active prewarm floor record, found by the floor label.
+
+        Objects controlled by another object are left out: KServe copies an InferenceService's
+        labels and annotations (prewarm's record among them) onto the Deployment, HPA, KEDA
+        ScaledObject or Knative Service it creates, and those are KServe's to write, not ours.
+        """
         selector = f"{FLOOR_LABEL}=active"
         found: set[WorkloadRef] = set()
-        for item in self._kube.list(DEPLOYMENTS.path(), label_selector=selector):
-            meta = item["metadata"]
-            found.add(WorkloadRef(meta["namespace"], meta["name"]))
+        for known in WORKLOAD_KINDS:
+            if known.resource.api_version != "apps/v1" and not self._serves(known.resource):
+                continue
+            for item in self._kube.list(known.resource.path(), label_selector=selector):
+                meta = item["metadata"]
+                if _controller(item) is None:
+                    ref = WorkloadRef(meta["namespace"], meta["name"], known.kind,
+                                      known.resource.api_version)  # fmt: skip
+                    found.add(ref)
         scalers = [HPAS, SCALED_OBJECTS] if self.keda_enabled() else [HPAS]
         for resource in scalers:
             for item in self._kube.list(resource.path(), label_selector=selector):
+                if _controller(item) is not None:
+                    continue
                 target = item["spec"].get("scaleTargetRef") or {}
                 found.add(
                     WorkloadRef(
@@ -323,7 +489,14 @@ class ReplicaFloors:
             ):
                 active[floor.workload] = floor
         results: list[FloorResult] = []
+        problems = self._problems() if self._problems is not None else {}
         for floor in active.values():
+            problem = problems.get(floor.model)
+            if problem is not None:
+                # Logged once per change by the resolver; here it becomes this floor's result.
+                dry = dry_run or self._config.dry_run
+                results.append(FloorResult(floor.workload, "scale", "", 0, False, dry, problem))
+                continue
             try:
                 results.append(self.raise_floor(floor, now_s=now_s, dry_run=dry_run))
             except PrewarmError as error:
@@ -341,3 +514,38 @@ class ReplicaFloors:
 def workload_resource(workload: WorkloadRef) -> Resource:
     """The REST resource type of a model's serving workload (for readers such as the observer)."""
     return _workload_resource(workload)
+
+
+def _controller(obj: Obj) -> Obj | None:
+    """The ownerReference of ``obj``'s controller, or None."""
+    for ref in obj["metadata"].get("ownerReferences") or []:
+        if ref.get("controller"):
+            return dict(ref)
+    return None
+
+
+def _encode(owner: _Owner, value: int) -> int | str:
+    # Annotations hold strings; the replica fields integers.
+    return str(value) if owner.via == "knative" else value
+
+
+def _check_knative(service: Obj, owner: _Owner) -> None:
+    """Refuse a Knative Service where a template change cannot warm the serving revision."""
+    where = f"Knative Service {owner.namespace}/{owner.name}"
+    revision = _dig(service, ("spec", "template", "metadata", "name"))
+    if revision:
+        # Knative's webhook rejects a template change that keeps a user-chosen revision name.
+        raise FailedPrecondition(
+            f"{where} names its revision ({revision!r}): Knative rejects a template change "
+            "without a new name, so prewarm cannot set min-scale; drop spec.template.metadata."
+            "name, or map the model to another workload"
+        )
+    traffic = _dig(service, ("spec", "traffic")) or []
+    if traffic and not any(t.get("latestRevision") for t in traffic):
+        # min-scale lands on the new revision that the template change creates; with all
+        # traffic pinned to named revisions that revision would be warm and never receive one.
+        raise FailedPrecondition(
+            f"{where} routes all traffic to named revisions: the revision a min-scale change "
+            "creates would get none; route traffic to latestRevision, or map the model to "
+            "another workload"
+        )

@@ -91,6 +91,11 @@ PODS = Resource("v1", "pods")
 EVENTS = Resource("v1", "events")
 NODES = Resource("v1", "nodes", namespaced=False)
 DEPLOYMENTS = Resource("apps/v1", "deployments")
+STATEFULSETS = Resource("apps/v1", "statefulsets")
+INFERENCE_SERVICES = Resource("serving.kserve.io/v1beta1", "inferenceservices")
+"""KServe InferenceServices (their floor is ``spec.predictor.minReplicas``)."""
+KNATIVE_SERVICES = Resource("serving.knative.dev/v1", "services")
+"""Knative Serving Services (their floor is the revision template's ``min-scale`` annotation)."""
 HPAS = Resource("autoscaling/v2", "horizontalpodautoscalers")
 SCALED_OBJECTS = Resource("keda.sh/v1alpha1", "scaledobjects")
 

@@ -19,6 +19,15 @@ model ids at the top level is accepted too). Fields per model, all optional:
   artifact kinds; ``docs/artifacts.md`` says where each lands and which engine reads it). URIs use
   a scheme of :data:`SOURCE_SCHEMES`, the ones the agents fetch.
 
+Where a model's replica floors go (its *workload*), first match wins:
+
+1. its catalog entry's ``workload``;
+2. the workload that claims it in the cluster (:attr:`Catalog.discovered`, filled each tick by
+   :mod:`actuator.workloads` from the ``prewarm.io/model`` label and annotation);
+3. the catalog's top-level ``workload_template`` (:class:`WorkloadTemplate`), filled from the parts
+   of the model id;
+4. a Deployment in ``default`` named after the model id (:func:`planner.planner.workload_for`).
+
 Models missing from the catalog get *deterministic* defaults: a stable hash of the model id picks a
 size class from :data:`DEFAULT_SIZE_CLASSES`, a table of real open-weight model sizes in fp16
 (parameters x 2 bytes), drawn with the listed weights. The same id always gets the same class, on
@@ -251,23 +260,94 @@ def default_spec(model: ModelId) -> ModelSpec:
     )
 
 
+_DNS_LABEL_MAX = 63
+_PLACEHOLDERS = ("model", "org", "name")
+
+
+def dns_name(text: str) -> str:
+    """``text`` as a Kubernetes object name (RFC 1123 label): lowercase, each run of characters
+    other than letters and digits turned into one ``-``, no ``-`` at either end, at most 63
+    characters (``meta-llama/Llama-3.1-8B`` -> ``meta-llama-llama-3-1-8b``). May be empty."""
+    name = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return name[:_DNS_LABEL_MAX].rstrip("-")
+
+
+def model_parts(model: ModelId) -> dict[str, str]:
+    """The placeholders of a :class:`WorkloadTemplate` for ``model``, each a :func:`dns_name`:
+    ``{model}`` the whole id, ``{name}`` the part after the last ``/``, ``{org}`` the part before
+    it (empty for an id without ``/``)."""
+    org, _, name = model.rpartition("/")
+    return {"model": dns_name(model), "org": dns_name(org), "name": dns_name(name)}
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadTemplate:
+    """Where a model's workload is, by rule: ``namespace`` and ``name`` are ``str.format``
+    templates over :func:`model_parts` (``{model}``, ``{org}``, ``{name}``), e.g.
+    ``{namespace: serving, name: "{name}-predictor", kind: InferenceService, api_version:
+    serving.kserve.io/v1beta1}``. The forecaster's series carry only the model id, so the id is
+    all a template can use."""
+
+    namespace: str
+    name: str
+    kind: str = "Deployment"
+    api_version: str = "apps/v1"
+
+    def render(self, model: ModelId) -> WorkloadRef:
+        """The workload of ``model``; :class:`InvalidInput` when a filled name is not a valid
+        object name (e.g. ``{org}`` of an id without ``/``)."""
+        parts = model_parts(model)
+        namespace = self.namespace.format(**parts)
+        name = self.name.format(**parts)
+        for what, value in (("namespace", namespace), ("name", name)):
+            if not value or dns_name(value) != value:
+                raise InvalidInput(
+                    f"workload_template {what} {getattr(self, what)!r} gives {value!r} for model "
+                    f"{model!r}, not a valid Kubernetes name; name the model's workload in its "
+                    "catalog entry instead"
+                )
+        return WorkloadRef(namespace, name, self.kind, self.api_version)
+
+
 @dataclass(slots=True)
 class Catalog:
-    """Specs by model id; :meth:`spec` falls back to :func:`default_spec` (logged once each)."""
+    """Specs by model id; :meth:`spec` falls back to :func:`default_spec` (logged once each).
+
+    ``discovered`` (models' workloads found in the cluster) is replaced as a whole by its one
+    writer (:mod:`actuator.workloads`), so a reader sees one snapshot or the next, never a mix.
+    """
 
     specs: Mapping[ModelId, ModelSpec] = field(default_factory=dict)
+    workload_template: WorkloadTemplate | None = None
+    discovered: Mapping[ModelId, WorkloadRef] = field(default_factory=dict)
     _warned: set[ModelId] = field(default_factory=set, repr=False)
+    _template_warned: set[ModelId] = field(default_factory=set, repr=False)
 
     def spec(self, model: ModelId) -> ModelSpec:
-        """The spec of ``model``; a model the catalog does not list gets its default spec."""
+        """The spec of ``model``; a model the catalog does not list gets its default spec.
+
+        Its ``workload`` is resolved in the order of the module docstring; None means the
+        default Deployment. A template that cannot name this model's workload is logged and
+        skipped (the model falls back to the default).
+        """
         found = self.specs.get(model)
-        if found is not None:
+        if found is None:
+            if model not in self._warned:
+                self._warned.add(model)
+                if self.specs:
+                    _log.info("model %s is not in the catalog; using default sizes", model)
+            found = default_spec(model)
+        if found.workload is not None:
             return found
-        if model not in self._warned:
-            self._warned.add(model)
-            if self.specs:
-                _log.info("model %s is not in the catalog; using default sizes", model)
-        return default_spec(model)
+        workload = self.discovered.get(model)
+        if workload is None and self.workload_template is not None:
+            try:
+                workload = self.workload_template.render(model)
+            except InvalidInput as error:
+                if model not in self._template_warned:
+                    self._template_warned.add(model)
+                    _log.warning("%s", error)
+        return found if workload is None else replace(found, workload=workload)
 
     def specs_for(self, models: Iterable[ModelId]) -> list[ModelSpec]:
         """Specs of ``models`` in order."""
@@ -520,6 +600,11 @@ def parse_catalog(
         return Catalog()
     if not isinstance(data, dict):
         raise InvalidInput(f"{origin} must hold a mapping of models, got {type(data).__name__}")
+    data = dict(data)
+    template: WorkloadTemplate | None = None
+    if TEMPLATE_KEY in data:
+        # A reserved key in both forms: no model is called "workload_template".
+        template = _template(data.pop(TEMPLATE_KEY), where=f"{origin}: {TEMPLATE_KEY}")
     models: Any = data
     if "models" in data:
         if set(data) - {"models"}:
@@ -527,14 +612,48 @@ def parse_catalog(
             raise InvalidInput(f"{origin}: unknown top-level keys {extra}")
         models = data["models"]
     if models is None:
-        return Catalog()
+        return Catalog(workload_template=template)
     if not isinstance(models, dict):
         raise InvalidInput(f"{origin}: 'models' must be a mapping of model id to fields")
     specs: dict[ModelId, ModelSpec] = {}
     for key, entry in models.items():
         model = ModelId(str(key))
         specs[model] = _spec_from_entry(model, entry, origin=origin, artifact_root=artifact_root)
-    return Catalog(specs=specs)
+    return Catalog(specs=specs, workload_template=template)
+
+
+TEMPLATE_KEY = "workload_template"
+
+
+def _template(value: Any, *, where: str) -> WorkloadTemplate:
+    """A checked :class:`WorkloadTemplate`: placeholders other than :data:`_PLACEHOLDERS` and
+    malformed braces fail here, at load, rather than at every plan."""
+    if not isinstance(value, dict) or not all(
+        isinstance(value.get(key), str) and value[key] for key in ("namespace", "name")
+    ):
+        raise InvalidInput(
+            f"{where} must be a mapping with 'namespace' and 'name' templates (and optional "
+            "'kind', 'api_version'), e.g. {namespace: serving, name: '{name}-predictor'}"
+        )
+    unknown = set(value) - {"namespace", "name", "kind", "api_version"}
+    if unknown:
+        raise InvalidInput(f"{where} has unknown fields {sorted(unknown)}")
+    sample = dict.fromkeys(_PLACEHOLDERS, "x")
+    for key in ("namespace", "name"):
+        try:
+            value[key].format(**sample)
+        except (KeyError, IndexError, ValueError) as error:
+            names = ", ".join("{" + p + "}" for p in _PLACEHOLDERS)
+            raise InvalidInput(
+                f"{where} {key} {value[key]!r} is not a valid template ({error!r}); it may use "
+                f"{names}"
+            ) from None
+    return WorkloadTemplate(
+        namespace=value["namespace"],
+        name=value["name"],
+        kind=str(value.get("kind", "Deployment")),
+        api_version=str(value.get("api_version", "apps/v1")),
+    )
 
 
 def load_catalog(path: Path, *, artifact_root: str = DEFAULT_ARTIFACT_ROOT) -> Catalog:

@@ -65,7 +65,7 @@ from planner.actions import (
     WorkloadRef,
 )
 from planner.calibration import Calibration, Prediction, contexts
-from planner.catalog import GB, Catalog, ModelSpec
+from planner.catalog import GB, Catalog, ModelSpec, dns_name
 from planner.config import PlannerConfig
 from planner.leadtime import LeadTimeBook, Stage, StartCosts
 from planner.placement import NodeState as NodeState  # re-exported: part of the context
@@ -283,9 +283,9 @@ def _workload(spec: ModelSpec) -> WorkloadRef:
 
 @functools.lru_cache(maxsize=65_536)
 def _default_workload(model: str) -> WorkloadRef:
-    """The workload a model without one in the catalog maps to (its id as a DNS-1123 name)."""
-    name = "".join(c if c.isalnum() else "-" for c in model.lower()).strip("-") or "model"
-    return WorkloadRef(namespace="default", name=name[:63])
+    """The workload a model that nothing else maps (see :mod:`planner.catalog`) falls back to: a
+    Deployment in ``default`` named :func:`planner.catalog.dns_name` of its id."""
+    return WorkloadRef(namespace="default", name=dns_name(model) or "model")
 
 
 @dataclass(slots=True)
@@ -853,6 +853,7 @@ def _engine_sleep(ctx: PlanContext, t: _Table, i: int) -> EngineSleep | None:
 
 
 def workload_for(spec: ModelSpec) -> WorkloadRef:
-    """The serving workload of a model: the catalog's, else a Deployment named after the model in
+    """The serving workload of a model: the one its spec resolved (catalog entry, discovered,
+    template: :meth:`planner.catalog.Catalog.spec`), else a Deployment named after the model in
     ``default`` (the same ref the plan's ReplicaFloor actions use)."""
     return _workload(spec)

@@ -29,6 +29,7 @@ from actuator.config import RetryConfig
 from actuator.engines import Engines
 from actuator.kube import KubeClient, default_api_client
 from actuator.observer import KubeClusterObserver
+from actuator.workloads import DiscoveringObserver, WorkloadDiscovery
 from common.errors import FailedPrecondition, NotFound
 from common.http_endpoints import ProbeServer
 from common.ids import ModelId
@@ -176,7 +177,15 @@ def build_runtime(
     # Serving engines are called only for models whose catalog entry names one that can sleep.
     sleeps = any(s.engine for s in catalog.specs.values())
     engines = Engines(kube, catalog, fence=fence) if sleeps else None
-    actuator = Actuator(writer, settings.actuator, agents=agents, engines=engines)
+    # Models' workloads found by the prewarm.io/model label, refreshed before each observation.
+    discovery = WorkloadDiscovery(kube, catalog)
+    actuator = Actuator(
+        writer,
+        settings.actuator,
+        agents=agents,
+        engines=engines,
+        workload_problems=discovery.problems,
+    )
     # The placeholders' PriorityClass, checked once at start-up (logged, never fatal; every
     # placement checks it again). Few, fast retries: an unreachable API must not delay start-up.
     quick = RetryConfig(attempts=2, initial_backoff_s=0.1, request_timeout_s=5.0)
@@ -200,7 +209,7 @@ def build_runtime(
         daemon_config,
         source=ThreadedSource(source),
         engine=engine,
-        observer=observer,
+        observer=DiscoveringObserver(observer, discovery),
         applier=actuator,
         catalog=catalog,
         planner_config=settings.planner,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import pytest
@@ -21,11 +22,18 @@ from actuator.config import ActuatorConfig, MachineDeploymentRef, PoolConfig
 from actuator.floors import FloorResult, ReplicaFloors
 from actuator.kube import DEPLOYMENTS, PODS, KubeClient, Obj
 from actuator.prepull import ImagePrepuller, PrepullStatus
+from actuator.workloads import MODEL_LABEL, WorkloadDiscovery
 from common.errors import PermissionDenied
 from common.ids import ModelId, PoolName
 from planner.actions import ImagePrepull, NodeCapacity, ReplicaFloor, WorkloadRef
+from planner.catalog import Catalog
 from tests.actuator.conftest import CRDS
-from tests.harness.crds import KARPENTER_NODE_POOLS, real_crds
+from tests.harness.crds import (
+    KARPENTER_NODE_POOLS,
+    KNATIVE_SERVICES,
+    KSERVE_INFERENCE_SERVICES,
+    real_crds,
+)
 from tests.harness.helm import CHART, helm, render
 from tests.harness.k8s import ControlPlane, make_kwok_nodes, make_namespace, wait_for
 from tests.harness.kube import FAST_RETRY, install_crd, remove_crds
@@ -38,6 +46,7 @@ from tests.harness.rbac import (
     service_account_token,
     service_account_user,
 )
+from tests.harness.serving import inference_service, knative_service, stateful_set
 from tests.harness.workloads import deployment, hpa, machine_deployment, scaled_object
 
 pytestmark = [pytest.mark.k8s, pytest.mark.helm]
@@ -75,6 +84,8 @@ def setup(
 ) -> Iterator[Setup]:
     keda = install_crd(kube, CRDS / "scaledobjects.yaml")
     capi = install_crd(kube, CRDS / "machinedeployments.yaml")
+    serving = ExitStack()  # KServe's and Knative's real CRDs, removed at teardown
+    serving.enter_context(real_crds(kube, KSERVE_INFERENCE_SERVICES, KNATIVE_SERVICES))
     release = f"r{k8s_namespace}"
     docs = render(release=release, namespace=k8s_namespace)
     # The actuator's part of the chart (the chart also holds the daemon, agent, monitoring, ...).
@@ -100,6 +111,9 @@ def setup(
     hpa(kube, apps_ns, "withhpa")
     deployment(kube, apps_ns, "withkeda")
     scaled_object(kube, apps_ns, "withkeda", minimum=1)
+    stateful_set(kube, apps_ns, "sts", labels={MODEL_LABEL: f"{apps_ns}-sts"})
+    inference_service(kube, apps_ns, "isvc")
+    knative_service(kube, apps_ns, "ksvc")
     md_ref = MachineDeploymentRef(namespace=apps_ns, name="md")
     config = ActuatorConfig(
         namespace=k8s_namespace,
@@ -117,6 +131,7 @@ def setup(
         rbac=[doc for doc in actuator_rbac if doc["kind"] in RULE_KINDS],
         config=config,
     )
+    serving.close()
     remove_crds(kube, [keda], "keda.sh/v1alpha1")
     remove_crds(kube, [capi], "cluster.x-k8s.io/v1beta1")
 
@@ -140,14 +155,34 @@ def every_operation(s: Setup, client: KubeClient) -> None:
     raise_first(capacity.reconcile(planned[:1], dry_run=True))
     raise_first(capacity.reconcile([]))
 
+    # Workload discovery lists every kind it finds models on (the daemon runs it each tick).
+    found = WorkloadDiscovery(client, Catalog()).refresh()
+    assert found.workloads[ModelId(f"{s.apps_ns}-sts")] == WorkloadRef(
+        s.apps_ns, "sts", "StatefulSet"
+    )
+
     floors = ReplicaFloors(client, s.config)
+    kinds = {
+        "sts": ("StatefulSet", "apps/v1"),
+        "isvc": ("InferenceService", "serving.kserve.io/v1beta1"),
+        "ksvc": ("Service", "serving.knative.dev/v1"),
+    }
     floor_plan = [
-        ReplicaFloor(ModelId(name), WorkloadRef(s.apps_ns, name), 3, NOW + 60, "r", 1.0)
-        for name in ("plain", "withhpa", "withkeda")
+        ReplicaFloor(
+            ModelId(name),
+            WorkloadRef(s.apps_ns, name, *kinds.get(name, ("Deployment", "apps/v1"))),
+            3,
+            NOW + 60,
+            "r",
+            1.0,
+        )
+        for name in ("plain", "withhpa", "withkeda", "sts", "isvc", "ksvc")
     ]
     raised = floors.reconcile(floor_plan, now_s=NOW)
     raise_first(raised)
-    assert {result.via for result in raised} == {"scale", "hpa", "scaledobject"}
+    assert {result.via for result in raised} == {
+        "scale", "hpa", "scaledobject", "inferenceservice", "knative"
+    }  # fmt: skip
     floors.reconcile([], now_s=NOW)
     for workload in (floor.workload for floor in floor_plan):
         floors.restore(workload)  # raises what reconcile only logged (e.g. a 403)

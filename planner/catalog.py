@@ -1,7 +1,8 @@
 """The model catalog: what it costs to bring each model up, and its replica bounds.
 
 A catalog is an optional YAML mapping ``models: {MODEL_ID: {field: value}}`` (a bare mapping of
-model ids at the top level is accepted too). Fields per model, all optional:
+model ids at the top level is accepted too), with an optional top-level ``workload_template``
+(:class:`WorkloadTemplate`; a reserved key in both forms). Fields per model, all optional:
 
 - ``weights_gb`` (GB of weights, decimal GB), ``image`` and ``image_gb`` (the serving image and its
   compressed size), ``replica_rps`` (requests per second one replica sustains), ``compile_s``

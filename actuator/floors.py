@@ -36,7 +36,9 @@ A model whose workload could not be resolved (see :mod:`actuator.workloads`: two
 it, or the one that claims it is controlled by a kind prewarm cannot floor) gets that problem as
 its floor's ``error``, and nothing is written for it.
 
-Must not: lower a value someone else raised, or write to a workload another autoscaler owns.
+Must not: lower a value someone else raised, or write to a workload another autoscaler owns, or
+to an object another controller owns (one with a ``controller: true`` ownerReference, e.g. what
+KServe or Knative create): that floor fails with an error naming the controller.
 """
 
 from __future__ import annotations
@@ -302,6 +304,17 @@ class ReplicaFloors:
                 f"{owner.via} {owner.namespace}/{owner.name} for model {floor.model} does not "
                 "exist; fix the model's workload (catalog entry, workload_template, or the "
                 "prewarm.io/model label on the workload)"
+            )
+        controller = _controller(current)
+        if controller is not None:
+            # e.g. the Deployment and HPA KServe makes for an InferenceService, or a Knative
+            # Revision's Deployment: their controller resets whatever prewarm would write.
+            kind = controller.get("kind")
+            raise FailedPrecondition(
+                f"{owner.via} {owner.namespace}/{owner.name} for model {floor.model} is "
+                f"controlled by {kind} {controller.get('name')}, which would undo a floor "
+                f"written there: map the model to the {kind} if it is a kind prewarm floors "
+                "(see docs/workloads.md), else to a workload nothing else controls"
             )
         if owner.via == "knative":
             _check_knative(current, owner)

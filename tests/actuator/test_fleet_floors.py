@@ -246,3 +246,26 @@ def test_knative_service_that_cannot_take_a_template_change_is_refused(
     for path in (pinned, named):
         assert MIN_SCALE not in template_annotations(get(kube, path))
         assert ORIGINAL_MIN not in annotations_of(get(kube, path))
+
+
+@pytest.mark.usefixtures("serving_crds")
+def test_a_floor_on_an_object_kserve_controls_is_refused_naming_the_inference_service(
+    kube: KubeClient, config: ActuatorConfig
+) -> None:
+    ns = config.namespace
+    path = inference_service(kube, ns, "owned", min_replicas=1, max_replicas=4, raw=True)
+    dep_path, hpa_path = kserve_raw_children(kube, path)
+    # A catalog entry pointing at the Deployment KServe made, which its HPA (KServe's too) targets.
+    predictor_deployment = WorkloadRef(ns, "owned-predictor")
+    floors = ReplicaFloors(kube, config)
+    hpa_rv = get(kube, hpa_path)["metadata"]["resourceVersion"]
+    dep_rv = get(kube, dep_path)["metadata"]["resourceVersion"]
+
+    [result] = floors.reconcile(
+        [ReplicaFloor(ModelId("owned"), predictor_deployment, 3, NOW + 600, "r", 1.0)], now_s=NOW
+    )
+
+    assert isinstance(result.error, FailedPrecondition)
+    assert "controlled by InferenceService owned" in str(result.error)
+    assert get(kube, hpa_path)["metadata"]["resourceVersion"] == hpa_rv
+    assert get(kube, dep_path)["metadata"]["resourceVersion"] == dep_rv

@@ -105,6 +105,7 @@ from actuator.kube import EVENTS, NODES, PODS, KubeClient, Obj
 from actuator.kubelet import canonical_image, image_pull, replica_start_s, rfc3339_s
 from actuator.nodepools import NodePoolInfo, NodePoolReader
 from actuator.selectors import selector_matches
+from actuator.workloads import replica_view
 from common.errors import PrewarmError
 from common.ids import ModelId, NodeName, PoolName
 from planner.catalog import GB, Catalog
@@ -215,7 +216,8 @@ class KubeClusterObserver:
         for model in models:
             workload = workload_for(self._catalog.spec(model))
             path = workload_resource(workload).path(workload.namespace, workload.name)
-            workloads[model] = self._kube.get(path)
+            # InferenceServices and Knative Services: replicas counted from their pods.
+            workloads[model] = replica_view(workload, self._kube.get(path), pods)
         pulls = self._kube.list(EVENTS.path(), field_selector="reason=Pulled")
         asleep: dict[ModelId, int] = {}
         if self._engines is not None:

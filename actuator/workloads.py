@@ -48,6 +48,12 @@ _log = logging.getLogger(__name__)
 MODEL_LABEL = "prewarm.io/model"
 MODEL_ANNOTATION = "prewarm.io/model"
 
+KSERVE_POD_LABELS = {"serving.kserve.io/inferenceservice": "{name}", "component": "predictor"}
+"""Labels KServe puts on an InferenceService's predictor pods, in every deployment mode
+(``constants.InferenceServicePodLabelKey`` and ``KServiceComponentLabel``)."""
+KNATIVE_POD_LABELS = {"serving.knative.dev/service": "{name}"}
+"""The label Knative puts on every pod of every revision of a Service."""
+
 
 @dataclass(frozen=True, slots=True)
 class Claim:
@@ -131,6 +137,40 @@ def claim_of(obj: Obj, kind: WorkloadKind) -> Claim | None:
         api_version=kind.resource.api_version,
     )
     return Claim(ModelId(model), workload, controller)
+
+
+def replica_view(workload: WorkloadRef, obj: Obj | None, pods: Sequence[Obj]) -> Obj | None:
+    """``obj`` as the observer reads a workload: ``spec.selector`` (its pods), ``spec.replicas``
+    and ``status.readyReplicas``. A Deployment or StatefulSet is returned as it is. An
+    InferenceService or Knative Service has none of these fields (their replicas live in objects
+    KServe and Knative create), so its view is built from ``pods`` (the observation's pod list):
+    the pods carrying the labels KServe / Knative give them in ``workload``'s namespace, not
+    terminating; ``readyReplicas`` counts those whose Ready condition is True."""
+    known = workload_kind(workload)
+    if obj is None or known is None or known.via == "scale":
+        return obj
+    labels = KSERVE_POD_LABELS if known.via == "inferenceservice" else KNATIVE_POD_LABELS
+    selector = {key: value.format(name=workload.name) for key, value in labels.items()}
+    mine = [
+        pod
+        for pod in pods
+        if pod["metadata"].get("namespace") == workload.namespace
+        and not pod["metadata"].get("deletionTimestamp")
+        and selector.items() <= (pod["metadata"].get("labels") or {}).items()
+    ]
+    ready = sum(1 for pod in mine if _pod_ready(pod))
+    return {
+        "metadata": obj["metadata"],
+        "spec": {"selector": {"matchLabels": selector}, "replicas": len(mine)},
+        "status": {"readyReplicas": ready},
+    }
+
+
+def _pod_ready(pod: Obj) -> bool:
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return bool(condition.get("status") == "True")
+    return False
 
 
 class WorkloadDiscovery:

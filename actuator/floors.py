@@ -238,13 +238,11 @@ class ReplicaFloors:
         self._config = config
         self._keda: bool | None = None
         self._problems = problems
-        self._served: dict[str, bool] = {}
 
     def _serves(self, resource: Resource) -> bool:
-        """Whether ``resource``'s API is served (asked once per process)."""
-        if resource.api_version not in self._served:
-            self._served[resource.api_version] = self._kube.served(resource.api_version)
-        return self._served[resource.api_version]
+        """Whether ``resource``'s API is served, asked on every call: a CRD installed after
+        prewarm started must still have its floors found and restored."""
+        return self._kube.served(resource.api_version)
 
     def keda_enabled(self) -> bool:
         """Whether ScaledObjects are served; one warning the first time they are not."""

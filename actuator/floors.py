@@ -9,13 +9,16 @@ Owns choosing *where* a floor is written, never fighting the autoscaler that own
   objects are KServe's: a write there is undone on KServe's next reconcile. Unset means 1
   (KServe's ``DefaultMinReplicas``);
 - a Knative Service -> the annotation ``autoscaling.knative.dev/min-scale`` (or the older
-  ``minScale`` spelling when that is the one present: Knative refuses both at once) on
+  ``minScale`` spelling when only that one is present; Knative reads ``min-scale`` first) on
   ``spec.template.metadata.annotations``, the documented place; the KPA then keeps that many pods
-  of the revision. A template change makes Knative stamp out a NEW Revision that takes over the
-  traffic routed to the latest revision: raising or restoring a floor is a (quick) rollout, and a
-  Service whose traffic is pinned to a named revision, or whose template names its revision, is
-  refused with an error saying so (the floor would warm a revision no request reaches, or
-  Knative's webhook would reject the change). Unset means 0 (Knative's default ``min-scale``);
+  of the revision, capped at ``max-scale`` and ``activation-scale`` (Knative's webhook rejects a
+  ``min-scale`` above either). A template change makes Knative stamp out a NEW Revision that takes
+  over the traffic routed to the latest revision: raising or restoring a floor is a (quick)
+  rollout; the revision left behind loses its ``min-scale`` once no route reaches it (Knative
+  applies ``min-scale`` to reachable revisions only) and scales down. A Service whose traffic is
+  pinned to named revisions, or whose template names its revision, is refused with an error
+  saying so (the floor would warm a revision no request reaches, or Knative's webhook would reject
+  the change). Unset means the cluster's ``min-scale`` (config-autoscaler), 0 by default;
 - a KEDA ScaledObject targets it -> the ScaledObject's ``spec.minReplicaCount`` (KEDA owns the HPA
   it generates and would overwrite any change made there);
 - else an HPA targets it -> the HPA's ``spec.minReplicas`` (never ``/scale``: the HPA would undo it,
@@ -79,6 +82,7 @@ MIN_SCALE = "autoscaling.knative.dev/min-scale"
 MIN_SCALE_LEGACY = "autoscaling.knative.dev/minScale"
 MAX_SCALE = "autoscaling.knative.dev/max-scale"
 MAX_SCALE_LEGACY = "autoscaling.knative.dev/maxScale"
+ACTIVATION_SCALE = "autoscaling.knative.dev/activation-scale"
 _TEMPLATE_ANNOTATIONS = ("spec", "template", "metadata", "annotations")
 
 Via = Literal["scaledobject", "hpa", "scale", "inferenceservice", "knative"]
@@ -158,9 +162,11 @@ class _Owner:
         if self.via == "inferenceservice":
             return ("spec", "predictor", "minReplicas")
         if self.via == "knative":
-            # Knative accepts the older camelCase key too, but never both: keep the one in use.
+            # Knative reads min-scale, else the older camelCase key: write the one it reads, so
+            # an object that spells it the old way does not end up with two values.
             present = _dig(obj, _TEMPLATE_ANNOTATIONS) or {}
-            key = MIN_SCALE_LEGACY if MIN_SCALE_LEGACY in present else MIN_SCALE
+            legacy = MIN_SCALE_LEGACY in present and MIN_SCALE not in present
+            key = MIN_SCALE_LEGACY if legacy else MIN_SCALE
             return (*_TEMPLATE_ANNOTATIONS, key)
         name = {"scaledobject": "minReplicaCount", "hpa": "minReplicas"}.get(self.via, "replicas")
         return ("spec", name)
@@ -173,8 +179,14 @@ class _Owner:
         elif self.via == "inferenceservice":
             raw = _dig(obj, ("spec", "predictor", "maxReplicas"))  # 0: unlimited (KServe)
         elif self.via == "knative":
+            # Knative's webhook rejects min-scale above max-scale ("0": unlimited) and above
+            # activation-scale (the least a revision scales to from zero).
             present = _dig(obj, _TEMPLATE_ANNOTATIONS) or {}
-            raw = present.get(MAX_SCALE, present.get(MAX_SCALE_LEGACY))  # "0": unlimited
+            bounds = [
+                _as_int(present.get(key, present.get(legacy)), where=f"{self.path} {key}")
+                for key, legacy in ((MAX_SCALE, MAX_SCALE_LEGACY), (ACTIVATION_SCALE, None))
+            ]
+            return min((b for b in bounds if b), default=None)
         else:
             return None
         value = _as_int(raw, where=f"{self.path} maximum")

@@ -224,6 +224,22 @@ def test_knative_service_keeps_the_older_min_scale_key_and_the_operators_change(
 
 
 @pytest.mark.usefixtures("serving_crds")
+def test_knative_min_scale_never_exceeds_activation_scale(
+    kube: KubeClient, config: ActuatorConfig
+) -> None:
+    ns = config.namespace
+    activation = {"autoscaling.knative.dev/activation-scale": "2"}
+    path = knative_service(kube, ns, "burst", template_annotations=activation)
+    floors = ReplicaFloors(kube, config)
+
+    result = floors.raise_floor(floor(ns, "burst", KSVC, 5), now_s=NOW)
+
+    # Knative's webhook rejects min-scale above activation-scale: the floor is capped there.
+    assert result.value == 2
+    assert template_annotations(get(kube, path)) == {**activation, MIN_SCALE: "2"}
+
+
+@pytest.mark.usefixtures("serving_crds")
 def test_knative_service_that_cannot_take_a_template_change_is_refused(
     kube: KubeClient, config: ActuatorConfig
 ) -> None:

@@ -250,6 +250,7 @@ class ReplicaFloors:
         self._config = config
         self._keda: bool | None = None
         self._problems = problems
+        self._failing: dict[ModelId, str] = {}  # the last error logged per model
 
     def _serves(self, resource: Resource) -> bool:
         """Whether ``resource``'s API is served, asked on every call: a CRD installed after
@@ -525,6 +526,13 @@ class ReplicaFloors:
             except PrewarmError as error:
                 dry = dry_run or self._config.dry_run
                 results.append(FloorResult(floor.workload, "scale", "", 0, False, dry, error))
+                if self._failing.get(floor.model) != str(error):
+                    # Once per model and message, not every tick: the result carries it each time.
+                    _log.warning("floor of model %s failed: %s", floor.model, error)
+                self._failing[floor.model] = str(error)
+            else:
+                if self._failing.pop(floor.model, None) is not None:
+                    _log.info("floor of model %s applies again", floor.model)
         for workload in self.floored() - set(active):
             try:
                 self.restore(workload, dry_run=dry_run)

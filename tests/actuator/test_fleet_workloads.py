@@ -180,13 +180,19 @@ def test_bad_input_is_one_clear_error_each_and_the_rest_of_the_fleet_is_floored(
     assert get(kube, good_path)["spec"]["replicas"] == 2
     ksvc = get(kube, f"/apis/serving.knative.dev/v1/namespaces/{ns}/services/chat")
     assert ksvc["spec"]["template"]["metadata"]["annotations"][MIN_SCALE] == "2"
-    # Each discovery problem is logged once, naming the model.
-    logged = [r.getMessage() for r in warnings_of.records if "unresolved" in r.getMessage()]
-    assert sum(str(twice) in message for message in logged) == 1
-    assert sum(str(rollout) in message for message in logged) == 1
+
+    # Each problem is logged once, naming the model: the discovery's by the discovery, the
+    # missing workload by the floors.
+    def logged() -> list[str]:
+        return [r.getMessage() for r in warnings_of.records]
+
+    assert sum(str(twice) in message and "unresolved" in message for message in logged()) == 1
+    assert sum(str(rollout) in message and "unresolved" in message for message in logged()) == 1
+    assert sum(f"floor of model {ghost} failed" in message for message in logged()) == 1
+    count = len(logged())
     discovery.refresh()  # unchanged problems are not logged again
-    logged_again = [r.getMessage() for r in warnings_of.records if "unresolved" in r.getMessage()]
-    assert len(logged_again) == len(logged)
+    actuator.apply_cluster(plan)
+    assert len(logged()) == count
 
     # The operator fixes the conflict: the model resolves and is floored on the next tick.
     kube.merge_patch(

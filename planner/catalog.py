@@ -642,13 +642,19 @@ def _template(value: Any, *, where: str) -> WorkloadTemplate:
     sample = dict.fromkeys(_PLACEHOLDERS, "x")
     for key in ("namespace", "name"):
         try:
-            value[key].format(**sample)
+            filled = value[key].format(**sample)
         except (KeyError, IndexError, ValueError) as error:
             names = ", ".join("{" + p + "}" for p in _PLACEHOLDERS)
             raise InvalidInput(
                 f"{where} {key} {value[key]!r} is not a valid template ({error!r}); it may use "
                 f"{names}"
             ) from None
+        if dns_name(filled) != filled:
+            # The placeholders are always valid names: the literal text around them is not.
+            raise InvalidInput(
+                f"{where} {key} {value[key]!r} cannot make a Kubernetes name (lowercase letters, "
+                "digits and '-' around the placeholders)"
+            )
     return WorkloadTemplate(
         namespace=value["namespace"],
         name=value["name"],

@@ -131,6 +131,8 @@ def test_template_that_cannot_name_a_model_falls_back_and_warns_once(
         ("workload_template: {namespace: ns}", "with 'namespace' and 'name'"),
         ("workload_template: '{namespace}/{name}'", "with 'namespace' and 'name'"),
         ("workload_template: {namespace: ns, name: x, replicas: 2}", "unknown fields"),
+        ("workload_template: {namespace: Serving, name: '{name}'}", "cannot make a Kubernetes"),
+        ("workload_template: {namespace: ns, name: '{name}_srv'}", "cannot make a Kubernetes"),
     ],
 )
 def test_bad_templates_fail_at_load_saying_what_to_fix(text: str, message: str) -> None:

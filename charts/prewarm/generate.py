@@ -59,6 +59,7 @@ CHART_SCHEMA: dict[str, Any] = _object(
             }
         ),
         "imagePullSecrets": {"type": "array", "items": _object({"name": _STRING})},
+        "catalog": {"type": "object"},
         "serviceAccount": _object({"create": _BOOL, "name": _STRING, "annotations": _STRING_MAP}),
         "rbac": _object(
             {

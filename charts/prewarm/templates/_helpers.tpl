@@ -112,6 +112,9 @@ a daemon that silently looks for its Lease or its agents in the wrong place.
   (list (list "daemon" "http_port") (int .Values.daemon.ports.http) "daemon.ports.http")
   (list (list "control" "listen_address") (printf "0.0.0.0:%d" $grpc) "daemon.ports.grpc")
 -}}
+{{- if .Values.catalog -}}
+{{- $forced = append $forced (list (list "planner" "catalog_path") "/etc/prewarm/catalog.yaml" "catalog (the chart mounts it)") -}}
+{{- end -}}
 {{- range $entry := $forced -}}
 {{- $path := index $entry 0 -}}
 {{- $value := index $entry 1 -}}

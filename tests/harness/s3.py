@@ -97,7 +97,15 @@ class RunningS3:
         )  # fmt: skip
 
     def create_bucket(self, bucket: str) -> None:
-        response = self.session.put(self._url("PUT", bucket), timeout=30)
+        # A loaded machine can answer the readiness probe before MinIO has finished initialising
+        # its storage: that answer is XMinioServerNotInitialized, worth a short retry.
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            response = self.session.put(self._url("PUT", bucket), timeout=30)
+            starting = "XMinioServerNotInitialized" in response.text
+            if not starting or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert response.status_code == 200, response.text
 
     def put(self, bucket: str, key: str, data: bytes, *, with_sha256: bool = False) -> str:

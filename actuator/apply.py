@@ -15,7 +15,8 @@ import logging
 from dataclasses import dataclass, field
 
 from actuator.agents import AgentActuator, AgentResult
-from actuator.capacity import CapacityResult, NodeCapacityActuator
+from actuator.capacity import NodeCapacityActuator
+from actuator.capacity_result import CapacityResult
 from actuator.config import ActuatorConfig
 from actuator.engines import EngineResult, Engines
 from actuator.floors import FloorResult, Problems, ReplicaFloors

@@ -6,11 +6,12 @@ Owns two ways of turning a :class:`planner.actions.NodeCapacity` into nodes:
   placeholders make the cluster autoscaler or Karpenter add nodes; when real pods arrive the
   scheduler preempts the placeholders (negative priority), so the real pods land on warm nodes at
   once. A node is only warm for a replica if the replica fits on it, so each placeholder pod is
-  shaped like one replica (:class:`PodShape`): copied from the model's workload pod template (one
+  shaped like one replica (:class:`actuator.placeholder_shapes.PodShape`): copied from the model's workload pod template (one
   Deployment per pool and workload, one pod per replica: a 4-GPU replica is ONE pod requesting 4
   GPUs, so they are held on one node), else the pool's configured shape (one Deployment per pool);
 - direct scaling of a pool that is a Cluster API MachineDeployment, through its ``/scale``
-  subresource, with the original replica count recorded on the object and restored on release.
+  subresource, with the original replica count recorded on the object and restored on release
+  (:mod:`actuator.machine_deployments`).
 
 Before placing placeholders it checks their PriorityClass
 (:meth:`NodeCapacityActuator.priority_class_problem`): it must exist, be negative (else real pods
@@ -29,25 +30,36 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
-from actuator.config import ActuatorConfig, MachineDeploymentRef
+from actuator.capacity_result import CapacityResult
+from actuator.config import ActuatorConfig
 from actuator.floors import workload_resource
 from actuator.kube import (
     DEPLOYMENTS,
     MANAGED_SELECTOR,
     NODES,
-    Conflict,
     KubeClient,
     Obj,
+    generation,
     owner_labels,
 )
 from actuator.kube import Resource as _Resource
+from actuator.machine_deployments import MachineDeploymentCapacity
 from actuator.names import dns_label
 from actuator.nodepools import NODES_LIMIT, NodePoolInfo, NodePoolReader, quantity
+from actuator.placeholder_shapes import (
+    GPU_RESOURCE,
+    NoGpuRequest,
+    PodShape,
+    Room,
+    bytes_text,
+    cpu_text,
+    pool_shape,
+    workload_shape,
+)
 from common.errors import FailedPrecondition, InvalidInput, NotFound, PrewarmError
 from common.ids import PoolName
 from planner.actions import NodeCapacity, ReplicaDemand, WorkloadRef
@@ -57,120 +69,7 @@ _log = logging.getLogger(__name__)
 COMPONENT = "capacity-placeholder"
 POOL_LABEL = "prewarm.io/pool"
 PLACEHOLDER_LABEL = "prewarm.io/placeholder"
-GPU_RESOURCE = "nvidia.com/gpu"
-ORIGINAL_REPLICAS = "prewarm.io/original-replicas"
-SET_REPLICAS = "prewarm.io/set-replicas"
 PRIORITY_CLASSES = _Resource("scheduling.k8s.io/v1", "priorityclasses", namespaced=False)
-_CONFLICT_RETRIES = 5
-_GPU_TOLERATION: Obj = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
-
-
-@dataclass(frozen=True, slots=True)
-class CapacityResult:
-    """What one capacity operation did. ``changed`` is False when the cluster already matched.
-
-    ``replicas`` is the placeholder pods (or MachineDeployment replicas) now asked for; ``error``
-    names what could not be held (other parts of the pool may still be held); ``notes`` what was
-    held otherwise than asked (NodePool limits cut it, a pool shape stood in for a workload's).
-    """
-
-    pool: PoolName
-    target: str
-    replicas: int
-    changed: bool
-    dry_run: bool
-    error: PrewarmError | None = None
-    notes: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class PodShape:
-    """What one placeholder pod requests and where it may run: one replica's worth."""
-
-    gpus: int
-    cpu: Decimal
-    """Cores."""
-    memory: Decimal
-    """Bytes."""
-    tolerations: tuple[Obj, ...] = ()
-    node_selector: Mapping[str, str] = field(default_factory=dict)
-    affinity: Obj | None = None
-    topology_spread: tuple[Obj, ...] = ()
-
-    def requests(self) -> dict[str, Decimal]:
-        """Per resource, what one pod requests (the resources a NodePool limit may bound)."""
-        return {GPU_RESOURCE: Decimal(self.gpus), "cpu": self.cpu, "memory": self.memory}
-
-
-def pool_shape(config: ActuatorConfig, pool: PoolName) -> PodShape:
-    """The shape of ``pool``'s placeholders that no workload shapes: ``pools.<pool>.placeholder``
-    over ``placeholder`` (raises :class:`InvalidInput` for an unreadable quantity)."""
-    base = config.placeholder
-    own = config.pool(pool).placeholder
-    tolerations = own.tolerations if own.tolerations is not None else [_GPU_TOLERATION]
-    return PodShape(
-        gpus=own.gpus_per_pod or base.gpus_per_pod,
-        cpu=quantity(own.cpu_request or base.cpu_request, where=f"pool {pool} cpu_request"),
-        memory=quantity(
-            own.memory_request or base.memory_request, where=f"pool {pool} memory_request"
-        ),
-        tolerations=tuple(tolerations),
-        node_selector=dict(own.node_selector),
-    )
-
-
-class _NoGpuRequest(InvalidInput):
-    """A workload's pod template that requests no GPU (the pool's shape stands in for it)."""
-
-
-def workload_shape(workload: Obj, ref: WorkloadRef) -> PodShape:
-    """One replica of ``workload`` (a Deployment, StatefulSet or anything with
-    ``spec.template``) as a placeholder shape.
-
-    A pod's effective request is, per resource, the larger of its containers' sum and its largest
-    init container (init containers run one at a time, before the others); a container that sets
-    only a limit requests that limit (the API server defaults requests to limits). GPUs are read
-    from ``limits["nvidia.com/gpu"]`` (extended resources: requests, when set, equal limits).
-    Raises :class:`InvalidInput` when the template requests no whole number of GPUs or a
-    quantity is unreadable.
-    """
-    where = f"{ref.kind} {ref.namespace}/{ref.name}"
-    template = ((workload.get("spec") or {}).get("template") or {}).get("spec") or {}
-    totals: dict[str, Decimal] = {}
-    init_max: dict[str, Decimal] = {}
-    for kind, into in (("containers", totals), ("initContainers", init_max)):
-        for container in template.get(kind) or []:
-            resources = container.get("resources") or {}
-            limits = resources.get("limits") or {}
-            requests = {**limits, **(resources.get("requests") or {})}
-            for name in (GPU_RESOURCE, "cpu", "memory"):
-                if name not in requests:
-                    continue
-                amount = quantity(requests[name], where=f"{where} {kind} {name}")
-                if into is totals:
-                    into[name] = into.get(name, Decimal(0)) + amount
-                else:
-                    into[name] = max(into.get(name, Decimal(0)), amount)
-    effective = {
-        name: max(totals.get(name, Decimal(0)), init_max.get(name, Decimal(0)))
-        for name in (GPU_RESOURCE, "cpu", "memory")
-    }
-    gpus = effective[GPU_RESOURCE]
-    if gpus <= 0 or gpus != gpus.to_integral_value():
-        raise _NoGpuRequest(
-            f"{where}: its pod template requests no whole number of nvidia.com/gpu "
-            f"({gpus}), so placeholders cannot be shaped like its replicas and the pool's shape "
-            "holds its GPUs; set resources.limits['nvidia.com/gpu'] on its serving container"
-        )
-    return PodShape(
-        gpus=int(gpus),
-        cpu=effective["cpu"],
-        memory=effective["memory"],
-        tolerations=tuple(template.get("tolerations") or ()),
-        node_selector=dict(template.get("nodeSelector") or {}),
-        affinity=template.get("affinity") or None,
-        topology_spread=tuple(template.get("topologySpreadConstraints") or ()),
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,45 +80,6 @@ class Placement:
     shape: PodShape
     replicas: int
     workload: WorkloadRef | None = None
-
-
-class Room:
-    """What a pool's NodePool limits still allow placeholders to request (unlimited: no limit).
-
-    Per limited resource: the limit minus the capacity of the pool's current nodes. ``nodes``
-    (a node count) allows ``nodes left x gpus_per_node // pod GPUs`` pods when the GPUs per node
-    are known. A pod counts against every limited resource it requests; placeholders on the
-    current nodes' free room are not credited (conservative: never more than the limit).
-    """
-
-    def __init__(self, left: Mapping[str, Decimal], gpus_per_node: int | None) -> None:
-        self._left = dict(left)
-        self._gpus_per_node = gpus_per_node
-        self.cut: list[str] = []
-
-    def take(self, shape: PodShape, wanted: int, *, what: str) -> int:
-        """The pods of ``shape`` (at most ``wanted``) that fit; takes their room."""
-        allowed = wanted
-        requests = shape.requests()
-        for resource, left in self._left.items():
-            if resource == NODES_LIMIT:
-                if self._gpus_per_node is None:
-                    continue
-                per_node = self._gpus_per_node // max(shape.gpus, 1)
-                allowed = min(allowed, int(max(left, Decimal(0))) * per_node)
-            elif requests.get(resource, Decimal(0)) > 0:
-                allowed = min(allowed, int(max(left, Decimal(0)) / requests[resource]))
-        allowed = max(allowed, 0)
-        for resource in self._left:
-            if resource == NODES_LIMIT:
-                if self._gpus_per_node:
-                    per_node = max(self._gpus_per_node // max(shape.gpus, 1), 1)
-                    self._left[resource] -= math.ceil(allowed / per_node)
-            else:
-                self._left[resource] -= requests.get(resource, Decimal(0)) * allowed
-        if allowed < wanted:
-            self.cut.append(f"{what}: {allowed} of {wanted} pod(s) (NodePool limits)")
-        return allowed
 
 
 class PlaceholderCapacity:
@@ -277,7 +137,7 @@ class PlaceholderCapacity:
                 name = self.workload_name(pool, demand.workload)
                 try:
                     shape = self._shape(demand)
-                except _NoGpuRequest as error:
+                except NoGpuRequest as error:
                     notes.append(f"{demand.model}: {error}")
                     self._warn_once(str(error))
                     pool_gpus += wanted * per_replica
@@ -356,8 +216,8 @@ class PlaceholderCapacity:
                     "resources": {
                         "requests": {
                             GPU_RESOURCE: gpus,
-                            "cpu": _cpu(shape.cpu),
-                            "memory": _bytes(shape.memory),
+                            "cpu": cpu_text(shape.cpu),
+                            "memory": bytes_text(shape.memory),
                         },
                         "limits": {GPU_RESOURCE: gpus},
                     },
@@ -420,7 +280,7 @@ class PlaceholderCapacity:
             after = self._kube.apply(
                 path, manifest, field_manager=self._config.field_manager, dry_run=dry_run
             )
-            changed |= before is None or _generation(before) != _generation(after)
+            changed |= before is None or generation(before) != generation(after)
             targets.append(f"deployment/{placement.name}")
             total += placement.replicas
         for name in sorted(self._deployments(action.pool) - keep):
@@ -486,145 +346,6 @@ class PlaceholderCapacity:
 
 _UNKNOWN = PodShape(gpus=0, cpu=Decimal(0), memory=Decimal(0))
 """The shape of a placement whose workload could not be read (never applied)."""
-
-
-def _cpu(cores: Decimal) -> str:
-    return f"{math.ceil(cores * 1000)}m"
-
-
-def _bytes(amount: Decimal) -> str:
-    return str(math.ceil(amount))
-
-
-class MachineDeploymentCapacity:
-    """Direct scaling of pools that are Cluster API MachineDeployments (``/scale``).
-
-    The replica count before prewarm's first change is recorded in the annotation
-    ``prewarm.io/original-replicas`` *before* scaling, so a crash between the two writes leaves a
-    record and an unchanged count, never a raised count without a record.
-    """
-
-    def __init__(self, kube: KubeClient, config: ActuatorConfig) -> None:
-        self._kube = kube
-        self._config = config
-        self._served: dict[str, bool] = {}
-
-    def available(self, ref: MachineDeploymentRef) -> bool:
-        """Whether the MachineDeployment API is served; warns once per apiVersion when it is not."""
-        if ref.api_version not in self._served:
-            served = self._kube.served(ref.api_version)
-            self._served[ref.api_version] = served
-            if not served:
-                _log.warning(
-                    "%s is not served (Cluster API not installed): direct pool scaling disabled",
-                    ref.api_version,
-                )
-        return self._served[ref.api_version]
-
-    def apply(
-        self, action: NodeCapacity, ref: MachineDeploymentRef, *, dry_run: bool = False
-    ) -> CapacityResult:
-        """Scale ``ref`` to its original replicas plus the nodes ``action.gpus`` needs."""
-        dry_run = dry_run or self._config.dry_run
-        extra = math.ceil(max(action.gpus, 0) / self._config.pool(action.pool).gpus_per_node)
-        path = _md(ref).path(ref.namespace, ref.name)
-        for _ in range(_CONFLICT_RETRIES):
-            current = self._get(path, ref)
-            annotations = current["metadata"].get("annotations") or {}
-            replicas = int(current["spec"].get("replicas") or 0)
-            if ORIGINAL_REPLICAS in annotations:
-                original = int(annotations[ORIGINAL_REPLICAS])
-            else:
-                original = replicas
-            target = original + extra
-            if annotations.get(SET_REPLICAS) != str(replicas):
-                # Someone else (an operator, the cluster autoscaler) set the count: never lower it.
-                target = max(target, replicas)
-            if replicas == target and ORIGINAL_REPLICAS in annotations:
-                return self._result(
-                    action.pool, ref, replicas=target, changed=False, dry_run=dry_run
-                )
-            try:
-                # 1. Record the original (and what we set) with a resourceVersion precondition.
-                updated = self._kube.merge_patch(
-                    path,
-                    {
-                        "metadata": {
-                            "annotations": {
-                                ORIGINAL_REPLICAS: str(original),
-                                SET_REPLICAS: str(target),
-                            }
-                        }
-                    },
-                    field_manager=self._config.field_manager,
-                    dry_run=dry_run,
-                    resource_version=current["metadata"]["resourceVersion"],
-                )
-                # 2. Then scale through the subresource (what the RBAC grants on MDs), only if
-                # nobody changed the object since the record (/scale shares its resourceVersion).
-                self._kube.merge_patch(
-                    path + "/scale",
-                    {"spec": {"replicas": target}},
-                    field_manager=self._config.field_manager,
-                    dry_run=dry_run,
-                    resource_version=None if dry_run else updated["metadata"]["resourceVersion"],
-                )
-            except Conflict:
-                continue
-            return self._result(action.pool, ref, replicas=target, changed=True, dry_run=dry_run)
-        raise FailedPrecondition(f"{ref.namespace}/{ref.name} kept changing; retry next tick")
-
-    def restore(self, ref: MachineDeploymentRef, *, dry_run: bool = False) -> bool:
-        """Put ``ref`` back to its recorded original count and drop the record (cleanup path).
-
-        If someone else changed the count since prewarm set it, their value is kept. Returns
-        False when there was nothing to restore.
-        """
-        dry_run = dry_run or self._config.dry_run
-        path = _md(ref).path(ref.namespace, ref.name)
-        current = self._kube.get(path)
-        if current is None:
-            return False
-        annotations = current["metadata"].get("annotations") or {}
-        if ORIGINAL_REPLICAS not in annotations:
-            return False
-        replicas = int(current["spec"].get("replicas") or 0)
-        if str(replicas) == annotations.get(SET_REPLICAS):
-            self._kube.merge_patch(
-                path + "/scale",
-                {"spec": {"replicas": int(annotations[ORIGINAL_REPLICAS])}},
-                field_manager=self._config.field_manager,
-                dry_run=dry_run,
-            )
-        # The record goes last: a crash before this line restores again next time (idempotent).
-        self._kube.merge_patch(
-            path,
-            {"metadata": {"annotations": {ORIGINAL_REPLICAS: None, SET_REPLICAS: None}}},
-            field_manager=self._config.field_manager,
-            dry_run=dry_run,
-        )
-        return True
-
-    def _get(self, path: str, ref: MachineDeploymentRef) -> Obj:
-        current = self._kube.get(path)
-        if current is None:
-            raise FailedPrecondition(
-                f"MachineDeployment {ref.namespace}/{ref.name} does not exist; fix "
-                "actuator.pools.<pool>.machine_deployment"
-            )
-        return current
-
-    @staticmethod
-    def _result(
-        pool: PoolName, ref: MachineDeploymentRef, *, replicas: int, changed: bool, dry_run: bool
-    ) -> CapacityResult:
-        return CapacityResult(
-            pool=pool,
-            target=f"machinedeployment/{ref.namespace}/{ref.name}",
-            replicas=replicas,
-            changed=changed,
-            dry_run=dry_run,
-        )
 
 
 class NodeCapacityActuator:
@@ -776,11 +497,3 @@ class NodeCapacityActuator:
                     used += quantity(capacity[resource], where=f"node capacity {resource}")
             left[resource] = limit - used
         return Room(left, self.placeholders.gpus_per_node(pool, node_pool))
-
-
-def _md(ref: MachineDeploymentRef) -> _Resource:
-    return _Resource(ref.api_version, "machinedeployments")
-
-
-def _generation(obj: dict[str, Any]) -> int:
-    return int((obj.get("metadata") or {}).get("generation") or 0)

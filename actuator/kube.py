@@ -359,3 +359,8 @@ def owner_labels(component: str) -> dict[str, str]:
 
 
 MANAGED_SELECTOR = "app.kubernetes.io/managed-by=prewarm"
+
+
+def generation(obj: Obj) -> int:
+    """``metadata.generation`` of ``obj`` (0 when absent): it changes with every spec change."""
+    return int((obj.get("metadata") or {}).get("generation") or 0)

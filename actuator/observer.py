@@ -89,7 +89,6 @@ from actuator.agent_status import (
 )
 from actuator.agents import agent_address, running_agent_pods
 from actuator.capacity import COMPONENT as PLACEHOLDER_COMPONENT
-from actuator.capacity import GPU_RESOURCE
 from actuator.config import ActuatorConfig
 from actuator.engines import Engines, ready_pods
 from actuator.floors import workload_resource
@@ -104,6 +103,7 @@ from actuator.images import (
 from actuator.kube import EVENTS, NODES, PODS, KubeClient, Obj
 from actuator.kubelet import canonical_image, image_pull, replica_start_s, rfc3339_s
 from actuator.nodepools import NodePoolInfo, NodePoolReader
+from actuator.placeholder_shapes import GPU_RESOURCE
 from actuator.selectors import selector_matches
 from actuator.workloads import replica_view
 from common.errors import PrewarmError

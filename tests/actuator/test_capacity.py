@@ -6,14 +6,10 @@ from typing import Any
 
 import pytest
 
-from actuator.capacity import (
-    ORIGINAL_REPLICAS,
-    MachineDeploymentCapacity,
-    NodeCapacityActuator,
-    PlaceholderCapacity,
-)
+from actuator.capacity import NodeCapacityActuator, PlaceholderCapacity
 from actuator.config import ActuatorConfig, MachineDeploymentRef, PlaceholderConfig, PoolConfig
 from actuator.kube import DEPLOYMENTS, KubeClient
+from actuator.machine_deployments import ORIGINAL_REPLICAS, MachineDeploymentCapacity
 from common.ids import PoolName
 from planner.actions import NodeCapacity
 from tests.harness.workloads import get, machine_deployment

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actuator.capacity import GPU_RESOURCE, PodShape, Room, workload_shape
 from actuator.nodepools import parse_node_pool, pool_of
+from actuator.placeholder_shapes import GPU_RESOURCE, PodShape, Room, workload_shape
 from common.errors import InvalidInput
 from planner.actions import WorkloadRef
 from tests.harness.workloads import deployment_body

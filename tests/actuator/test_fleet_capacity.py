@@ -22,11 +22,12 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s_client
 
-from actuator.capacity import PRIORITY_CLASSES, NodeCapacityActuator, workload_shape
+from actuator.capacity import PRIORITY_CLASSES, NodeCapacityActuator
 from actuator.config import ActuatorConfig, PlaceholderConfig
 from actuator.kube import DEPLOYMENTS, KubeClient, Obj
 from actuator.nodepools import NODE_POOLS, NodePoolReader
 from actuator.observer import KubeClusterObserver
+from actuator.placeholder_shapes import workload_shape
 from common.errors import FailedPrecondition, InvalidInput, NotFound
 from common.ids import ModelId, PoolName
 from planner.actions import NodeCapacity, ReplicaDemand, WorkloadRef

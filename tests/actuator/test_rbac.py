@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import pytest
 from kubernetes import client as k8s_client
 
-from actuator.capacity import CapacityResult, NodeCapacityActuator
+from actuator.capacity import NodeCapacityActuator
+from actuator.capacity_result import CapacityResult
 from actuator.config import ActuatorConfig, MachineDeploymentRef, PoolConfig
 from actuator.floors import FloorResult, ReplicaFloors
 from actuator.kube import DEPLOYMENTS, PODS, KubeClient, Obj

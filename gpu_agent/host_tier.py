@@ -29,8 +29,9 @@ from common.ids import ModelId
 from gpu_agent.control import LoadControl
 from gpu_agent.copy_engine import PinnedMapping
 from gpu_agent.diskcache import model_key, remove_tree
+from gpu_agent.host_copy import HOST_COPY_WORKERS, copy_into_host
 from gpu_agent.model_dir import CURRENT_LINK, MODELS_SUBDIR, TreeFile, model_slug
-from gpu_agent.sources import PARTIAL_SUFFIX, copy_with_progress
+from gpu_agent.sources import PARTIAL_SUFFIX
 from gpu_agent.tier_roots import MARKER, is_owned, make_owned_dir, remove_if_only_marker
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,16 @@ class HostTier:
     """Shared-memory files under ``root`` (the ``shm_dir`` setting)."""
 
     def __init__(
-        self, root: Path, *, headroom_bytes: int, host_fill: str, max_bytes: int | None = None
+        self,
+        root: Path,
+        *,
+        headroom_bytes: int,
+        host_fill: str,
+        max_bytes: int | None = None,
+        copy_workers: int = HOST_COPY_WORKERS,
     ) -> None:
         self.root = root
+        self._copy_workers = copy_workers
         self._headroom = headroom_bytes
         self._host_fill = host_fill
         self._max_bytes = max_bytes
@@ -111,7 +119,8 @@ class HostTier:
         paths = []
         for path in disk_files:
             dest = directory / path.name
-            copy_with_progress(path, dest, control=control, progress=progress)
+            copy_into_host(path, dest, control=control, progress=progress,
+                           workers=self._copy_workers)  # fmt: skip
             paths.append(dest)
         return paths
 
@@ -155,7 +164,8 @@ class HostTier:
         for item in tree:
             dest = staging / item.path
             dest.parent.mkdir(parents=True, exist_ok=True)
-            copy_with_progress(item.disk_path, dest, control=control, progress=progress)
+            copy_into_host(item.disk_path, dest, control=control, progress=progress,
+                           workers=self._copy_workers)  # fmt: skip
         control.checkpoint()
         for directory, _, files in os.walk(staging, topdown=False):
             for name in files:

@@ -11,7 +11,6 @@ signing are :mod:`gpu_agent.remote`'s.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -626,35 +625,3 @@ def _digests_of(path: Path, *, control: LoadControl, git: bool) -> tuple[str, st
             if blob is not None:
                 blob.update(block)
     return hasher.hexdigest(), blob.hexdigest() if blob is not None else None
-
-
-def copy_with_progress(src: Path, dest: Path, *, control: LoadControl, progress: Progress) -> None:
-    """Copy ``src`` to ``dest`` via ``dest.partial`` and a rename; no partial file survives.
-
-    The bytes move inside the kernel (``sendfile``, file to file since Linux 2.6.33) in blocks, so
-    cancellation and deadlines are checked between blocks; where sendfile is refused it falls
-    back to reads and writes.
-    """
-    partial = dest.with_name(dest.name + PARTIAL_SUFFIX)
-    try:
-        with src.open("rb") as reader, partial.open("wb") as writer:
-            size = os.fstat(reader.fileno()).st_size
-            offset = 0
-            try:
-                while offset < size:
-                    control.checkpoint()
-                    sent = os.sendfile(writer.fileno(), reader.fileno(), offset, COPY_BLOCK_BYTES)
-                    if sent == 0:
-                        break
-                    offset += sent
-                    progress(sent)
-            except OSError as error:
-                if offset or error.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                    raise
-                while block := reader.read(COPY_BLOCK_BYTES):
-                    control.checkpoint()
-                    writer.write(block)
-                    progress(len(block))
-        os.replace(partial, dest)
-    finally:
-        partial.unlink(missing_ok=True)

@@ -29,7 +29,7 @@ from common.ids import ModelId
 from gpu_agent.control import LoadControl
 from gpu_agent.copy_engine import PinnedMapping
 from gpu_agent.diskcache import model_key, remove_tree
-from gpu_agent.host_copy import HOST_COPY_WORKERS, copy_into_host
+from gpu_agent.host_copy import copy_into_host
 from gpu_agent.model_dir import CURRENT_LINK, MODELS_SUBDIR, TreeFile, model_slug
 from gpu_agent.sources import PARTIAL_SUFFIX
 from gpu_agent.tier_roots import MARKER, is_owned, make_owned_dir, remove_if_only_marker
@@ -44,16 +44,9 @@ class HostTier:
     """Shared-memory files under ``root`` (the ``shm_dir`` setting)."""
 
     def __init__(
-        self,
-        root: Path,
-        *,
-        headroom_bytes: int,
-        host_fill: str,
-        max_bytes: int | None = None,
-        copy_workers: int = HOST_COPY_WORKERS,
+        self, root: Path, *, headroom_bytes: int, host_fill: str, max_bytes: int | None = None
     ) -> None:
         self.root = root
-        self._copy_workers = copy_workers
         self._headroom = headroom_bytes
         self._host_fill = host_fill
         self._max_bytes = max_bytes
@@ -119,8 +112,7 @@ class HostTier:
         paths = []
         for path in disk_files:
             dest = directory / path.name
-            copy_into_host(path, dest, control=control, progress=progress,
-                           workers=self._copy_workers)  # fmt: skip
+            copy_into_host(path, dest, control=control, progress=progress)
             paths.append(dest)
         return paths
 
@@ -164,8 +156,7 @@ class HostTier:
         for item in tree:
             dest = staging / item.path
             dest.parent.mkdir(parents=True, exist_ok=True)
-            copy_into_host(item.disk_path, dest, control=control, progress=progress,
-                           workers=self._copy_workers)  # fmt: skip
+            copy_into_host(item.disk_path, dest, control=control, progress=progress)
         control.checkpoint()
         for directory, _, files in os.walk(staging, topdown=False):
             for name in files:

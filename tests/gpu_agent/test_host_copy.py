@@ -44,13 +44,12 @@ def _leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
 
 
-@pytest.mark.parametrize("workers", [1, 3])
 @pytest.mark.parametrize("size", [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 7 * BLOCK + 123])
-def test_copies_exact_bytes(tmp_path: Path, size: int, workers: int) -> None:
+def test_copies_exact_bytes(tmp_path: Path, size: int) -> None:
     src = _source(tmp_path, size)
     dest = tmp_path / "shm" / "model.safetensors"
     dest.parent.mkdir()
-    copied, reported = _copy(src, dest, workers=workers)
+    copied, reported = _copy(src, dest)
     assert copied == size
     assert sum(reported) == size
     assert dest.read_bytes() == src.read_bytes()
@@ -61,7 +60,7 @@ def test_replaces_an_existing_file(tmp_path: Path) -> None:
     src = _source(tmp_path, 3 * BLOCK)
     dest = tmp_path / "model.safetensors"
     dest.write_bytes(b"old" * 50_000)
-    _copy(src, dest, workers=2)
+    _copy(src, dest)
     assert dest.read_bytes() == src.read_bytes()
 
 
@@ -83,7 +82,7 @@ def test_short_sendfiles_are_continued(tmp_path: Path, monkeypatch: pytest.Monke
     _patch_sendfile(monkeypatch, lambda real, o, i, off, n: real(o, i, off, min(n, 777)))
     src = _source(tmp_path, 5 * BLOCK + 5)
     dest = tmp_path / "model.safetensors"
-    copied, reported = _copy(src, dest, workers=2)
+    copied, reported = _copy(src, dest)
     assert (copied, sum(reported)) == (src.stat().st_size, src.stat().st_size)
     assert dest.read_bytes() == src.read_bytes()
 
@@ -107,7 +106,7 @@ def test_refused_sendfile_falls_back_to_reads_and_writes(
     _patch_sendfile(monkeypatch, refuse)
     src = _source(tmp_path, 4 * BLOCK + 17)
     dest = tmp_path / "model.safetensors"
-    copied, reported = _copy(src, dest, workers=2)
+    copied, reported = _copy(src, dest)
     assert sum(reported) == copied == src.stat().st_size
     assert dest.read_bytes() == src.read_bytes()
 
@@ -123,7 +122,7 @@ def test_a_source_that_ends_early_is_data_loss(
     dest = tmp_path / "shm" / "model.safetensors"
     dest.parent.mkdir()
     with pytest.raises(DataLoss, match=r"ended \d+ bytes early"):
-        _copy(src, dest, workers=2)
+        _copy(src, dest)
     assert _leftovers(dest.parent) == []
 
 
@@ -144,7 +143,7 @@ def test_buffered_fallback_also_detects_an_early_end(
     dest = tmp_path / "shm" / "model.safetensors"
     dest.parent.mkdir()
     with pytest.raises(DataLoss):
-        _copy(src, dest, workers=1)
+        _copy(src, dest)
     assert _leftovers(dest.parent) == []
 
 
@@ -162,7 +161,7 @@ def test_write_failure_midway_leaves_nothing_and_keeps_the_old_file(
     dest.parent.mkdir()
     dest.write_bytes(b"previous")
     with pytest.raises(OSError) as raised:
-        _copy(src, dest, workers=3)
+        _copy(src, dest)
     assert raised.value.errno == errno.ENOSPC
     assert _leftovers(dest.parent) == ["model.safetensors"]
     assert dest.read_bytes() == b"previous"
@@ -175,7 +174,7 @@ def test_cancelled_midway_leaves_nothing(tmp_path: Path) -> None:
     control = LoadControl()
     with pytest.raises(LoadCancelled):
         copy_into_host(src, dest, control=control, progress=lambda _n: control.cancel("evicted"),
-                       block_bytes=BLOCK, workers=2)  # fmt: skip
+                       block_bytes=BLOCK)  # fmt: skip
     assert _leftovers(dest.parent) == []
 
 
@@ -192,7 +191,7 @@ KILLED_CHILD = textwrap.dedent(
         time.sleep(0.2)
 
     copy_into_host(Path(sys.argv[2]), Path(sys.argv[3]), control=LoadControl(), progress=slow,
-                   block_bytes=4096, workers=1)
+                   block_bytes=4096)
     """
 )
 

@@ -111,6 +111,30 @@ def test_refused_sendfile_falls_back_to_reads_and_writes(
     assert dest.read_bytes() == src.read_bytes()
 
 
+def test_short_reads_and_writes_of_the_fallback_are_continued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*_args: object) -> int:
+        raise OSError(errno.EOPNOTSUPP, "no sendfile")
+
+    real_preadv, real_pwritev = os.preadv, os.pwritev
+
+    def short_read(fd: int, buffers: list[memoryview], offset: int) -> int:
+        return real_preadv(fd, [buffers[0][:777]], offset)
+
+    def short_write(fd: int, buffers: list[memoryview], offset: int) -> int:
+        return real_pwritev(fd, [buffers[0][:500]], offset)
+
+    monkeypatch.setattr(host_copy.os, "sendfile", refuse)
+    monkeypatch.setattr(host_copy.os, "preadv", short_read)
+    monkeypatch.setattr(host_copy.os, "pwritev", short_write)
+    src = _source(tmp_path, 2 * BLOCK + 99)
+    dest = tmp_path / "model.safetensors"
+    copied, reported = _copy(src, dest)
+    assert sum(reported) == copied == src.stat().st_size
+    assert dest.read_bytes() == src.read_bytes()
+
+
 def test_a_source_that_ends_early_is_data_loss(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,7 +2,8 @@
 
 Owns the tier's directories (a single-file model's ``<shm_dir>/<key>@<revision>/``, emptied at
 start-up: its files belonged to the previous process; only what the agent marked as its own is
-removed then, see :mod:`gpu_agent.tier_roots`), copying a model's disk files into it, page-locking
+removed then, see :mod:`gpu_agent.tier_roots`), copying a model's disk files into it (the bytes
+move in :mod:`gpu_agent.host_copy`), page-locking
 them for GPU fills (``host_fill=registered``), removing them, and the free space beyond
 ``host_headroom_bytes``.
 

@@ -623,6 +623,10 @@ def disk_to_host_section(models: Path, shm: Path, args: argparse.Namespace) -> d
             "vs_sequential_read": {name: value / seq for name, value in medians.items()},
             "target_met": ratio >= 0.8,
         }
+        ceiling = None
+        if "tmpfs_write_ceiling" in medians:
+            ceiling = medians["host_copy"] / medians["tmpfs_write_ceiling"]
+            results[cache]["host_copy_vs_tmpfs_write_ceiling"] = ceiling
         others = " | ".join(
             f"{name} {value:.2f} GB/s ({value / seq:.0%})"
             for name, value in medians.items()
@@ -634,6 +638,7 @@ def disk_to_host_section(models: Path, shm: Path, args: argparse.Namespace) -> d
             + f": sequential read {seq:.2f} GB/s | disk->shm copy (host_copy) "
             f"{medians['host_copy']:.2f} GB/s = {ratio:.0%} of the read "
             f"[target >= 80%: {'MET' if ratio >= 0.8 else 'MISSED'}] | {others}"
+            + (f" | copy / write ceiling {ceiling:.0%}" if ceiling is not None else "")
         )
     disk_file.unlink()
     return results

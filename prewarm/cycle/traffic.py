@@ -59,10 +59,7 @@ class TrafficRecord:
         size = len(self._models)
         if size > self._rate.size:
             grow = 2 * size - self._rate.size
-            idle = IdleTimeRecord(self._rate.size + grow)
-            idle.hist[: self._rate.size] = self._idle.hist
-            idle.last_s[: self._rate.size] = self._idle.last_s
-            self._idle = idle
+            self._idle = self._idle.resized(self._rate.size + grow)
             self._rate = np.concatenate([self._rate, np.zeros(grow)])
             self._active_requests = np.concatenate([self._active_requests, np.zeros(grow)])
             self._active_steps = np.concatenate([self._active_steps, np.zeros(grow)])
@@ -87,7 +84,9 @@ class TrafficRecord:
             self._seen_end_s[at] = end_s
             valid = ~np.isnan(counts)
             busy = valid & (counts > 0)
-            self._idle.observe(_mask(at[busy], self._idle.last_s.size), end_s=end_s)
+            self._idle.observe(
+                _mask(at[busy], self._idle.last_s.size), end_s=end_s, start_s=start_s
+            )
             valid_rows, busy_rows = at[valid], at[busy]
             self._rate[valid_rows] = counts[valid] / step_s
             self._active_requests[busy_rows] += counts[busy]

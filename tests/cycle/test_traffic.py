@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from common.ids import ModelId
 from forecaster.types import SeriesBatch
-from planner.recency import BIN_S, IdleTimeRecord
+from planner.recency import BIN_S, PRIOR_EXPOSURE_S, IdleTimeRecord
 from prewarm.cycle.traffic import TrafficRecord, joined
 
 TIMER = ModelId("timer")
@@ -104,3 +105,18 @@ def test_joined_batches_cover_both_with_gaps_missing() -> None:
     )
     assert joined(None, later) is later
     assert joined(first, None) is first
+
+
+def test_the_base_rate_counts_returns_from_silence_on_any_step_width() -> None:
+    # 10-minute steps: two busy steps in a row are one stretch of activity, not a return, and
+    # only silent steps count as idle time. Past the 4-hour histogram, P is the base rate.
+    counts = np.zeros(40)
+    counts[[0, 1, 6, 12, 13]] = 1.0
+    record = TrafficRecord()
+    record.observe(_batch({"m": counts}, start_s=0.0, step_s=600.0))
+    now = 40 * 600.0  # 26 silent steps since the last request: past the histogram
+    returns, idle_s = 2.0, (4 + 5 + 26) * 600.0
+    rate = (returns + 1.0) / (idle_s + PRIOR_EXPOSURE_S)
+    assert _p(record, ModelId("m"), now, window_s=600.0) == pytest.approx(
+        1.0 - math.exp(-rate * 600.0)
+    )

@@ -25,7 +25,8 @@ observed traffic needs now), then forecast replicas above the floor, then warm h
 of an idle model) by value density, held models counting ``1 + hysteresis`` higher. A hold needs
 a density of at least ``min_value_density`` and of the price of idle memory over the planning
 window (:mod:`planner.price`: ``idle_price`` x the fleet's requests per second per GB the reactive
-autoscaler leaves idle), one threshold for all models. Holds are
+autoscaler leaves idle, a wake-up of an idle model counting as many requests), one threshold for
+all models. Holds are
 admitted as a prefix of that order, so a model is never evicted while one of lower density is
 kept. Host memory is filled the same way with what is not held in GPU. Replicas go down only when
 the forecast and the observation both say lower (and, above one replica, have said so for
@@ -156,6 +157,9 @@ class PlannerState:
     """The fleet's request rate and reactive idle memory, averaged (prices warm holds)."""
     calibration: Calibration = field(default_factory=Calibration)
     """Past predictions of P for idle models against what happened."""
+    idle: frozenset[ModelId] = frozenset()
+    """Models without observed traffic at the last plan (traffic now wakes them: the price
+    counts wake-ups, :mod:`planner.price`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -587,6 +591,7 @@ def plan(ctx: PlanContext, state: PlannerState) -> PlanResult:
         },
         fleet=fleet,
         calibration=_calibrate(ctx, state, t) if config.calibrate_p else state.calibration,
+        idle=frozenset(t.names[i] for i in np.flatnonzero(t.idle).tolist()),
     )
     return PlanResult(
         plan=WarmPlan(now_s=ctx.now_s, actions=tuple(actions)),
@@ -622,12 +627,14 @@ def _calibrate(ctx: PlanContext, state: PlannerState, t: _Table) -> Calibration:
 
 
 def _observe_fleet(ctx: PlanContext, state: PlannerState, t: _Table) -> FleetIdle:
-    """Fold the fleet's request rate and the reactive autoscaler's idle memory into the
-    averages: the GB of replicas the last plan did not ask for, of models without traffic now."""
+    """Fold the fleet's request rate, the reactive autoscaler's idle memory (the GB of replicas
+    the last plan did not ask for, of models without traffic now) and the models woken since the
+    last plan into the averages."""
     own = np.array([state.planned.get(m, 0) for m in t.names], dtype=np.int64)
     reactive = np.maximum(t.current - own, 0)
     idle_gb = float((reactive * t.weights_gb)[t.idle].sum())
-    return state.fleet.observe(ctx.now_s, float(t.observed_rps.sum()), idle_gb)
+    woken = sum(1 for i in np.flatnonzero(~t.idle).tolist() if t.names[i] in state.idle)
+    return state.fleet.observe(ctx.now_s, float(t.observed_rps.sum()), idle_gb, woken)
 
 
 def _hold_threshold(ctx: PlanContext, fleet: FleetIdle, t: _Table) -> float:

@@ -18,6 +18,18 @@ for a fleet of rarely called functions and for a few busy LLM endpoints alike.
 Measured on the development traces (reactive tail of an HPA-like scaler): requests per idle GB
 are 0.027/s on the Azure Functions sample and 3.2/s on ServeGen, a factor of 119, which is the
 factor between the hold thresholds that met each trace's targets.
+
+A fleet of rarely used models needs one more term. Where most requests come one or two at a time
+after a silence (adapters called a few times an hour), the request rate is about the rate of
+*wake-ups* (an idle model's first traffic, each a cold start for the reactive autoscaler), cold
+starts are a large share of all requests, and each hold moves the ratio so much that idle memory
+looks nearly free: on the rare functions of the Azure Functions sample (0.00056 requests/s per
+idle GB, 42 % of requests wake a model) the price fell 50 times below ``min_value_density``, the
+planner held every model ever called whatever ``idle_price`` said, and it held 1.5 to 3 times the
+idle memory of a 10-minute keep-alive. So the price counts each wake-up as at least
+:data:`WAKE_REQUESTS` requests: holds are bought at the rate a fleet whose cold starts are 1 % of
+its requests would pay, never cheaper. Busy fleets (the 100-function sample: 0.27 % of requests
+wake a model; ServeGen: 0.0001 %) are priced by their requests as before.
 """
 
 from __future__ import annotations
@@ -27,28 +39,36 @@ from dataclasses import dataclass
 
 HALF_LIFE_S = 6 * 3600.0
 """Half-life of the fleet averages (a quarter of a day: diurnal swings average out slowly)."""
+WAKE_REQUESTS = 100.0
+"""Requests a wake-up counts for at least in the price (one cold start in a hundred requests)."""
 
 
 @dataclass(frozen=True, slots=True)
 class FleetIdle:
     """Time-weighted averages of the fleet's request rate and reactive idle memory.
 
-    ``requests`` and ``idle_gb`` are decayed integrals (requests/s x s, GB x s); ``last_s`` is
-    when they were last advanced (``None`` before the first observation).
+    ``requests``, ``idle_gb`` and ``wakes`` are decayed integrals (requests/s x s, GB x s, and a
+    count of wake-ups); ``last_s`` is when they were last advanced (``None`` before the first
+    observation).
     """
 
     requests: float = 0.0
     idle_gb: float = 0.0
     last_s: float | None = None
+    wakes: float = 0.0
 
-    def observe(self, now_s: float, request_rps: float, idle_gb: float) -> FleetIdle:
-        """Fold in the fleet's state at ``now_s``, held since the previous observation.
+    def observe(
+        self, now_s: float, request_rps: float, idle_gb: float, wakes: float = 0.0
+    ) -> FleetIdle:
+        """Fold in the fleet's state at ``now_s``, held since the previous observation, and the
+        ``wakes`` (models that had no traffic then and have some now) seen at ``now_s``.
 
         Negative or non-finite inputs count as zero; an observation at or before ``last_s``
         changes nothing (it adds no time).
         """
         rate = request_rps if math.isfinite(request_rps) and request_rps > 0 else 0.0
         idle = idle_gb if math.isfinite(idle_gb) and idle_gb > 0 else 0.0
+        woken = wakes if math.isfinite(wakes) and wakes > 0 else 0.0
         if self.last_s is None:
             return FleetIdle(requests=0.0, idle_gb=0.0, last_s=now_s)
         elapsed = now_s - self.last_s
@@ -59,16 +79,19 @@ class FleetIdle:
             requests=self.requests * decay + rate * elapsed,
             idle_gb=self.idle_gb * decay + idle * elapsed,
             last_s=now_s,
+            wakes=self.wakes * decay + woken,
         )
 
     def requests_per_idle_gb(self) -> float | None:
-        """Average fleet requests per second per reactive idle GB.
+        """Average fleet requests per second per reactive idle GB, each wake-up counting for at
+        least :data:`WAKE_REQUESTS` requests (the price's basis).
 
         ``None`` before any traffic was seen (no basis for a price); ``inf`` when there was traffic
         but the reactive autoscaler never left memory idle (nothing is worth holding idle).
         """
+        requests = max(self.requests, WAKE_REQUESTS * self.wakes)
         if self.idle_gb > 0:
-            return self.requests / self.idle_gb
-        if self.requests > 0:
+            return requests / self.idle_gb
+        if requests > 0:
             return math.inf
         return None

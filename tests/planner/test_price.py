@@ -9,7 +9,7 @@ import pytest
 from common.ids import ModelId
 from planner.config import PlannerConfig
 from planner.planner import ModelState, PlannerState, plan
-from planner.price import HALF_LIFE_S, FleetIdle
+from planner.price import HALF_LIFE_S, WAKE_REQUESTS, FleetIdle
 from tests.planner.helpers import context, forecast, spec
 
 
@@ -104,3 +104,37 @@ def test_replicas_only_observed_traffic_needs_are_not_the_planners_own() -> None
     result = plan(ctx, PlannerState())
     assert result.models[ModelId("m")].target_replicas == 1
     assert ModelId("m") not in result.state.planned
+
+
+def test_wake_ups_count_as_at_least_wake_requests_each() -> None:
+    # One request per wake-up, 10 wake-ups: priced as 10 x WAKE_REQUESTS requests.
+    fleet = FleetIdle().observe(0.0, 0.0, 0.0).observe(600.0, 10.0 / 600.0, 100.0, 10.0)
+    assert fleet.wakes == 10.0
+    assert fleet.requests_per_idle_gb() == pytest.approx(10.0 * WAKE_REQUESTS / (100.0 * 600.0))
+    # A busy fleet's requests outnumber its wake-ups' worth: priced by its requests.
+    busy = FleetIdle().observe(0.0, 0.0, 0.0).observe(600.0, 1000.0, 100.0, 10.0)
+    assert busy.requests_per_idle_gb() == pytest.approx(1000.0 / 100.0)
+    later = fleet.observe(600.0 + HALF_LIFE_S, 0.0, 0.0)
+    assert later.wakes == pytest.approx(5.0)
+
+
+def test_a_fleet_of_rarely_called_models_prices_holds_by_its_wake_ups() -> None:
+    # The same requests per idle GB; in one fleet every request wakes a model. Its request rate
+    # alone would make the hold cheap; counted by its cold starts, the hold is not worth it.
+    steady = FleetIdle().observe(0.0, 0.0, 0.0).observe(3600.0, 0.05, 1000.0)
+    waking = FleetIdle().observe(0.0, 0.0, 0.0).observe(3600.0, 0.05, 1000.0, 180.0)
+    assert _idle_model_plan(steady, idle_price=0.1) == 1
+    assert _idle_model_plan(waking, idle_price=0.1) == 0
+
+
+def test_the_plan_counts_models_woken_since_the_last_plan() -> None:
+    specs = [spec("a", weights_gb=14.5), spec("b", weights_gb=14.5), spec("c", weights_gb=14.5)]
+    quiet = {m: ModelState(model=ModelId(m)) for m in ("a", "b")}
+    quiet["c"] = ModelState(model=ModelId("c"), ready_replicas=1, observed_rps=1.0)
+    first = plan(context(specs, states=quiet, now_s=0.0), PlannerState()).state
+    assert first.idle == frozenset({ModelId("a"), ModelId("b")})
+    # a wakes; b stays idle; c was busy already (not a wake-up).
+    busy = dict(quiet, a=ModelState(model=ModelId("a"), ready_replicas=1, observed_rps=0.5))
+    second = plan(context(specs, states=busy, now_s=60.0), first).state
+    assert second.fleet.wakes == 1.0
+    assert second.idle == frozenset({ModelId("b")})

@@ -24,12 +24,14 @@ after a silence (adapters called a few times an hour), the request rate is about
 *wake-ups* (an idle model's first traffic, each a cold start for the reactive autoscaler), cold
 starts are a large share of all requests, and each hold moves the ratio so much that idle memory
 looks nearly free: on the rare functions of the Azure Functions sample (0.00056 requests/s per
-idle GB, 42 % of requests wake a model) the price fell 50 times below ``min_value_density``, the
-planner held every model ever called whatever ``idle_price`` said, and it held 1.5 to 3 times the
-idle memory of a 10-minute keep-alive. So the price counts each wake-up as at least
-:data:`WAKE_REQUESTS` requests: holds are bought at the rate a fleet whose cold starts are 1 % of
-its requests would pay, never cheaper. Busy fleets (the 100-function sample: 0.27 % of requests
-wake a model; ServeGen: 0.0001 %) are priced by their requests as before.
+idle GB; 42 % of its requests come after 5 minutes of silence) the price fell 26 times below
+``min_value_density`` at the default ``idle_price``, so that floor decided alone whatever
+``idle_price`` said, and the planner held 1.7 to 3 times the idle memory of a 10-minute
+keep-alive. So the price counts each wake-up as at least :data:`WAKE_REQUESTS` requests: holds
+are bought at the rate of a fleet whose cold starts are 1 % of its requests, never cheaper.
+Busy fleets (0.27 % of the 100-function sample's requests come after 5 minutes of silence,
+0.0001 % of ServeGen's) stay priced by their requests, except where timers wake models more
+often than that.
 """
 
 from __future__ import annotations

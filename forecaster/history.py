@@ -269,8 +269,11 @@ class HistoryBuffer:
     def _rows_held(self) -> int:
         return sum(block.rows[0].shape[0] for block in self._blocks)
 
-    def gather(self, offsets: IntArray, *, end: int | None = None) -> FloatArray:
-        """Values at absolute steps ``end + offsets`` for every model, shape ``(models, offsets)``.
+    def gather(
+        self, offsets: IntArray, *, end: int | None = None, rows: IntArray | None = None
+    ) -> FloatArray:
+        """Values at absolute steps ``end + offsets`` for every model (or the models ``rows``,
+        ascending), shape ``(models, offsets)``.
 
         Steps outside the held window (too old, or at/after ``end``) read NaN.
         """
@@ -278,26 +281,48 @@ class HistoryBuffer:
         steps = as_of + np.asarray(offsets, dtype=np.int64)
         valid = (steps >= self.start) & (steps < min(as_of, self.end))
         columns = np.where(valid, steps, 0) % self.capacity
-        out = np.empty((self.size, columns.size), dtype=np.float64)
+        out = np.empty((self.size if rows is None else rows.size, columns.size), dtype=np.float64)
         # A run of consecutive columns (the usual "last k steps", unless it wraps around the
         # ring) is a slice; anything else goes through np.take, which is several times faster
         # than fancy indexing a row range of these wide blocks.
         start = int(columns[0]) if columns.size else 0
         run = columns.size > 0 and bool(np.all(columns == start + np.arange(columns.size)))
 
-        def read(array: NDArray[Any]) -> NDArray[Any]:
+        def read(array: NDArray[Any], local: IntArray | None = None) -> NDArray[Any]:
+            if local is not None:
+                if run:
+                    return array[local, start : start + columns.size]
+                picked: NDArray[Any] = array[np.ix_(local, columns)]
+                return picked
             if run:
                 return array[:, start : start + columns.size]
             return np.take(array, columns, axis=1)
 
-        for index, block in enumerate(self._blocks):
-            first = index * BLOCK_ROWS
-            last = min(first + BLOCK_ROWS, self.size)
-            np.take(_LUT8, read(block.rows[0][: last - first]), out=out[first:last], mode="clip")
-            for tier in range(1, len(TIERS)):
-                members = block.members[tier - 1]
-                if members.size:
-                    out[first + members] = _decode(read(block.rows[tier]), tier)
+        if rows is None:
+            for index, block in enumerate(self._blocks):
+                first = index * BLOCK_ROWS
+                last = min(first + BLOCK_ROWS, self.size)
+                base = read(block.rows[0][: last - first])
+                np.take(_LUT8, base, out=out[first:last], mode="clip")
+                for tier in range(1, len(TIERS)):
+                    members = block.members[tier - 1]
+                    if members.size:
+                        out[first + members] = _decode(read(block.rows[tier]), tier)
+        else:
+            which = rows // BLOCK_ROWS
+            for index in np.unique(which).tolist():
+                block = self._blocks[index]
+                at = np.flatnonzero(which == index)
+                local = rows[at] - index * BLOCK_ROWS
+                out[at] = np.take(_LUT8, read(block.rows[0], local))
+                for tier in range(1, len(TIERS)):
+                    members = block.members[tier - 1]
+                    if not members.size:
+                        continue
+                    position = np.minimum(np.searchsorted(members, local), members.size - 1)
+                    hit = members[position] == local
+                    if hit.any():
+                        out[at[hit]] = _decode(read(block.rows[tier], position[hit]), tier)
         if not valid.all():
             out[:, ~valid] = np.nan
         return out

@@ -24,9 +24,33 @@ class HistoryView(Protocol):
         """Number of models (rows)."""
         ...
 
-    def gather(self, offsets: IntArray, *, end: int | None = None) -> FloatArray:
-        """Values at steps ``end + offsets``, shape ``(models, len(offsets))``; NaN if unknown."""
+    def gather(
+        self, offsets: IntArray, *, end: int | None = None, rows: IntArray | None = None
+    ) -> FloatArray:
+        """Values at steps ``end + offsets``, shape ``(models, len(offsets))``; NaN if unknown.
+        With ``rows`` (ascending), only those models' rows, in that order."""
         ...
+
+
+class RowSubset:
+    """The models ``rows`` (ascending) of a history view, as a history view of their own: a
+    pooled model that only needs a sample of the series reads only theirs."""
+
+    def __init__(self, history: HistoryView, rows: IntArray) -> None:
+        self._history = history
+        self._rows = rows
+
+    @property
+    def size(self) -> int:
+        """Number of models (rows)."""
+        return int(self._rows.size)
+
+    def gather(
+        self, offsets: IntArray, *, end: int | None = None, rows: IntArray | None = None
+    ) -> FloatArray:
+        """As :meth:`HistoryView.gather`, over this subset's rows."""
+        chosen = self._rows if rows is None else self._rows[rows]
+        return self._history.gather(offsets, end=end, rows=chosen)
 
 
 PointModel = Callable[[HistoryView, int, int], FloatArray]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from forecaster.models.base import HistoryView, nanmean
+from forecaster.models.base import HistoryView, RowSubset, nanmean
 from forecaster.models.naive import recent_level, smoothed_level
 from forecaster.types import FloatArray
 
@@ -118,14 +118,20 @@ class GradientBoostedQuantile:
         blocks_x = []
         blocks_y = []
         for origin in origins:
-            x, scale = features(history, origin, horizon, calendar)
             actual = history.gather(np.arange(horizon, dtype=np.int64), end=origin + horizon)
-            y = (actual / scale[:, None]).reshape(-1)
-            keep = np.flatnonzero(np.isfinite(y))
+            # The sample is drawn from the observed targets (a scale is finite and >= 1, so a
+            # target is finite exactly where its actual is), and features are computed for the
+            # sampled series only: at 100,000 series an origin keeps under 1 % of them.
+            keep = np.flatnonzero(np.isfinite(actual.reshape(-1)))
             if keep.size > per_origin:
                 keep = rng.choice(keep, per_origin, replace=False)
-            blocks_x.append(x[keep])
-            blocks_y.append(y[keep])
+            if keep.size == 0:
+                continue
+            series, where = np.unique(keep // horizon, return_inverse=True)
+            x, scale = features(RowSubset(history, series), origin, horizon, calendar)
+            rows = where * horizon + keep % horizon
+            blocks_x.append(x[rows])
+            blocks_y.append(actual.reshape(-1)[keep] / scale[where])
         if not blocks_x or sum(block.size for block in blocks_y) < 50 or n == 0:
             return
         model = HistGradientBoostingRegressor(

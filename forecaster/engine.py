@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
@@ -34,15 +34,17 @@ from numpy.typing import NDArray
 
 from common.errors import InvalidInput
 from common.ids import ModelId
-from forecaster.history import HistoryBuffer
+from forecaster.history import BLOCK_ROWS, HistoryBuffer
 from forecaster.models import intermittent, naive, reverting, seasonal
-from forecaster.models.base import HistoryView, IntArray, PointModel
+from forecaster.models.base import HistoryView, IntArray, PointModel, RowSubset
 from forecaster.models.conformal import STRATA, ResidualModel, stratum
 from forecaster.models.gbm import Calendar, GradientBoostedQuantile
 from forecaster.selection import Selector
 from forecaster.types import FloatArray, Forecast, SeriesBatch, forecasts_from_arrays
 
 DAY_S = 86400.0
+CHUNK_ROWS = 4 * BLOCK_ROWS
+"""Series evaluated together by the point models (see ``AutoForecaster._points_and_estimate``)."""
 ENSEMBLE_SIZE = 8
 ENSEMBLE_POWER = 4.0
 GBM_NAME = "gbm-quantile"
@@ -78,6 +80,11 @@ class OriginLookups:
 
     lags: seasonal.LagCache = field(default_factory=dict)
     blocks: reverting.BlockCache = field(default_factory=dict)
+    intermittent: dict[tuple[int, int, int], intermittent.IntermittentEstimate] = field(
+        default_factory=dict
+    )
+    """The intermittent estimate per ``(window, max_idle, horizon)``: the engine reads it again
+    for P(active) at the forecast origin."""
 
 
 SharedPointModel = Callable[[HistoryView, int, int, OriginLookups], FloatArray]
@@ -136,9 +143,12 @@ class Candidates:
         """These candidates with ``candidate`` after the other models (before the combinations)."""
         return Candidates((*self.models, candidate))
 
-    def predict(self, history: HistoryView, end: int, horizon: int) -> FloatArray:
-        """Every model's point forecasts ``(models, series, horizon)`` as of ``end``."""
-        lookups = OriginLookups()
+    def predict(
+        self, history: HistoryView, end: int, horizon: int, lookups: OriginLookups | None = None
+    ) -> FloatArray:
+        """Every model's point forecasts ``(models, series, horizon)`` as of ``end``;
+        ``lookups`` (fresh for each origin and set of series) is filled as they are computed."""
+        lookups = OriginLookups() if lookups is None else lookups
         out: FloatArray = np.stack(
             [candidate.predict(history, end, horizon, lookups) for candidate in self.models]
         )
@@ -224,7 +234,7 @@ def default_candidates(step_s: float, *, horizon_steps: int) -> Candidates:
     out.append(Candidate.alone("seasonal-naive-daily", partial(_snaive, lag=day), day))
     out.append(Candidate.alone("seasonal-naive-weekly", partial(_snaive, lag=week), week))
     out.append(
-        Candidate.alone(
+        Candidate(
             "intermittent",
             partial(_intermittent, window=min(day, max(60, 6 * hour)), max_idle=max(4, 2 * hour)),
             1,
@@ -295,10 +305,22 @@ def _delta(
     )
 
 
+def intermittent_window(step_s: float) -> int:
+    """Steps of history the intermittent estimates read: six hours, within 60 steps .. a day."""
+    return min(round(DAY_S / step_s), max(60, round(6 * HOUR_S / step_s)))
+
+
 def _intermittent(
-    history: HistoryView, end: int, horizon: int, *, window: int, max_idle: int
+    history: HistoryView,
+    end: int,
+    horizon: int,
+    lookups: OriginLookups,
+    *,
+    window: int,
+    max_idle: int,
 ) -> FloatArray:
     estimate = intermittent.estimate(history, end, horizon, window=window, max_idle=max_idle)
+    lookups.intermittent[(window, max_idle, horizon)] = estimate
     return intermittent.tsb_point(estimate)
 
 
@@ -389,6 +411,7 @@ class AutoForecaster:
         self.stats = EngineStats()
         self._last: dict[ModelId, Forecast] = {}
         self._out_log_width = np.zeros(STRATA)
+        self._max_idle = max(4, round(2 * HOUR_S / self.step_s))
 
     # -- ForecastEngine ---------------------------------------------------------------------
 
@@ -512,20 +535,52 @@ class AutoForecaster:
         the point loss alone (absolute error): the quantiles serve the planner, the mean people
         and error metrics, and the best combination for one is not the best for the other.
         """
-        base = self.candidates.predict(self.history, end, horizon)
-        base = np.where(np.isfinite(base), np.maximum(base, 0.0), 0.0)
+        return self._points_and_estimate(end, horizon)[0]
+
+    def _points_and_estimate(
+        self, end: int, horizon: int
+    ) -> tuple[FloatArray, intermittent.IntermittentEstimate | None]:
+        """:meth:`_points`, and the intermittent candidate's estimate at ``end`` for the
+        window and idle cap :meth:`_predict` reads (None if no candidate computed that one).
+
+        Series are independent here, so they are evaluated ``CHUNK_ROWS`` at a time: the
+        temporaries of a chunk (a 720-step window of 4,096 series is 24 MB) stay small enough to
+        be reused rather than mapped and faulted in afresh, and the peak memory of a call no
+        longer grows with the fleet. The numbers are those of one pass over all series.
+        """
+        n = self.history.size
         bases = self._bases
-        trusted = self._eligible(end)[:bases] & (self.selector.weight[:bases] >= 10.0)
-        # Without evidence: the mean of the eligible level models (naive and the SES speeds).
-        fallback = trusted.any(axis=0) == 0
+        eligible = self._eligible(end)[:bases]
         level_rows = [i for i, c in enumerate(self.candidates.models) if c.name in LEVEL_MODELS]
-        plain = base[level_rows].mean(axis=0)
-        combined = [
-            np.where(fallback[:, None], plain, _combine(base, np.where(trusted, loss, np.inf)))
-            for loss in (self.selector.loss[:bases], self.selector.point_loss[:bases])
-        ]
-        out: FloatArray = np.concatenate([base, np.stack(combined)], axis=0)
-        return out
+        out: FloatArray = np.empty((len(self.candidates.names), n, horizon))
+        key = (intermittent_window(self.step_s), self._max_idle, horizon)
+        parts: list[intermittent.IntermittentEstimate] = []
+        for first in range(0, n, CHUNK_ROWS):
+            rows = slice(first, min(n, first + CHUNK_ROWS))
+            view = RowSubset(self.history, np.arange(rows.start, rows.stop, dtype=np.int64))
+            lookups = OriginLookups()
+            base = self.candidates.predict(view, end, horizon, lookups)
+            base = np.where(np.isfinite(base), np.maximum(base, 0.0), 0.0)
+            trusted = eligible[:, rows] & (self.selector.weight[:bases, rows] >= 10.0)
+            # Without evidence: the mean of the eligible level models (naive and the SES speeds).
+            fallback = trusted.any(axis=0) == 0
+            plain = base[level_rows].mean(axis=0)
+            out[:bases, rows] = base
+            for index, loss in enumerate(
+                (self.selector.loss[:bases, rows], self.selector.point_loss[:bases, rows])
+            ):
+                combined = _combine(base, np.where(trusted, loss, np.inf))
+                out[bases + index, rows] = np.where(fallback[:, None], plain, combined)
+            if key in lookups.intermittent:
+                parts.append(lookups.intermittent[key])
+        if n == 0 or len(parts) * CHUNK_ROWS < n:
+            return out, None
+        return out, intermittent.IntermittentEstimate(
+            p=np.concatenate([part.p for part in parts]),
+            size=np.concatenate([part.size for part in parts]),
+            hazard=np.concatenate([part.hazard for part in parts]),
+            zero_share=np.concatenate([part.zero_share for part in parts]),
+        )
 
     def _recent(self, end: int) -> FloatArray:
         """The recent (30 min) level per series: drives the fallback scale and the strata."""
@@ -607,7 +662,7 @@ class AutoForecaster:
     def _predict(self, horizon: int, levels: tuple[float, ...]) -> dict[ModelId, Forecast]:
         end = self.history.end
         reach = max(horizon, self.score_horizon)
-        points = self._points(end, reach)
+        points, candidate_estimate = self._points_and_estimate(end, reach)
         eligible = self._eligible(end)
         chosen = self.selector.choose(
             eligible, preferred=self._ensemble, margin=self.ensemble_margin
@@ -646,13 +701,18 @@ class AutoForecaster:
         point = points[point_choice, rows, :horizon]
         mean = point
 
-        estimate = intermittent.estimate(
-            self.history,
-            end,
-            horizon,
-            window=min(round(DAY_S / self.step_s), max(60, round(6 * HOUR_S / self.step_s))),
-            max_idle=max(4, round(2 * HOUR_S / self.step_s)),
-        )
+        if candidate_estimate is not None:
+            # The candidate's estimate at this origin, over ``reach`` steps: each step's hazard
+            # depends on that step alone, so its first ``horizon`` are this call's.
+            estimate = replace(candidate_estimate, hazard=candidate_estimate.hazard[:, :horizon])
+        else:
+            estimate = intermittent.estimate(
+                self.history,
+                end,
+                horizon,
+                window=intermittent_window(self.step_s),
+                max_idle=self._max_idle,
+            )
         poisson = 1.0 - np.exp(-mean)
         sparse = estimate.zero_share[:, None] >= 0.3
         # A sparse series' idle-time hazard knows nothing of a seasonal burst that the chosen

@@ -298,17 +298,29 @@ class HistoryBuffer:
                 return array[:, start : start + columns.size]
             return np.take(array, columns, axis=1)
 
-        if rows is None:
-            for index, block in enumerate(self._blocks):
+        contiguous = rows is not None and rows.size > 0 and rows[-1] - rows[0] + 1 == rows.size
+        if rows is None or contiguous:
+            # All models, or a contiguous range of them (a chunk of series): block slices.
+            low = 0 if rows is None else int(rows[0])
+            high = self.size if rows is None else int(rows[-1]) + 1
+            for index in range(low // BLOCK_ROWS, -(-high // BLOCK_ROWS)):
+                block = self._blocks[index]
                 first = index * BLOCK_ROWS
-                last = min(first + BLOCK_ROWS, self.size)
-                base = read(block.rows[0][: last - first])
-                np.take(_LUT8, base, out=out[first:last], mode="clip")
+                begin, stop = max(low, first) - first, min(high, first + BLOCK_ROWS) - first
+                target = out[first + begin - low : first + stop - low]
+                np.take(_LUT8, read(block.rows[0][begin:stop]), out=target, mode="clip")
                 for tier in range(1, len(TIERS)):
                     members = block.members[tier - 1]
-                    if members.size:
-                        out[first + members] = _decode(read(block.rows[tier]), tier)
+                    inside = (members >= begin) & (members < stop)
+                    if not inside.any():
+                        continue
+                    if inside.all():
+                        codes = read(block.rows[tier])
+                    else:
+                        codes = read(block.rows[tier], np.flatnonzero(inside))
+                    target[members[inside] - begin] = _decode(codes, tier)
         else:
+            assert rows is not None
             which = rows // BLOCK_ROWS
             for index in np.unique(which).tolist():
                 block = self._blocks[index]

@@ -40,8 +40,6 @@ TIERS: tuple[np.dtype[np.generic], ...] = (
 """Row storage, narrowest first. Integer tiers hold exact counts ``0 .. max - 1``; their largest
 code means "missing" (NaN)."""
 _MISSING = (255, 65535)
-_LUT8 = np.arange(256, dtype=np.float64)
-_LUT8[255] = np.nan
 
 
 @dataclass(slots=True)
@@ -72,13 +70,18 @@ def _encode(values: NDArray[np.float32], tier: int) -> NDArray[Any]:
     return out
 
 
+def _decode_into(out: FloatArray, codes: NDArray[Any]) -> None:
+    """One-byte codes into ``out`` (a cast, then NaN where missing: twice as fast as a lookup)."""
+    np.copyto(out, codes, casting="unsafe")
+    missing = codes == _MISSING[0]
+    if missing.any():
+        np.copyto(out, np.nan, where=missing)
+
+
 def _decode(codes: NDArray[Any], tier: int) -> FloatArray:
-    if tier == 0:
-        out: FloatArray = np.take(_LUT8, codes)
-        return out
     values = codes.astype(np.float64)
     if tier < len(TIERS) - 1:
-        values[codes == _MISSING[tier]] = np.nan
+        np.copyto(values, np.nan, where=codes == _MISSING[tier])
     return values
 
 
@@ -308,7 +311,7 @@ class HistoryBuffer:
                 first = index * BLOCK_ROWS
                 begin, stop = max(low, first) - first, min(high, first + BLOCK_ROWS) - first
                 target = out[first + begin - low : first + stop - low]
-                np.take(_LUT8, read(block.rows[0][begin:stop]), out=target, mode="clip")
+                _decode_into(target, read(block.rows[0][begin:stop]))
                 for tier in range(1, len(TIERS)):
                     members = block.members[tier - 1]
                     inside = (members >= begin) & (members < stop)
@@ -326,7 +329,7 @@ class HistoryBuffer:
                 block = self._blocks[index]
                 at = np.flatnonzero(which == index)
                 local = rows[at] - index * BLOCK_ROWS
-                out[at] = np.take(_LUT8, read(block.rows[0], local))
+                out[at] = _decode(read(block.rows[0], local), 0)
                 for tier in range(1, len(TIERS)):
                     members = block.members[tier - 1]
                     if not members.size:

@@ -326,15 +326,48 @@ def _intermittent(
 
 @dataclass(slots=True)
 class _Pending:
-    """Forecasts of every candidate made at one origin, waiting for their actuals."""
+    """Forecasts of every candidate made at one origin, waiting for their actuals.
+
+    Candidates whose forecasts are flat over the horizon for every series (the level models:
+    naive, medians, exponential smoothing) are kept as one float64 value per series with the
+    scale and residual quantiles they were made with, and expanded when scored: the same
+    numbers as storing them step by step (the expansion repeats the same float64 arithmetic),
+    at a thirtieth of the memory. At 100,000 series a pending origin is 0.3 GB instead of 0.55.
+    """
 
     origin: int
     models: int
-    points: NDArray[np.float32]  # (candidates, models, horizon); NaN where ineligible
+    dense: NDArray[np.int64]  # candidates kept step by step
+    points: NDArray[np.float32]  # (dense, models, horizon); NaN where ineligible
     upper: NDArray[np.float32]  # the planning-quantile forecast, same shape
+    flat: NDArray[np.int64]  # candidates kept flat
+    flat_points: FloatArray  # (flat, models)
+    flat_scale: FloatArray  # (flat, models)
+    flat_offsets: FloatArray  # (flat, strata, horizon): planning-quantile residual offsets
+    flat_eligible: NDArray[np.bool_]  # (flat, models)
     scale: NDArray[np.float32]  # (candidates, models)
     strata: NDArray[np.int64]  # (models,)
     final_upper: NDArray[np.float32] | None = None  # (models, horizon): the output's q forecast
+
+    def block(self, rows: slice, steps: IntArray) -> tuple[FloatArray, FloatArray]:
+        """Point and planning-quantile forecasts ``(candidates, rows, len(steps))`` (float64 of
+        the float32 kept) of series ``rows`` (within the ``models`` it was made for)."""
+        count = len(self.dense) + len(self.flat)
+        size = rows.stop - rows.start
+        points = np.empty((count, size, steps.size))
+        upper = np.empty((count, size, steps.size))
+        points[self.dense] = self.points[:, rows][:, :, steps]
+        upper[self.dense] = self.upper[:, rows][:, :, steps]
+        if len(self.flat):
+            current = self.flat_points[:, rows]
+            offsets = self.flat_offsets[:, self.strata[rows], :][:, :, steps]
+            mask = self.flat_eligible[:, rows, None]
+            high = np.maximum(current[:, :, None] + self.flat_scale[:, rows, None] * offsets, 0.0)
+            points[self.flat] = np.where(mask[:, :, 0], current, np.nan).astype(np.float32)[
+                :, :, None
+            ]
+            upper[self.flat] = np.where(mask, high, np.nan).astype(np.float32)
+        return points, upper
 
 
 @dataclass(slots=True)
@@ -601,33 +634,42 @@ class AutoForecaster:
         return self._scored_pending(points, eligible, scale, stratum(level), origin)
 
     def _score(self, pending: _Pending, actual: FloatArray, steps: IntArray) -> None:
-        """Score ``pending`` at horizon ``steps`` against ``actual (models, len(steps))``."""
+        """Score ``pending`` at horizon ``steps`` against ``actual (models, len(steps))``.
+
+        The per-series updates (selection losses, residual scales) run ``CHUNK_ROWS`` series
+        at a time; the pooled ones (residual pools, adaptive widths) then see every series at
+        once, as before: the same numbers with float64 temporaries of one chunk, not the fleet.
+        Series that appeared after the forecasts were made score nothing (NaN).
+        """
         n = pending.models
         total = self.history.size
-        points = pending.points[:, :, steps].astype(np.float64)
-        upper = pending.upper[:, :, steps].astype(np.float64)
-        residuals = actual[None, :n, :] - points
-        scale = pending.scale.astype(np.float64)
-        if n < total:
-            pad = np.full((len(self.candidates.names), total - n, len(steps)), np.nan)
-            residuals = np.concatenate([residuals, pad], axis=1)
-            upper = np.concatenate([upper, pad], axis=1)
-            scale = np.concatenate(
-                [scale, np.ones((len(self.candidates.names), total - n))], axis=1
-            )
-            points_full = np.concatenate([points, pad], axis=1)
-            actual_full = actual
-        else:
-            points_full = points
-            actual_full = actual[:n]
+        candidates = len(self.candidates.names)
+        normalised = np.empty((candidates, total, steps.size), dtype=np.float32)
+        scored = np.empty((candidates, total, steps.size), dtype=np.bool_)
+        missed = np.empty((candidates, total, steps.size), dtype=np.bool_)
+        for first in range(0, total, CHUNK_ROWS):
+            rows = slice(first, min(total, first + CHUNK_ROWS))
+            held = min(n, rows.stop) - rows.start
+            points = np.full((candidates, rows.stop - rows.start, steps.size), np.nan)
+            upper = np.full_like(points, np.nan)
+            scale = np.ones((candidates, rows.stop - rows.start))
+            if held > 0:
+                made = slice(rows.start, rows.start + held)
+                points[:, :held], upper[:, :held] = pending.block(made, steps)
+                scale[:, :held] = pending.scale[:, made]
+            actual_rows = actual[rows]
+            self.selector.update(actual_rows, points, upper, rows=rows)
+            ok = np.isfinite(upper) & np.isfinite(actual_rows)[None, :, :]
+            scored[:, rows] = ok
+            missed[:, rows] = np.where(ok, actual_rows[None, :, :] > upper + 1e-9, False)
+            residuals = actual_rows[None, :, :] - points
+            self.residuals.update_scales(residuals, rows=rows)
+            normalised[:, rows] = (residuals / scale[:, :, None]).astype(np.float32)
         strata = pending.strata
         if n < total:
             strata = np.concatenate([strata, np.zeros(total - n, dtype=np.int64)])
-        self.selector.update(actual_full, points_full, upper)
-        scored = np.isfinite(upper) & np.isfinite(actual_full)[None, :, :]
-        missed = np.where(scored, actual_full[None, :, :] > upper + 1e-9, False)
         self.residuals.adapt_width(missed, scored, strata, level=self.planning_quantile)
-        self.residuals.update(residuals, steps, scale, strata)
+        self.residuals.update_pools(normalised, steps, strata)
         if pending.final_upper is not None:
             final = pending.final_upper[:, steps].astype(np.float64)
             actual_rows = actual[:n]
@@ -739,6 +781,13 @@ class AutoForecaster:
         self.stats.chosen = counts
         return out
 
+    @staticmethod
+    def _flat_candidates(current: FloatArray) -> NDArray[np.bool_]:
+        """Per candidate: whether ``current (candidates, models, horizon)`` is flat over the
+        horizon for every series (kept as one value per series while pending)."""
+        out: NDArray[np.bool_] = np.all(current == current[:, :, :1], axis=(1, 2))
+        return out
+
     def _scored_pending(
         self,
         points: FloatArray,
@@ -748,15 +797,32 @@ class AutoForecaster:
         end: int,
     ) -> _Pending:
         horizon = self.score_horizon
+        n = points.shape[1]
         current = points[:, :, :horizon]
         offsets = self.residuals.quantiles((self.planning_quantile,))[:, :, 0, :]  # (C, S, H)
-        upper = np.maximum(current + scale[:, :, None] * offsets[:, strata, :], 0.0)
-        mask = eligible[:, :, None]
+        flat_rows = self._flat_candidates(current)
+        flat = np.flatnonzero(flat_rows)
+        dense = np.flatnonzero(~flat_rows)
+        kept = np.empty((dense.size, n, horizon), dtype=np.float32)
+        upper = np.empty((dense.size, n, horizon), dtype=np.float32)
+        for first in range(0, n, CHUNK_ROWS):
+            rows = slice(first, min(n, first + CHUNK_ROWS))
+            part = current[dense, rows]
+            high = part + scale[dense, rows][:, :, None] * offsets[dense][:, strata[rows], :]
+            mask = eligible[dense, rows][:, :, None]
+            kept[:, rows] = np.where(mask, part, np.nan)
+            upper[:, rows] = np.where(mask, np.maximum(high, 0.0), np.nan)
         return _Pending(
             origin=end,
             models=self.history.size,
-            points=np.where(mask, current, np.nan).astype(np.float32),
-            upper=np.where(mask, upper, np.nan).astype(np.float32),
+            dense=dense,
+            points=kept,
+            upper=upper,
+            flat=flat,
+            flat_points=current[flat, :, 0],
+            flat_scale=scale[flat],
+            flat_offsets=offsets[flat],
+            flat_eligible=eligible[flat],
             scale=scale.astype(np.float32),
             strata=strata,
         )

@@ -49,12 +49,23 @@ class Selector:
             pad = np.zeros((self.candidates, extra))
             self.point_loss = np.concatenate([self.point_loss, pad], axis=1)
 
-    def update(self, actual: FloatArray, point: FloatArray, predicted: FloatArray) -> None:
+    def update(
+        self,
+        actual: FloatArray,
+        point: FloatArray,
+        predicted: FloatArray,
+        *,
+        rows: slice | None = None,
+    ) -> None:
         """Score forecasts ``(candidates, models, steps)`` against ``actual (models, steps)``.
 
         ``point`` is each candidate's point forecast, ``predicted`` its planning-quantile
-        forecast. NaN entries (missing actuals, ineligible candidates) are skipped.
+        forecast. NaN entries (missing actuals, ineligible candidates) are skipped. With
+        ``rows``, the arrays hold those series only (series are scored independently, so a
+        fleet can be scored a chunk at a time with the same result).
         """
+        part = slice(None) if rows is None else rows
+        loss, point_loss, weight = (a[:, part] for a in (self.loss, self.point_loss, self.weight))
         point_losses = pinball(actual[None, :, :], point, 0.5)
         losses = pinball(actual[None, :, :], predicted, self.level) + point_losses
         finite = np.isfinite(losses)
@@ -62,13 +73,21 @@ class Selector:
         has = count > 0
         mean = np.where(has, np.where(finite, losses, 0.0).sum(axis=2) / np.maximum(count, 1), 0)
         step_rate = 1.0 - (1.0 - self.decay) ** count
-        rate = np.where(has, np.maximum(step_rate, count / np.maximum(count + self.weight, 1)), 0.0)
-        self.loss = (1.0 - rate) * self.loss + rate * mean
+        rate = np.where(has, np.maximum(step_rate, count / np.maximum(count + weight, 1)), 0.0)
+        loss = (1.0 - rate) * loss + rate * mean
         point_mean = np.where(
             has, np.where(finite, point_losses, 0.0).sum(axis=2) / np.maximum(count, 1), 0
         )
-        self.point_loss = (1.0 - rate) * self.point_loss + rate * point_mean
-        self.weight = self.weight + count
+        point_loss = (1.0 - rate) * point_loss + rate * point_mean
+        weight = weight + count
+        if rows is None:
+            self.loss, self.point_loss, self.weight = loss, point_loss, weight
+        else:
+            self.loss[:, rows], self.point_loss[:, rows], self.weight[:, rows] = (
+                loss,
+                point_loss,
+                weight,
+            )
 
     def choose(
         self,

@@ -98,17 +98,40 @@ class ResidualModel:
         """Fold in residuals ``(candidates, models, len(steps))`` at ``steps`` (NaN skipped).
 
         ``scale`` is the scale used to normalise them, ``(candidates, models)``; ``strata`` the
-        series' volume strata when the forecasts were made.
+        series' volume strata when the forecasts were made. The same as :meth:`update_scales`
+        then :meth:`update_pools` (which a caller scoring a fleet a chunk at a time calls).
         """
+        self.update_scales(residuals, decay=decay)
+        self.update_pools((residuals / scale[:, :, None]).astype(np.float32), steps, strata)
+
+    def update_scales(
+        self, residuals: FloatArray, *, rows: slice | None = None, decay: float = 0.05
+    ) -> None:
+        """The per-series half of :meth:`update`: fold ``residuals`` into the scales of the
+        series ``rows`` (all when None); each series' scale depends on its residuals only."""
+        sigma = self.sigma if rows is None else self.sigma[:, rows]
+        weight = self.sigma_weight if rows is None else self.sigma_weight[:, rows]
         finite = np.isfinite(residuals)
         abs_mean = np.where(finite, np.abs(residuals), 0.0).sum(axis=2)
         count = finite.sum(axis=2)
         has = count > 0
         mean_abs = np.where(has, abs_mean / np.maximum(count, 1), 0.0)
-        rate = np.where(has, np.maximum(decay, 1.0 / (1.0 + self.sigma_weight)), 0.0)
-        self.sigma = ((1.0 - rate) * self.sigma + rate * mean_abs).astype(np.float32)
-        self.sigma_weight = (self.sigma_weight + has).astype(np.float32)
-        normalised = (residuals / scale[:, :, None]).astype(np.float32)
+        rate = np.where(has, np.maximum(decay, 1.0 / (1.0 + weight)), 0.0)
+        new_sigma = ((1.0 - rate) * sigma + rate * mean_abs).astype(np.float32)
+        new_weight = (weight + has).astype(np.float32)
+        if rows is None:
+            self.sigma, self.sigma_weight = new_sigma, new_weight
+        else:
+            self.sigma[:, rows], self.sigma_weight[:, rows] = new_sigma, new_weight
+
+    def update_pools(
+        self,
+        normalised: NDArray[np.float32],
+        steps: NDArray[np.int64],
+        strata: NDArray[np.int64],
+    ) -> None:
+        """The pooled half of :meth:`update`: residuals already divided by their scale,
+        ``(candidates, models, len(steps))`` over every series, sampled into the pools."""
         limit = self.pool_size // 4
         for group in np.unique(strata):
             members = np.flatnonzero(strata == group)

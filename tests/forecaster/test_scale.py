@@ -3,7 +3,7 @@
 The oracle is the engine as it was before the scale work, rebuilt from switches: every history row
 in float32 (no narrow tiers), all series evaluated in one pass (no chunks), the pooled GBM fitted
 on features computed for every series (then sampled), and P(active) from its own intermittent
-estimate (not the candidate's).
+estimate (not the candidate's), and pending forecasts of every candidate kept step by step.
 """
 
 from __future__ import annotations
@@ -81,7 +81,12 @@ def _old_fit(
 
 
 class _Straightforward(AutoForecaster):
-    """P(active) from the engine's own estimate, never the intermittent candidate's."""
+    """P(active) from the engine's own estimate, never the intermittent candidate's; pending
+    forecasts kept step by step for every candidate."""
+
+    @staticmethod
+    def _flat_candidates(current: np.ndarray) -> np.ndarray:
+        return np.zeros(current.shape[0], dtype=np.bool_)
 
     def _points_and_estimate(self, end: int, horizon: int):  # type: ignore[no-untyped-def]
         return super()._points_and_estimate(end, horizon)[0], None

@@ -23,7 +23,8 @@ this scale still carries one warm-up origin (the refit's slices end after 48 cal
 cycle times are above the steady state.
 
 Baseline, measured in the same run: the same benchmark (same data, same cycle) on the tree of
-``--baseline-commit`` (extracted with ``git archive``) at ``--baseline-models`` models, and the
+``--baseline-commit`` (extracted with ``git archive``) at ``--baseline-models`` models, its runs
+alternating with this tree's (both see the same shifts in machine load), and the
 ratio of its medians to this tree's at that size. (The tree before this work held every model's
 14 days as float32, 8.1 GB at 100,000 models, so it is measured where it fits.)
 """
@@ -188,21 +189,24 @@ def run_once(models: int, *, cycles: int, days: int, seed: int) -> dict[str, Any
     }
 
 
-def run_in_processes(
-    models: int, *, runs: int, cycles: int, days: int, seed: int, tree: Path | None = None
+def run_process(
+    models: int, *, cycles: int, days: int, seed: int, tree: Path | None = None
 ) -> dict[str, Any]:
-    """``runs`` fresh processes of this script (on ``tree``, else this checkout); medians."""
-    results = []
-    for _ in range(runs):
-        with tempfile.TemporaryDirectory() as scratch:
-            out = Path(scratch) / "run.json"
-            command = [sys.executable, str(Path(__file__).resolve()), "--models", str(models)]
-            command += ["--cycles", str(cycles), "--days", str(days), "--seed", str(seed)]
-            command += ["--once", str(out)]
-            if tree is not None:
-                command += ["--tree", str(tree)]
-            subprocess.run(command, check=True, env={**os.environ, "PYTHONHASHSEED": "0"})
-            results.append(json.loads(out.read_text(encoding="utf-8")))
+    """One run in a fresh process of this script (on ``tree``, else this checkout)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "run.json"
+        command = [sys.executable, str(Path(__file__).resolve()), "--models", str(models)]
+        command += ["--cycles", str(cycles), "--days", str(days), "--seed", str(seed)]
+        command += ["--once", str(out)]
+        if tree is not None:
+            command += ["--tree", str(tree)]
+        subprocess.run(command, check=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+        result: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
+        return result
+
+
+def summarise(models: int, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over runs."""
     summary: dict[str, Any] = {"models": models, "runs": results}
     for key in ("cycle_s_median", "forecast_s_median", "plan_s_median", "first_call_s"):
         summary[key] = statistics.median(r[key] for r in results)
@@ -251,27 +255,39 @@ def main() -> None:
         result = run_once(args.models, cycles=args.cycles, days=args.days, seed=args.seed)
         args.once.write_text(json.dumps(result) + "\n", encoding="utf-8")
         return
-    shape = {"runs": args.runs, "cycles": args.cycles, "days": args.days, "seed": args.seed}
-    report: dict[str, Any] = {"measured": run_in_processes(args.models, **shape)}
-    print(describe("this tree", report["measured"]), flush=True)
+    shape = {"cycles": args.cycles, "days": args.days, "seed": args.seed}
+    runs = range(args.runs)
+    report: dict[str, Any] = {}
     if args.baseline_commit is not None:
         size = args.baseline_models
         with tempfile.TemporaryDirectory() as scratch:
             tree = extract_tree(args.baseline_commit, Path(scratch))
-            before = run_in_processes(size, tree=tree, **shape)
-        after = report["measured"] if size == args.models else run_in_processes(size, **shape)
+            # Alternating runs of the two trees: both see the same shifts in machine load.
+            pairs = [
+                (run_process(size, tree=tree, **shape), run_process(size, **shape)) for _ in runs
+            ]
+        before = summarise(size, [b for b, _ in pairs])
+        after = summarise(size, [a for _, a in pairs])
         report["baseline"] = {"commit": args.baseline_commit, "before": before, "after": after}
         print(describe(f"{args.baseline_commit}", before))
-        if size != args.models:
-            print(describe("this tree", after))
+        print(describe("this tree", after))
         speedup = before["cycle_s_median"] / after["cycle_s_median"]
+        forecast = before["forecast_s_median"] / after["forecast_s_median"]
         print(
             f"at {size} models, same run: cycle {before['cycle_s_median']:.2f}s -> "
-            f"{after['cycle_s_median']:.2f}s ({speedup:.2f}x faster), "
+            f"{after['cycle_s_median']:.2f}s ({speedup:.2f}x faster; forecast {forecast:.2f}x), "
             f"peak RSS {before['peak_rss_bytes'] / 2**30:.2f} -> "
             f"{after['peak_rss_bytes'] / 2**30:.2f} GiB "
-            f"({before['peak_rss_bytes'] / after['peak_rss_bytes']:.2f}x less)"
+            f"({before['peak_rss_bytes'] / after['peak_rss_bytes']:.2f}x less)",
+            flush=True,
         )
+    if args.baseline_commit is None or args.models != args.baseline_models:
+        report["measured"] = summarise(
+            args.models, [run_process(args.models, **shape) for _ in runs]
+        )
+    else:
+        report["measured"] = report["baseline"]["after"]
+    print(describe("this tree", report["measured"]), flush=True)
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 

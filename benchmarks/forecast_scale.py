@@ -186,6 +186,9 @@ def run_once(models: int, *, cycles: int, days: int, seed: int) -> dict[str, Any
         "first_call_s": first_s,
         "load_s": load_s,
         "peak_rss_bytes": peak_rss_bytes(),
+        # How the history is stored (trees before the narrow rows have neither).
+        "history_bytes": getattr(engine.history, "nbytes", lambda: None)(),
+        "history_tiers": getattr(engine.history, "tier_counts", lambda: None)(),
     }
 
 

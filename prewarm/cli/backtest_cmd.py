@@ -1,24 +1,56 @@
 """``prewarm backtest``: rolling-origin backtest of prewarm's forecaster against simple methods.
 
-Owns: the command's options, the progress bar (stderr), the JSON document
-``{"trace", "horizon_s", "methods": {NAME: {mase, mase_median, pinball_p90, coverage_p90,
-under_forecast_rate, series}}}`` and the table. Must not: compute anything itself
-(``forecaster.backtest`` does) or write a partial file (``write_json`` is atomic, and every input
-is validated before anything is written).
+Owns: the command's options, the progress report on stderr (a rich bar with an ETA on a
+terminal; otherwise plain lines, at most one per :data:`PLAIN_EVERY_S` per method and none for a
+run shorter than that, so logs and ``--json -`` pipelines stay clean), the JSON document and the
+tables. JSON::
+
+    {"trace", "horizon_s",
+     "methods": {NAME: {mase, mase_median, pinball_p90, coverage_p90, under_forecast_rate,
+                        series, spike_recall_1m, spike_recall_5m, spike_recall_15m,
+                        false_spike_rate, peak_error, spikes}},
+     "history": [{"history_s", "origins", "methods": {"prewarm": {...}, "naive": {...}},
+                  "mase_ratio_vs_naive", "pinball_ratio_vs_naive", "beats_naive"}]}
+
+(``history`` only with ``--history``; the pre-warming metrics are defined in
+:mod:`forecaster.prewarm_metrics`). Must not: compute anything itself (``forecaster.backtest``
+does) or write a partial file (``write_json`` is atomic, and every input is validated before
+anything is written).
 """
 
 from __future__ import annotations
 
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TextIO
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
-from common.durations import format_duration
+from common.durations import format_duration, parse_duration_s
 from common.errors import InvalidInput
-from forecaster.backtest import METHODS, BacktestResult, run_backtest
+from forecaster.backtest import (
+    METHODS,
+    NAIVE,
+    PREWARM,
+    BacktestResult,
+    plan_backtest,
+    run_backtest,
+)
+from forecaster.backtest import (
+    Progress as ProgressCallback,
+)
 from prewarm.cli.forecast_cmd import (
     LabelOption,
     PrometheusOption,
@@ -29,14 +61,57 @@ from prewarm.cli.forecast_cmd import (
 )
 from prewarm.cli.output import print_table, write_json
 
+PLAIN_EVERY_S = 10.0
+"""Seconds between two plain progress lines of one method (and before the first)."""
 
-def backtest_document(name: str, horizon_s: float, result: BacktestResult) -> dict[str, Any]:
-    """The JSON contract of ``prewarm backtest --json``."""
+
+def method_document(result: BacktestResult, method: str) -> dict[str, Any]:
+    """One method's scores: the accuracy metrics, then the pre-warming metrics."""
+    out: dict[str, Any] = dict(result.scores[method].as_dict())
+    if method in result.prewarming:
+        out.update(result.prewarming[method].as_dict())
+    return out
+
+
+def history_document(history_s: float, result: BacktestResult) -> dict[str, Any]:
+    """One ``--history`` length: prewarm and the naive on the same origins, and their ratio."""
+    mase = _ratio(result, "mase")
+    pinball = _ratio(result, "pinball_p90")
     return {
+        "history_s": round(history_s),
+        "origins": int(result.plan.origins.size),
+        "methods": {method: method_document(result, method) for method in result.scores},
+        "mase_ratio_vs_naive": mase,
+        "pinball_ratio_vs_naive": pinball,
+        "beats_naive": mase is not None and mase < 1.0,
+    }
+
+
+def _ratio(result: BacktestResult, metric: str) -> float | None:
+    if PREWARM not in result.scores or NAIVE not in result.scores:
+        return None
+    ours = float(getattr(result.scores[PREWARM], metric))
+    theirs = float(getattr(result.scores[NAIVE], metric))
+    if not (math.isfinite(ours) and math.isfinite(theirs)) or theirs <= 0:
+        return None
+    return ours / theirs
+
+
+def backtest_document(
+    name: str,
+    horizon_s: float,
+    result: BacktestResult,
+    histories: list[tuple[float, BacktestResult]] | None = None,
+) -> dict[str, Any]:
+    """The JSON contract of ``prewarm backtest --json`` (see the module docstring)."""
+    document: dict[str, Any] = {
         "trace": name,
         "horizon_s": round(horizon_s),
-        "methods": {method: scores.as_dict() for method, scores in result.scores.items()},
+        "methods": {method: method_document(result, method) for method in result.scores},
     }
+    if histories:
+        document["history"] = [history_document(s, r) for s, r in histories]
+    return document
 
 
 def _methods(text: str) -> tuple[str, ...]:
@@ -47,6 +122,87 @@ def _methods(text: str) -> tuple[str, ...]:
             f"--methods: unknown {unknown or text!r}; choose from {', '.join(METHODS)}"
         )
     return names
+
+
+def parse_histories(text: str | None) -> tuple[float, ...]:
+    """``--history 6h,12h,24h`` in seconds; one :class:`InvalidInput` naming the bad part."""
+    if text is None:
+        return ()
+    out = []
+    for part in (item.strip() for item in text.split(",")):
+        try:
+            seconds = parse_duration_s(part)
+        except InvalidInput as error:
+            raise InvalidInput(f"--history {text!r}: {error}") from None
+        if seconds <= 0:
+            raise InvalidInput(f"--history {text!r}: {part!r} must be longer than zero")
+        out.append(seconds)
+    return tuple(out)
+
+
+class PlainProgress:
+    """Progress as plain lines (``backtest: prewarm 40% after 12s, about 18s left``) on ``stream``:
+    for logs and pipes, where a bar would print escape codes. ``clock`` is injectable (tests)."""
+
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        every_s: float = PLAIN_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._stream = stream
+        self._every_s = every_s
+        self._clock = clock
+        self._started: dict[str, float] = {}
+        self._last: dict[str, float] = {}
+
+    def __call__(self, task: str, fraction: float) -> None:
+        now = self._clock()
+        started = self._started.setdefault(task, now)
+        last = self._last.get(task, started)
+        if now - last < self._every_s or fraction <= 0:
+            return
+        self._last[task] = now
+        elapsed = now - started
+        left = elapsed * (1.0 - fraction) / fraction
+        done = "done" if fraction >= 1.0 else f"about {format_duration(left)} left"
+        self._stream.write(
+            f"backtest: {task} {fraction:.0%} after {format_duration(elapsed)}, {done}\n"
+        )
+        self._stream.flush()
+
+
+@contextmanager
+def _progress(tasks: list[str]) -> Iterator[ProgressCallback]:
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield PlainProgress(sys.stderr)
+        return
+    with Progress(
+        TextColumn("{task.description:>22}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        ids = {task: bar.add_task(task, total=1.0) for task in tasks}
+
+        def advance(task: str, fraction: float) -> None:
+            if task in ids:
+                bar.update(ids[task], completed=fraction)
+
+        yield advance
+
+
+def _labelled(progress: ProgressCallback, label: str) -> ProgressCallback:
+    def report(task: str, fraction: float) -> None:
+        progress(f"{task} ({label})", fraction)
+
+    return report
 
 
 def register(app: typer.Typer) -> None:
@@ -67,11 +223,22 @@ def register(app: typer.Typer) -> None:
         methods: Annotated[
             str, typer.Option("--methods", help="Comma-separated methods to compare.")
         ] = ",".join(METHODS),
+        history: Annotated[
+            str | None,
+            typer.Option(
+                "--history",
+                help="Also backtest with only this much history per origin (comma-separated "
+                "durations, e.g. 6h,12h,24h): prewarm against the last-value naive.",
+            ),
+        ] = None,
     ) -> None:
         """Backtest over the last part of the history (20%, at most 7 days), every method on the
-        same origins. MASE is volume-weighted, scaled by the one-season naive in-sample error
-        (a season is a day when the training part spans two days, else one step)."""
+        same origins (at most 400, evenly spread; 32 per --history length). MASE is
+        volume-weighted, scaled by the one-season naive in-sample error (a season is a day when
+        the training part spans two days, else one step). Pre-warming metrics: spike recall at
+        1, 5 and 15 min lead, false-spike rate, 5-minute peak error."""
         chosen = _methods(methods)
+        lengths = parse_histories(history)
         if json_out is not None and str(json_out) != "-":
             directory = json_out.parent if str(json_out.parent) else Path(".")
             if not directory.is_dir():
@@ -80,28 +247,46 @@ def register(app: typer.Typer) -> None:
             ctx, trace=trace, prometheus=prometheus, query=query, model_label=model_label
         )
         steps, _seconds = horizon_steps(horizon, batch.step_s)
-        console = Console(stderr=True)
-        with Progress(
-            TextColumn("{task.description:>14}"),
-            BarColumn(),
-            TextColumn("{task.percentage:>3.0f}%"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-            disable=not console.is_terminal,
-        ) as progress:
-            tasks = {method: progress.add_task(method, total=1.0) for method in chosen}
-
-            def advance(task: str, fraction: float) -> None:
-                if task in tasks:
-                    progress.update(tasks[task], completed=fraction)
-
-            result = run_backtest(batch, horizon_steps=steps, methods=chosen, progress=advance)
-        document = backtest_document(name, steps * batch.step_s, result)
+        plans = [
+            (s, plan_backtest(batch, horizon_steps=steps, history_steps=round(s / batch.step_s)))
+            for s in lengths
+        ]
+        labels = [format_duration(s) for s in lengths]
+        tasks = [*chosen] + [f"{m} ({label})" for label in labels for m in (PREWARM, NAIVE)]
+        with _progress(tasks) as progress:
+            result = run_backtest(batch, horizon_steps=steps, methods=chosen, progress=progress)
+            histories = [
+                (
+                    s,
+                    run_backtest(
+                        batch, horizon_steps=steps, plan=p, progress=_labelled(progress, label)
+                    ),
+                )
+                for (s, p), label in zip(plans, labels, strict=True)
+            ]
+        document = backtest_document(name, steps * batch.step_s, result, histories)
         if json_out is not None:
             write_json(document, None if str(json_out) == "-" else json_out)
             return
-        rows = [
+        _print_tables(name, batch.steps, batch.step_s, steps, result, histories)
+
+
+def _cell(value: float | None) -> float | str:
+    return "-" if value is None else value
+
+
+def _print_tables(
+    name: str,
+    total_steps: int,
+    step_s: float,
+    steps: int,
+    result: BacktestResult,
+    histories: list[tuple[float, BacktestResult]],
+) -> None:
+    rows = []
+    for method, scores in result.scores.items():
+        warm = result.prewarming[method]
+        rows.append(
             [
                 method,
                 scores.mase,
@@ -110,16 +295,54 @@ def register(app: typer.Typer) -> None:
                 scores.coverage_p90,
                 scores.under_forecast_rate,
                 scores.series,
+                *(_cell(value) for value in warm.spike_recall.values()),
+                _cell(warm.false_spike_rate),
+                _cell(warm.peak_error),
                 f"{result.seconds.get(method, 0.0):.1f}",
             ]
-            for method, scores in result.scores.items()
-        ]
-        plan = result.plan
-        season = format_duration(plan.season * batch.step_s) if plan.season else "none"
-        print_table(
-            f"{name}: {format_duration(steps * batch.step_s)} horizon, "
-            f"{plan.origins.size} origins in the last "
-            f"{format_duration((batch.steps - plan.train_end) * batch.step_s)}, season {season}",
-            ["method", "mase", "mase_med", "pin_p90", "cov_p90", "under", "series", "secs"],
-            rows,
         )
+    plan = result.plan
+    season = format_duration(plan.season * step_s) if plan.season else "none"
+    print_table(
+        f"{name}: {format_duration(steps * step_s)} horizon, "
+        f"{plan.origins.size} origins in the last "
+        f"{format_duration((total_steps - plan.train_end) * step_s)}, season {season}",
+        [
+            "method",
+            "mase",
+            "mase_med",
+            "pin_p90",
+            "cov_p90",
+            "under",
+            "series",
+            "rec_1m",
+            "rec_5m",
+            "rec_15m",
+            "false_sp",
+            "peak_err",
+            "secs",
+        ],
+        rows,
+    )
+    if not histories:
+        return
+    history_rows = []
+    for seconds, part in histories:
+        entry = history_document(seconds, part)
+        history_rows.append(
+            [
+                format_duration(seconds),
+                entry["origins"],
+                part.scores[PREWARM].mase if PREWARM in part.scores else "-",
+                part.scores[NAIVE].mase if NAIVE in part.scores else "-",
+                _cell(entry["mase_ratio_vs_naive"]),
+                _cell(entry["pinball_ratio_vs_naive"]),
+                "yes" if entry["beats_naive"] else "NO",
+            ]
+        )
+    print_table(
+        f"{name}: short histories (each origin sees at most this much), prewarm vs last-value "
+        "naive",
+        ["history", "origins", "mase", "naive_mase", "mase_ratio", "pin_ratio", "beats"],
+        history_rows,
+    )

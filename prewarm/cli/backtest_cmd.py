@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import math
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -60,9 +59,7 @@ from prewarm.cli.forecast_cmd import (
     load_history,
 )
 from prewarm.cli.output import print_table, write_json
-
-PLAIN_EVERY_S = 10.0
-"""Seconds between two plain progress lines of one method (and before the first)."""
+from prewarm.cli.progress import PlainProgress
 
 
 def method_document(result: BacktestResult, method: str) -> dict[str, Any]:
@@ -140,39 +137,6 @@ def parse_histories(text: str | None) -> tuple[float, ...]:
     return tuple(out)
 
 
-class PlainProgress:
-    """Progress as plain lines (``backtest: prewarm 40% after 12s, about 18s left``) on ``stream``:
-    for logs and pipes, where a bar would print escape codes. ``clock`` is injectable (tests)."""
-
-    def __init__(
-        self,
-        stream: TextIO,
-        *,
-        every_s: float = PLAIN_EVERY_S,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._stream = stream
-        self._every_s = every_s
-        self._clock = clock
-        self._started: dict[str, float] = {}
-        self._last: dict[str, float] = {}
-
-    def __call__(self, task: str, fraction: float) -> None:
-        now = self._clock()
-        started = self._started.setdefault(task, now)
-        last = self._last.get(task, started)
-        if now - last < self._every_s or fraction <= 0:
-            return
-        self._last[task] = now
-        elapsed = now - started
-        left = elapsed * (1.0 - fraction) / fraction
-        done = "done" if fraction >= 1.0 else f"about {format_duration(left)} left"
-        self._stream.write(
-            f"backtest: {task} {fraction:.0%} after {format_duration(elapsed)}, {done}\n"
-        )
-        self._stream.flush()
-
-
 @contextmanager
 def _progress(tasks: list[str]) -> Iterator[ProgressCallback]:
     console = Console(stderr=True)
@@ -223,6 +187,15 @@ def register(app: typer.Typer) -> None:
         methods: Annotated[
             str, typer.Option("--methods", help="Comma-separated methods to compare.")
         ] = ",".join(METHODS),
+        max_origins: Annotated[
+            int | None,
+            typer.Option(
+                "--max-origins",
+                min=1,
+                help="Most origins per series, evenly spread (default 400; 32 per --history "
+                "length).",
+            ),
+        ] = None,
         history: Annotated[
             str | None,
             typer.Option(
@@ -248,13 +221,24 @@ def register(app: typer.Typer) -> None:
         )
         steps, _seconds = horizon_steps(horizon, batch.step_s)
         plans = [
-            (s, plan_backtest(batch, horizon_steps=steps, history_steps=round(s / batch.step_s)))
+            (
+                s,
+                plan_backtest(
+                    batch,
+                    horizon_steps=steps,
+                    history_steps=round(s / batch.step_s),
+                    max_origins=max_origins,
+                ),
+            )
             for s in lengths
         ]
         labels = [format_duration(s) for s in lengths]
         tasks = [*chosen] + [f"{m} ({label})" for label in labels for m in (PREWARM, NAIVE)]
         with _progress(tasks) as progress:
-            result = run_backtest(batch, horizon_steps=steps, methods=chosen, progress=progress)
+            plan = plan_backtest(batch, horizon_steps=steps, max_origins=max_origins)
+            result = run_backtest(
+                batch, horizon_steps=steps, methods=chosen, progress=progress, plan=plan
+            )
             histories = [
                 (
                     s,

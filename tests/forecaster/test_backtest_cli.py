@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from common.errors import InvalidInput
 from forecaster.backtest import METHODS, plan_backtest, run_backtest
 from forecaster.metrics import naive_scale, score
 from prewarm.cli.main import app
+from prewarm.cli.progress import PlainProgress
 from prewarm.data import builtin_traces, resolve_trace
 from tests.forecaster.conftest import synthetic_batch, write_trace
 
@@ -77,8 +79,75 @@ def test_backtest_json_has_exactly_the_documented_shape(tmp_path: Path) -> None:
             "coverage_p90",
             "under_forecast_rate",
             "series",
+            "spike_recall_1m",
+            "spike_recall_5m",
+            "spike_recall_15m",
+            "false_spike_rate",
+            "peak_error",
+            "spikes",
         }
         assert isinstance(scores["series"], int)
+        assert isinstance(scores["spikes"], int)
+
+
+def test_backtest_json_with_short_histories(tmp_path: Path) -> None:
+    trace = write_trace(synthetic_batch(models=2, days=0.3, seed=4), tmp_path / "t.csv")
+    result = CliRunner().invoke(
+        app,
+        [
+            "backtest",
+            "--trace",
+            str(trace),
+            "--horizon",
+            "5m",
+            "--methods",
+            "naive",
+            "--max-origins",
+            "3",
+            "--history",
+            "1h, 90m",
+            "--json",
+            "-",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert set(document) == {"trace", "horizon_s", "methods", "history"}
+    assert [entry["history_s"] for entry in document["history"]] == [3600, 5400]
+    for entry in document["history"]:
+        assert set(entry) == {
+            "history_s",
+            "origins",
+            "methods",
+            "mase_ratio_vs_naive",
+            "pinball_ratio_vs_naive",
+            "beats_naive",
+        }
+        assert entry["origins"] == 3
+        assert set(entry["methods"]) == {"prewarm", "naive"}
+        ratio = entry["methods"]["prewarm"]["mase"] / entry["methods"]["naive"]["mase"]
+        assert entry["mase_ratio_vs_naive"] == pytest.approx(ratio)
+        assert entry["beats_naive"] == (ratio < 1)
+
+
+@pytest.mark.parametrize("history", ["6x", "0m", "6h,,12h"])
+def test_bad_history_is_one_clear_error(history: str) -> None:
+    result = CliRunner().invoke(app, ["backtest", "--trace", "x", "--history", history])
+    assert isinstance(result.exception, InvalidInput)
+    assert "--history" in str(result.exception)
+
+
+def test_bad_history_exits_2(tmp_path: Path) -> None:
+    process = subprocess.run(
+        [sys.executable, "-m", "prewarm", "backtest", "--trace", "x", "--history", "6x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert process.returncode == 2
+    assert process.stderr.count("prewarm: error:") == 1
+    assert "--history '6x'" in process.stderr
 
 
 def test_backtest_table_without_json(tmp_path: Path) -> None:
@@ -152,3 +221,17 @@ def test_builtin_traces_resolve_and_unknown_names_are_listed() -> None:
         resolve_trace("builtin:nope")
     with pytest.raises(InvalidInput, match="does not exist"):
         resolve_trace("/nonexistent/trace.csv")
+
+
+def test_plain_progress_is_throttled_and_gives_an_eta() -> None:
+    now = [0.0]
+    out = io.StringIO()
+    report = PlainProgress(out, every_s=10.0, clock=lambda: now[0])
+    for second, fraction in ((0, 0.0), (5, 0.1), (10, 0.25), (12, 0.3), (20, 0.5), (40, 1.0)):
+        now[0] = float(second)
+        report("prewarm", fraction)
+    assert out.getvalue().splitlines() == [
+        "backtest: prewarm 25% after 10s, about 30s left",
+        "backtest: prewarm 50% after 20s, about 20s left",
+        "backtest: prewarm 100% after 40s, done",
+    ]

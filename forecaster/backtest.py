@@ -26,7 +26,8 @@ baselines need more history than a new model has).
 Point forecasts: ``prewarm``'s mean (``Forecast.mean``, selected on absolute error); the
 baselines' own point forecast. Every method's p90 comes from its own residuals: the baselines'
 from in-sample k-step errors (per series, per step ahead, training part), prewarm's from its
-conformal calibration. Must not: do I/O.
+conformal calibration (with a history limit, both only from the history each origin may see).
+Must not: do I/O.
 """
 
 from __future__ import annotations
@@ -233,7 +234,8 @@ def _run_seasonal_naive(
     job: BaselineInput, *, season: int | None = None
 ) -> tuple[FloatArray, FloatArray]:
     """The value one season (``season``, default the plan's) before each step; with no season,
-    the last value. p90: plus the in-sample error quantile of the training part."""
+    the last value. p90: plus the in-sample error quantile per step ahead, of the training part
+    (with a history limit: of the history each origin may see)."""
     counts, plan = job.counts, job.plan
     lag = max(1, plan.season if season is None else season)
     filled = np.where(np.isfinite(counts), counts, 0.0)
@@ -243,12 +245,23 @@ def _run_seasonal_naive(
         max(lag * (plan.horizon // lag + 1), plan.train_end - 4 * max(lag, 500)),
         plan.train_end - plan.horizon + 1,
     )
-    p90 = (
-        point
-        + _residual_quantile(
-            counts, filled[:, _seasonal_source(fit_origins, plan.horizon, lag)], fit_origins
-        )[:, None, :]
-    )
+    if plan.history is None:
+        p90 = (
+            point
+            + _residual_quantile(
+                counts, filled[:, _seasonal_source(fit_origins, plan.horizon, lag)], fit_origins
+            )[:, None, :]
+        )
+    else:
+        # A history limit binds the errors too: each origin's p90 comes from the errors the
+        # method made inside the history that origin may see.
+        p90 = np.empty_like(point)
+        for position, origin in enumerate(int(o) for o in plan.origins):
+            first = max(lag * (plan.horizon // lag + 1), origin - plan.history + lag)
+            inside = np.arange(first, origin - plan.horizon + 1)
+            in_sample = filled[:, _seasonal_source(inside, plan.horizon, lag)]
+            quantile = _residual_quantile(counts, in_sample, inside)
+            p90[:, position] = point[:, position] + quantile
     _report(job.progress, job.name, 1, 1)
     return point, np.maximum(p90, 0.0)
 

@@ -3,6 +3,8 @@ short histories."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -117,3 +119,18 @@ def test_history_limit_truncates_what_each_origin_sees(monkeypatch: pytest.Monke
     assert seen == [40, 40, 40, 40]
     with pytest.raises(InvalidInput, match="history limit"):
         run_backtest(batch, horizon_steps=5, plan=plan, methods=["holt-winters"])
+
+
+def test_naive_p90_with_a_history_limit_uses_only_the_errors_inside_it() -> None:
+    batch = synthetic_batch(models=1, days=0.5, step_s=60)
+    counts = batch.counts.copy()
+    counts[0, 300:] = 7.0  # wild before step 300, constant after
+    batch = replace(batch, counts=counts)
+    plan = plan_backtest(batch, horizon_steps=5, history_steps=40, max_origins=5)
+    assert plan.origins[0] - 40 >= 300
+    result = run_backtest(batch, horizon_steps=5, plan=plan, methods=[NAIVE])
+    # Constant inside every window: no error, so the p90 is the point: every step covered.
+    assert result.scores[NAIVE].coverage_p90 == 1.0
+    assert result.scores[NAIVE].pinball_p90 == pytest.approx(0.0)
+    full = run_backtest(batch, horizon_steps=5, methods=[NAIVE], plan=replace(plan, history=None))
+    assert full.scores[NAIVE].pinball_p90 > 0.0  # the training part's errors widen it

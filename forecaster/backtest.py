@@ -156,7 +156,9 @@ def run_backtest(
     counts = batch.counts
     actual = _windows(counts, plan.origins, plan.horizon)
     scale = naive_scale(counts[:, : plan.train_end], plan.season)
-    threshold = _windows(spike_thresholds(counts, batch.step_s), plan.origins, plan.horizon)
+    first = int(plan.origins[0])
+    spiky = spike_thresholds(counts, batch.step_s, start=first)
+    threshold = _windows(spiky, plan.origins - first, plan.horizon)
     result = BacktestResult(plan=plan, scores={})
     for name in chosen:
         started = time.perf_counter()

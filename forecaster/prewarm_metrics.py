@@ -68,17 +68,19 @@ def _lead_label(lead_s: float) -> str:
     return f"{lead_s / 60:g}m" if lead_s % 60 == 0 else f"{lead_s:g}s"
 
 
-def spike_thresholds(counts: FloatArray, step_s: float) -> FloatArray:
-    """Per series and step ``(n, T)``: the count at or above which the step is a spike.
+def spike_thresholds(counts: FloatArray, step_s: float, *, start: int = 0) -> FloatArray:
+    """Per series and step from ``start`` on ``(n, T - start)``: the count at or above which the
+    step is a spike (only the trailing window before ``start`` is read, not the whole past).
 
     The first step of a series has no trailing history; its level is the floor. Missing (NaN)
     steps are skipped by the median; a window with no finite value uses the floor.
     """
     window = max(1, round(TRAILING_S / step_s))
+    begin = max(0, start - window)
     # pandas' rolling median is a streaming (skip-list) median: O(T log w) per series, where a
     # dense sliding-window median would hold n * T * w values.
-    frame = pd.DataFrame(counts.T)
-    median = frame.rolling(window, min_periods=1).median().shift(1).to_numpy().T
+    frame = pd.DataFrame(counts[:, begin:].T)
+    median = frame.rolling(window, min_periods=1).median().shift(1).to_numpy().T[:, start - begin :]
     level = np.where(np.isfinite(median), np.maximum(median, LEVEL_FLOOR), LEVEL_FLOOR)
     out: FloatArray = SPIKE_FACTOR * level
     return out

@@ -134,3 +134,10 @@ def test_naive_p90_with_a_history_limit_uses_only_the_errors_inside_it() -> None
     assert result.scores[NAIVE].pinball_p90 == pytest.approx(0.0)
     full = run_backtest(batch, horizon_steps=5, methods=[NAIVE], plan=replace(plan, history=None))
     assert full.scores[NAIVE].pinball_p90 > 0.0  # the training part's errors widen it
+
+
+def test_thresholds_from_a_start_step_match_the_whole_series() -> None:
+    counts = np.random.default_rng(5).poisson(3.0, size=(2, 300)).astype(np.float64)
+    whole = spike_thresholds(counts, 60.0)
+    np.testing.assert_array_equal(spike_thresholds(counts, 60.0, start=200), whole[:, 200:])
+    np.testing.assert_array_equal(spike_thresholds(counts, 60.0, start=30), whole[:, 30:])

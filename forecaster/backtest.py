@@ -41,6 +41,7 @@ from functools import partial
 import numpy as np
 
 from common.errors import InvalidInput
+from forecaster import baselines
 from forecaster.engine import AutoForecaster
 from forecaster.metrics import Scores, naive_scale, score
 from forecaster.models import holt_winters
@@ -79,6 +80,9 @@ class BaselineInput:
     plan: BacktestPlan
     progress: Progress | None
     name: str
+    step_s: float = 60.0
+    notes: list[str] = field(default_factory=list)
+    """Where a baseline records what it could not do (the result's notes)."""
 
 
 Baseline = Callable[[BaselineInput], tuple[FloatArray, FloatArray]]
@@ -94,6 +98,7 @@ class BacktestResult:
     prewarming: dict[str, PrewarmScores] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     chosen: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def plan_backtest(
@@ -162,16 +167,38 @@ def run_backtest(
     result = BacktestResult(plan=plan, scores={})
     for name in chosen:
         started = time.perf_counter()
-        if name == PREWARM:
-            point, p90 = _run_engine(batch, plan, progress, result)
-        else:
-            point, p90 = BASELINES[name](BaselineInput(counts, plan, progress, name))
+        try:
+            if name == PREWARM:
+                point, p90 = _run_engine(batch, plan, progress, result)
+            else:
+                job = BaselineInput(counts, plan, progress, name, batch.step_s, result.notes)
+                point, p90 = BASELINES[name](job)
+        except baselines.NotRun as skipped:
+            result.notes.append(str(skipped))
+            continue
         result.seconds[name] = time.perf_counter() - started
         result.scores[name] = score(actual, point, p90, scale)
         result.prewarming[name] = prewarm_scores(
             actual, point, p90, threshold, origins=plan.origins, step_s=batch.step_s
         )
     return result
+
+
+def _run_statsforecast(job: BaselineInput) -> tuple[FloatArray, FloatArray]:
+    """One of :mod:`forecaster.baselines`' statsforecast methods (``job.name``); raises
+    :class:`forecaster.baselines.NotRun` when it cannot run on this trace."""
+    plan = job.plan
+    run = baselines.run_baseline(
+        job.name,
+        job.counts,
+        step_s=job.step_s,
+        train_end=plan.train_end,
+        origins=plan.origins,
+        horizon=plan.horizon,
+        progress=job.progress,
+    )
+    job.notes.extend(note for note in run.notes if note not in job.notes)
+    return run.point, run.p90
 
 
 def _windows(values: FloatArray, origins: np.ndarray, horizon: int) -> FloatArray:
@@ -321,6 +348,8 @@ BASELINES: Mapping[str, Baseline] = {
     "seasonal-naive": _run_seasonal_naive,
     "holt-winters": partial(_run_ets, kind="holt-winters"),
     "ets": partial(_run_ets, kind="ets"),
+    # statsforecast's (``prewarm[baselines]``), on the same origins.
+    **dict.fromkeys(baselines.NAMES, _run_statsforecast),
 }
 
 METHODS: tuple[str, ...] = (PREWARM, *BASELINES)

@@ -188,9 +188,7 @@ def run_baseline(
     used, season_notes = seasons(step_s, train_end)
     notes = [] if name in INTERMITTENT else season_notes
     if name == "mstl" and not used:
-        raise NotRun(
-            f"mstl not run: no season fits the training part ({'; '.join(season_notes)})"
-        )
+        raise NotRun(f"mstl not run: no season fits the training part ({'; '.join(season_notes)})")
     n = counts.shape[0]
     point = np.zeros((n, origins.size, horizon))
     p90 = np.zeros_like(point)

@@ -10,10 +10,14 @@ tables. JSON::
                         series, spike_recall_1m, spike_recall_5m, spike_recall_15m,
                         false_spike_rate, peak_error, spikes}},
      "history": [{"history_s", "origins", "methods": {"prewarm": {...}, "naive": {...}},
-                  "mase_ratio_vs_naive", "pinball_ratio_vs_naive", "beats_naive"}]}
+                  "mase_ratio_vs_naive", "pinball_ratio_vs_naive", "beats_naive"}],
+     "notes": [TEXT]}
 
 (``history`` only with ``--history``; the pre-warming metrics are defined in
-:mod:`forecaster.prewarm_metrics`). Must not: compute anything itself (``forecaster.backtest``
+:mod:`forecaster.prewarm_metrics`; notes: a season the history cannot hold, a baseline not run,
+series a baseline could not fit). By default every method runs; without the optional
+``prewarm[baselines]`` extra (statsforecast) the statsforecast baselines are left out, with a
+note. Must not: compute anything itself (``forecaster.backtest``
 does) or write a partial file (``write_json`` is atomic, and every input is validated before
 anything is written).
 """
@@ -39,6 +43,7 @@ from rich.progress import (
 
 from common.durations import format_duration, parse_duration_s
 from common.errors import InvalidInput
+from forecaster import baselines
 from forecaster.backtest import (
     METHODS,
     NAIVE,
@@ -105,10 +110,19 @@ def backtest_document(
         "trace": name,
         "horizon_s": round(horizon_s),
         "methods": {method: method_document(result, method) for method in result.scores},
+        "notes": list(result.notes),
     }
     if histories:
         document["history"] = [history_document(s, r) for s, r in histories]
     return document
+
+
+def default_methods() -> tuple[tuple[str, ...], list[str]]:
+    """Every method whose dependencies are installed, and a note for those left out."""
+    if baselines.available():
+        return METHODS, []
+    chosen = tuple(name for name in METHODS if name not in baselines.NAMES)
+    return chosen, [f"{', '.join(baselines.NAMES)} not run: {baselines.INSTALL_HINT}"]
 
 
 def _methods(text: str) -> tuple[str, ...]:
@@ -185,8 +199,12 @@ def register(app: typer.Typer) -> None:
             typer.Option("--json", help="Write the JSON result to this file ('-' = stdout)."),
         ] = None,
         methods: Annotated[
-            str, typer.Option("--methods", help="Comma-separated methods to compare.")
-        ] = ",".join(METHODS),
+            str | None,
+            typer.Option(
+                "--methods",
+                help=f"Comma-separated methods to compare [default: all: {','.join(METHODS)}].",
+            ),
+        ] = None,
         max_origins: Annotated[
             int | None,
             typer.Option(
@@ -210,7 +228,7 @@ def register(app: typer.Typer) -> None:
         volume-weighted, scaled by the one-season naive in-sample error (a season is a day when
         the training part spans two days, else one step). Pre-warming metrics: spike recall at
         1, 5 and 15 min lead, false-spike rate, 5-minute peak error."""
-        chosen = _methods(methods)
+        chosen, left_out = default_methods() if methods is None else (_methods(methods), [])
         lengths = parse_histories(history)
         if json_out is not None and str(json_out) != "-":
             directory = json_out.parent if str(json_out.parent) else Path(".")
@@ -248,11 +266,13 @@ def register(app: typer.Typer) -> None:
                 )
                 for (s, p), label in zip(plans, labels, strict=True)
             ]
+        result.notes[:0] = left_out
         document = backtest_document(name, steps * batch.step_s, result, histories)
         if json_out is not None:
             write_json(document, None if str(json_out) == "-" else json_out)
             return
         _print_tables(name, batch.steps, batch.step_s, steps, result, histories)
+        _print_notes(result)
 
 
 def _cell(value: float | None) -> float | str:
@@ -330,3 +350,9 @@ def _print_tables(
         ["history", "origins", "mase", "naive_mase", "mase_ratio", "pin_ratio", "beats"],
         history_rows,
     )
+
+
+def _print_notes(result: BacktestResult) -> None:
+    console = Console()
+    for note in result.notes:
+        console.print(f"note: {note}", markup=False, highlight=False)

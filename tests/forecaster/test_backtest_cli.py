@@ -67,7 +67,7 @@ def test_backtest_json_has_exactly_the_documented_shape(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     document = json.loads(out.read_text())
-    assert set(document) == {"trace", "horizon_s", "methods"}
+    assert set(document) == {"trace", "horizon_s", "methods", "notes"}
     assert document["trace"] == str(trace)
     assert document["horizon_s"] == 600
     assert set(document["methods"]) == {"prewarm", "seasonal-naive"}

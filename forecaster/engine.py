@@ -209,9 +209,11 @@ def default_candidates(step_s: float, *, horizon_steps: int) -> Candidates:
                 week + short,
             )
         )
-    out.append(Candidate.alone("naive", partial(_level, window=1), 1))
-    out.append(Candidate.alone("median-3", partial(_median, window=3), 1))
+    # Robust levels first: on a flat series they tie with naive on every scored step until a
+    # one-step dip, which naive would then repeat over the whole horizon (ties go to the first).
     out.append(Candidate.alone("median-5", partial(_median, window=5), 1))
+    out.append(Candidate.alone("median-3", partial(_median, window=3), 1))
+    out.append(Candidate.alone("naive", partial(_level, window=1), 1))
     # Exponential smoothing levels at five speeds, in time units (1-min and 10-min data alike).
     for minutes in (1, 3, 15, 60, 360):
         alpha = min(0.9, 1.0 - math.exp(-step_s / (60.0 * minutes)))

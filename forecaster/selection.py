@@ -103,14 +103,22 @@ class Selector:
         Candidates with less than ``min_evidence`` scored steps are only chosen when no eligible
         candidate has evidence (then the first eligible one in preference order is used). The
         ``preferred`` candidate (the combination) wins unless another beats its loss by more than
-        ``margin`` (a share): a single model must be clearly better to be trusted alone. With
-        ``point=True`` the ranking uses the point forecast's loss only (absolute error).
+        ``margin`` (a share; a tie goes to ``preferred``): a single model must be clearly better
+        to be trusted alone. With ``point=True`` the ranking uses the point forecast's loss only
+        (absolute error).
         """
         trusted = eligible & (self.weight >= min_evidence)
         score = np.where(trusted, self.point_loss if point else self.loss, np.inf)
         if preferred is not None:
             score[preferred] = score[preferred] * (1.0 - margin)
         best = np.argmin(score, axis=0)
+        if preferred is not None:
+            # Not beaten by more than the margin means the preferred candidate wins, ties
+            # included: on a flat series every candidate's loss is exactly 0, and argmin's first
+            # index (the naive level) would then copy a one-step dip over the whole horizon.
+            columns = np.arange(score.shape[1])
+            holds = trusted[preferred] & (score[preferred] <= score[best, columns])
+            best = np.where(holds, preferred, best)
         any_trusted = trusted.any(axis=0)
         first_eligible = np.argmax(eligible, axis=0)
         out: NDArray[np.int64] = np.where(any_trusted, best, first_eligible).astype(np.int64)

@@ -16,8 +16,9 @@ How each baseline is run (every one on the backtest's own origins and horizon):
   is how the daemon would use them too (refit now and then, update every cycle).
 - ``autoets``: ``AutoETS(season_length=day)``; statsforecast fits no seasonal ETS for a season
   longer than 24 steps (hourly data), so on 1-minute and 10-minute data it is non-seasonal.
-- ``mstl``: ``MSTL(season_length=[day, week])`` with statsforecast's default trend model
-  (``AutoETS(model="ZZN")``). The decomposition (STL, seconds per series for a 1-minute day) is
+- ``mstl``: ``MSTL(season_length=[day, week])``, trend model ``AutoETS(model="AZN")``
+  (statsforecast's default ``ZZN`` with additive errors: see :func:`_mstl`). The decomposition
+  (STL, seconds per series for a 1-minute day) is
   fitted once; at each origin the seasonal components continue as MSTL's own forecast does (each
   repeats its last cycle) and the trend model is forwarded over the deseasonalised history.
 - ``autotheta``: ``AutoTheta(season_length=day)`` (its own seasonality test decides whether it
@@ -295,7 +296,12 @@ def _mstl(
     horizon: int,
 ) -> tuple[FloatArray, FloatArray]:
     start = _fit_start(train_end, max(used))
-    model = models.MSTL(season_length=list(used)).fit(y[start:train_end])
+    # The trend model is statsforecast's default family with additive errors (``AZN`` rather
+    # than ``ZZN``): the deseasonalised series goes negative where a cycle overshoots, and a
+    # multiplicative model forwarded over such a window gave p90s of 1e16 requests.
+    trend_model = models.AutoETS(model="AZN")
+    model = models.MSTL(season_length=list(used), trend_forecaster=trend_model)
+    model = model.fit(y[start:train_end])
     decomposition = model.model_
     # Each seasonal component continues by repeating its last cycle (MSTL's own forecast):
     # the seasonal part of any step from the fit window's start to the end of the series.

@@ -115,6 +115,13 @@ def test_periodic_intermittent_model_gets_a_high_p_active_where_it_fires() -> No
     assert forecast.p_any_within(20) > 0.8
 
 
+def test_robust_levels_precede_naive_so_that_ties_pick_them() -> None:
+    # On a flat series (a timer: 8 requests a minute) naive and the medians tie on every scored
+    # step; the first in order wins a tie, and naive would repeat a one-step dip for 15 minutes.
+    names = default_candidates(60.0, horizon_steps=15).names
+    assert names.index("median-5") < names.index("median-3") < names.index("naive")
+
+
 def test_candidates_are_named_and_the_combinations_follow_the_point_models() -> None:
     candidates = default_candidates(60.0, horizon_steps=30)
     names = candidates.names

@@ -2,7 +2,8 @@
 
 Owns: splitting a :class:`SeriesBatch` into a training part and a test part (the last 20%, at most
 7 days), the origins, the baselines (:data:`BASELINES`: last-value naive, seasonal naive; additive
-Holt-Winters with one season, as the predictive horizontal pod autoscaler does; damped-trend ETS),
+Holt-Winters with one season, as the predictive horizontal pod autoscaler does; damped-trend ETS;
+statsforecast's, registered from :mod:`forecaster.baselines`, which says how they run),
 driving :class:`AutoForecaster` exactly as the daemon would (observe, then forecast, at every
 origin), and the scores (:mod:`forecaster.metrics`, :mod:`forecaster.prewarm_metrics`). "One
 season" is a day when the training part spans at least two days, otherwise there is no season
@@ -99,6 +100,7 @@ class BacktestResult:
     seconds: dict[str, float] = field(default_factory=dict)
     chosen: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    """What a report must say: seasons the history cannot hold, baselines not run."""
 
 
 def plan_backtest(

@@ -27,7 +27,8 @@ baselines need more history than a new model has).
 Point forecasts: ``prewarm``'s mean (``Forecast.mean``, selected on absolute error); the
 baselines' own point forecast. Every method's p90 comes from its own residuals: the baselines'
 from in-sample k-step errors (per series, per step ahead, training part), prewarm's from its
-conformal calibration (with a history limit, both only from the history each origin may see).
+conformal calibration (with a history limit, both only from the history each origin may see),
+statsforecast's from their prediction intervals or residuals (:mod:`forecaster.baselines`).
 Must not: do I/O.
 """
 

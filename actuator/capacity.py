@@ -6,9 +6,10 @@ Owns two ways of turning a :class:`planner.actions.NodeCapacity` into nodes:
   placeholders make the cluster autoscaler or Karpenter add nodes; when real pods arrive the
   scheduler preempts the placeholders (negative priority), so the real pods land on warm nodes at
   once. A node is only warm for a replica if the replica fits on it, so each placeholder pod is
-  shaped like one replica (:class:`actuator.placeholder_shapes.PodShape`): copied from the model's workload pod template (one
-  Deployment per pool and workload, one pod per replica: a 4-GPU replica is ONE pod requesting 4
-  GPUs, so they are held on one node), else the pool's configured shape (one Deployment per pool);
+  shaped like one replica (:class:`actuator.placeholder_shapes.PodShape`): copied from the
+  model's workload pod template (one Deployment per pool and workload, one pod per replica: a
+  4-GPU replica is ONE pod requesting 4 GPUs, so they are held on one node), else the pool's
+  configured shape (one Deployment per pool);
 - direct scaling of a pool that is a Cluster API MachineDeployment, through its ``/scale``
   subresource, with the original replica count recorded on the object and restored on release
   (:mod:`actuator.machine_deployments`).

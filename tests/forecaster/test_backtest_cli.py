@@ -112,7 +112,7 @@ def test_backtest_json_with_short_histories(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
-    assert set(document) == {"trace", "horizon_s", "methods", "history"}
+    assert set(document) == {"trace", "horizon_s", "methods", "history", "notes"}
     assert [entry["history_s"] for entry in document["history"]] == [3600, 5400]
     for entry in document["history"]:
         assert set(entry) == {

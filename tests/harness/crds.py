@@ -13,7 +13,6 @@ Must not: download anything, skip when the files are missing (the test FAILS, na
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,11 +21,9 @@ import pytest
 import yaml
 
 from actuator.kube import KubeClient
-from tests.harness.k8s import wait_for
+from tests.harness.k8s import testenv_value, wait_for
 from tests.harness.kube import install_crd
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TESTENV_FILE = REPO_ROOT / "hack" / "testenv.env"
 VARIABLE = "PREWARM_CRDS_DIR"
 
 KEDA_SCALED_OBJECTS = "keda.sh_scaledobjects.yaml"
@@ -43,12 +40,7 @@ PROMETHEUS_RULES = "monitoring.coreos.com_prometheusrules.yaml"
 
 def crds_dir() -> Path:
     """The directory of the fetched CRD files; fails the test (never skips) without it."""
-    value = os.environ.get(VARIABLE)
-    if not value and TESTENV_FILE.is_file():
-        for line in TESTENV_FILE.read_text(encoding="utf-8").splitlines():
-            key, _, rest = line.removeprefix("export ").partition("=")
-            if key.strip() == VARIABLE and rest.strip():
-                value = rest.strip()
+    value = testenv_value(VARIABLE)
     if not value or not (Path(value) / ".complete").is_file():
         pytest.fail(
             f"{VARIABLE} does not name a complete CRD directory ({value!r}): run "

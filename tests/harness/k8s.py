@@ -44,7 +44,7 @@ GPU_RESOURCE = "nvidia.com/gpu"
 DEFAULT_POOL_LABEL = "prewarm.io/pool"
 
 
-def _testenv_value(name: str) -> str | None:
+def testenv_value(name: str) -> str | None:
     """``name`` from the environment, else from the ``export NAME=value`` lines of testenv.env."""
     value = os.environ.get(name)
     if value:
@@ -59,7 +59,7 @@ def _testenv_value(name: str) -> str | None:
 
 def require_binary(variable: str) -> Path:
     """The binary named by ``variable``; fails the test (never skips) when it is not built."""
-    value = _testenv_value(variable)
+    value = testenv_value(variable)
     if value is None or not os.access(value, os.X_OK):
         pytest.fail(
             f"{variable} is not set to an executable ({value!r}): run ./hack/testenv.sh once "

@@ -52,11 +52,9 @@ from tests.harness.crds import (
     KEDA_TRIGGER_AUTHENTICATIONS,
     real_crds,
 )
-from tests.harness.k8s import ControlPlane, free_port, wait_for
+from tests.harness.k8s import ControlPlane, free_port, testenv_value, wait_for
 from tests.harness.kube import install_crd
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TESTENV_FILE = REPO_ROOT / "hack" / "testenv.env"
 VARIABLE = "PREWARM_KEDA_OPERATOR_BIN"
 KEDA_VERSION = "2.20.0"
 START_TIMEOUT_S = 60.0
@@ -77,12 +75,7 @@ _SCALED_OBJECT_CONTROLLER = '"controller":"scaledobject"'
 
 def operator_binary() -> Path:
     """The keda-operator binary; fails the test (never skips) when it is not built."""
-    value = os.environ.get(VARIABLE)
-    if not value and TESTENV_FILE.is_file():
-        for line in TESTENV_FILE.read_text(encoding="utf-8").splitlines():
-            key, _, rest = line.removeprefix("export ").partition("=")
-            if key.strip() == VARIABLE and rest.strip():
-                value = rest.strip()
+    value = testenv_value(VARIABLE)
     if not value or not os.access(value, os.X_OK):
         pytest.fail(
             f"{VARIABLE} is not set to an executable ({value!r}): run ./hack/testenv.sh once "

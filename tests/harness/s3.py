@@ -34,9 +34,8 @@ import requests
 
 from gpu_agent.config import S3SourcesConfig
 from gpu_agent.remote import sigv4
+from tests.harness.k8s import testenv_value
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TESTENV_FILE = REPO_ROOT / "hack" / "testenv.env"
 VARIABLE = "PREWARM_S3_SERVER_BIN"
 ACCESS_KEY = "prewarm-test"
 SECRET_KEY = "prewarm-test-secret-key"
@@ -46,12 +45,7 @@ START_TIMEOUT_S = 60.0
 
 def server_binary() -> Path:
     """The MinIO binary; fails the test (never skips) when it is not built."""
-    value = os.environ.get(VARIABLE)
-    if not value and TESTENV_FILE.is_file():
-        for line in TESTENV_FILE.read_text(encoding="utf-8").splitlines():
-            key, _, rest = line.removeprefix("export ").partition("=")
-            if key.strip() == VARIABLE and rest.strip():
-                value = rest.strip()
+    value = testenv_value(VARIABLE)
     if not value or not os.access(value, os.X_OK):
         pytest.fail(
             f"{VARIABLE} is not set to an executable ({value!r}): run ./hack/testenv.sh once "

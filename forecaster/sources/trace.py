@@ -1,4 +1,4 @@
-"""Reads the project's trace CSV (DESIGN.md) into a dense :class:`SeriesBatch`.
+"""Reads the project's trace CSV (`docs/traces.md`) into a dense :class:`SeriesBatch`.
 
 Owns: parsing and validating ``timestamp,model,requests`` files (ISO-8601 UTC or epoch
 seconds, fractions allowed; ``requests`` optional, default 1; zero rows may be omitted; rows in

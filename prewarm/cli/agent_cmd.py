@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from prewarm.cli.main import state
+from prewarm.cli.main import ConfigOption, state
 
 
 def register(app: typer.Typer) -> None:
@@ -21,6 +21,7 @@ def register(app: typer.Typer) -> None:
     @app.command("agent")
     def agent(
         ctx: typer.Context,
+        config: ConfigOption = None,
         listen: Annotated[
             str | None, typer.Option("--listen", help="host:port (default: agent.listen).")
         ] = None,
@@ -32,9 +33,9 @@ def register(app: typer.Typer) -> None:
         """Serve the GPU agent (Preload, Evict, Status, Watch, Attach, Release) until SIGTERM."""
         from gpu_agent.server import serve
 
-        config = state(ctx).settings().agent
+        agent_config = state(ctx, config).settings().agent
         if listen is not None:
-            config = config.model_copy(update={"listen": listen})
+            agent_config = agent_config.model_copy(update={"listen": listen})
 
         def ready(port: int) -> None:
             if port_file is not None:
@@ -43,4 +44,4 @@ def register(app: typer.Typer) -> None:
                 tmp.replace(port_file)
             typer.echo(f"prewarm agent: serving on port {port}", err=True)
 
-        asyncio.run(serve(config, on_ready=ready))
+        asyncio.run(serve(agent_config, on_ready=ready))

@@ -59,12 +59,28 @@ class CliState:
         return self._settings
 
 
-def state(ctx: typer.Context) -> CliState:
-    """The :class:`CliState` of the running invocation."""
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Settings YAML (the same as the global --config, given after the verb).",
+        metavar="PATH",
+    ),
+]
+"""A verb's own ``--config``, for the verbs that read settings: ``prewarm run --config x.yaml``."""
+
+
+def state(ctx: typer.Context, config: Path | None = None) -> CliState:
+    """The :class:`CliState` of the running invocation; ``config`` (a verb's own ``--config``)
+    replaces the global one."""
     obj = ctx.find_root().obj
     if not isinstance(obj, CliState):
         obj = CliState()
         ctx.find_root().obj = obj
+    if config is not None:
+        obj.config_path = config
+        obj._settings = None
     return obj
 
 

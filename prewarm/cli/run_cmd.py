@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from common.errors import InvalidInput
-from prewarm.cli.main import state
+from prewarm.cli.main import ConfigOption, state
 
 _MODES = ("advisory", "active")
 
@@ -20,6 +20,7 @@ def register(app: typer.Typer) -> None:
 
 def run(
     ctx: typer.Context,
+    config: ConfigOption = None,
     mode: Annotated[
         str | None,
         typer.Option("--mode", help="advisory (publish plans only) or active; overrides config."),
@@ -28,7 +29,7 @@ def run(
     """Run the prewarm daemon until SIGTERM (settings from --config and PREWARM_ env vars)."""
     from prewarm.daemon.app import main  # heavy imports only for this command
 
-    settings = state(ctx).settings()
+    settings = state(ctx, config).settings()
     if mode is not None:
         if mode not in _MODES:
             raise InvalidInput(f"--mode must be one of {', '.join(_MODES)}, got {mode!r}")

@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "prewarm.cli.run_cmd",
     "prewarm.cli.demo_cmd",
     "prewarm.cli.bench_cmd",
+    "prewarm.cli.dashboards_cmd",
 )
 """Modules under ``prewarm.cli`` that define ``register(app: typer.Typer) -> None``."""
 

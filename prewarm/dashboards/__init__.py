@@ -1,0 +1,1 @@
+"""The Grafana dashboards (:mod:`.grafana`) and their static HTML rendering (:mod:`.render`)."""

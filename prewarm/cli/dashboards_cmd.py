@@ -10,13 +10,14 @@ query.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from common.durations import parse_duration_s
-from common.errors import TemporaryError
-from prewarm.dashboards.render import render_report
+from common.errors import InvalidInput, TemporaryError
+from prewarm.cli.output import write_json
+from prewarm.dashboards.render import RenderReport, render_report
 
 dashboards_app = typer.Typer(
     name="dashboards",
@@ -41,8 +42,14 @@ def render(
         list[str] | None,
         typer.Option("--model", help="Value of $model (repeatable); default: All."),
     ] = None,
+    json_out: Annotated[
+        Path | None,
+        typer.Option("--json", help="Write what was drawn and what failed here ('-': stdout)."),
+    ] = None,
 ) -> None:
     """Draw every dashboard panel from Prometheus into static HTML pages."""
+    if json_out is not None and str(json_out) != "-" and not json_out.parent.resolve().is_dir():
+        raise InvalidInput(f"cannot write {json_out}: its directory does not exist")
     report = render_report(
         prometheus,
         out,
@@ -50,8 +57,11 @@ def render(
         step_s=parse_duration_s(step_text),
         models=model or (),
     )
-    for page in report.pages:
-        typer.echo(str(page))
+    if json_out is not None:
+        write_json(report_json(report), None if str(json_out) == "-" else json_out)
+    if json_out is None or str(json_out) != "-":
+        for page in report.pages:
+            typer.echo(str(page))
     if report.failed and len(report.failed) == report.panels:
         raise TemporaryError(
             f"every panel failed ({report.panels} of {report.panels}): "
@@ -69,6 +79,19 @@ def render(
         f"{len(report.empty)} with no data; open {report.index}",
         err=True,
     )
+
+
+def report_json(report: RenderReport) -> dict[str, Any]:
+    """The ``--json`` document: pages written, panels, and which had no data or failed."""
+    return {
+        "index": str(report.index),
+        "pages": [str(page) for page in report.pages],
+        "panels": report.panels,
+        "empty": report.empty,
+        "failed": [
+            {"dashboard": f.dashboard, "panel": f.panel, "error": f.error} for f in report.failed
+        ],
+    }
 
 
 def register(app: typer.Typer) -> None:

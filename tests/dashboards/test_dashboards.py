@@ -3,7 +3,8 @@
 The daemon runs in this process (replayed history, no cluster: cluster actions dry, GPU-agent
 actions real); the agent is a real ``prewarm agent`` process loading small generated models into
 host memory. Each query must parse and return data. Panels that compare with ``offset 15m`` are
-also evaluated 15 minutes ahead (with a 20-minute lookback) so that "15 minutes ago" is now.
+also evaluated 15 minutes ahead (with a 20-minute lookback) so that "15 minutes ago" is now. The
+static pages of ``prewarm dashboards render`` are drawn from the same Prometheus.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from planner.planner import PoolState
 from prewarm.daemon.config import DaemonConfig
 from prewarm.daemon.loop import Daemon
 from prewarm.daemon.replay import PlannedClusterObserver, ReplaySource
+from prewarm.dashboards.render import render_report
 from prewarm.demo.applier import AgentOnlyApplier
 from prewarm.demo.models import write_model
 from protos import gpu_agent_pb2 as pb
@@ -179,6 +181,17 @@ async def _run(
                 if not any(answer["data"]["result"] for answer in answers):
                     empty.append(f"{name}: {title}: {expr}")
             assert not empty, "queries without data:\n" + "\n".join(empty)
+            # The same panels drawn as static pages (``prewarm dashboards render``) over the
+            # last two minutes at the 1 s scrape interval: every panel has drawn series.
+            report = await asyncio.to_thread(
+                render_report, prom.url, tmp_path / "html", range_s=120, step_s=1
+            )
+            assert not report.failed, [str(failure) for failure in report.failed]
+            assert not report.empty, report.empty
+            for page in report.pages:
+                sections = page.read_text(encoding="utf-8").split('<section class="panel"')[1:]
+                assert sections, page
+                assert all('class="series"' in section for section in sections), page
     finally:
         await probes.stop()
         await agents.close()

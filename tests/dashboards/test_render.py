@@ -9,6 +9,7 @@ metacharacters in its name; every other panel's series is absent, so those panel
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -193,8 +194,13 @@ def test_a_query_prometheus_rejects_is_one_line_in_its_panel(
 def test_unreachable_prometheus_fails_every_panel_and_exits_1(tmp_path: Path) -> None:
     out = tmp_path / "html"
     url = f"http://127.0.0.1:{free_port()}"
-    process = _prewarm("dashboards", "render", "--prometheus", url, "--out", str(out))
+    process = _prewarm(
+        "dashboards", "render", "--prometheus", url, "--out", str(out), "--json", "-"
+    )
     assert process.returncode == 1, process.stderr
+    document = json.loads(process.stdout)
+    assert document["panels"] == len(document["failed"]) == 16
+    assert document["failed"][0]["error"].startswith("query A, B, C, D failed: cannot reach")
     assert process.stderr.count("\n") == 1
     assert process.stderr.startswith("prewarm: error: every panel failed (16 of 16): ")
     assert "connection refused" in process.stderr
@@ -228,6 +234,7 @@ def test_a_bad_url_exits_2_in_one_line_before_any_query(tmp_path: Path) -> None:
         (("--prometheus", "http://h", "--range", "6x"), "cannot parse duration '6x'"),
         (("--prometheus", "http://h", "--step", "0"), "--range and --step must be > 0"),
         (("--prometheus", "http://h", "--range", "30d", "--step", "1s"), "use a longer --step"),
+        (("--prometheus", "http://h", "--json", "/no/such/dir/x.json"), "its directory does not"),
     ],
 )
 def test_bad_arguments_are_invalid_input(

@@ -30,7 +30,11 @@ def register(app: typer.Typer) -> None:
             typer.Option("--port-file", help="Write the bound port here once serving."),
         ] = None,
     ) -> None:
-        """Serve the GPU agent (Preload, Evict, Status, Watch, Attach, Release) until SIGTERM."""
+        """Serve the GPU agent (Preload, Evict, Status, Watch, Attach, Release) until SIGTERM.
+
+        A daemon has no single result, so no --json: its logs are its output, JSON lines with
+        the global --log-json (prewarm --log-json agent).
+        """
         from gpu_agent.server import serve
 
         agent_config = state(ctx, config).settings().agent

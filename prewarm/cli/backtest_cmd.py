@@ -3,7 +3,7 @@
 Owns: the command's options, the progress report on stderr (a rich bar with an ETA on a
 terminal; otherwise plain lines, at most one per :data:`PLAIN_EVERY_S` per method and none for a
 run shorter than that, so logs and ``--json -`` pipelines stay clean), the JSON document and the
-tables. JSON::
+tables (``--json PATH|-`` as every command, :mod:`prewarm.cli.output`). JSON::
 
     {"trace", "horizon_s",
      "methods": {NAME: {mase, mase_median, pinball_p90, coverage_p90, under_forecast_rate,
@@ -28,7 +28,6 @@ import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -63,7 +62,7 @@ from prewarm.cli.forecast_cmd import (
     horizon_steps,
     load_history,
 )
-from prewarm.cli.output import print_table, write_json
+from prewarm.cli.output import JsonCommand, JsonOption, JsonOutput, print_table
 from prewarm.cli.progress import PlainProgress
 
 
@@ -186,7 +185,7 @@ def _labelled(progress: ProgressCallback, label: str) -> ProgressCallback:
 def register(app: typer.Typer) -> None:
     """Add ``prewarm backtest`` to ``app``."""
 
-    @app.command("backtest")
+    @app.command("backtest", cls=JsonCommand)
     def backtest(
         ctx: typer.Context,
         trace: TraceOption = None,
@@ -194,15 +193,12 @@ def register(app: typer.Typer) -> None:
         query: QueryOption = None,
         model_label: LabelOption = None,
         horizon: Annotated[str, typer.Option("--horizon", help="Forecast horizon.")] = "15m",
-        json_out: Annotated[
-            Path | None,
-            typer.Option("--json", help="Write the JSON result to this file ('-' = stdout)."),
-        ] = None,
+        json_out: JsonOption = None,
         methods: Annotated[
             str | None,
             typer.Option(
                 "--methods",
-                help=f"Comma-separated methods to compare [default: all: {','.join(METHODS)}].",
+                help=f"Comma-separated methods to compare (default: all: {','.join(METHODS)}).",
             ),
         ] = None,
         max_origins: Annotated[
@@ -223,17 +219,17 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
     ) -> None:
-        """Backtest over the last part of the history (20%, at most 7 days), every method on the
-        same origins (at most 400, evenly spread; 32 per --history length). MASE is
+        """Score prewarm's forecaster against simple methods on the history's last part.
+
+        The backtest covers the last part of the history (20%, at most 7 days), every method on
+        the same origins (at most 400, evenly spread; 32 per --history length). MASE is
         volume-weighted, scaled by the one-season naive in-sample error (a season is a day when
         the training part spans two days, else one step). Pre-warming metrics: spike recall at
-        1, 5 and 15 min lead, false-spike rate, 5-minute peak error."""
+        1, 5 and 15 min lead, false-spike rate, 5-minute peak error.
+        """
         chosen, left_out = default_methods() if methods is None else (_methods(methods), [])
         lengths = parse_histories(history)
-        if json_out is not None and str(json_out) != "-":
-            directory = json_out.parent if str(json_out.parent) else Path(".")
-            if not directory.is_dir():
-                raise InvalidInput(f"--json {json_out}: directory {directory} does not exist")
+        out = JsonOutput.parse(json_out)
         batch, name = load_history(
             ctx, trace=trace, prometheus=prometheus, query=query, model_label=model_label
         )
@@ -268,8 +264,8 @@ def register(app: typer.Typer) -> None:
             ]
         result.notes[:0] = left_out
         document = backtest_document(name, steps * batch.step_s, result, histories)
-        if json_out is not None:
-            write_json(document, None if str(json_out) == "-" else json_out)
+        out.write(document)
+        if not out.human:
             return
         _print_tables(name, batch.steps, batch.step_s, steps, result, histories)
         _print_notes(result)

@@ -1,9 +1,10 @@
 """``prewarm warm | cancel | pin | unpin | pause | resume | requests | plan | explain``.
 
 Owns: the control-API client commands: their options, parsing of ``--at`` and ``--for``, and
-printing results (tables for people, ``--json`` for scripts). Must not: hold control logic (the
-server validates; :mod:`prewarm.control.client` talks gRPC). Errors propagate as
-:class:`common.errors.PrewarmError` kinds, which ``prewarm.cli.main`` turns into exit codes.
+printing results (tables for people, ``--json PATH|-`` for scripts: :mod:`prewarm.cli.output`). Must
+not: hold control logic (the server validates; :mod:`prewarm.control.client` talks gRPC). Errors
+propagate as :class:`common.errors.PrewarmError` kinds, which ``prewarm.cli.main`` turns into exit
+codes.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from google.protobuf.message import Message
 from common.durations import format_duration, parse_duration_s
 from common.errors import InvalidInput
 from common.tiers import HELD_TIERS, Tier
-from prewarm.cli.output import print_table, write_json
+from prewarm.cli.output import JsonCommand, JsonOption, JsonOutput, print_table
 from prewarm.control.client import DEFAULT_SERVER, TOKEN_ENV, ControlClient, read_token
 from protos import control_pb2
 from protos.tiers import tier_label
@@ -143,7 +144,6 @@ TlsKey = Annotated[
     typer.Option("--tls-key", envvar="PREWARM_TLS_KEY", help="Client certificate's key (mTLS)."),
 ]
 Timeout = Annotated[float, typer.Option("--timeout", help="Deadline of the call, seconds.")]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
 def _client(
@@ -192,7 +192,7 @@ def _print_requests(requests: list[control_pb2.ManualRequest], *, title: str) ->
 def register(app: typer.Typer) -> None:
     """Add the control-API client commands to ``app``."""
 
-    @app.command("warm")
+    @app.command("warm", cls=JsonCommand)
     def warm(
         model: Annotated[str, typer.Argument(help="Model id, e.g. llama-70b.")],
         duration: Annotated[
@@ -216,9 +216,10 @@ def register(app: typer.Typer) -> None:
         tls_cert: TlsCert = None,
         tls_key: TlsKey = None,
         timeout: Timeout = 10.0,
-        json_output: Json = False,
+        json_out: JsonOption = None,
     ) -> None:
         """Ask prewarm to keep a model warm from --at for --for (a planner input with an expiry)."""
+        result = JsonOutput.parse(json_out)
         duration_s = _duration(duration, "--for")
         start_s = parse_at(at, now_s=time.time(), tz=tz) if at is not None else 0.0
         with _client(server, token_file, timeout, tls=(tls_ca, tls_cert, tls_key)) as client:
@@ -230,12 +231,12 @@ def register(app: typer.Typer) -> None:
                 duration_s=duration_s,
                 reason=reason,
             )
-        if json_output:
-            write_json(_as_dict(stored), None)
+        result.write(_as_dict(stored))
+        if not result.human:
             return
         _print_requests([stored], title="warm request stored")
 
-    @app.command("cancel")
+    @app.command("cancel", cls=JsonCommand)
     def cancel(
         request_id: Annotated[str, typer.Argument(help="Request id (req-...).")],
         server: Server = DEFAULT_SERVER,
@@ -244,17 +245,18 @@ def register(app: typer.Typer) -> None:
         tls_cert: TlsCert = None,
         tls_key: TlsKey = None,
         timeout: Timeout = 10.0,
-        json_output: Json = False,
+        json_out: JsonOption = None,
     ) -> None:
         """Withdraw a manual warm request."""
+        result = JsonOutput.parse(json_out)
         with _client(server, token_file, timeout, tls=(tls_ca, tls_cert, tls_key)) as client:
             cancelled = client.cancel(request_id)
-        if json_output:
-            write_json(_as_dict(cancelled), None)
+        result.write(_as_dict(cancelled))
+        if not result.human:
             return
         _print_requests([cancelled], title="cancelled")
 
-    @app.command("pin")
+    @app.command("pin", cls=JsonCommand)
     def pin(
         model: Annotated[str, typer.Argument(help="Model id.")],
         tier: Annotated[str, typer.Option("--tier", help="disk, host or gpu.")] = "gpu",
@@ -267,15 +269,16 @@ def register(app: typer.Typer) -> None:
         tls_cert: TlsCert = None,
         tls_key: TlsKey = None,
         timeout: Timeout = 10.0,
-        json_output: Json = False,
+        json_out: JsonOption = None,
     ) -> None:
         """Keep a model resident in a tier."""
+        result = JsonOutput.parse(json_out)
         duration_s = _duration(duration, "--for") if duration is not None else 0.0
         with _client(server, token_file, timeout, tls=(tls_ca, tls_cert, tls_key)) as client:
             stored = client.pin(model, tier=_tier(tier) or Tier.GPU, duration_s=duration_s)
-        _print_pin(stored, json_output=json_output, title="pinned")
+        _print_pin(stored, result=result, title="pinned")
 
-    @app.command("unpin")
+    @app.command("unpin", cls=JsonCommand)
     def unpin(
         model: Annotated[str, typer.Argument(help="Model id.")],
         server: Server = DEFAULT_SERVER,
@@ -284,14 +287,15 @@ def register(app: typer.Typer) -> None:
         tls_cert: TlsCert = None,
         tls_key: TlsKey = None,
         timeout: Timeout = 10.0,
-        json_output: Json = False,
+        json_out: JsonOption = None,
     ) -> None:
         """Remove a model's pin."""
+        result = JsonOutput.parse(json_out)
         with _client(server, token_file, timeout, tls=(tls_ca, tls_cert, tls_key)) as client:
             removed = client.unpin(model)
-        _print_pin(removed, json_output=json_output, title="unpinned")
+        _print_pin(removed, result=result, title="unpinned")
 
-    @app.command("pause")
+    @app.command("pause", cls=JsonCommand)
     def pause(
         model: Annotated[str | None, typer.Argument(help="Model id (or --all).")] = None,
         all_models: Annotated[bool, typer.Option("--all", help="Pause every model.")] = False,
@@ -304,16 +308,17 @@ def register(app: typer.Typer) -> None:
         tls_cert: TlsCert = None,
         tls_key: TlsKey = None,
         timeout: Timeout = 10.0,
-        json_output: Json = False,
+        json_out: JsonOption = None,
     ) -> None:
         """Stop prewarm acting on a model (or on every model with --all)."""
+        result = JsonOutput.parse(json_out)
         scope = _scope(model, all_models)
         duration_s = _duration(duration, "--for") if duration is not None else 0.0
         with _client(server, token_file, timeout, tls=(tls_ca, tls_cert, tls_key)) as client:
             stored = client.pause(scope, duration_s=duration_s)
-        _print_pause(stored, json_output=json_output, title="paused")
+        _print_pause(stored, result=result, title="paused")
 
-    @app.command("resume")
+    @app.command("resume", cls=JsonCommand)
     def resume(
         model: Annotated[str | None, typer.Argument(help="Model id (or --all).")] = None,
         all_models: Annotated[bool, typer.Option("--all", help="Lift the global pause.")] = False,
@@ -323,15 +328,16 @@ def register(app: typer.Typer) -> None:
         tls_cert: TlsCert = None,
         tls_key: TlsKey = None,
         timeout: Timeout = 10.0,
-        json_output: Json = False,
+        json_out: JsonOption = None,
     ) -> None:
         """Let prewarm act on a paused model again (or lift the global pause with --all)."""
+        result = JsonOutput.parse(json_out)
         scope = _scope(model, all_models)
         with _client(server, token_file, timeout, tls=(tls_ca, tls_cert, tls_key)) as client:
             removed = client.resume(scope)
-        _print_pause(removed, json_output=json_output, title="resumed")
+        _print_pause(removed, result=result, title="resumed")
 
-    @app.command("requests")
+    @app.command("requests", cls=JsonCommand)
     def requests(
         model: Annotated[str, typer.Option("--model", help="Only this model.")] = "",
         server: Server = DEFAULT_SERVER,
@@ -340,13 +346,14 @@ def register(app: typer.Typer) -> None:
         tls_cert: TlsCert = None,
         tls_key: TlsKey = None,
         timeout: Timeout = 10.0,
-        json_output: Json = False,
+        json_out: JsonOption = None,
     ) -> None:
         """List manual warm requests, pins and pauses."""
+        result = JsonOutput.parse(json_out)
         with _client(server, token_file, timeout, tls=(tls_ca, tls_cert, tls_key)) as client:
             listing = client.list_requests(model)
-        if json_output:
-            write_json(_as_dict(listing), None)
+        result.write(_as_dict(listing))
+        if not result.human:
             return
         _print_requests(list(listing.requests), title="manual warm requests")
         if listing.pins:
@@ -373,7 +380,7 @@ def register(app: typer.Typer) -> None:
                 ],
             )
 
-    @app.command("plan")
+    @app.command("plan", cls=JsonCommand)
     def plan(
         model: Annotated[str, typer.Option("--model", help="Only this model's actions.")] = "",
         server: Server = DEFAULT_SERVER,
@@ -382,13 +389,14 @@ def register(app: typer.Typer) -> None:
         tls_cert: TlsCert = None,
         tls_key: TlsKey = None,
         timeout: Timeout = 10.0,
-        json_output: Json = False,
+        json_out: JsonOption = None,
     ) -> None:
         """Show the daemon's latest plan."""
+        result = JsonOutput.parse(json_out)
         with _client(server, token_file, timeout, tls=(tls_ca, tls_cert, tls_key)) as client:
             current = client.get_plan(model)
-        if json_output:
-            write_json(_as_dict(current), None)
+        result.write(_as_dict(current))
+        if not result.human:
             return
         if not current.available:
             typer.echo("no plan yet: the daemon has not finished its first tick")
@@ -399,7 +407,7 @@ def register(app: typer.Typer) -> None:
             [(a.kind, a.model or a.pool, _target(a), a.value, a.reason) for a in current.actions],
         )
 
-    @app.command("explain")
+    @app.command("explain", cls=JsonCommand)
     def explain(
         model: Annotated[str, typer.Argument(help="Model id.")],
         server: Server = DEFAULT_SERVER,
@@ -408,13 +416,14 @@ def register(app: typer.Typer) -> None:
         tls_cert: TlsCert = None,
         tls_key: TlsKey = None,
         timeout: Timeout = 10.0,
-        json_output: Json = False,
+        json_out: JsonOption = None,
     ) -> None:
         """Why the plan holds what it holds for a model: forecast, value, lead times, limits."""
+        result = JsonOutput.parse(json_out)
         with _client(server, token_file, timeout, tls=(tls_ca, tls_cert, tls_key)) as client:
             answer = client.explain(model)
-        if json_output:
-            write_json(_as_dict(answer), None)
+        result.write(_as_dict(answer))
+        if not result.human:
             return
         rows: list[tuple[str, Any]] = [
             ("forecast", answer.forecast_summary),
@@ -459,9 +468,9 @@ def _target(action: control_pb2.PlanAction) -> str:
     return render(action) if render else "-"
 
 
-def _print_pin(pin: control_pb2.Pin, *, json_output: bool, title: str) -> None:
-    if json_output:
-        write_json(_as_dict(pin), None)
+def _print_pin(pin: control_pb2.Pin, *, result: JsonOutput, title: str) -> None:
+    result.write(_as_dict(pin))
+    if not result.human:
         return
     print_table(
         title,
@@ -470,9 +479,9 @@ def _print_pin(pin: control_pb2.Pin, *, json_output: bool, title: str) -> None:
     )
 
 
-def _print_pause(entry: control_pb2.Pause, *, json_output: bool, title: str) -> None:
-    if json_output:
-        write_json(_as_dict(entry), None)
+def _print_pause(entry: control_pb2.Pause, *, result: JsonOutput, title: str) -> None:
+    result.write(_as_dict(entry))
+    if not result.human:
         return
     scope = "all models" if entry.all_models else entry.model
     print_table(

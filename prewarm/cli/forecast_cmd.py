@@ -1,8 +1,9 @@
 """``prewarm forecast``: per-model demand forecasts from a trace file or Prometheus.
 
 Owns: the history options shared with ``prewarm backtest`` (``--trace`` or ``--prometheus`` with
-``--query`` / ``--model-label``), reading that history, and printing forecasts (a table for
-people, ``--json`` for scripts). Must not: hold forecasting logic (``forecaster.engine``) or map
+``--query`` / ``--model-label``), reading that history, and printing forecasts (a table of each
+model's mean, p50 and p90 peaks and P(any request) for people; ``--json PATH|-`` for scripts, see
+:mod:`prewarm.cli.output`). Must not: hold forecasting logic (``forecaster.engine``) or map
 errors to exit codes (``prewarm.cli.main`` does: bad input exits 2, nothing written).
 """
 
@@ -24,7 +25,7 @@ from forecaster.sources.prometheus import PrometheusSource
 from forecaster.sources.trace import read_trace
 from forecaster.types import Forecast, SeriesBatch
 from prewarm.cli.main import state
-from prewarm.cli.output import print_table, write_json
+from prewarm.cli.output import JsonCommand, JsonOption, JsonOutput, print_table
 from prewarm.data import resolve_trace
 
 TraceOption = Annotated[
@@ -108,7 +109,8 @@ def horizon_steps(horizon: str, step_s: float) -> tuple[int, float]:
 def forecast_document(
     source: str, forecasts: dict[Any, Forecast], *, horizon_s: float
 ) -> dict[str, Any]:
-    """The ``--json`` document of ``prewarm forecast``."""
+    """The ``--json`` document of ``prewarm forecast``: per model, the mean and each quantile per
+    step, P(active) per step and P(any request within the horizon)."""
     any_forecast = next(iter(forecasts.values()), None)
     start = any_forecast.start_s if any_forecast is not None else 0.0
     models: dict[str, Any] = {}
@@ -137,7 +139,7 @@ def forecast_document(
 def register(app: typer.Typer) -> None:
     """Add ``prewarm forecast`` to ``app``."""
 
-    @app.command("forecast")
+    @app.command("forecast", cls=JsonCommand)
     def forecast(
         ctx: typer.Context,
         trace: TraceOption = None,
@@ -145,7 +147,7 @@ def register(app: typer.Typer) -> None:
         query: QueryOption = None,
         model_label: LabelOption = None,
         horizon: Annotated[str, typer.Option("--horizon", help="How far ahead, e.g. 30m.")] = "30m",
-        as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
+        json_out: JsonOption = None,
         server: Annotated[
             str | None,
             typer.Option(
@@ -158,7 +160,13 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option("--model", help="The model to ask the daemon about.")
         ] = None,
     ) -> None:
-        """Forecast every model's requests per step, with p50/p90 and P(any request)."""
+        """Forecast every model's requests per step: mean, p50 and p90 peaks, P(any request).
+
+        The table shows, per model, the mean forecast over the horizon, the highest p50 and p90
+        (the planning quantile) of any step, and the probability of at least one request within
+        the horizon; --json has every step.
+        """
+        out = JsonOutput.parse(json_out)
         if server is not None:
             if model is None:
                 raise InvalidInput("--server needs --model NAME (the daemon forecasts per model)")
@@ -169,10 +177,9 @@ def register(app: typer.Typer) -> None:
 
             daemon_forecast = fetch_forecast(server, model, horizon_s=seconds)
             forecasts = {daemon_forecast.model: daemon_forecast}
-            if as_json:
-                write_json(forecast_document(server, forecasts, horizon_s=seconds), None)
-                return
-            _print(server, forecasts, seconds=seconds, step_s=daemon_forecast.step_s, level=0.9)
+            out.write(forecast_document(server, forecasts, horizon_s=seconds))
+            if out.human:
+                _print(server, forecasts, seconds=seconds, step_s=daemon_forecast.step_s, level=0.9)
             return
         batch, source = load_history(
             ctx, trace=trace, prometheus=prometheus, query=query, model_label=model_label
@@ -183,29 +190,34 @@ def register(app: typer.Typer) -> None:
         engine = AutoForecaster(step_s=batch.step_s, planning_quantile=planning)
         engine.observe(batch)
         forecasts = engine.forecast(horizon_steps=steps, quantiles=levels)
-        if as_json:
-            write_json(forecast_document(source, forecasts, horizon_s=seconds), None)
-            return
-        _print(source, forecasts, seconds=seconds, step_s=batch.step_s, level=planning)
+        out.write(forecast_document(source, forecasts, horizon_s=seconds))
+        if out.human:
+            _print(source, forecasts, seconds=seconds, step_s=batch.step_s, level=planning)
+
+
+def _peak(forecast: Forecast, level: float) -> float:
+    """The highest forecast at quantile ``level`` over the horizon (NaN when not forecast)."""
+    if level not in forecast.quantiles:
+        return math.nan
+    return float(forecast.quantile(level).max())
 
 
 def _print(
     source: str, forecasts: dict[Any, Forecast], *, seconds: float, step_s: float, level: float
 ) -> None:
-    rows = []
-    for name, item in sorted(forecasts.items()):
-        peak = item.quantile(level) if level in item.quantiles else item.values[-1]
-        rows.append(
-            [
-                str(name),
-                item.method,
-                float(item.mean.mean()),
-                float(peak.max()),
-                item.p_any_within(item.horizon),
-            ]
-        )
+    levels = sorted({0.5, level})
+    rows = [
+        [
+            str(name),
+            item.method,
+            float(item.mean.mean()),
+            *(_peak(item, q) for q in levels),
+            item.p_any_within(item.horizon),
+        ]
+        for name, item in sorted(forecasts.items())
+    ]
     print_table(
         f"{source}: next {format_duration(seconds)} (requests per {format_duration(step_s)})",
-        ["model", "method", "mean", f"p{round(level * 100)} peak", "P(any)"],
+        ["model", "method", "mean", *(f"p{round(q * 100)} peak" for q in levels), "P(any)"],
         rows,
     )

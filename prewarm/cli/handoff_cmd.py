@@ -6,7 +6,9 @@ model's read-only directory on the node once the agent holds it, or, after ``--t
 saying the engine falls back to its normal download, and exits 0 either way (2: bad arguments,
 1: the agent refused the token). ``hold`` is a native sidecar (an init container with
 ``restartPolicy: Always``): it keeps a lease on the model for the pod's life. ``path`` prints the
-stable ``.../current`` path of a model id, for pod specs. See docs/engines.md.
+stable ``.../current`` path of a model id, for pod specs. ``wait`` and ``path`` take
+``--json PATH|-`` (:mod:`prewarm.cli.output`): with ``-`` stdout carries the JSON instead of the
+path. See docs/engines.md.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import typer
 
 from common.durations import parse_duration_s
 from common.errors import InvalidInput
+from prewarm.cli.output import JsonCommand, JsonOption, JsonOutput
 
 if TYPE_CHECKING:
     from gpu_agent.handoff import AgentChannel
@@ -104,7 +107,7 @@ def register(app: typer.Typer) -> None:
     )
     app.add_typer(handoff, name="handoff")
 
-    @handoff.command("wait")
+    @handoff.command("wait", cls=JsonCommand)
     def wait(
         model: ModelOption,
         agent: AgentOption = None,
@@ -151,6 +154,7 @@ def register(app: typer.Typer) -> None:
                 help="How long the agent keeps off the GPUs, e.g. 10m (default: the agent's).",
             ),
         ] = "",
+        json_out: JsonOption = None,
     ) -> None:
         """Wait until the node's agent holds MODEL's directory; print its path (exit 0).
 
@@ -158,9 +162,12 @@ def register(app: typer.Typer) -> None:
         --fallback on stdout when given, exit 0. Either way, unless --no-yield-gpu, the agent
         first moves the models it holds in GPU memory down to host memory and keeps GPU-tier
         preloads off the GPUs for --yield-hold (one line on stderr says what it freed).
+        --json: {model, held, load (what the engine should load, or null), model_dir,
+        current_dir, revision, reason}.
         """
         from gpu_agent.handoff import AgentChannel, wait_for_directory
 
+        result = JsonOutput.parse(json_out)
         timeout_s = _seconds(timeout, "--timeout")
         poll_s = _seconds(poll, "--poll")
         hold_s = _seconds(yield_hold, "--yield-hold") if yield_hold else 0.0
@@ -168,10 +175,23 @@ def register(app: typer.Typer) -> None:
             found = wait_for_directory(channel, model, timeout_s=timeout_s, poll_s=poll_s)
             if yield_gpu:
                 _yield(channel, model, gpus=tuple(gpus or ()), hold_s=hold_s)
+        load = found.model_dir if found.model_dir is not None else (fallback or None)
+        result.write(
+            {
+                "model": model,
+                "held": found.model_dir is not None,
+                "load": load,
+                "model_dir": found.model_dir,
+                "current_dir": found.current_dir or None,
+                "revision": found.revision or None,
+                "reason": found.reason or None,
+            }
+        )
         if found.model_dir is not None:
             if write_to is not None:
                 _write(write_to, found.model_dir)
-            typer.echo(found.model_dir)
+            if result.human:
+                typer.echo(found.model_dir)
             sys.stderr.write(
                 f"prewarm handoff: {model} is held at revision {found.revision} "
                 f"({found.current_dir} -> {found.model_dir})\n"
@@ -184,7 +204,8 @@ def register(app: typer.Typer) -> None:
         if fallback:
             if write_to is not None:
                 _write(write_to, fallback)
-            typer.echo(fallback)
+            if result.human:
+                typer.echo(fallback)
 
     @handoff.command("hold")
     def hold(
@@ -215,16 +236,21 @@ def register(app: typer.Typer) -> None:
                 signal.signal(signum, lambda *_: holder.stop())
             holder.run()
 
-    @handoff.command("path")
+    @handoff.command("path", cls=JsonCommand)
     def path(
         model: ModelOption,
         shm_dir: Annotated[
             str, typer.Option("--shm-dir", help="The agent's shm_dir on the node.")
         ] = "/dev/shm/prewarm",
+        json_out: JsonOption = None,
     ) -> None:
         """Print the stable path a pod passes to its engine: <shm_dir>/models/<slug>/current."""
         from gpu_agent.model_dir import CURRENT_LINK, MODELS_SUBDIR, model_slug
 
         if not model:
             raise InvalidInput("--model is empty")
-        typer.echo(str(Path(shm_dir) / MODELS_SUBDIR / model_slug(model) / CURRENT_LINK))
+        result = JsonOutput.parse(json_out)
+        stable = str(Path(shm_dir) / MODELS_SUBDIR / model_slug(model) / CURRENT_LINK)
+        result.write({"model": model, "path": stable})
+        if result.human:
+            typer.echo(stable)

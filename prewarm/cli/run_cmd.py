@@ -26,7 +26,11 @@ def run(
         typer.Option("--mode", help="advisory (publish plans only) or active; overrides config."),
     ] = None,
 ) -> None:
-    """Run the prewarm daemon until SIGTERM (settings from --config and PREWARM_ env vars)."""
+    """Run the prewarm daemon until SIGTERM (settings from --config and PREWARM_ env vars).
+
+    A daemon has no single result, so no --json: its logs are its output, JSON lines with the
+    global --log-json (prewarm --log-json run).
+    """
     from prewarm.daemon.app import main  # heavy imports only for this command
 
     settings = state(ctx, config).settings()

@@ -299,3 +299,38 @@ def test_forecast_command_asks_the_daemon_with_server(
     code, _, err = cli(["forecast", "--model", "ghost", *server], capsys, monkeypatch)
     assert code == 1
     assert "ghost" in err
+
+
+def test_control_verbs_follow_the_json_convention(
+    running: RunningServer,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """``--json -``: stdout is the JSON alone; ``--json PATH``: the file and the table; a bare
+    ``--json``: stdout, with the deprecation note on stderr."""
+    server = ["--server", running.address]
+    code, out, err = cli(
+        ["warm", "llama-70b", "-r", "2", "--for", "2h", "--json", "-", *server], capsys, monkeypatch
+    )
+    assert code == 0, err
+    assert json.loads(out)["model"] == "llama-70b"
+    assert "deprecated" not in err
+    listing = tmp_path / "requests.json"
+    code, out, err = cli(["requests", "--json", str(listing), *server], capsys, monkeypatch)
+    assert code == 0, err
+    assert [r["model"] for r in json.loads(listing.read_text())["requests"]] == ["llama-70b"]
+    assert "manual warm requests" in out  # the table as well
+    code, out, err = cli(["requests", *server, "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    assert json.loads(out)["requests"][0]["model"] == "llama-70b"
+    assert "a bare --json is deprecated" in err
+    # A --json path that cannot be written stops the verb before it asks the server anything.
+    code, _, err = cli(
+        ["pin", "mistral-7b", "--json", str(tmp_path / "no" / "pin.json"), *server],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 2
+    assert err.startswith("prewarm: error: --json")
+    assert running.state().pins == ()

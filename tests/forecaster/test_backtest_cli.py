@@ -163,10 +163,10 @@ def test_backtest_table_without_json(tmp_path: Path) -> None:
 def test_forecast_json(tmp_path: Path) -> None:
     trace = write_trace(synthetic_batch(models=2, days=0.2, seed=1), tmp_path / "t.csv")
     result = CliRunner().invoke(
-        app, ["forecast", "--trace", str(trace), "--horizon", "30m", "--json"]
+        app, ["forecast", "--trace", str(trace), "--horizon", "30m", "--json", "-"]
     )
     assert result.exit_code == 0, result.output
-    document = json.loads(result.output)
+    document = json.loads(result.stdout)
     assert document["horizon_s"] == 1800
     assert document["step_s"] == 60
     for item in document["models"].values():

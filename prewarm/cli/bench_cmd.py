@@ -1,13 +1,15 @@
 """``prewarm bench``: replay a trace against prewarm and the policies people use today.
 
-Prints a table (or ``--json``) of cold starts, waits (p99 split into cold-start wait and
-queueing), idle GPU memory and node-hours per policy on one simulated cluster under one GPU memory
-budget. ``--sweep`` runs each tunable policy at its documented settings, giving its curve of cold
-starts against idle GB-hours, and compares prewarm with each baseline *at the same idle GPU
-memory* (read off the baseline's curve, ``prewarm.sim.matched``). ``--budget-sweep`` varies the
-budget instead. ``--plot`` draws the curves, with a forecast-vs-actual panel for the busiest
-models. Progress goes to stderr: a live bar on a terminal, plain lines (each run at each quarter
-of the trace) in a log or a pipe. Bad input exits 2 before any run.
+Prints a table (and ``--json PATH|-``, :mod:`prewarm.cli.output`) of cold starts, waits (p99 split
+into cold-start wait and queueing), idle GPU memory and node-hours per policy on one simulated
+cluster under one GPU memory budget, then one line per baseline putting prewarm's cold starts, idle
+GPU memory and GPU node-hours against it. ``--sweep`` runs each tunable policy at its documented
+settings, giving its curve of cold starts against idle GB-hours, and compares prewarm with each
+baseline *at the same idle GPU memory* (read off the baseline's curve, ``prewarm.sim.matched``).
+``--budget-sweep`` varies the budget instead. ``--plot`` draws the curves, with a forecast-vs-actual
+panel for the busiest models (stars: each policy at its own setting, the table's run; circles on a
+line: its sweep). Progress goes to stderr: a live bar on a terminal, plain lines (each run at each
+quarter of the trace) in a log or a pipe. Bad input exits 2 before any run.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 
 from common.errors import InvalidInput
 from planner.catalog import Catalog, load_catalog
-from prewarm.cli.output import print_table, write_json
+from prewarm.cli.output import JsonCommand, JsonOption, JsonOutput, print_table
 from prewarm.data import resolve_trace
 from prewarm.sim.bench import (
     SERVING_OBJECTIVE_P99_S,
@@ -43,6 +45,7 @@ from prewarm.sim.bench import (
 )
 from prewarm.sim.engine import SUMMARY_FIELDS
 from prewarm.sim.matched import CURVE_COLUMNS, CurvePoint, verdict_json, verdict_line
+from prewarm.sim.plot import PLOT_MARKERS
 from prewarm.sim.policies import POLICY_NAMES
 
 _COLUMNS = ("policy", *SUMMARY_FIELDS)
@@ -126,7 +129,7 @@ def _curve_rows(curves: dict[str, list[CurvePoint]]) -> list[list[object]]:
 def register(app: typer.Typer) -> None:
     """Add ``bench`` to the CLI."""
 
-    @app.command("bench")
+    @app.command("bench", cls=JsonCommand)
     def bench(
         trace: Annotated[
             str,
@@ -160,9 +163,7 @@ def register(app: typer.Typer) -> None:
                 "--budget-sweep", help="Vary the GPU memory budget (0.25x-4x) for every policy."
             ),
         ] = False,
-        json_out: Annotated[
-            Path | None, typer.Option("--json", help="Write the JSON document here ('-': stdout).")
-        ] = None,
+        json_out: JsonOption = None,
         plot: Annotated[
             Path | None, typer.Option("--plot", help="Draw the curves and forecasts to a PNG.")
         ] = None,
@@ -170,6 +171,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Replay a trace against each policy on one simulated GPU cluster."""
         names = check_policy_names([n.strip() for n in policies.split(",") if n.strip()])
+        out = JsonOutput.parse(json_out)
         if gpu_memory_budget is not None and not gpu_memory_budget > 0:
             raise InvalidInput(f"--gpu-memory-budget must be > 0 GB, got {gpu_memory_budget}")
         if plot is not None and not plot.parent.resolve().is_dir():
@@ -212,10 +214,9 @@ def register(app: typer.Typer) -> None:
             from prewarm.sim.plot import draw_bench
 
             draw_bench(plot, bench_input, results, curves or budget_curves)
-        if json_out is not None:
-            write_json(document, None if str(json_out) == "-" else json_out)
-            if str(json_out) == "-":
-                return
+        out.write(document)
+        if not out.human:
+            return
         rows = [
             [name, *(result.summary()[column] for column in _COLUMNS[1:])]
             for name, result in results.items()
@@ -237,3 +238,5 @@ def register(app: typer.Typer) -> None:
                 CURVE_COLUMNS,
                 _curve_rows(budget_curves),
             )
+        if plot is not None:
+            typer.echo(f"plot: {plot}: {PLOT_MARKERS}")

@@ -354,8 +354,12 @@ def ratio(ours: float, theirs: float) -> float:
 
 
 def comparison_lines(results: dict[str, SimResult], *, ours: str = "prewarm") -> list[str]:
-    """One line per other policy: ``ours``'s cold starts and idle GPU memory relative to it, each
-    at its own setting (empty when ``ours`` did not run or ran alone)."""
+    """One line per other policy: ``ours``'s cold starts, idle GPU memory and GPU node-hours
+    relative to it, each at its own setting (empty when ``ours`` did not run or ran alone).
+
+    Node-hours are given as both figures and their ratio: fewer cold starts bought with more
+    nodes is a cost the other two ratios do not show.
+    """
     if ours not in results:
         return []
     mine = results[ours].summary()
@@ -372,8 +376,16 @@ def comparison_lines(results: dict[str, SimResult], *, ours: str = "prewarm") ->
             cold_text = f"cold starts where {name} has none"
         else:
             cold_text = f"{cold:.2f}x the cold-start ratio"
-        lines.append(f"{ours} vs {name}: {cold_text}, {idle:.2f}x the idle GPU GB-hours")
+        lines.append(
+            f"{ours} vs {name}: {cold_text}, {idle:.2f}x the idle GPU GB-hours, "
+            f"{_node_hours(mine['gpu_node_hours'], theirs['gpu_node_hours'])}"
+        )
     return lines
+
+
+def _node_hours(mine: float, theirs: float) -> str:
+    """``1.59x the GPU node-hours (104.0 vs 65.6)``."""
+    return f"{ratio(mine, theirs):.2f}x the GPU node-hours ({mine:,.1f} vs {theirs:,.1f})"
 
 
 def bench_document(

@@ -1,8 +1,9 @@
 """Draws ``prewarm bench --plot``: cold starts vs idle GPU memory per policy, and forecasts.
 
-Left: each policy's point at its own setting and, with ``--sweep``, its curve over its settings
-(``--budget-sweep``: over budgets): cold-start ratio against idle GPU GB-hours, lower-left is
-better. Right: for the busiest models,
+Left: each policy's point at its own setting (a star: the run in the table) and, with ``--sweep``,
+its curve over its settings (``--budget-sweep``: over budgets; circles joined by a line):
+cold-start ratio against idle GPU GB-hours, lower-left is better; the legend says what the markers
+are (:data:`PLOT_MARKERS`). Right: for the busiest models,
 the prewarm policy's one-step-ahead forecast against the actual request rate. Matplotlib with the
 Agg backend (no display needed).
 """
@@ -17,6 +18,12 @@ import numpy as np
 from prewarm.sim.bench import BenchInput
 from prewarm.sim.engine import SimResult
 from prewarm.sim.matched import CurvePoint
+
+PLOT_MARKERS = (
+    "stars mark each policy at its own setting (the table's run); circles joined by a line are "
+    "the same policy at the other settings of --sweep (or budgets of --budget-sweep)"
+)
+"""What the left panel's markers mean, for the bench's text output and the README."""
 
 
 def draw_bench(
@@ -59,7 +66,19 @@ def draw_bench(
     left.set_ylim(bottom=-2e-5)
     left.set_title(f"{bench.name}: cold starts vs idle GPU memory")
     left.grid(alpha=0.3)
-    left.legend(fontsize=8)
+    from matplotlib.lines import Line2D
+
+    handles, _labels = left.get_legend_handles_labels()
+    # The stars carry no label of their own when a policy has a curve (its line does): one
+    # grey proxy entry says what a star is, and one what the circles are.
+    star = Line2D([], [], marker="*", markersize=11, color="grey", linestyle="none")
+    star.set_label("own setting (the table's run)")
+    handles.append(star)
+    if curves:
+        circle = Line2D([], [], marker="o", color="grey")
+        circle.set_label("other settings (sweep)")
+        handles.append(circle)
+    left.legend(handles=handles, fontsize=8)
     trace = bench.trace
     forecast_log = next((r.forecasts for r in results.values() if r.forecasts), None)
     if forecast_log is not None and forecast_log[0] and forecast_log[1]:

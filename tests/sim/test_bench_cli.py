@@ -120,6 +120,26 @@ def test_sweep_gives_curves_and_the_verdict_at_matched_memory(tmp_path: Path) ->
     assert "keep 60 min" in shown.stdout
 
 
+def test_json_to_stdout_and_every_cost_in_the_comparison_lines(tmp_path: Path) -> None:
+    trace = str(_trace(tmp_path))
+    piped = _bench("--trace", trace, "--policies", "reactive,prewarm", "--json", "-")
+    assert piped.returncode == 0, piped.stderr
+    document = json.loads(piped.stdout)  # stdout is the JSON document alone
+    assert list(document["policies"]) == ["reactive", "prewarm"]
+    plot = tmp_path / "bench.png"
+    shown = _bench("--trace", trace, "--policies", "reactive,prewarm", "--plot", str(plot))
+    assert shown.returncode == 0, shown.stderr
+    (line,) = [line for line in shown.stdout.splitlines() if line.startswith("prewarm vs ")]
+    ours = document["policies"]["prewarm"]["gpu_node_hours"]
+    theirs = document["policies"]["reactive"]["gpu_node_hours"]
+    # Cold starts, idle memory and the node-hours they cost, both figures and their ratio.
+    assert line.startswith("prewarm vs reactive: ")
+    assert "the idle GPU GB-hours" in line
+    assert line.endswith(f"the GPU node-hours ({ours:,.1f} vs {theirs:,.1f})")
+    # The plot's markers are explained in the text output.
+    assert f"plot: {plot}: stars mark each policy at its own setting" in shown.stdout
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

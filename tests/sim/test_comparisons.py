@@ -72,7 +72,7 @@ def test_the_development_bench_reads_each_baseline_at_prewarms_idle_memory() -> 
     assert list(module.curves_of(tasks)) == ["reactive", "keepalive-10m", "tyche", "prewarm"]
 
 
-def _result(name: str, cold: float, idle_gb_hours: float) -> SimResult:
+def _result(name: str, cold: float, idle_gb_hours: float, node_hours: float = 0.0) -> SimResult:
     return SimResult(
         policy=name,
         models=(ModelId("m"),),
@@ -80,7 +80,7 @@ def _result(name: str, cold: float, idle_gb_hours: float) -> SimResult:
         cold=np.array([cold]),
         wait_hist=np.zeros(len(WAIT_EDGES) - 1),
         idle_gb_s=idle_gb_hours * 3600.0,
-        node_s=0.0,
+        node_s=node_hours * 3600.0,
         overflow_gb_s=0.0,
         scored_s=3600.0,
         held_gb_s=0.0,
@@ -89,18 +89,24 @@ def _result(name: str, cold: float, idle_gb_hours: float) -> SimResult:
 
 def test_prewarm_bench_states_prewarm_against_each_other_policy() -> None:
     results = {
-        "keepalive-10m": _result("keepalive-10m", 40.0, 200.0),
-        "prewarm": _result("prewarm", 4.0, 150.0),
-        "oracle": _result("oracle", 0.0, 100.0),
-        "reactive": _result("reactive", 0.0, 150.0),
+        "keepalive-10m": _result("keepalive-10m", 40.0, 200.0, 80.0),
+        "prewarm": _result("prewarm", 4.0, 150.0, 104.0),
+        "oracle": _result("oracle", 0.0, 100.0, 88.6),
+        "reactive": _result("reactive", 0.0, 150.0, 65.6),
     }
+    # Every line carries the GPU node-hours, both figures and their ratio: fewer cold starts
+    # bought with more nodes is a cost the other two ratios hide.
     assert comparison_lines(results) == [
-        "prewarm vs keepalive-10m: 0.10x the cold-start ratio, 0.75x the idle GPU GB-hours",
-        "prewarm vs oracle: cold starts where oracle has none, 1.50x the idle GPU GB-hours",
-        "prewarm vs reactive: cold starts where reactive has none, 1.00x the idle GPU GB-hours",
+        "prewarm vs keepalive-10m: 0.10x the cold-start ratio, 0.75x the idle GPU GB-hours, "
+        "1.30x the GPU node-hours (104.0 vs 80.0)",
+        "prewarm vs oracle: cold starts where oracle has none, 1.50x the idle GPU GB-hours, "
+        "1.17x the GPU node-hours (104.0 vs 88.6)",
+        "prewarm vs reactive: cold starts where reactive has none, 1.00x the idle GPU GB-hours, "
+        "1.59x the GPU node-hours (104.0 vs 65.6)",
     ]
-    results["prewarm"] = _result("prewarm", 0.0, 150.0)
+    results["prewarm"] = _result("prewarm", 0.0, 150.0, 65.6)
     assert comparison_lines(results)[2] == (
-        "prewarm vs reactive: no cold starts for either, 1.00x the idle GPU GB-hours"
+        "prewarm vs reactive: no cold starts for either, 1.00x the idle GPU GB-hours, "
+        "1.00x the GPU node-hours (65.6 vs 65.6)"
     )
     assert comparison_lines({"oracle": results["oracle"]}) == []

@@ -3,8 +3,9 @@
 Owns: putting the live run's timelines and the simulator's policy table into words and one
 figure: for each shown spike, actual requests, the forecast made 30 minutes ahead with its
 p10-p90 interval, the moment the Preload was issued, the moment the agent had the weights
-resident, the spike's first request, and the reactive autoscaler's start beside it. Must not: run
-anything.
+resident, the spike's first request, and the reactive autoscaler's start beside it; the models the
+quality gate sent back to reactive handling, and why; and why the live figures and the simulated
+ones differ. Must not: run anything.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import numpy as np
 
 from common.ids import ModelId
 from forecaster.types import SeriesBatch
+from prewarm.demo.fallbacks import Fallback
 from prewarm.demo.simulated import SimulatedRuns
 from prewarm.demo.spikes import DemoWindow
 from prewarm.demo.timeline import FORECAST_AHEAD_S, ModelTimeline
+from prewarm.sim.bench import WARMUP_MAX_S, WARMUP_SHARE
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class DemoOutcome:
     wall_s: float
     bytes_per_gb: int
     weights_gb: dict[ModelId, float]
+    fallbacks: tuple[Fallback, ...] = ()
 
 
 def _clock(seconds: float | None) -> str:
@@ -92,10 +96,11 @@ def _minutes(outcome: DemoOutcome) -> str:
     return f"{outcome.batch.step_s / 60:.0f}-minute"
 
 
-def write_report(outcome: DemoOutcome, out: Path) -> dict[str, Path]:
-    """Write the report files under ``out``; their paths by kind."""
-    out.mkdir(parents=True, exist_ok=True)
-    document: dict[str, Any] = {
+def report_document(outcome: DemoOutcome) -> dict[str, Any]:
+    """The report's JSON (``report.json``, and ``prewarm demo --json``): the trace, the live
+    window, the models, each shown spike's timeline, the agents' answers, the quality gate's
+    fallbacks, each simulated policy's summary and the seconds the demo took."""
+    return {
         "trace": outcome.trace,
         "live_window": {
             "start_s": outcome.batch.start_s + outcome.window.start * outcome.batch.step_s,
@@ -104,10 +109,17 @@ def write_report(outcome: DemoOutcome, out: Path) -> dict[str, Path]:
         "models": list(outcome.batch.models),
         "timelines": [line.document() for line in outcome.timelines],
         "agent_actions": outcome.counts,
+        "fallbacks": [fallback.document() for fallback in outcome.fallbacks],
         "policies": outcome.simulated.summaries if outcome.simulated else {},
         "live_s": outcome.live_s,
         "wall_s": outcome.wall_s,
     }
+
+
+def write_report(outcome: DemoOutcome, out: Path) -> dict[str, Path]:
+    """Write the report files under ``out``; their paths by kind."""
+    out.mkdir(parents=True, exist_ok=True)
+    document = report_document(outcome)
     (out / "report.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     lines = _text(outcome)
     (out / "report.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -140,7 +152,9 @@ def _text(outcome: DemoOutcome) -> list[str]:
     ]
     for line in outcome.timelines:
         lines += [*timeline_lines(line, outcome), ""]
+    lines += fallback_lines(outcome.fallbacks)
     if outcome.simulated is not None:
+        lines += [*live_vs_simulated(outcome), ""]
         lines.append("same trace and catalog in the simulator (prewarm bench), all models:")
         lines.append(
             f"{'policy':<18} {'cold_start_ratio':>16} {'idle_gpu_gb_hours':>18} "
@@ -153,6 +167,46 @@ def _text(outcome: DemoOutcome) -> list[str]:
                 f"{summary['wait_p99_s']:>11.1f}"
             )
     return lines
+
+
+def fallback_lines(fallbacks: tuple[Fallback, ...]) -> list[str]:
+    """The models the quality gate sent back to reactive handling during the live run, and why
+    (nothing when there were none)."""
+    if not fallbacks:
+        return []
+    return [
+        f"{len(fallbacks)} model(s) fell back to reactive handling during the live run (the "
+        "quality gate: a live forecast too poor to act on leaves the model to the autoscaler):",
+        *(f"  {fallback.line()}" for fallback in fallbacks),
+        "",
+    ]
+
+
+def live_vs_simulated(outcome: DemoOutcome) -> list[str]:
+    """Why the live figures and the simulated ones differ: they measure different things over
+    different spans."""
+    batch, window = outcome.batch, outcome.window
+    live_hours = (window.stop - window.start) * batch.step_s / 3600.0
+    days = batch.steps * batch.step_s / 86400.0
+    warmup_h = min(WARMUP_SHARE * batch.steps * batch.step_s, WARMUP_MAX_S) / 3600.0
+    requests = float(np.nansum(batch.counts))
+    met = sum(1 for line in outcome.timelines if line.resident_s is not None)
+    saved = [line.saved_s for line in outcome.timelines]
+    mean_saved = sum(saved) / len(saved) if saved else 0.0
+    return [
+        "live and simulated figures differ: they measure different things over different spans.",
+        f"  live: the {len(outcome.timelines)} largest spikes of the last day, {live_hours:.0f} h "
+        "of it replayed through real agent processes: weights resident before "
+        f"{met} of the {len(outcome.timelines)} spikes, {mean_saved:.0f} s saved per spike on "
+        "average. A spike is a model's hardest moment (a burst out of a quiet spell), so these "
+        "are worst cases, not averages.",
+        f"  simulated: every request of the whole trace ({days:.0f} days, {requests:,.0f} "
+        f"requests of {len(batch.models)} models; the first {warmup_h:.0f} h replayed but not "
+        "scored) on a simulated cluster. cold_start_ratio is the share of all those requests "
+        "that found no ready replica: an average over quiet and busy hours alike, where most "
+        "requests arrive while a replica is already serving, so it is far smaller than what a "
+        "spike alone would show.",
+    ]
 
 
 def _plot(outcome: DemoOutcome, path: Path) -> None:

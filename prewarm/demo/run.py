@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from prewarm.daemon.replay import ReplaySource
 from prewarm.data import resolve_trace
 from prewarm.demo.applier import AgentOnlyApplier
 from prewarm.demo.cluster import LocalAgentsObserver, LocalNode, new_agent_token, start_agents
+from prewarm.demo.fallbacks import Fallback, FallbackRecorder
 from prewarm.demo.models import write_model
 from prewarm.demo.report import DemoOutcome, write_report
 from prewarm.demo.simulated import SimulatedRuns, run_policies
@@ -51,6 +53,7 @@ from prewarm.demo.timeline import ModelTimeline, TimelineRecorder
 
 DEFAULT_TRACE = "builtin:servegen-spiky-14d"
 HORIZON_S = 3600.0
+PLANNING_QUANTILE = 0.9
 DEFAULT_POOL = PoolName("demo")
 
 
@@ -128,9 +131,20 @@ def shifted(batch: SeriesBatch, *, shift_s: float) -> SeriesBatch:
     )
 
 
-async def run_live(
-    config: DemoConfig, console: Console, workdir: Path
-) -> tuple[list[ModelTimeline], Catalog, DemoWindow, SeriesBatch, dict[str, int]]:
+@dataclass(frozen=True)
+class LiveRun:
+    """What the live part produced: the shown spikes' timelines, the catalog it generated, the
+    window, the trace, the agents' answers and the models the quality gate sent to reactive."""
+
+    timelines: list[ModelTimeline]
+    catalog: Catalog
+    window: DemoWindow
+    batch: SeriesBatch
+    counts: dict[str, int]
+    fallbacks: tuple[Fallback, ...]
+
+
+async def run_live(config: DemoConfig, console: Console, workdir: Path) -> LiveRun:
     """Replay the live window through the daemon and real agents; the shown models' timelines."""
     batch = read_trace(resolve_trace(config.trace))
     window = choose_window(batch, count=config.spikes)
@@ -164,6 +178,7 @@ async def run_live(
         for node, (pool, _) in pools.items()
     ]
     daemon: Daemon
+    daemon_config = DaemonConfig(mode="active", tick_s=config.tick_s)
     observer = LocalAgentsObserver(
         nodes,
         latest_plan=lambda: daemon.plan(),
@@ -179,7 +194,7 @@ async def run_live(
     )
     clock = [live_start_trace_s + shift_s]
     daemon = Daemon(
-        DaemonConfig(mode="active", tick_s=config.tick_s),
+        daemon_config,
         source=ReplaySource(history),
         engine=AutoForecaster(batch.step_s, history_window_s=14 * 86400),
         observer=observer,
@@ -187,10 +202,11 @@ async def run_live(
         catalog=catalog,
         planner_config=PlannerConfig(),
         horizon_s=HORIZON_S,
-        planning_quantile=0.9,
+        planning_quantile=PLANNING_QUANTILE,
         step_s=batch.step_s,
         clock=lambda: clock[0],
     )
+    gate = FallbackRecorder(daemon_config.quality_gate, planning_quantile=PLANNING_QUANTILE)
     recorder = TimelineRecorder(
         window.spikes,
         start_s=batch.start_s,
@@ -216,6 +232,7 @@ async def run_live(
                 snapshot=daemon.observed(),
                 observer=observer,
             )
+            gate.record(daemon.published(), trace_s=clock[0] - shift_s)
             for outcome in report.applied:
                 kind = type(outcome.action).__name__
                 if outcome.result == "error":
@@ -235,7 +252,7 @@ async def run_live(
     timelines = list(recorder.timelines.values())
     for line in timelines:
         line.stages_s = dict(daemon.explain(line.model).lead_times_s)
-    return timelines, catalog, window, batch, counts
+    return LiveRun(timelines, catalog, window, batch, counts, tuple(gate.fallbacks))
 
 
 async def _resolved(address: str) -> str:
@@ -264,37 +281,50 @@ def _view(recorder: TimelineRecorder, now: float, tick: int, ticks: int) -> Tabl
     return table
 
 
-def run_demo(config: DemoConfig, console: Console) -> dict[str, Path]:
-    """Run the whole demo and write its report; returns the report files."""
+def _warn_fallbacks(fallbacks: tuple[Fallback, ...]) -> None:
+    """One stderr line per model the quality gate sent back to reactive handling, saying why."""
+    if not fallbacks:
+        return
+    sys.stderr.write(
+        f"demo: {len(fallbacks)} model(s) fell back to reactive handling (the quality gate: "
+        "their live forecast was too poor to act on, so prewarm leaves them to the autoscaler):\n"
+    )
+    for fallback in fallbacks:
+        sys.stderr.write(f"demo:   {fallback.line()}\n")
+
+
+def run_demo(config: DemoConfig, console: Console) -> DemoOutcome:
+    """Run the whole demo, write its report under ``config.out_dir`` and return what it is made
+    of (:func:`prewarm.demo.report.report_document` is its JSON)."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="prewarm-demo-") as scratch:
-        timelines, catalog, window, batch, counts = asyncio.run(
-            run_live(config, console, Path(scratch))
-        )
+        live = asyncio.run(run_live(config, console, Path(scratch)))
     live_s = time.monotonic() - started
+    _warn_fallbacks(live.fallbacks)
     simulated: SimulatedRuns | None = None
     if config.baselines:
         console.print("[bold]the same trace in the simulator, every policy (prewarm bench)...[/]")
         simulated = run_policies(
             resolve_trace(config.trace),
-            catalog,
+            live.catalog,
             progress=lambda name: console.print(f"  {name}"),
         )
     outcome = DemoOutcome(
         trace=config.trace,
-        batch=batch,
-        window=window,
-        timelines=timelines,
-        counts=counts,
+        batch=live.batch,
+        window=live.window,
+        timelines=live.timelines,
+        counts=live.counts,
         simulated=simulated,
         live_s=live_s,
         wall_s=time.monotonic() - started,
         bytes_per_gb=config.bytes_per_gb,
-        weights_gb={m: s.weights_gb for m, s in catalog.specs.items()},
+        weights_gb={m: s.weights_gb for m, s in live.catalog.specs.items()},
+        fallbacks=live.fallbacks,
     )
     files = write_report(outcome, config.out_dir)
-    console.print(files["text"].read_text(encoding="utf-8"))
+    console.print(files["text"].read_text(encoding="utf-8"), markup=False, highlight=False)
     console.print(
         f"report: {', '.join(str(p) for p in files.values())} ({format_duration(outcome.wall_s)})"
     )
-    return files
+    return outcome

@@ -13,13 +13,23 @@ PREWARM = [sys.executable, "-m", "prewarm"]
 def test_demo_shows_spikes_met_by_preloaded_weights(tmp_path: Path) -> None:
     out = tmp_path / "report"
     done = subprocess.run(
-        [*PREWARM, "demo", "--spikes", "3", "--no-live", "--no-baselines", "--out", str(out)],
+        [
+            *PREWARM, "demo", "--spikes", "3", "--no-live", "--no-baselines", "--out", str(out),
+            "--json", "-",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
-    )
+    )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((out / "report.json").read_text())
+    # --json -: stdout is the report's JSON alone; the text report went to stderr.
+    assert json.loads(done.stdout) == report
+    assert "Preload issued" in done.stderr
+    # Each model the quality gate sent back to reactive is named, with the reason.
+    for fallback in report["fallbacks"]:
+        assert f"demo:   {fallback['model']} at " in done.stderr
+        assert fallback["reason"] in done.stderr
     assert report["agent_actions"]["preloads_ok"] > 0  # real agent processes answered
     assert report["agent_actions"]["errors"] == 0
     timelines = report["timelines"]

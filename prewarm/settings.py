@@ -77,6 +77,23 @@ class _YamlSource(PydanticBaseSettingsSource):
         return dict(Settings._yaml_data)
 
 
+def yaml_error_line(path: Path, error: yaml.YAMLError) -> str:
+    """A YAML syntax error as one line, ``FILE:LINE:COLUMN: problem (context)``.
+
+    PyYAML's own message spans several lines (it quotes the source with a caret); its marks are
+    0-based, editors count from 1.
+    """
+    mark = getattr(error, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context = getattr(error, "context", None)
+    context_mark = getattr(error, "context_mark", None)
+    if context and context_mark is not None:
+        context = f"{context} at {context_mark.line + 1}:{context_mark.column + 1}"
+    detail = f"{problem} ({context})" if context else problem
+    return f"{where}: invalid YAML: {detail}"
+
+
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """Read a YAML file that must hold a mapping; :class:`InvalidInput` names the file otherwise."""
     try:
@@ -86,7 +103,7 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise InvalidInput(f"{path} is not valid YAML: {error}") from error
+        raise InvalidInput(yaml_error_line(path, error)) from error
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -3,7 +3,9 @@
 Each command lives in its own module under ``prewarm.cli`` and exposes ``register(app)``; add the
 module to ``COMMAND_MODULES`` to make it appear. Errors are turned into exit codes here and only
 here: :class:`InvalidInput` (bad input, config or trace) exits 2, any other
-:class:`PrewarmError` exits 1; both print one line starting ``prewarm: error:`` on stderr.
+:class:`PrewarmError` exits 1; both print one line starting ``prewarm: error:`` on stderr (a
+message of several lines is joined into one). Every command with a result takes ``--json PATH|-``
+(:mod:`prewarm.cli.output`); ``--help`` reads as :mod:`prewarm.cli.help_format` makes it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import typer
 
 from common.errors import InvalidInput, PrewarmError
 from prewarm import __version__
+from prewarm.cli.help_format import flags_without_type, tidy_help
 from prewarm.logging import configure_logging
 from prewarm.settings import Settings, load_settings
 
@@ -37,9 +40,17 @@ COMMAND_MODULES: tuple[str, ...] = (
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
 
+EPILOG = (
+    "Results: a table for people; --json PATH also writes the result as JSON to PATH, and "
+    "--json - writes only the JSON, to stdout (forecast, backtest, bench, demo, the control "
+    "verbs, handoff wait and path). The daemons (run, agent) log JSON lines with --log-json. "
+    "Bad input exits 2 with one line: prewarm: error: ..."
+)
+
 app = typer.Typer(
     name="prewarm",
     help="Predictive pre-warming for ML model serving on Kubernetes.",
+    epilog=EPILOG,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -101,7 +112,10 @@ def main(
     log_level: Annotated[
         str, typer.Option("--log-level", help="debug, info, warning or error.")
     ] = "warning",
-    log_json: Annotated[bool, typer.Option("--log-json", help="Logs as JSON lines.")] = False,
+    log_json: Annotated[
+        bool,
+        typer.Option("--log-json", help="Logs as JSON lines (the daemons' machine-readable form)."),
+    ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print version.")
     ] = False,
@@ -118,11 +132,14 @@ def _register_commands() -> None:
 
 
 _register_commands()
+tidy_help(app)
+flags_without_type()
 
 
 def fail(message: str, *, code: int) -> None:
-    """Print ``prewarm: error: <message>`` on stderr and exit with ``code``."""
-    sys.stderr.write(f"prewarm: error: {message}\n")
+    """Print ``prewarm: error: <message>`` on stderr, on one line, and exit with ``code``."""
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    sys.stderr.write(f"prewarm: error: {line}\n")
     raise SystemExit(code)
 
 

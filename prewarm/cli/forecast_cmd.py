@@ -196,10 +196,14 @@ def register(app: typer.Typer) -> None:
 
 
 def _peak(forecast: Forecast, level: float) -> float:
-    """The highest forecast at quantile ``level`` over the horizon (NaN when not forecast)."""
-    if level not in forecast.quantiles:
-        return math.nan
-    return float(forecast.quantile(level).max())
+    """The highest forecast at quantile ``level`` over the horizon (NaN when not forecast).
+
+    Levels match within 1e-6: a daemon's forecast arrives over gRPC with float32 levels.
+    """
+    for row, have in enumerate(forecast.quantiles):
+        if abs(have - level) < 1e-6:
+            return float(forecast.values[row].max())
+    return math.nan
 
 
 def _print(

@@ -73,12 +73,36 @@ def with_bare_json(args: list[str]) -> list[str]:
     return out
 
 
+def json_value_as_argument(args: list[str]) -> list[str] | None:
+    """``args`` with the value after ``--json`` given back to the positional arguments (the old
+    flag form before an argument: ``explain --json llama-70b``); None when there is none."""
+    for index, arg in enumerate(args[:-1]):
+        if arg == "--":
+            return None
+        if arg == "--json" and args[index + 1] != STDOUT:
+            return [*args[:index], f"--json={_BARE}", *args[index + 1 :]]
+    return None
+
+
 class JsonCommand(TyperCommand):
     """A command whose ``--json`` takes a path, ``-``, or nothing (the deprecated flag form)."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        """Parse ``args`` after rewriting a bare ``--json`` (see :func:`with_bare_json`)."""
-        return super().parse_args(ctx, with_bare_json(args))
+        """Parse ``args`` after rewriting a bare ``--json`` (see :func:`with_bare_json`).
+
+        When ``--json`` took the word a required argument needed, the command was written in the
+        old flag form (``explain --json llama-70b``): it is parsed again that way.
+        """
+        rewritten = with_bare_json(args)
+        try:
+            # A copy: the parser consumes the list it is given.
+            return super().parse_args(ctx, list(rewritten))
+        except typer.BadParameter as error:
+            legacy = json_value_as_argument(rewritten)
+            missing_argument = error.param is not None and error.param.param_type_name == "argument"
+            if legacy is None or not missing_argument:
+                raise
+            return super().parse_args(ctx, legacy)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,12 @@ from pathlib import Path
 import pytest
 
 from common.errors import InvalidInput
-from prewarm.cli.output import DEPRECATED_BARE, JsonOutput, with_bare_json
+from prewarm.cli.output import (
+    DEPRECATED_BARE,
+    JsonOutput,
+    json_value_as_argument,
+    with_bare_json,
+)
 from tests.forecaster.conftest import synthetic_batch, write_trace
 
 PREWARM = [sys.executable, "-m", "prewarm"]
@@ -51,6 +56,17 @@ def test_a_bare_json_is_told_apart_from_one_with_a_value(
     args: list[str], expected: list[str]
 ) -> None:
     assert with_bare_json(args) == expected
+
+
+def test_the_old_flag_form_before_an_argument_can_be_read_again() -> None:
+    assert json_value_as_argument(["--json", "llama-70b", "--server", "x"]) == [
+        "--json=\x00bare",
+        "llama-70b",
+        "--server",
+        "x",
+    ]
+    assert json_value_as_argument(["--json", "-", "llama-70b"]) is None
+    assert json_value_as_argument(["llama-70b", "--json"]) is None
 
 
 def test_json_output_destinations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

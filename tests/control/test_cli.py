@@ -293,6 +293,11 @@ def test_forecast_command_asks_the_daemon_with_server(
     assert document["source"] == running.address
     assert list(document["models"]) == ["llama-70b"]
     assert document["models"]["llama-70b"]["mean"]
+    code, out, err = cli(["forecast", "--model", "llama-70b", *server], capsys, monkeypatch,
+                         token=READ_TOKEN)  # fmt: skip
+    assert code == 0, err
+    row = next(line for line in out.splitlines() if "llama-70b" in line)
+    assert " - " not in row  # the daemon's p50 and p90 both shown
     code, _, err = cli(["forecast", *server], capsys, monkeypatch)
     assert code == 2
     assert "--server needs --model" in err
@@ -334,3 +339,10 @@ def test_control_verbs_follow_the_json_convention(
     assert code == 2
     assert err.startswith("prewarm: error: --json")
     assert running.state().pins == ()
+    # The old flag form before a verb's argument still reads as it used to.
+    code, out, err = cli(["pin", "--json", "mistral-7b", "--tier", "host", *server], capsys,
+                         monkeypatch)  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["model"] == "mistral-7b"
+    assert "a bare --json is deprecated" in err
+    assert [p.model for p in running.state().pins] == ["mistral-7b"]

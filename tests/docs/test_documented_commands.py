@@ -68,7 +68,7 @@ RUN_HERE: dict[str, str] = {
     ),
     "prewarm bench --trace my-traffic.csv --policies keepalive-10m,tyche,prewarm --sweep": OFFLINE,
     "prewarm bench --trace my-traffic.csv --budget-sweep": OFFLINE,
-    "prewarm forecast --prometheus http://prometheus:9090 --json": PROMETHEUS,
+    "prewarm forecast --prometheus http://prometheus:9090 --json -": PROMETHEUS,
     "prewarm dashboards render --prometheus http://prometheus:9090 --out dash/": PROMETHEUS,
     "prewarm run --config prewarm.yaml": DAEMON,
     "prewarm agent --config prewarm.yaml": DAEMON,

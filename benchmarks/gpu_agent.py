@@ -1,6 +1,7 @@
 """Benchmarks of the GPU agent: fill throughput, attach latency, eviction time, compile warm start.
 
-Usage: ``python benchmarks/gpu_agent.py [--json OUT] [--quick] [--only-disk-host]``
+Usage: ``python benchmarks/gpu_agent.py [--json OUT] [--quick] [--only-disk-host]
+[--disk-host-variants]``
 
 Every figure is compared with a baseline measured in the same run, on the same machine:
 
@@ -11,8 +12,11 @@ Every figure is compared with a baseline measured in the same run, on the same m
   eviction time when another process takes GPU memory. Targets on an H100: fill >= 85% of pinned
   bandwidth and >= 5x safetensors, attach <= 100 ms, eviction <= 1 s.
 - CPU (always): disk->host-tier copy (``gpu_agent.host_copy``) against the same file's sequential
-  read, warm and cold page cache (with the pre-host_copy single sendfile stream, the tmpfs write
-  ceiling and sha256 speed beside it; target >= 80% of the read), host->CPU fill against
+  read (into one reused buffer; target >= 80% of it) and against reading the file once into new
+  memory (what making it resident any other way costs), warm and cold page cache, with CPU
+  seconds per GB for each (with the pre-host_copy single sendfile stream, the tmpfs write
+  ceiling, sha256 speed and, with ``--disk-host-variants``, the threaded and mmap copies that
+  were tried beside it), host->CPU fill against
   ``safetensors.torch.load_file``, host-tier attach latency (mmap) for 1/10/40 GB scaled down
   100x (10/100/400 MB), eviction time under (faked) pressure, and torch.compile cold vs warm
   (mega-cache via the agent's install, and an installed Inductor cache directory).
@@ -28,6 +32,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import mmap
 import os
 import platform
 import shutil
@@ -37,6 +42,7 @@ import sys
 import tarfile
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -558,6 +564,169 @@ def _tmpfs_write_ceiling(size: int, dest: Path) -> None:
         os.close(fd)
 
 
+def read_into_new_memory(path: Path) -> None:
+    """Read ``path`` once into memory the process keeps: a fresh anonymous mapping of its size
+    (what ``Path.read_bytes()``, ``numpy.fromfile`` or a CPU ``load_file`` pay; the kernel
+    zero-fills each page as the read first touches it). The fair "make it resident" baseline; the
+    plain sequential read copies into one reused, cache-hot buffer and keeps nothing."""
+    size = path.stat().st_size
+    if size == 0:
+        return
+    fd = os.open(path, os.O_RDONLY)
+    memory = mmap.mmap(-1, size)
+    view = memoryview(memory)
+    try:
+        done = 0
+        while done < size:
+            got = os.preadv(fd, [view[done : done + 16 * MIB]], done)
+            if got == 0:
+                raise RuntimeError(f"{path} ended early")
+            done += got
+    finally:
+        view.release()
+        memory.close()
+        os.close(fd)
+
+
+# Alternatives to gpu_agent.host_copy, measured with --disk-host-variants (why they were not
+# kept is in benchmarks/README.md, "Disk tier at disk speed").
+
+_VARIANT_CHUNK = 32 * MIB
+
+
+def _run_chunks(size: int, threads: int, copy_chunk: Callable[[int, int], None]) -> None:
+    """Run ``copy_chunk(offset, length)`` over ``size`` bytes in 32 MiB chunks, taken in file
+    order from a shared cursor by ``threads`` threads; the first error is raised."""
+    offsets = iter(range(0, size, _VARIANT_CHUNK))
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            while True:
+                with lock:
+                    offset = next(offsets, None)
+                if offset is None or errors:
+                    return
+                copy_chunk(offset, min(_VARIANT_CHUNK, size - offset))
+        except BaseException as error:  # noqa: BLE001 - re-raised below, in the caller's thread
+            errors.append(error)
+
+    workers = [threading.Thread(target=worker) for _ in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def _sendfile_range(writer: int, reader: int, offset: int, length: int) -> None:
+    os.lseek(writer, offset, os.SEEK_SET)
+    done = 0
+    while done < length:
+        sent = os.sendfile(writer, reader, offset + done, min(8 * MIB, length - done))
+        if sent == 0:
+            raise RuntimeError("source ended early")
+        done += sent
+
+
+def _threaded_sendfile_copy(src: Path, dest: Path, *, threads: int) -> None:
+    """sendfile of 32 MiB chunks from ``threads`` threads, each with its own destination fd."""
+    size = src.stat().st_size
+    reader = os.open(src, os.O_RDONLY)
+    os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+
+    def copy_chunk(offset: int, length: int) -> None:
+        writer = os.open(dest, os.O_WRONLY)
+        try:
+            _sendfile_range(writer, reader, offset, length)
+        finally:
+            os.close(writer)
+
+    try:
+        _run_chunks(size, threads, copy_chunk)
+    finally:
+        os.close(reader)
+
+
+def _fallocate_then_sendfile(src: Path, dest: Path) -> None:
+    """Every destination page allocated first (posix_fallocate), then one sendfile stream."""
+    size = src.stat().st_size
+    reader = os.open(src, os.O_RDONLY)
+    writer = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        if size:
+            os.posix_fallocate(writer, 0, size)
+        _sendfile_range(writer, reader, 0, size)
+    finally:
+        os.close(writer)
+        os.close(reader)
+
+
+def _mapped_copy(src: Path, dest: Path, *, mmap_threads: int, sendfile_threads: int) -> None:
+    """``preadv`` into a shared writable mapping of the destination from ``mmap_threads`` threads
+    (page faults take no inode lock, so they run in parallel; each 4 KiB page is zero-filled on
+    its fault), beside ``sendfile_threads`` threads writing through the file (one inode lock),
+    all taking chunks from one cursor. The destination is fallocated first: a fault on tmpfs that
+    finds it full would be SIGBUS, not ENOSPC."""
+    size = src.stat().st_size
+    reader = os.open(src, os.O_RDONLY)
+    writer = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        if size == 0:
+            return
+        os.posix_fallocate(writer, 0, size)
+        mapping = mmap.mmap(writer, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        view = memoryview(mapping)
+        local = threading.local()
+        roles = iter(["sendfile"] * sendfile_threads + ["mmap"] * mmap_threads)
+        role_lock = threading.Lock()
+
+        def copy_chunk(offset: int, length: int) -> None:
+            if not hasattr(local, "role"):
+                with role_lock:
+                    local.role = next(roles)
+            if local.role == "sendfile":
+                own = os.open(dest, os.O_WRONLY)
+                try:
+                    _sendfile_range(own, reader, offset, length)
+                finally:
+                    os.close(own)
+                return
+            done = 0
+            while done < length:
+                step = min(8 * MIB, length - done)
+                got = os.preadv(reader, [view[offset + done : offset + done + step]], offset + done)
+                if got == 0:
+                    raise RuntimeError("source ended early")
+                done += got
+
+        try:
+            _run_chunks(size, mmap_threads + sendfile_threads, copy_chunk)
+        finally:
+            view.release()
+            mapping.close()
+    finally:
+        os.close(writer)
+        os.close(reader)
+
+
+def _disk_host_variants(src: Path, dest: Path) -> dict[str, Callable[[], None]]:
+    return {
+        "sendfile_2_threads": lambda: _threaded_sendfile_copy(src, dest, threads=2),
+        "fallocate_then_sendfile": lambda: _fallocate_then_sendfile(src, dest),
+        "mmap_preadv_1_thread": lambda: _mapped_copy(src, dest, mmap_threads=1,
+                                                     sendfile_threads=0),
+        "mmap_preadv_2_threads": lambda: _mapped_copy(src, dest, mmap_threads=2,
+                                                      sendfile_threads=0),
+        "mmap_preadv_4_threads": lambda: _mapped_copy(src, dest, mmap_threads=4,
+                                                      sendfile_threads=0),
+        "sendfile_plus_1_mmap_thread": lambda: _mapped_copy(src, dest, mmap_threads=1,
+                                                            sendfile_threads=1),
+    }  # fmt: skip
+
+
 def _sha256_file(path: Path) -> None:
     digest = hashlib.sha256()
     with path.open("rb", buffering=0) as handle:
@@ -569,8 +738,11 @@ def _sha256_file(path: Path) -> None:
 def disk_to_host_section(models: Path, shm: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Disk -> host shared memory (the host tier's copy) against the same file's sequential read,
     warm and cold page cache, every method timed in each repetition (interleaved, so the noise of
-    a shared machine falls on all alike); medians. Also: the pre-host_copy path (one sendfile
-    stream), the tmpfs write ceiling and sha256 speed (why the copy does not re-hash)."""
+    a shared machine falls on all alike); medians, and CPU seconds per GB. Baselines: the plain
+    sequential read (into one reused buffer: the read alone, it keeps nothing) and the read into
+    new memory (the file made resident by reading it once). Also: the pre-host_copy path (one
+    sendfile stream), the tmpfs write ceiling, sha256 speed (why the copy does not re-hash) and,
+    with ``--disk-host-variants``, the alternatives that were tried and not kept."""
     disk_file = models / "disk-host.safetensors"
     write_model(disk_file, int(args.disk_gb * GB), sparse=False)
     size = disk_file.stat().st_size
@@ -583,24 +755,32 @@ def disk_to_host_section(models: Path, shm: Path, args: argparse.Namespace) -> d
     def read() -> None:
         sequential_read_gbps(disk_file, cold=False)
 
+    variants = _disk_host_variants(disk_file, target) if args.disk_host_variants else {}
     methods: dict[str, dict[str, Callable[[], None]]] = {
         "warm": {
             "sequential_read": read,
+            "read_into_new_memory": lambda: read_into_new_memory(disk_file),
             "host_copy": new_copy,
             "single_sendfile_before": lambda: _single_sendfile_copy(disk_file, target),
             "tmpfs_write_ceiling": lambda: _tmpfs_write_ceiling(size, target),
             "sha256": lambda: _sha256_file(disk_file),
+            **variants,
         },
         "cold": {
             "sequential_read": read,
+            "read_into_new_memory": lambda: read_into_new_memory(disk_file),
             "host_copy": new_copy,
             "single_sendfile_before": lambda: _single_sendfile_copy(disk_file, target),
+            **variants,
         },
     }
     results: dict[str, Any] = {"model_gb": size / GB, "repeats": repeats,
                                "target_copy_vs_read": 0.8}  # fmt: skip
     for cache, timed in methods.items():
         rates: dict[str, list[float]] = {name: [] for name in timed}
+        # CPU seconds (all threads, user + system) per GB moved: on a shared machine the wall
+        # clock says how much CPU the process was given, this says what each method costs.
+        cpu: dict[str, list[float]] = {name: [] for name in timed}
         dropped = True
         for _ in range(repeats):
             for name, run in timed.items():
@@ -609,11 +789,16 @@ def disk_to_host_section(models: Path, shm: Path, args: argparse.Namespace) -> d
                     dropped = drop_page_cache(disk_file) and dropped
                 else:
                     sequential_read_gbps(disk_file, cold=False)  # the file is in the page cache
+                cpu_before = os.times()
                 started = time.perf_counter()
                 run()
                 rates[name].append(size / (time.perf_counter() - started) / GB)
+                cpu_after = os.times()
+                cpu_s = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
+                cpu[name].append(cpu_s / (size / GB))
         target.unlink(missing_ok=True)
         medians = {name: median(values) for name, values in rates.items()}
+        resident = medians["read_into_new_memory"]
         seq = medians["sequential_read"]
         ratio = medians["host_copy"] / seq
         results[cache] = {
@@ -621,14 +806,17 @@ def disk_to_host_section(models: Path, shm: Path, args: argparse.Namespace) -> d
             "gbps_median": medians,
             "gbps_all": rates,
             "vs_sequential_read": {name: value / seq for name, value in medians.items()},
+            "vs_read_into_new_memory": {name: v / resident for name, v in medians.items()},
+            "cpu_s_per_gb_median": {name: median(values) for name, values in cpu.items()},
             "target_met": ratio >= 0.8,
         }
         ceiling = None
         if "tmpfs_write_ceiling" in medians:
             ceiling = medians["host_copy"] / medians["tmpfs_write_ceiling"]
             results[cache]["host_copy_vs_tmpfs_write_ceiling"] = ceiling
+        cpu_medians = results[cache]["cpu_s_per_gb_median"]
         others = " | ".join(
-            f"{name} {value:.2f} GB/s ({value / seq:.0%})"
+            f"{name} {value:.2f} GB/s ({value / seq:.0%}, {cpu_medians[name]:.2f} cpu-s/GB)"
             for name, value in medians.items()
             if name not in ("sequential_read", "host_copy")
         )
@@ -637,7 +825,10 @@ def disk_to_host_section(models: Path, shm: Path, args: argparse.Namespace) -> d
             + (f" (dropped: {dropped})" if cache == "cold" else "")
             + f": sequential read {seq:.2f} GB/s | disk->shm copy (host_copy) "
             f"{medians['host_copy']:.2f} GB/s = {ratio:.0%} of the read "
-            f"[target >= 80%: {'MET' if ratio >= 0.8 else 'MISSED'}] | {others}"
+            f"[target >= 80%: {'MET' if ratio >= 0.8 else 'MISSED'}], "
+            f"{medians['host_copy'] / resident:.2f}x reading it into new memory "
+            f"({cpu_medians['sequential_read']:.2f} / {cpu_medians['host_copy']:.2f} cpu-s/GB "
+            f"read / copy) | {others}"
             + (f" | copy / write ceiling {ceiling:.0%}" if ceiling is not None else "")
         )
     disk_file.unlink()
@@ -875,6 +1066,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--disk-repeats", type=int, default=5, help="disk->host repetitions.")
     parser.add_argument(
         "--only-disk-host", action="store_true", help="Run only the disk->host shm section."
+    )
+    parser.add_argument(
+        "--disk-host-variants",
+        action="store_true",
+        help="Also time the disk->host copies that were tried and not kept (threads, mmap).",
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--attach-repeats", type=int, default=5)

@@ -23,7 +23,13 @@ figures are in ``benchmarks/gpu_agent.py``):
 - With a warm page cache the ceiling is tmpfs itself: allocating and writing fresh shmem pages
   from a cache-hot buffer, with no read at all, runs at 40-60 % of a warm sequential read, and
   sendfile gets close to it. Writes to one tmpfs file serialise on its inode lock, so several
-  writer threads measured no faster (four were slower: they spin on the lock).
+  writer threads measured no faster (four were slower: they spin on the lock). Allocating the
+  destination first (``posix_fallocate``) measured no faster either.
+- Page faults into a shared mapping of the destination take no inode lock and do run in
+  parallel (CPU per GB flat from 1 to 4 threads), but each byte costs about 20 % more CPU than in
+  the sendfile stream (every 4 KiB page is zero-filled on its fault, and a fault that finds tmpfs
+  full is SIGBUS, not ENOSPC, unless the file was fallocated). On a 2-core machine that lost.
+  Whether it wins with several idle cores is unmeasured: ``--disk-host-variants``.
 - With a cold page cache the disk is the bound, and what matters is reads in flight:
   ``POSIX_FADV_SEQUENTIAL`` widens readahead, and ``POSIX_FADV_WILLNEED`` keeps the next
   :data:`PREFETCH_BLOCKS` blocks' reads queued while the current block is written, so the disk

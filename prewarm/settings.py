@@ -29,14 +29,25 @@ from prewarm.daemon.config import DaemonConfig
 
 
 class LoggingConfig(BaseModel):
-    """Log level and format."""
+    """Log level and format of the long-running processes (``prewarm run``, ``prewarm agent``);
+    ``--log-level`` and ``--log-json`` override them."""
 
     model_config = ConfigDict(extra="forbid")
 
     level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Least severe level written."
     )
-    json_format: bool = Field(default=False, description="One JSON object per line.")
+    json_format: bool = Field(
+        default=False,
+        description="One JSON object per line with every field (the Helm chart sets it); "
+        "false: one human line per event.",
+    )
+    retry_summary_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="While an endpoint (the API server) stays unreachable, its HTTP retries are "
+        "counted, not logged one by one: one summary line this often.",
+    )
 
 
 class Settings(BaseSettings):

@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         """
         from gpu_agent.server import serve
 
-        agent_config = state(ctx, config).settings().agent
+        agent_config = state(ctx, config).service_logging().agent
         if listen is not None:
             agent_config = agent_config.model_copy(update={"listen": listen})
 

@@ -62,6 +62,8 @@ class CliState:
     """What the global options decided; commands reach it through ``ctx.obj``."""
 
     config_path: Path | None = None
+    log_level: str | None = None
+    log_json: bool = False
     _settings: Settings | None = field(default=None, repr=False)
 
     def settings(self) -> Settings:
@@ -69,6 +71,19 @@ class CliState:
         if self._settings is None:
             self._settings = load_settings(self.config_path)
         return self._settings
+
+    def service_logging(self) -> Settings:
+        """The settings, with logging re-configured from their ``logging`` section for a
+        long-running process (``run``, ``agent``): ``logging.level`` (default info) and
+        ``logging.json_format``, unless ``--log-level`` / ``--log-json`` were given."""
+        settings = self.settings()
+        config = settings.logging
+        configure_logging(
+            self.log_level or config.level,
+            json_format=self.log_json or config.json_format,
+            retry_summary_s=config.retry_summary_s,
+        )
+        return settings
 
 
 ConfigOption = Annotated[
@@ -110,19 +125,28 @@ def main(
         typer.Option("--config", "-c", help="Settings YAML.", envvar="PREWARM_CONFIG"),
     ] = None,
     log_level: Annotated[
-        str, typer.Option("--log-level", help="debug, info, warning or error.")
-    ] = "warning",
+        str | None,
+        typer.Option(
+            "--log-level",
+            help="debug, info, warning or error (default: warning; for run and agent, "
+            "logging.level, info unless set).",
+        ),
+    ] = None,
     log_json: Annotated[
         bool,
-        typer.Option("--log-json", help="Logs as JSON lines (the daemons' machine-readable form)."),
+        typer.Option(
+            "--log-json",
+            help="Logs as JSON lines, every field (default: one console line per event; for run "
+            "and agent, logging.json_format).",
+        ),
     ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print version.")
     ] = False,
 ) -> None:
     """Predictive pre-warming for ML model serving on Kubernetes."""
-    configure_logging(log_level, json_format=log_json)
-    ctx.obj = CliState(config_path=config)
+    configure_logging(log_level or "warning", json_format=log_json)
+    ctx.obj = CliState(config_path=config, log_level=log_level, log_json=log_json)
 
 
 def _register_commands() -> None:

@@ -33,7 +33,7 @@ def run(
     """
     from prewarm.daemon.app import main  # heavy imports only for this command
 
-    settings = state(ctx, config).settings()
+    settings = state(ctx, config).service_logging()
     if mode is not None:
         if mode not in _MODES:
             raise InvalidInput(f"--mode must be one of {', '.join(_MODES)}, got {mode!r}")

@@ -476,14 +476,13 @@ class Agent:
         """Bytes of GPU memory held by this agent's models (on one GPU, or all)."""
         return self._holdings.gpu_bytes(gpu_uuid)
 
-    def status(self) -> pb.StatusResponse:
-        """GPUs, tier usage and holdings now."""
-        gpus = self._gpu.gpus()
-        now_wall, now_mono = self._wall(), self._mono()
-        yielded = {
-            h.gpu_uuid: (now_wall + (h.until - now_mono), h.reason) for h in self._yields.yielded()
-        }
-        room = {
+    def tier_room(self, gpus: Sequence[GpuMemory] | None = None) -> dict[Tier, int]:
+        """Per tier, the bytes models may still take now: free space beyond the tier's headroom
+        (negative when the headroom is eaten into; GPUs yielded to starting replicas count no
+        room, and no GPU here means none). ``gpus``: NVML readings already taken."""
+        gpus = self._gpu.gpus() if gpus is None else gpus
+        yielded = {h.gpu_uuid for h in self._yields.yielded()}
+        return {
             Tier.DISK: self._fetch.free_bytes(),
             Tier.HOST: self._host.free_bytes(),
             # A yielded GPU takes no model until its hold ends: no room there.
@@ -491,6 +490,19 @@ class Agent:
                 max(self._gpu.free_for_models(g), 0) for g in gpus if g.uuid not in yielded
             ),
         }
+
+    def gpus(self) -> list[GpuMemory]:
+        """NVML's readings of this node's GPUs now (none when the GPU tier is unavailable)."""
+        return self._gpu.gpus()
+
+    def status(self) -> pb.StatusResponse:
+        """GPUs, tier usage and holdings now."""
+        gpus = self._gpu.gpus()
+        now_wall, now_mono = self._wall(), self._mono()
+        yielded = {
+            h.gpu_uuid: (now_wall + (h.until - now_mono), h.reason) for h in self._yields.yielded()
+        }
+        room = self.tier_room(gpus)
         return status_response(
             self._holdings,
             current_link=self._host.current_link,

@@ -258,7 +258,9 @@ class KubeClient:
                         "server is overloaded or unreachable, retry later"
                     ) from error
                 wait = min(max(backoff, error.retry_after_s), retry.max_backoff_s)
-                _log.info(
+                # DEBUG: the caller reports a call that fails in the end; an attempt that is
+                # retried is noise while the API server is down (every call of every tick).
+                _log.debug(
                     "kubernetes %s %s: %s; retry %d/%d in %.2f s",
                     method, path, error.message, attempt, retry.attempts - 1, wait,
                 )  # fmt: skip

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import structlog
 from kubernetes import config as k8s_config
@@ -44,6 +45,7 @@ from prewarm.control.store import ConfigMapControlStore, ControlStore
 from prewarm.daemon.leader import LeaseElector
 from prewarm.daemon.loop import Daemon
 from prewarm.daemon.metrics import DaemonMetrics
+from prewarm.retry_logs import name_host
 from prewarm.settings import Settings
 from protos import gpu_agent_pb2 as pb
 
@@ -137,6 +139,8 @@ def build_runtime(
     metrics = DaemonMetrics()
     catalog = load_model_catalog(settings)
     api = api_client if api_client is not None else _kube_credentials()
+    # urllib3's retries against the API server are logged folded, as the kube-apiserver's.
+    name_host(urlsplit(api.configuration.host).hostname or "", "kube-apiserver")
     kube = KubeClient(api, settings.actuator.retry)
     source = PrometheusSource(
         forecaster_config.prometheus, history_window_s=forecaster_config.history_window_s

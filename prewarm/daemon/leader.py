@@ -102,6 +102,13 @@ class LeaseElector:
     ``kube`` should retry little (a round must fit in ``retry_period_s``); ``clock`` returns epoch
     seconds. ``lease_duration_s`` bounds failover: a crashed leader is replaced at most that long
     after its last renewal, plus one ``retry_period_s``.
+
+    Rounds run every ``retry_period_s`` while they succeed (leading or following). Rounds that
+    fail (API server unreachable, 403) back off: the wait doubles after each failure up to
+    :attr:`max_retry_period_s` (the lease duration, at most 8 retry periods), and is back to
+    ``retry_period_s`` after the next success; so after an outage a replica leads again within
+    one ``max_retry_period_s``. A failure is logged once (again when its error changes), the end
+    of the failures with their count.
     """
 
     def __init__(
@@ -128,6 +135,10 @@ class LeaseElector:
         self._address = address
         self._leader_until_s = 0.0
         self._leader_address: str | None = None
+        self.max_retry_period_s = min(float(lease_duration_s), 8 * retry_period_s)
+        self._failures = 0
+        self._failing_since_s = 0.0
+        self._last_error = ""
 
     @property
     def identity(self) -> str:
@@ -163,11 +174,42 @@ class LeaseElector:
         try:
             won = await asyncio.to_thread(self._round)
         except PrewarmError as error:
-            log.warning("lease round failed", error=str(error))
+            self._failed(str(error))
             won = False
+        else:
+            self._succeeded()
         if not won:
             self._leader_until_s = 0.0
         return won
+
+    def next_wait_s(self) -> float:
+        """How long to wait before the next round: ``retry_period_s`` after a round that
+        succeeded; after ``n`` failed rounds in a row, ``retry_period_s * 2**(n-1)`` capped at
+        :attr:`max_retry_period_s`."""
+        if self._failures == 0:
+            return self._retry_period_s
+        return min(self._retry_period_s * 2.0 ** (self._failures - 1), self.max_retry_period_s)
+
+    def _failed(self, error: str) -> None:
+        self._failures += 1
+        if self._failures == 1:
+            self._failing_since_s = self._clock()
+        fields = {"failures": self._failures, "next_try_s": round(self.next_wait_s(), 1)}
+        if error != self._last_error:
+            log.warning("lease round failed; retrying with backoff", error=error, **fields)
+        else:
+            log.debug("lease round failed again", **fields)
+        self._last_error = error
+
+    def _succeeded(self) -> None:
+        if self._failures:
+            log.info(
+                "lease rounds succeed again",
+                failures=self._failures,
+                failing_for_s=round(self._clock() - self._failing_since_s, 1),
+            )
+        self._failures = 0
+        self._last_error = ""
 
     def _round(self) -> bool:
         now_s = self._clock()
@@ -256,11 +298,12 @@ class LeaseElector:
             log.warning("could not release lease; it will expire", error=str(error))
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Keep trying/renewing every ``retry_period_s`` until ``stop`` is set, then release."""
+        """Keep trying/renewing every ``retry_period_s`` (backing off while rounds fail, see the
+        class) until ``stop`` is set, then release."""
         while not stop.is_set():
             await self.try_acquire_or_renew()
             try:
-                await asyncio.wait_for(stop.wait(), timeout=self._retry_period_s)
+                await asyncio.wait_for(stop.wait(), timeout=self.next_wait_s())
             except TimeoutError:
                 continue
         await self.release()

@@ -13,10 +13,27 @@ import os
 import threading
 from pathlib import Path
 
+from common.addresses import is_loopback, on_loopback
 from common.errors import InvalidInput
-from gpu_agent.config import AuthConfig
+from gpu_agent.config import AgentConfig, AuthConfig
 
 log = logging.getLogger(__name__)
+
+
+def checked_listen(config: AgentConfig) -> str:
+    """Where the agent may listen: ``agent.listen``, except that with ``auth.mode=none`` (no
+    credentials: anyone who reaches the port may preload, evict and attach) only a loopback
+    address is allowed. Left at its default (all interfaces), it becomes 127.0.0.1 with the same
+    port; set to another address, it is :class:`InvalidInput` (a start-up error) naming the fix."""
+    if config.auth.mode != "none" or is_loopback(config.listen):
+        return config.listen
+    if "listen" not in config.model_fields_set:
+        return on_loopback(config.listen)
+    raise InvalidInput(
+        f"agent.auth.mode=none serves the agent without credentials, so it listens on loopback "
+        f"only, and agent.listen is {config.listen}: set agent.listen to 127.0.0.1:<port> (or "
+        "leave it unset), or use agent.auth.mode=token with agent.auth.token_file"
+    )
 
 
 def _read(path: Path) -> str:

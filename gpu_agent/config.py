@@ -35,7 +35,8 @@ class AuthConfig(BaseModel):
         default="token",
         description=(
             "token (Authorization: Bearer, from auth.token or auth.token_file), mtls, or none "
-            "(anyone who reaches the port may preload, evict and attach: loopback tests only)."
+            "(anyone who reaches the port may preload, evict and attach, so the agent then "
+            "listens on loopback only: agent.listen must be a loopback address, or unset)."
         ),
     )
     token: SecretStr | None = Field(default=None, description="Bearer token (mode=token).")
@@ -291,7 +292,11 @@ class AgentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    listen: str = Field(default="0.0.0.0:50061", description="gRPC listen address.")
+    listen: str = Field(
+        default="0.0.0.0:50061",
+        description="gRPC listen address (with auth.mode=none: loopback only; left at the "
+        "default, 127.0.0.1 with the same port).",
+    )
     metrics_port: int | None = Field(
         default=9400,
         ge=0,

@@ -32,7 +32,8 @@ from common.http_endpoints import ProbeServer
 from common.ids import ModelId
 from common.tiers import Tier
 from gpu_agent.agent import Agent
-from gpu_agent.auth import BearerToken
+from gpu_agent.announce import cuda_mismatch, serving_fields
+from gpu_agent.auth import BearerToken, checked_listen
 from gpu_agent.config import AgentConfig
 from gpu_agent.metrics import AgentMetrics
 from gpu_agent.specs import ArtifactSpec, PreloadSpec, SourceSpec
@@ -303,13 +304,15 @@ async def serve(
     stop = stop if stop is not None else asyncio.Event()
     # Configuration errors end start-up before anything is touched (InvalidInput: exit 2).
     check_tier_roots(config.cache_dir, config.shm_dir, home=Path.home())
+    config = config.model_copy(update={"listen": checked_listen(config)})
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if config.auth.mode == "token":
         interceptors.append(BearerTokenInterceptor(BearerToken.from_config(config.auth)))
     elif config.auth.mode == "none":
+        # AgentConfig allows mode=none on a loopback address only.
         log.warning(
-            "gpu agent auth is off (agent.auth.mode=none): anyone who reaches the port may "
-            "preload, evict and attach",
+            "gpu agent auth is off (agent.auth.mode=none): any process on this machine may "
+            "preload, evict and attach; it listens on loopback only",
             extra={"listen": config.listen},
         )
     interceptors.append(RequestDecodeInterceptor())
@@ -339,10 +342,10 @@ async def serve(
     if handle_signals:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-    log.info(
-        "gpu agent serving",
-        extra={"port": port, "gpu_unavailable": agent.gpu_unavailable_reason() or ""},
-    )
+    log.info("gpu agent serving", extra=serving_fields(config, agent, port))
+    mismatch = cuda_mismatch(agent)
+    if mismatch is not None:
+        log.warning(mismatch)
     probes: ProbeServer | None = None
     if config.metrics_port is not None:
         serving_now = {"value": True}

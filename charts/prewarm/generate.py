@@ -288,7 +288,7 @@ What it creates:
 
 - the daemon Deployment (2 replicas; one leads through the Lease
   `config.daemon.leader_election.lease_name`), its ConfigMap of settings, Service (http 8080:
-  `/healthz`, `/readyz`, `/metrics`; grpc 9090: control API and KEDA external scaler) and
+  `/healthz`, `/readyz`, `/metrics`; grpc 50071: control API and KEDA external scaler) and
   PodDisruptionBudget;
 - least-privilege RBAC: `<fullname>-actuator` (what the actuator writes, including image
   pre-pull pods in the workloads' namespaces, and the pod listing the observer shares) and
@@ -307,7 +307,7 @@ What it creates:
 
 Defaults:
 
-- **Control API and KEDA scaler** (grpc 9090): bearer tokens from the Secret
+- **Control API and KEDA scaler** (grpc 50071): bearer tokens from the Secret
   `<fullname>-control-tokens` (keys `write` and `read`, random, kept across upgrades;
   `controlTokens`). The KEDA scaler needs a read credential too: a `tokenFromEnv` key in the
   trigger's metadata, or a TLS client certificate (docs/keda.md);

@@ -71,8 +71,8 @@ class Authenticator:
         if mode == "token" and not tokens:
             raise InvalidInput(
                 "control.auth.mode is token but no tokens are configured: add "
-                "control.auth.tokens (name, scope, token or file), or set control.auth.mode=none "
-                "for a loopback-only development daemon"
+                "control.auth.tokens (name, scope, token or file), or, for a development daemon on "
+                "this machine, control.auth.mode=none (it then listens on 127.0.0.1 only)"
             )
         self.mode = mode
         self._tokens = tuple(

@@ -23,6 +23,7 @@ from common.ids import ModelId
 from common.tiers import Tier
 from forecaster.types import Forecast
 from prewarm.control.calls import LEADER_METADATA_KEY
+from prewarm.control.config import DEFAULT_PORT
 from protos import control_pb2, control_pb2_grpc
 from protos.tiers import control_tier
 
@@ -31,7 +32,8 @@ T = TypeVar("T")
 TOKEN_ENV = "PREWARM_TOKEN"
 """Environment variable holding the bearer token."""
 
-DEFAULT_SERVER = "127.0.0.1:9090"
+DEFAULT_SERVER = f"127.0.0.1:{DEFAULT_PORT}"
+"""Where the CLI looks for the control API by default: the port of `control.listen_address`."""
 
 
 def read_token(token_file: Path | None, *, environ: dict[str, str] | None = None) -> str | None:

@@ -15,6 +15,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from common.addresses import is_loopback, on_loopback
+
+DEFAULT_PORT = 50071
+"""The control API's port (gRPC; also the KEDA external scaler). Not 9090: Prometheus has it."""
+
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
@@ -78,13 +83,17 @@ class AuthConfig(BaseModel):
     """Who may call the control API.
 
     ``mode``: ``token`` (bearer tokens in ``authorization`` metadata), ``mtls`` (client certificate
-    common names, needs ``tls.client_ca_file``), or ``none`` (anyone may read and write: only for a
-    loopback-bound development daemon).
+    common names, needs ``tls.client_ca_file``), or ``none`` (anyone who reaches the port may read
+    and write, so the server then listens on loopback only: a development daemon).
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    mode: Literal["token", "mtls", "none"] = "token"
+    mode: Literal["token", "mtls", "none"] = Field(
+        default="token",
+        description="token (bearer tokens), mtls (client certificates) or none (no credentials; "
+        "the control API then listens on loopback only).",
+    )
     tokens: tuple[TokenConfig, ...] = ()
     keda_anonymous: bool = Field(
         default=False,
@@ -141,7 +150,10 @@ class ControlConfig(BaseModel):
 
     enabled: bool = True
     listen_address: str = Field(
-        default="0.0.0.0:9090", description="host:port of the gRPC server (port 0 = any free)."
+        default=f"0.0.0.0:{DEFAULT_PORT}",
+        description="host:port of the gRPC server (port 0 = any free). With auth.mode=none it "
+        "must be a loopback address; left at the default, it becomes 127.0.0.1 with the same "
+        "port.",
     )
     advertise_address: str | None = Field(
         default=None,
@@ -202,7 +214,7 @@ class ControlConfig(BaseModel):
             return value
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:
-            raise ValueError(f"{value!r} must be host:port, e.g. 0.0.0.0:9090")
+            raise ValueError(f"{value!r} must be host:port, e.g. 0.0.0.0:{DEFAULT_PORT}")
         return value
 
     @model_validator(mode="after")
@@ -212,3 +224,18 @@ class ControlConfig(BaseModel):
                 "auth.mode=mtls needs tls.cert_file, tls.key_file and tls.client_ca_file"
             )
         return self
+
+    @model_validator(mode="after")
+    def _no_auth_on_loopback_only(self) -> ControlConfig:
+        # Without credentials anyone who reaches the port may pin, pause and request replicas.
+        if self.auth.mode != "none" or is_loopback(self.listen_address):
+            return self
+        if "listen_address" not in self.model_fields_set:
+            self.listen_address = on_loopback(self.listen_address)
+            return self
+        raise ValueError(
+            f"auth.mode=none serves the control API without credentials, so it listens on "
+            f"loopback only, and listen_address is {self.listen_address}: set "
+            f"control.listen_address to 127.0.0.1:<port> (or leave it unset), or configure "
+            "control.auth.mode=token with control.auth.tokens"
+        )

@@ -689,6 +689,13 @@ class ControlServer:
         self._server = server
         self.port = port
         log.info("control API serving", address=address, port=port, auth=self._authenticator.mode)
+        if self._authenticator.mode == "none":
+            # ControlConfig allows mode=none on a loopback address only.
+            log.warning(
+                "control API auth is off (control.auth.mode=none): any process on this machine "
+                "may read and write; it listens on loopback only",
+                address=address,
+            )
         return port
 
     def _bind(self, server: grpc.aio.Server, address: str) -> int:

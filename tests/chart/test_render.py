@@ -185,7 +185,7 @@ def test_rendered_daemon_settings_load_without_error(
     expected_mode = raw.get("config", {}).get("daemon", {}).get("mode", "advisory")
     assert settings.daemon.mode == expected_mode
     http = daemon_values.get("ports", {}).get("http", 8080)
-    grpc = daemon_values.get("ports", {}).get("grpc", 9090)
+    grpc = daemon_values.get("ports", {}).get("grpc", 50071)
     assert settings.daemon.http_port == http
     assert settings.control.listen_address == f"0.0.0.0:{grpc}"
     assert settings.control.advertise_address == f"10.1.2.3:{grpc}"
@@ -195,6 +195,17 @@ def test_rendered_daemon_settings_load_without_error(
         "app.kubernetes.io/name=prewarm-gpu-agent,app.kubernetes.io/instance=prewarm"
     )
     assert settings.actuator.placeholder.priority_class == "prewarm-placeholder"
+
+
+def test_daemon_and_agents_log_json_lines_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Production logs go to a collector: JSON with every field (config.logging.json_format).
+    docs = render(DEFAULT)
+    for kind, name in (("Deployment", "daemon"), ("DaemonSet", "agent")):
+        settings = load_rendered_settings(docs, kind, name, tmp_path, monkeypatch)
+        assert settings.logging.json_format is True, kind
+        assert settings.logging.level == "info", kind
 
 
 @pytest.mark.parametrize(
@@ -272,10 +283,10 @@ def test_daemon_deployment() -> None:
     assert daemon["args"] == ["run"]
     assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["PREWARM_CONFIG"]["value"] == "/etc/prewarm/prewarm.yaml"
-    assert {p["name"]: p["containerPort"] for p in daemon["ports"]} == {"http": 8080, "grpc": 9090}
+    assert {p["name"]: p["containerPort"] for p in daemon["ports"]} == {"http": 8080, "grpc": 50071}
     assert daemon["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert daemon["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert daemon["startupProbe"]["grpc"] == {"port": 9090}
+    assert daemon["startupProbe"]["grpc"] == {"port": 50071}
     assert daemon["resources"]["requests"]
     assert daemon["resources"]["limits"]["memory"]
     assert daemon["securityContext"] == RESTRICTED_CONTAINER
@@ -305,7 +316,7 @@ def test_daemon_services_select_the_daemon_pods() -> None:
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
 
     assert service["spec"]["selector"].items() <= pod_labels.items()
-    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"http": 8080, "grpc": 9090}
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"http": 8080, "grpc": 50071}
     assert next(p for p in service["spec"]["ports"] if p["name"] == "grpc")["appProtocol"] == "grpc"
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from common.errors import InvalidInput, PermissionDenied, TemporaryError
 from prewarm.control.auth import Authenticator
-from prewarm.control.client import ControlClient
+from prewarm.control.client import DEFAULT_SERVER, ControlClient
 from prewarm.control.config import ControlConfig, Scope
 from prewarm.settings import load_settings
 from tests.control.conftest import start_server, stop_server
@@ -64,7 +64,7 @@ def test_settings_validation_of_the_control_section(monkeypatch: pytest.MonkeyPa
     for name, value, message in (
         ("PREWARM_CONTROL__MAX_REPLICAS_PER_REQUEST", "0", "max_replicas_per_request"),
         ("PREWARM_CONTROL__NAMESPACE", "Bad_NS", "not a valid DNS label"),
-        ("PREWARM_CONTROL__LISTEN_ADDRESS", "9090", "must be host:port"),
+        ("PREWARM_CONTROL__LISTEN_ADDRESS", "50071", "must be host:port"),
         ("PREWARM_CONTROL__AUTH__MODE", "mtls", "needs tls.cert_file"),
         ("PREWARM_CONTROL__AUTH__TOKENS", '[{"name": "x"}]', "exactly one of 'token'"),
     ):
@@ -72,6 +72,26 @@ def test_settings_validation_of_the_control_section(monkeypatch: pytest.MonkeyPa
             patch.setenv(name, value)
             with pytest.raises(InvalidInput, match=message):
                 load_settings()
+
+
+def test_the_control_api_has_a_port_of_its_own() -> None:
+    # 9090 is Prometheus' port: the control API and the CLI's default --server use 50071.
+    assert ControlConfig().listen_address == "0.0.0.0:50071"
+    assert DEFAULT_SERVER == "127.0.0.1:50071"
+
+
+def test_auth_off_listens_on_loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PREWARM_CONTROL__AUTH__MODE", "none")
+    assert load_settings().control.listen_address == "127.0.0.1:50071"  # the default, moved
+    for address in ("127.0.0.1:7000", "[::1]:7000", "localhost:7000"):
+        monkeypatch.setenv("PREWARM_CONTROL__LISTEN_ADDRESS", address)
+        assert load_settings().control.listen_address == address
+    for address in ("0.0.0.0:50071", "10.0.0.7:50071"):
+        monkeypatch.setenv("PREWARM_CONTROL__LISTEN_ADDRESS", address)
+        with pytest.raises(InvalidInput, match=r"set control\.listen_address to 127\.0\.0\.1"):
+            load_settings()
+    monkeypatch.setenv("PREWARM_CONTROL__AUTH__MODE", "token")
+    assert load_settings().control.listen_address == "10.0.0.7:50071"
 
 
 def _openssl(*args: str, cwd: Path) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import structlog.testing
 from kubernetes import client as k8s_client
 
 from actuator.config import RetryConfig
 from actuator.kube import KubeClient
 from prewarm.daemon.leader import LEASES, Decision, LeaseElector, LeaseState, decide
+from tests.actuator.faultproxy import Fault, FaultProxy
+from tests.harness.k8s import ControlPlane
 
 pytestmark = pytest.mark.k8s
 
@@ -78,6 +81,36 @@ async def test_unreachable_api_server_means_not_leader(k8s_namespace: str) -> No
     config.retries = 0
     elector = _elector(k8s_client.ApiClient(config), k8s_namespace, "x", [0.0])
     assert not await elector.try_acquire_or_renew()
+
+
+async def test_failed_rounds_back_off_and_a_success_resets_the_period(
+    k8s_control_plane: ControlPlane, k8s_namespace: str
+) -> None:
+    proxy = FaultProxy(
+        upstream=k8s_control_plane.url, pki=k8s_control_plane.workdir / "pki"
+    ).start()
+    try:
+        # Five rounds of two attempts each answered 503 (an overloaded API server), then through.
+        proxy.faults.append(Fault("GET", "/leases/prewarm-leader", status=503, times=10))
+        api = k8s_control_plane.token_client("unused", host=proxy.url)
+        elector = _elector(api, k8s_namespace, "a", [3_000_000.0])
+        waits = []
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(5):
+                assert not await elector.try_acquire_or_renew()
+                waits.append(elector.next_wait_s())
+            assert await elector.try_acquire_or_renew()
+        # Doubling from retry_period_s (2 s), capped at the 15 s lease duration; then reset.
+        assert waits == [2.0, 4.0, 8.0, 15.0, 15.0]
+        assert elector.next_wait_s() == 2.0
+        said = [(e["log_level"], e["event"]) for e in logs if "lease round" in e["event"]]
+        assert said == [
+            ("warning", "lease round failed; retrying with backoff"),  # said once
+            *[("debug", "lease round failed again")] * 4,
+            ("info", "lease rounds succeed again"),
+        ]
+    finally:
+        proxy.stop()
 
 
 @pytest.mark.parametrize(

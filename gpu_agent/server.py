@@ -309,7 +309,7 @@ async def serve(
     if config.auth.mode == "token":
         interceptors.append(BearerTokenInterceptor(BearerToken.from_config(config.auth)))
     elif config.auth.mode == "none":
-        # AgentConfig allows mode=none on a loopback address only.
+        # checked_listen above allowed mode=none on a loopback address only.
         log.warning(
             "gpu agent auth is off (agent.auth.mode=none): any process on this machine may "
             "preload, evict and attach; it listens on loopback only",

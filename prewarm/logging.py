@@ -129,4 +129,7 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
+    # Python warnings (a library's DeprecationWarning, ...) become records too, so that with
+    # JSON logs every line of stderr is JSON.
+    logging.captureWarnings(True)
     return install_retry_folder(level=numeric, summary_interval_s=retry_summary_s)

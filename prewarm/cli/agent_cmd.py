@@ -46,6 +46,5 @@ def register(app: typer.Typer) -> None:
                 tmp = port_file.with_name(port_file.name + ".tmp")
                 tmp.write_text(f"{port}\n", encoding="utf-8")
                 tmp.replace(port_file)
-            typer.echo(f"prewarm agent: serving on port {port}", err=True)
 
         asyncio.run(serve(agent_config, on_ready=ready))

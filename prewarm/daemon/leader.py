@@ -105,7 +105,7 @@ class LeaseElector:
 
     Rounds run every ``retry_period_s`` while they succeed (leading or following). Rounds that
     fail (API server unreachable, 403) back off: the wait doubles after each failure up to
-    :attr:`max_retry_period_s` (the lease duration, at most 8 retry periods), and is back to
+    :attr:`max_retry_period_s` (the lease duration or 8 retry periods, the shorter), back to
     ``retry_period_s`` after the next success; so after an outage a replica leads again within
     one ``max_retry_period_s``. A failure is logged once (again when its error changes), the end
     of the failures with their count.
@@ -188,7 +188,8 @@ class LeaseElector:
         :attr:`max_retry_period_s`."""
         if self._failures == 0:
             return self._retry_period_s
-        return min(self._retry_period_s * 2.0 ** (self._failures - 1), self.max_retry_period_s)
+        doublings = min(self._failures - 1, 16)  # far past any cap; 2.0**1024 would overflow
+        return min(self._retry_period_s * 2.0**doublings, self.max_retry_period_s)
 
     def _failed(self, error: str) -> None:
         self._failures += 1

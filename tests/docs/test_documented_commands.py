@@ -117,14 +117,14 @@ RUN_ELSEWHERE: dict[str, Elsewhere] = {
     "helm install prewarm charts/prewarm --namespace prewarm --create-namespace -f "
     "prewarm-values.yaml": Elsewhere(_WALKTHROUGH, "prewarm-values.yaml", _WALKTHROUGH_WHY),
     'grpcurl -plaintext -H "authorization: Bearer $PREWARM_TOKEN" -d \'{"scalerMetadata": '
-    '{"model": "llama-70b", "leadTime": "10m"}}\' prewarm.prewarm.svc:9090 '
+    '{"model": "llama-70b", "leadTime": "10m"}}\' prewarm.prewarm.svc:50071 '
     "externalscaler.ExternalScaler/IsActive": Elsewhere(
         "tests/control/test_keda.py",
         "IsActive",
         "KEDA's external-scaler calls on the real control server (grpcurl is not installed here)",
     ),
     'grpcurl -plaintext -H "authorization: Bearer $PREWARM_TOKEN" -d \'{"scaledObjectRef": '
-    '{"scalerMetadata": {"model": "llama-70b", "leadTime": "10m"}}}\' prewarm.prewarm.svc:9090 '
+    '{"scalerMetadata": {"model": "llama-70b", "leadTime": "10m"}}}\' prewarm.prewarm.svc:50071 '
     "externalscaler.ExternalScaler/GetMetrics": Elsewhere(
         "tests/control/test_keda.py",
         "GetMetrics",

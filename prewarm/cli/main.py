@@ -34,6 +34,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "prewarm.cli.demo_cmd",
     "prewarm.cli.bench_cmd",
     "prewarm.cli.dashboards_cmd",
+    "prewarm.cli.up_cmd",
 )
 """Modules under ``prewarm.cli`` that define ``register(app: typer.Typer) -> None``."""
 

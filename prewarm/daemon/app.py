@@ -73,6 +73,8 @@ class Runtime:
     control: ControlServer | None = None
     shutdown_grace_s: float = 10.0
     closers: tuple[Callable[[], object], ...] = ()
+    tick_wait_s: float | None = None
+    """Wall seconds between ticks when the clock is compressed (see :meth:`Daemon.run`)."""
 
 
 def identity() -> str:
@@ -280,7 +282,7 @@ async def serve(runtime: Runtime, *, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as group:
             if runtime.elector is not None:
                 group.create_task(runtime.elector.run(stop), name="lease")
-            group.create_task(runtime.daemon.run(stop), name="ticks")
+            group.create_task(runtime.daemon.run(stop, wait_s=runtime.tick_wait_s), name="ticks")
     finally:
         if runtime.control is not None:
             await runtime.control.stop(runtime.shutdown_grace_s)

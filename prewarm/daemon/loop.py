@@ -326,9 +326,14 @@ class Daemon:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, *, wait_s: float | None = None) -> None:
         """Tick every ``tick_s`` until ``stop`` is set. On stop, the tick in flight gets
-        ``shutdown_grace_s`` to finish, then is cancelled."""
+        ``shutdown_grace_s`` to finish, then is cancelled.
+
+        ``wait_s``: the process's own (wall) seconds between ticks, when its clock runs faster
+        than the wall clock (``prewarm up --speed``: ``tick_s / speed``); default ``tick_s``.
+        """
+        pause_s = self.config.tick_s if wait_s is None else wait_s
         while not stop.is_set():
             tick = asyncio.ensure_future(self.tick())
             stopper = asyncio.ensure_future(stop.wait())
@@ -345,4 +350,4 @@ class Daemon:
             if stop.is_set():
                 break
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.config.tick_s)
+                await asyncio.wait_for(stop.wait(), timeout=pause_s)

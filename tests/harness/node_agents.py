@@ -2,9 +2,10 @@
 its own cache and shared-memory directories, found by the daemon through its agent pod.
 
 Owns: an agent's config under a test directory, starting an agent in this process (a real gRPC
-server, the agent's own :func:`gpu_agent.server.serve`) or as a real ``prewarm agent`` process, and
-the agent pod on a node whose ``prewarm.io/agent-address`` annotation says where that agent
-listens (kwok runs the pod; nothing runs in it). Must not: fake the agent's protocol (tests that
+server, the agent's own :func:`gpu_agent.server.serve`) or as a real ``prewarm agent`` process
+(:mod:`prewarm.up.agents`, which ``prewarm up`` starts its agents with), and the agent pod on a
+node whose ``prewarm.io/agent-address`` annotation says where that agent listens (kwok runs the
+pod; nothing runs in it). Must not: fake the agent's protocol (tests that
 need a misbehaving agent build that server themselves and say so).
 """
 
@@ -12,28 +13,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+import pytest
 
-from actuator.agents import AGENT_ADDRESS_ANNOTATION
 from actuator.kube import PODS, KubeClient, Obj
+from common.errors import FailedPrecondition
 from gpu_agent.agent import Agent
 from gpu_agent.config import AgentConfig
 from gpu_agent.nvml import Nvml
 from gpu_agent.server import serve
-from tests.harness.k8s import wait_for
-from tests.harness.workloads import apply_pod, pod_body
+from prewarm.up import agents as up_agents
+from prewarm.up.agents import AGENT_LABELS, start_agent
 
-AGENT_LABELS = {"app.kubernetes.io/name": "prewarm-gpu-agent"}
-"""The labels ``actuator.agent.label_selector`` selects by default."""
+__all__ = ["AGENT_LABELS"]
 
 
 def node_agent_config(root: Path, *, sources: Path, **overrides: Any) -> AgentConfig:
@@ -103,35 +100,17 @@ class AgentProcess:
 
 @contextlib.contextmanager
 def agent_process(config: AgentConfig, workdir: Path) -> Iterator[AgentProcess]:
-    """``python -m prewarm agent`` with ``config`` (no CUDA), until the block ends (SIGTERM)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_file = workdir / "prewarm.yaml"
-    config_file.write_text(yaml.safe_dump({"agent": config.model_dump(mode="json")}))
-    port_file = workdir / "port"
-    port_file.unlink(missing_ok=True)
-    log = (workdir / "agent.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "prewarm", "--config", str(config_file), "agent",
-         "--port-file", str(port_file)],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-    )  # fmt: skip
-    log.close()
+    """``python -m prewarm agent`` with ``config`` (no CUDA), until the block ends (SIGTERM);
+    started by :func:`prewarm.up.agents.start_agent`."""
     try:
-        deadline = time.monotonic() + 90
-        while not port_file.exists() or not port_file.read_text().strip():
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = (workdir / "agent.log").read_text(errors="replace")[-3000:]
-                raise AssertionError(f"prewarm agent did not start:\n{tail}")
-            time.sleep(0.05)
-        yield AgentProcess(process, int(port_file.read_text()))
+        started = start_agent(config, workdir)
+    except FailedPrecondition as error:
+        raise AssertionError(str(error)) from error
+    assert started.child.popen is not None
+    try:
+        yield AgentProcess(started.child.popen, started.port)
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(30)
+        started.stop()
 
 
 def apply_agent_pod(
@@ -145,25 +124,18 @@ def apply_agent_pod(
 ) -> Obj:
     """An agent pod bound to ``node`` whose annotation points at ``address`` (None: no
     annotation); returns it once kwok runs it (Running, with a pod IP)."""
-    body = pod_body(
-        name or f"agent-{node}",
-        namespace=namespace,
-        image="prewarm:dev",
-        container="agent",
-        node=node,
-        labels=dict(labels),
-    )
-    if address is not None:
-        body["metadata"]["annotations"] = {AGENT_ADDRESS_ANNOTATION: address}
-    path = apply_pod(kube, body)
-
-    def running() -> Obj | None:
-        pod = kube.get(path)
-        status = (pod or {}).get("status") or {}
-        return pod if status.get("phase") == "Running" and status.get("podIP") else None
-
-    pod: Obj = wait_for(running, what=f"kwok to run the agent pod on {node}")
-    return pod
+    try:
+        return up_agents.apply_agent_pod(
+            kube,
+            namespace=namespace,
+            node=node,
+            address=address,
+            name=name,
+            labels=labels,
+            field_manager="test",
+        )
+    except FailedPrecondition as error:
+        pytest.fail(str(error), pytrace=False)
 
 
 def pod_path(pod: Obj) -> str:

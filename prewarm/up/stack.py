@@ -1,0 +1,653 @@
+"""``prewarm up``: the whole local stack, started, watched and stopped in order.
+
+Owns: the state directory (a lock, the settings, tokens and logs of one run), choosing where in the
+trace the replay starts, starting the parts (Prometheus with the trace's history, etcd +
+kube-apiserver + kwok with GPU nodes, one ``prewarm agent`` per node, the serving Deployments, the
+traffic generator) and then the daemon itself (:func:`prewarm.daemon.app.build_runtime` and
+:func:`~prewarm.daemon.app.serve`, as ``prewarm run`` does, in active mode, with its control API on
+127.0.0.1 behind a generated token), printing where everything is and what the daemon does (each
+preload an agent holds, each replica floor a Deployment gets), and stopping it all on Ctrl-C,
+SIGTERM or the end of ``--duration``: the daemon first, then every child process, each waited for.
+
+Must not: leave a process or a bound port behind, touch anything outside the state directory and
+127.0.0.1, or decide anything (the daemon does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import importlib
+import json
+import logging
+import math
+import os
+import secrets
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import yaml
+
+from actuator.config import RetryConfig
+from actuator.kube import KubeClient
+from common.durations import format_duration
+from common.errors import InvalidInput
+from common.ids import ModelId, NodeName, PoolName
+from common.tiers import Tier
+from forecaster.sources.trace import read_trace
+from forecaster.types import SeriesBatch
+from gpu_agent.config import AgentConfig
+from prewarm.daemon.app import build_runtime, install_signal_handlers, serve
+from prewarm.daemon.loop import Daemon
+from prewarm.data import resolve_trace
+from prewarm.demo.spikes import choose_window
+from prewarm.logging import configure_logging
+from prewarm.settings import load_settings
+from prewarm.up import cluster
+from prewarm.up.agents import AgentProcess, apply_agent_pod, start_agent
+from prewarm.up.clock import StackClock
+from prewarm.up.fleet import Fleet, apply_workloads, build_fleet, replicas
+from prewarm.up.processes import free_port, port_open
+from prewarm.up.prometheus import METRIC, PrometheusServer, backfill, start_prometheus
+from prewarm.up.prometheus import write_openmetrics as write_history
+from prewarm.up.testenv import stack_binaries
+from prewarm.up.traffic import Replay, TrafficServer, plan_replay
+
+DEFAULT_TRACE = "builtin:servegen-spiky-14d"
+DEFAULT_DIR = Path.home() / ".cache" / "prewarm-up"
+PREWARM_NAMESPACE = "prewarm"
+"""The daemon's own objects: the control ConfigMap, the agent pods, placeholders."""
+SERVING_NAMESPACE = "serving"
+"""The user's serving Deployments."""
+MARKER = ".prewarm-up"
+"""Marks a directory as a ``prewarm up`` state directory (only such a directory is cleaned)."""
+SETUP_MARGIN_S = 120.0
+"""Time the start-up may take: the replay starts on the first whole step after it."""
+RUN_PARTS = ("prometheus", "cluster", "agents", "models", "logs")
+
+
+@dataclass(frozen=True)
+class UpConfig:
+    """What ``prewarm up`` runs. Times are on the stack's clock (trace time) unless named wall."""
+
+    trace: str = DEFAULT_TRACE
+    state_dir: Path = DEFAULT_DIR
+    speed: float = 10.0
+    """Stack seconds per wall second (1: real time)."""
+    duration_s: float | None = None
+    """Replay this much trace time, then stop (None: until Ctrl-C or SIGTERM)."""
+    tick_s: float = 60.0
+    """The daemon's tick, on the stack's clock."""
+    lead_s: float = 1800.0
+    """The replay starts this long before the onset of the trace's largest last-day spike."""
+    nodes_per_pool: int = 1
+    gpus_per_node: int = 8
+    host_share: float = 0.6
+    """Each node's host tier holds this share of its pool's weights (so evictions happen)."""
+    bytes_per_gb: int = 128 * 1024
+    """Generated weights: this many bytes per GB of the model's default size class."""
+
+    def __post_init__(self) -> None:
+        if self.speed < 1:
+            raise InvalidInput(f"--speed must be at least 1, got {self.speed:g}")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise InvalidInput("--duration must be a positive duration, e.g. 10m")
+        if not 1 <= self.nodes_per_pool <= 8:
+            raise InvalidInput(f"--nodes-per-pool must be 1 to 8, got {self.nodes_per_pool}")
+
+
+@dataclass
+class Stack:
+    """What is running: addresses, files and processes (written to ``stack.json``)."""
+
+    state_dir: Path
+    replay: Replay
+    clock: StackClock
+    fleet: Fleet
+    prometheus: PrometheusServer
+    plane: cluster.ControlPlane
+    agents: dict[NodeName, AgentProcess]
+    traffic: TrafficServer
+    control_port: int
+    probes_port: int
+    settings_file: Path
+    control_token: Path
+    nodes: dict[NodeName, str] = field(default_factory=dict)
+    """Each node's pool."""
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.plane.kubeconfig
+
+    @property
+    def daemon_log(self) -> Path:
+        return self.state_dir / "logs" / "daemon.log"
+
+    def ports(self) -> dict[str, int]:
+        """Every loopback port the stack listens on, by what listens."""
+        ports = {
+            "prometheus": self.prometheus.port,
+            "kube-apiserver": self.plane.apiserver_port,
+            "control-api": self.control_port,
+            "daemon-http": self.probes_port,
+            "traffic": self.traffic.port,
+        }
+        for index, port in enumerate(self.plane.other_ports):
+            ports[f"cluster-{index}"] = port
+        for node, agent in self.agents.items():
+            ports[f"agent-{node}"] = agent.port
+        return ports
+
+    def pids(self) -> dict[str, int]:
+        """Every child process's id, by name."""
+        pids: dict[str, int] = {}
+        for child in (*self.plane.children(), self.prometheus.process):
+            if child.pid is not None:
+                pids[child.name] = child.pid
+        for node, agent in self.agents.items():
+            if agent.child.pid is not None:
+                pids[f"agent-{node}"] = agent.child.pid
+        return pids
+
+    def describe(self) -> dict[str, Any]:
+        """The stack as data (``stack.json``): for scripts and tests."""
+        return {
+            "pid": os.getpid(),
+            "state_dir": str(self.state_dir),
+            "prometheus_url": self.prometheus.url,
+            "apiserver_url": self.plane.url,
+            "kubeconfig": str(self.kubeconfig),
+            "control_server": f"127.0.0.1:{self.control_port}",
+            "control_token_file": str(self.control_token),
+            "agent_token_file": str(self.state_dir / "agent-token"),
+            "metrics_url": f"http://127.0.0.1:{self.probes_port}/metrics",
+            "settings": str(self.settings_file),
+            "catalog": str(self.fleet.catalog_path),
+            "serving_namespace": SERVING_NAMESPACE,
+            "workloads": {str(m): n for m, n in self.fleet.workloads.items()},
+            "nodes": {str(n): p for n, p in self.nodes.items()},
+            "agents": {str(n): a.address for n, a in self.agents.items()},
+            "ports": self.ports(),
+            "pids": self.pids(),
+            "speed": self.clock.speed,
+            "replay_start_s": self.replay.start_s,
+            "daemon_log": str(self.daemon_log),
+        }
+
+
+# -- the state directory ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def state_directory(path: Path) -> Iterator[Path]:
+    """``path`` prepared for one run and locked while it lasts.
+
+    A missing or empty directory, or one an earlier ``prewarm up`` made, is used (the earlier
+    run's data is removed); anything else is refused, as is one another ``prewarm up`` holds.
+    """
+    path = path.expanduser()
+    if path.exists() and any(path.iterdir()) and not (path / MARKER).exists():
+        raise InvalidInput(
+            f"--dir {path} is not empty and was not made by prewarm up; choose another directory"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MARKER).write_text("prewarm up state directory\n", encoding="utf-8")
+    lock = (path / "up.lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise InvalidInput(
+            f"another prewarm up is running on {path}; stop it, or use another --dir"
+        ) from None
+    try:
+        for part in RUN_PARTS:
+            shutil.rmtree(path / part, ignore_errors=True)
+        for name in ("stack.json", "control-token", "agent-token"):
+            (path / name).unlink(missing_ok=True)
+        (path / "logs").mkdir()
+        yield path
+    finally:
+        (path / "stack.json").unlink(missing_ok=True)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+
+
+def write_secret(path: Path) -> Path:
+    """A fresh random token in ``path``, readable by this user only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(secrets.token_urlsafe(32))
+    return path
+
+
+# -- the trace ----------------------------------------------------------------------------------
+
+
+def first_live_step(trace: SeriesBatch, *, lead_s: float) -> int:
+    """Where the replay starts: ``lead_s`` before the onset of the largest spike of the trace's
+    last day (the demo's choice), so the daemon has days of history and a spike ahead; for a
+    trace without one (shorter than two days, or flat), three quarters of the way in."""
+    lead = max(1, math.ceil(lead_s / trace.step_s))
+    try:
+        onset = choose_window(trace, count=1).spikes[0].onset
+    except InvalidInput:
+        onset = trace.steps * 3 // 4 + lead
+    return max(1, min(trace.steps - 1, onset - lead))
+
+
+# -- starting the parts -------------------------------------------------------------------------
+
+
+def _start_prometheus(
+    binaries: dict[str, Path], replay: Replay, workdir: Path, traffic_port: int
+) -> PrometheusServer:
+    """Backfill the replay's history, start Prometheus scraping the traffic generator."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    source = workdir / "history.om.txt"
+    # Two samples per step, so rate() over one step finds at least two whether the range
+    # selector includes its left end (Prometheus 2) or not (3).
+    write_history(replay.history, source, samples_per_step=2)
+    backfill(binaries["PREWARM_PROMTOOL_BIN"], source, workdir / "tsdb", max_block_duration="24h")
+    source.unlink()
+    return start_prometheus(
+        binaries["PREWARM_PROMETHEUS_BIN"],
+        workdir,
+        scrape_configs=[
+            {
+                "job_name": "traffic",
+                "scrape_interval": "1s",
+                "scrape_timeout": "1s",
+                # The generator stamps samples with the stack's clock (ahead of the wall clock
+                # with --speed): keep those stamps.
+                "honor_timestamps": True,
+                "static_configs": [{"targets": [f"127.0.0.1:{traffic_port}"]}],
+            }
+        ],
+        scrape_interval="15s",
+    )
+
+
+def _agent_config(root: Path, *, models_dir: Path, host_max_bytes: int, token: Path) -> AgentConfig:
+    """An agent on 127.0.0.1 (any free port) with its tiers under ``root``, ``file://`` sources
+    under ``models_dir`` only, its host tier capped, and the generated bearer token."""
+    return AgentConfig.model_validate(
+        {
+            "listen": "127.0.0.1:0",
+            "cache_dir": str(root / "cache"),
+            "shm_dir": str(root / "shm"),
+            "headroom_bytes": 512 * 1024**2,
+            "host_headroom_bytes": 0,
+            "disk_headroom_bytes": 0,
+            "host_max_bytes": host_max_bytes,
+            "allowed_schemes": ["file"],
+            "allowed_file_roots": [str(models_dir)],
+            "metrics_port": None,
+            "shutdown_grace_s": 2.0,
+            "auth": {"mode": "token", "token_file": str(token)},
+        }
+    )
+
+
+def _gather(stack: contextlib.ExitStack, futures: list[Future[Any]]) -> list[Any]:
+    """Every future's result, each registered on ``stack`` to be stopped; waits for all of them
+    (a part still starting is stopped too) and then raises the first failure."""
+    results: list[Any] = []
+    failure: BaseException | None = None
+    for future in futures:
+        while True:
+            try:
+                result = future.result()
+            except KeyboardInterrupt as error:  # Ctrl-C: still wait, to stop what starts
+                failure = failure or error
+                continue
+            except BaseException as error:  # noqa: BLE001 - raised below, once all are stopped
+                failure = failure or error
+                result = None
+            break
+        if result is not None:
+            closer = result.close if isinstance(result, cluster.ControlPlane) else result.stop
+            stack.callback(closer)
+        results.append(result)
+    if failure is not None:
+        raise failure
+    return results
+
+
+def _settings(stack: Stack, *, history_s: float, tick_s: float) -> dict[str, Any]:
+    """The daemon's settings (``prewarm.yaml`` in the state directory)."""
+    step = int(stack.replay.trace.step_s)
+    return {
+        "logging": {"level": "info"},
+        "forecaster": {
+            "history_window_s": int(min(14 * 86400, history_s)),
+            "prometheus": {
+                "url": stack.prometheus.url,
+                "step_s": step,
+                # The counter the traffic generator serves; one step's rate is its count.
+                "query": f"sum by (model) (rate({METRIC}[{step}s]))",
+                "retries": 1,
+                "timeout_s": 10,
+            },
+        },
+        "planner": {"catalog_path": str(stack.fleet.catalog_path)},
+        "actuator": {
+            "namespace": PREWARM_NAMESPACE,
+            "retry": {"attempts": 3, "initial_backoff_s": 0.1, "max_backoff_s": 1.0},
+            "agent": {
+                "token_file": str(stack.state_dir / "agent-token"),
+                "status_timeout_s": 2.0,
+                "timeout_s": 20.0,
+            },
+        },
+        "daemon": {
+            "mode": "active",
+            "tick_s": tick_s,
+            "http_port": stack.probes_port,
+            "shutdown_grace_s": 5.0,
+            # One replica: it leads; no Lease.
+            "leader_election": {"enabled": False},
+        },
+        "control": {
+            "listen_address": f"127.0.0.1:{stack.control_port}",
+            "namespace": PREWARM_NAMESPACE,
+            "auth": {
+                "mode": "token",
+                "tokens": [{"name": "you", "scope": "write", "file": str(stack.control_token)}],
+            },
+        },
+    }
+
+
+def _log_to_file(path: Path) -> None:
+    """The daemon's logs (info and above, JSON lines) go to ``path``, not the console, which
+    shows ``prewarm up``'s own lines."""
+    configure_logging("info", json_format=True)
+    root = logging.getLogger()
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(root.handlers[0].formatter)
+    root.handlers[:] = [handler]
+
+
+def render_dashboards(prometheus_url: str, out_dir: Path) -> Path | None:
+    """Hook for the dashboards' HTML renderer (``prewarm dashboards render``, a separate module):
+    the panels rendered from the stack's Prometheus into ``out_dir``; None (nothing done) while
+    that module is not installed."""
+    try:
+        module = importlib.import_module("prewarm.dashboards_render")
+    except ImportError:
+        return None
+    renderer = getattr(module, "render_dashboards", None)
+    if renderer is None:
+        return None
+    result = renderer(prometheus_url, out_dir)
+    return Path(result) if result is not None else out_dir
+
+
+# -- running ------------------------------------------------------------------------------------
+
+
+class _Terminated(BaseException):
+    """SIGTERM during start-up: unwind (stopping what started) like Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    del signum, frame
+    raise _Terminated
+
+
+def run_up(config: UpConfig, *, out: Callable[[str], None]) -> None:
+    """Start the stack, run the daemon until stopped, stop everything; ``out`` prints a line.
+
+    Raises :class:`~prewarm.up.testenv.MissingComponents` before anything starts when a binary is
+    not built, and :class:`InvalidInput` for a bad trace or state directory.
+    """
+    binaries = stack_binaries()
+    trace = read_trace(resolve_trace(config.trace))
+    first_live = first_live_step(trace, lead_s=config.lead_s)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous_int = signal.getsignal(signal.SIGINT)
+    try:
+        with state_directory(config.state_dir) as state, contextlib.ExitStack() as stack:
+            running = _start(config, binaries, trace, first_live, state, stack, out)
+            _log_to_file(running.daemon_log)
+            try:
+                asyncio.run(_serve(running, config, out))
+            finally:
+                # Stopping: a second Ctrl-C or SIGTERM must not cut the teardown short.
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            shown = render_dashboards(running.prometheus.url, state / "dashboards")
+            if shown is not None:
+                out(f"dashboards: {shown}")
+            ports = running.ports()
+            out("stopping: daemon stopped; agents, kwok, kube-apiserver, etcd, Prometheus next")
+        closed = [name for name, port in ports.items() if port_open(port)]
+        if closed:
+            out(f"warning: still listening after stop: {', '.join(closed)}")
+        out("stopped: every process of the stack exited")
+    except _Terminated:
+        out("stopped (SIGTERM during start-up)")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+
+
+def _start(
+    config: UpConfig,
+    binaries: dict[str, Path],
+    trace: SeriesBatch,
+    first_live: int,
+    state: Path,
+    stack: contextlib.ExitStack,
+    out: Callable[[str], None],
+) -> Stack:
+    started = time.monotonic()
+    replay = plan_replay(trace, first_live=first_live, now_s=time.time() + SETUP_MARGIN_S)
+    clock = StackClock(replay.start_s, speed=config.speed)
+    history_s = first_live * trace.step_s
+    out(
+        f"prewarm up: {config.trace} ({len(trace.models)} models, {trace.step_s:g} s steps): "
+        f"{history_s / 86400:.1f} days of history, live replay at {config.speed:g}x"
+    )
+    traffic = TrafficServer(replay, clock=clock, live=lambda: clock.started)
+    traffic.start()
+    stack.callback(traffic.stop)
+    control_token = write_secret(state / "control-token")
+    agent_token = write_secret(state / "agent-token")
+    out("starting Prometheus (backfilling the history), etcd + kube-apiserver + kwok, agents...")
+    fleet = build_fleet(trace.models, state, bytes_per_gb=config.bytes_per_gb)
+    caps = fleet.host_caps(config.host_share)
+    nodes = {
+        NodeName(f"{pool}-{index}"): str(pool)
+        for pool in fleet.pools
+        for index in range(config.nodes_per_pool)
+    }
+    with ThreadPoolExecutor(max_workers=2 + len(nodes)) as pool:
+        futures: list[Future[Any]] = [
+            pool.submit(_start_prometheus, binaries, replay, state / "prometheus", traffic.port),
+            pool.submit(
+                cluster.start_control_plane,
+                state / "cluster",
+                apiserver_bin=binaries["PREWARM_KUBE_APISERVER_BIN"],
+                etcd_bin=binaries["PREWARM_ETCD_BIN"],
+                kwok_bin=binaries["PREWARM_KWOK_BIN"],
+            ),
+        ]
+        futures += [
+            pool.submit(
+                start_agent,
+                _agent_config(
+                    state / "agents" / node,
+                    models_dir=state / "models",
+                    host_max_bytes=caps[PoolName(fleet_pool)],
+                    token=agent_token,
+                ),
+                state / "agents" / node,
+            )
+            for node, fleet_pool in nodes.items()
+        ]
+        prometheus, plane, *agent_list = _gather(stack, futures)
+    agents = dict(zip(nodes, agent_list, strict=True))
+    api = plane.admin_client()
+    kube = KubeClient(api, RetryConfig(attempts=3, initial_backoff_s=0.1, max_backoff_s=1.0))
+    for namespace in (PREWARM_NAMESPACE, SERVING_NAMESPACE):
+        cluster.make_namespace(api, namespace)
+    for fleet_pool in fleet.pools:
+        cluster.make_kwok_nodes(
+            api, pool=str(fleet_pool), count=config.nodes_per_pool, gpus=config.gpus_per_node
+        )
+    for node, agent in agents.items():
+        apply_agent_pod(kube, namespace=PREWARM_NAMESPACE, node=node, address=agent.address)
+    apply_workloads(kube, fleet, namespace=SERVING_NAMESPACE)
+    running = Stack(
+        state_dir=state,
+        replay=replay,
+        clock=clock,
+        fleet=fleet,
+        prometheus=prometheus,
+        plane=plane,
+        agents=agents,
+        traffic=traffic,
+        control_port=free_port(),
+        probes_port=free_port(),
+        settings_file=state / "prewarm.yaml",
+        control_token=control_token,
+        nodes=nodes,
+    )
+    settings = _settings(running, history_s=history_s, tick_s=config.tick_s)
+    running.settings_file.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
+    out(f"started in {time.monotonic() - started:.0f} s")
+    return running
+
+
+def _summary(running: Stack, config: UpConfig) -> list[str]:
+    info = running.describe()
+    state = running.state_dir
+    server = info["control_server"]
+    example = sorted(running.fleet.workloads)[0]
+    nodes = ", ".join(
+        f"{n} (pool {p}, agent {running.agents[n].address})" for n, p in running.nodes.items()
+    )
+    until = (
+        f"for {format_duration(config.duration_s)} of trace time "
+        f"({format_duration(running.clock.wall_seconds(config.duration_s))} wall)"
+        if config.duration_s is not None
+        else "until Ctrl-C"
+    )
+    return [
+        f"prewarm up is running {until}; state, settings and logs in {state}",
+        f"  Prometheus      {running.prometheus.url}  (history backfilled; live traffic scraped "
+        f"every second from http://127.0.0.1:{running.traffic.port}/metrics)",
+        f"  kube-apiserver  {running.plane.url}  (KUBECONFIG={running.kubeconfig})",
+        f"  nodes           {nodes}",
+        f"  workloads       {len(running.fleet.workloads)} Deployments labelled prewarm.io/model "
+        f"in namespace {SERVING_NAMESPACE}, at 0 replicas",
+        f"  daemon          active, tick {config.tick_s:g} s of trace time; control API {server} "
+        f"(token in {running.control_token}); {info['metrics_url']}",
+        f"  daemon log      {running.daemon_log}; agents' logs in {state / 'agents'}/*/agent.log; "
+        f"cluster's in {state / 'cluster'}",
+        "try, in another shell:",
+        f"  export PREWARM_SERVER={server} PREWARM_TOKEN=$(cat {running.control_token})",
+        "  prewarm plan",
+        f"  prewarm explain {example}",
+        f"  prewarm warm {example} --replicas 2 --for 30m --reason trying",
+        f"  KUBECONFIG={running.kubeconfig} kubectl get deployments -n {SERVING_NAMESPACE}",
+        "Ctrl-C stops everything.",
+    ]
+
+
+async def _serve(running: Stack, config: UpConfig, out: Callable[[str], None]) -> None:
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    settings = load_settings(running.settings_file)
+    running.clock.start()
+    runtime = build_runtime(
+        settings,
+        api_client=running.plane.admin_client(),
+        clock=running.clock,
+        http_host="127.0.0.1",
+    )
+    runtime = replace(runtime, tick_wait_s=running.clock.wall_seconds(settings.daemon.tick_s))
+    server = asyncio.create_task(serve(runtime, stop=stop), name="daemon")
+    # The control API binds in serve(); say where everything is once it does.
+    while True:
+        if port_open(running.control_port) or server.done():
+            break
+        await asyncio.sleep(0.05)
+    (running.state_dir / "stack.json").write_text(json.dumps(running.describe(), indent=2))
+    for line in _summary(running, config):
+        out(line)
+    end_s = running.replay.start_s + config.duration_s if config.duration_s is not None else None
+    watcher = asyncio.create_task(_watch(runtime.daemon, running, stop, out, end_s=end_s))
+    try:
+        await server
+    finally:
+        stop.set()
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+async def _watch(
+    daemon: Daemon,
+    running: Stack,
+    stop: asyncio.Event,
+    out: Callable[[str], None],
+    *,
+    end_s: float | None,
+) -> None:
+    """Say what the daemon did, as it shows in the agents and the cluster: each model an agent
+    newly holds (or dropped), each Deployment whose replicas changed; stop at ``end_s``."""
+    kube = KubeClient(running.plane.admin_client(), RetryConfig(attempts=2, initial_backoff_s=0.1))
+    held: set[tuple[ModelId, NodeName, Tier]] = set()
+    floors: dict[ModelId, int] = {}
+    ticked = False
+    while not stop.is_set():
+        now = running.clock()
+        stamp = time.strftime("%a %H:%M", time.gmtime(running.replay.trace_time(now)))
+        snapshot = daemon.observed()
+        if snapshot is not None:
+            current = {
+                (model, node.name, tier)
+                for node in snapshot.nodes
+                for model, tier in node.holdings.items()
+                if tier >= Tier.HOST
+            }
+            for model, node, tier in sorted(current - held):
+                out(
+                    f"[{stamp}] preload: {model} held in {tier.label} memory by the agent on {node}"
+                )
+            for model, node, tier in sorted(held - current):
+                out(f"[{stamp}] evicted: {model} from {tier.label} memory on {node}")
+            held = current
+        if not ticked and daemon.published() is not None:
+            ticked = True
+            out(f"[{stamp}] first tick done: {len(daemon.forecasts())} models forecast")
+        now_replicas = await asyncio.to_thread(
+            replicas, kube, running.fleet, namespace=SERVING_NAMESPACE
+        )
+        for model, count in sorted(now_replicas.items()):
+            before = floors.get(model, 0)
+            if count != before:
+                name = running.fleet.workloads[model]
+                kind = "floor" if count > before else "floor restored"
+                out(
+                    f"[{stamp}] {kind}: deployment {SERVING_NAMESPACE}/{name} ({model}) "
+                    f"replicas {before} -> {count}"
+                )
+        floors = now_replicas
+        if end_s is not None and now >= end_s:
+            out(f"[{stamp}] replayed {format_duration(end_s - running.replay.start_s)}; stopping")
+            stop.set()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=1.0)

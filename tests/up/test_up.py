@@ -1,0 +1,200 @@
+"""``prewarm up`` as a user runs it: a real subprocess, bounded by ``--duration``.
+
+It starts the whole local stack (Prometheus with the bundled ServeGen trace's history, etcd +
+kube-apiserver + kwok, one real ``prewarm agent`` process per node, the daemon in active mode) and
+replays ten minutes of the trace at 12x. Asserted while it runs: at least one preload (an agent,
+asked over its own gRPC API with the generated token, holds a model in host memory) and one replica
+floor (a serving Deployment's replicas raised above 0, read from the apiserver), each also printed
+by ``prewarm up``; ``prewarm plan``, ``prewarm explain MODEL`` and ``prewarm warm MODEL`` answer
+against its control API with the printed server and token. Asserted after: exit 0, every child
+process gone, every port it listened on closed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+
+from actuator.floors import ORIGINAL_REPLICAS
+from prewarm.up.processes import port_open
+from protos import gpu_agent_pb2 as pb
+from protos import gpu_agent_pb2_grpc as pb_grpc
+from tests.harness.k8s import require_binary
+from tests.harness.prometheus import binaries
+
+pytestmark = [pytest.mark.slow, pytest.mark.k8s, pytest.mark.prometheus]
+
+REPO = Path(__file__).resolve().parents[2]
+SPEED = 12
+"""Ten minutes of trace in 50 s: time for the daemon's first ticks and three CLI calls."""
+PRELOAD = re.compile(r"preload: (\S+) held in host memory by the agent on (\S+)")
+FLOOR = re.compile(r"floor: deployment (\S+)/(\S+) \((\S+)\) replicas 0 -> (\d+)")
+
+
+class Lines:
+    """The subprocess's stdout, line by line, read in a thread."""
+
+    def __init__(self, stream: Any) -> None:
+        self.seen: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+
+        def pump() -> None:
+            for line in stream:
+                self._queue.put(line.rstrip("\n"))
+            self._queue.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+
+    def until(self, pattern: re.Pattern[str], *, timeout_s: float) -> re.Match[str]:
+        """The first line (seen before or arriving within ``timeout_s``) matching ``pattern``."""
+        for line in self.seen:
+            if found := pattern.search(line):
+                return found
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            self.seen.append(line)
+            if found := pattern.search(line):
+                return found
+        raise AssertionError(
+            f"no line matching {pattern.pattern!r}; output:\n" + "\n".join(self.seen)
+        )
+
+    def rest(self, timeout_s: float) -> None:
+        """Read until the stream ends (or ``timeout_s``)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if line is None:
+                return
+            self.seen.append(line)
+
+
+def _held(address: str, token: str) -> dict[str, int]:
+    """Model -> proto tier the agent at ``address`` holds, from its Status."""
+    with grpc.insecure_channel(address) as channel:
+        status = pb_grpc.GpuAgentStub(channel).Status(
+            pb.StatusRequest(), timeout=10, metadata=(("authorization", f"Bearer {token}"),)
+        )
+    return {m.model_id: m.tier for m in status.models}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie of ours would still answer; the stack's children are reaped by prewarm up.
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split()[2] == "Z")
+
+
+def test_prewarm_up_replays_a_trace_preloads_raises_a_floor_answers_the_cli_and_stops_cleanly(
+    tmp_path: Path,
+) -> None:
+    # The stack uses the builds the other k8s and prometheus tests use: fail (never skip) early.
+    binaries()
+    for variable in ("PREWARM_KUBE_APISERVER_BIN", "PREWARM_ETCD_BIN", "PREWARM_KWOK_BIN"):
+        require_binary(variable)
+    state = tmp_path / "up"
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prewarm", "up", "--dir", str(state), "--duration", "10m",
+         "--speed", str(SPEED)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines = Lines(process.stdout)
+    try:
+        lines.until(re.compile("Ctrl-C stops everything"), timeout_s=120)
+        stack: dict[str, Any] = json.loads((state / "stack.json").read_text())
+        server, token_file = stack["control_server"], stack["control_token_file"]
+        assert server.startswith("127.0.0.1:")
+        assert any(f"export PREWARM_SERVER={server}" in line for line in lines.seen)
+
+        preload = lines.until(PRELOAD, timeout_s=60)
+        model, node = preload[1], preload[2]
+        agent_token = Path(stack["agent_token_file"]).read_text().strip()
+        assert _held(stack["agents"][node], agent_token)[model] == pb.TIER_HOST
+
+        floor = lines.until(FLOOR, timeout_s=60)
+        namespace, floored = floor[1], floor[3]
+        api = k8s_config.new_client_from_config(config_file=stack["kubeconfig"])  # type: ignore[no-untyped-call]
+        with api:
+            deployments = k8s_client.AppsV1Api(api).list_namespaced_deployment(namespace).items
+        # Floors the daemon holds now: raised from the user's 0, the original recorded beside.
+        raised = {
+            d.metadata.name: d.spec.replicas
+            for d in deployments
+            if (d.spec.replicas or 0) > 0
+            and (d.metadata.annotations or {}).get(ORIGINAL_REPLICAS) == "0"
+        }
+        assert raised, [(d.metadata.name, d.spec.replicas) for d in deployments]
+
+        # The CLI verbs against the stack, as printed; all three at once (each is a process).
+        common = ["--server", server, "--token-file", token_file]
+        calls = {
+            "plan": ["plan", "--json", *common],
+            "explain": ["explain", model, *common],
+            "warm": ["warm", floored, "--replicas", "2", "--for", "30m", "--json", *common],
+        }
+        running = {
+            verb: subprocess.Popen(
+                [sys.executable, "-m", "prewarm", *argv],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for verb, argv in calls.items()
+        }
+        answers = {verb: call.communicate(timeout=60) for verb, call in running.items()}
+        for verb, call in running.items():
+            assert call.returncode == 0, (verb, answers[verb])
+        plan = json.loads(answers["plan"][0])
+        assert plan["available"] is True
+        kinds = {action["kind"] for action in plan["actions"]}
+        assert kinds & {"preload", "replica_floor"}, plan
+        assert f"explain {model}" in answers["explain"][0]
+        stored = json.loads(answers["warm"][0])
+        assert stored["model"] == floored
+        assert stored["replicas"] == 2
+
+        code = process.wait(timeout=120)
+        lines.rest(timeout_s=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+    stderr = process.stderr.read() if process.stderr else ""
+    output = "\n".join(lines.seen)
+    print(f"\nprewarm up: {time.monotonic() - started:.0f} s wall in all\n{output}")
+    assert code == 0, f"{output}\n{stderr}"
+    assert "replayed 10m; stopping" in output
+    assert "stopped: every process of the stack exited" in output
+    assert "warning" not in output
+    leftover = {name: pid for name, pid in stack["pids"].items() if _alive(pid)}
+    assert not leftover, leftover
+    listening = {name: port for name, port in stack["ports"].items() if port_open(port)}
+    assert not listening, listening
+    assert not (state / "stack.json").exists()

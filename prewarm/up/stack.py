@@ -58,8 +58,10 @@ from prewarm.up.fleet import Fleet, apply_workloads, build_fleet, replicas
 from prewarm.up.processes import free_port, port_open
 from prewarm.up.prometheus import METRIC, PrometheusServer, backfill, start_prometheus
 from prewarm.up.prometheus import write_openmetrics as write_history
+from prewarm.up.relay import daemon_samples
+from prewarm.up.remote_write import Pusher
 from prewarm.up.testenv import stack_binaries
-from prewarm.up.traffic import Replay, TrafficServer, plan_replay
+from prewarm.up.traffic import Replay, plan_replay, traffic_samples
 
 DEFAULT_TRACE = "builtin:servegen-spiky-14d"
 DEFAULT_DIR = Path.home() / ".cache" / "prewarm-up"
@@ -115,7 +117,6 @@ class Stack:
     prometheus: PrometheusServer
     plane: cluster.ControlPlane
     agents: dict[NodeName, AgentProcess]
-    traffic: TrafficServer
     control_port: int
     probes_port: int
     settings_file: Path
@@ -138,7 +139,6 @@ class Stack:
             "kube-apiserver": self.plane.apiserver_port,
             "control-api": self.control_port,
             "daemon-http": self.probes_port,
-            "traffic": self.traffic.port,
         }
         for index, port in enumerate(self.plane.other_ports):
             ports[f"cluster-{index}"] = port
@@ -247,10 +247,9 @@ def first_live_step(trace: SeriesBatch, *, lead_s: float) -> int:
 # -- starting the parts -------------------------------------------------------------------------
 
 
-def _start_prometheus(
-    binaries: dict[str, Path], replay: Replay, workdir: Path, traffic_port: int
-) -> PrometheusServer:
-    """Backfill the replay's history, start Prometheus scraping the traffic generator."""
+def _start_prometheus(binaries: dict[str, Path], replay: Replay, workdir: Path) -> PrometheusServer:
+    """Backfill the replay's history and start Prometheus, receiving live samples by remote
+    write (see :mod:`prewarm.up.remote_write` for why not by scraping)."""
     workdir.mkdir(parents=True, exist_ok=True)
     source = workdir / "history.om.txt"
     # Two samples per step, so rate() over one step finds at least two whether the range
@@ -261,18 +260,7 @@ def _start_prometheus(
     return start_prometheus(
         binaries["PREWARM_PROMETHEUS_BIN"],
         workdir,
-        scrape_configs=[
-            {
-                "job_name": "traffic",
-                "scrape_interval": "1s",
-                "scrape_timeout": "1s",
-                # The generator stamps samples with the stack's clock (ahead of the wall clock
-                # with --speed): keep those stamps.
-                "honor_timestamps": True,
-                "static_configs": [{"targets": [f"127.0.0.1:{traffic_port}"]}],
-            }
-        ],
-        scrape_interval="15s",
+        extra_args=["--web.enable-remote-write-receiver"],
     )
 
 
@@ -458,9 +446,7 @@ def _start(
         f"prewarm up: {config.trace} ({len(trace.models)} models, {trace.step_s:g} s steps): "
         f"{history_s / 86400:.1f} days of history, live replay at {config.speed:g}x"
     )
-    traffic = TrafficServer(replay, clock=clock, live=lambda: clock.started)
-    traffic.start()
-    stack.callback(traffic.stop)
+    control_port, probes_port = free_port(), free_port()
     control_token = write_secret(state / "control-token")
     agent_token = write_secret(state / "agent-token")
     out("starting Prometheus (backfilling the history), etcd + kube-apiserver + kwok, agents...")
@@ -473,7 +459,7 @@ def _start(
     }
     with ThreadPoolExecutor(max_workers=2 + len(nodes)) as pool:
         futures: list[Future[Any]] = [
-            pool.submit(_start_prometheus, binaries, replay, state / "prometheus", traffic.port),
+            pool.submit(_start_prometheus, binaries, replay, state / "prometheus"),
             pool.submit(
                 cluster.start_control_plane,
                 state / "cluster",
@@ -516,9 +502,8 @@ def _start(
         prometheus=prometheus,
         plane=plane,
         agents=agents,
-        traffic=traffic,
-        control_port=free_port(),
-        probes_port=free_port(),
+        control_port=control_port,
+        probes_port=probes_port,
         settings_file=state / "prewarm.yaml",
         control_token=control_token,
         nodes=nodes,
@@ -545,8 +530,8 @@ def _summary(running: Stack, config: UpConfig) -> list[str]:
     )
     return [
         f"prewarm up is running {until}; state, settings and logs in {state}",
-        f"  Prometheus      {running.prometheus.url}  (history backfilled; live traffic scraped "
-        f"every second from http://127.0.0.1:{running.traffic.port}/metrics)",
+        f"  Prometheus      {running.prometheus.url}  (history backfilled; live traffic pushed "
+        "every second and the daemon's metrics every 2 s, stamped with the trace clock)",
         f"  kube-apiserver  {running.plane.url}  (KUBECONFIG={running.kubeconfig})",
         f"  nodes           {nodes}",
         f"  workloads       {len(running.fleet.workloads)} Deployments labelled prewarm.io/model "
@@ -570,6 +555,25 @@ async def _serve(running: Stack, config: UpConfig, out: Callable[[str], None]) -
     install_signal_handlers(stop)
     settings = load_settings(running.settings_file)
     running.clock.start()
+    clock = running.clock
+    write_url = f"{running.prometheus.url}/api/v1/write"
+    metrics_url = f"http://127.0.0.1:{running.probes_port}/metrics"
+    pushers = [
+        Pusher(
+            write_url,
+            lambda: traffic_samples(running.replay, clock()),
+            interval_s=1.0,
+            name="prewarm-up-traffic",
+        ),
+        Pusher(
+            write_url,
+            lambda: daemon_samples(metrics_url, at_s=clock()),
+            interval_s=2.0,
+            name="prewarm-up-daemon-metrics",
+        ),
+    ]
+    for pusher in pushers:
+        pusher.start()
     runtime = build_runtime(
         settings,
         api_client=running.plane.admin_client(),
@@ -595,6 +599,10 @@ async def _serve(running: Stack, config: UpConfig, out: Callable[[str], None]) -
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+        for pusher in pushers:
+            await asyncio.to_thread(pusher.stop)
+        if pushers[0].failures:
+            out(f"traffic pushes that failed: {pushers[0].failures} ({pushers[0].last_error})")
 
 
 async def _watch(

@@ -1,31 +1,28 @@
-"""A traffic generator: a trace replayed as a live request counter that Prometheus scrapes.
+"""A traffic generator: a trace replayed as a live request counter in Prometheus.
 
 Owns: splitting a trace at the replay's first step into *history* (backfilled into Prometheus
 before it starts: the forecaster has days of it at once) and *live* traffic; the live counter
 ``inference_requests_total{model=...}`` at any moment of the stack's clock (each step's requests
 spread evenly over the step, continuing the history's cumulative count, so ``rate()`` never sees a
-reset); and a loopback HTTP endpoint serving it in Prometheus's text format.
+reset), as the samples one push sends (:mod:`prewarm.up.remote_write`).
 
-Each sample carries the stack's clock as its timestamp (Prometheus keeps scraped timestamps,
-``honor_timestamps``): with ``--speed`` above 1 that clock runs ahead of the wall clock, and the
-daemon, which asks Prometheus for the steps up to *its* clock, then reads exactly the requests the
-trace had in them. Past the trace's end the last day repeats. Must not: invent traffic the trace
-does not have.
+Each sample carries the stack's clock as its timestamp: with ``--speed`` above 1 that clock runs
+ahead of the wall clock, and the daemon, which asks Prometheus for the steps up to *its* clock,
+then reads exactly the requests the trace had in them. Past the trace's end the last day repeats.
+Must not: invent traffic the trace does not have.
 """
 
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
 from common.errors import InvalidInput
 from forecaster.types import SeriesBatch
 from prewarm.up.prometheus import METRIC
+from prewarm.up.remote_write import Sample
 
 DAY_S = 86400.0
 
@@ -108,78 +105,10 @@ def plan_replay(trace: SeriesBatch, *, first_live: int, now_s: float) -> Replay:
     return Replay(trace=trace, first_live=first_live, shift_s=float(shift))
 
 
-def exposition(models: tuple[str, ...], values: np.ndarray, *, at_s: float) -> str:
-    """Prometheus text format: one counter sample per model, stamped ``at_s`` (milliseconds)."""
-    stamp = int(at_s * 1000)
-    lines = [f"# HELP {METRIC} Requests served.", f"# TYPE {METRIC} counter"]
-    for model, value in zip(models, values, strict=True):
-        label = model.replace("\\", "\\\\").replace('"', '\\"')
-        lines.append(f'{METRIC}{{model="{label}"}} {float(value):.3f} {stamp}')
-    return "\n".join(lines) + "\n"
-
-
-class TrafficServer:
-    """Serves ``/metrics`` with the replay's live counter at ``clock()`` on 127.0.0.1.
-
-    ``live()`` false (before the stack's clock starts): nothing is served yet, so no sample can
-    land before the history's end.
-    """
-
-    def __init__(
-        self,
-        replay: Replay,
-        *,
-        clock: Callable[[], float],
-        live: Callable[[], bool],
-        port: int = 0,
-    ) -> None:
-        self.replay = replay
-        self._clock = clock
-        self._live = live
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.split("?")[0] != "/metrics":
-                    self.send_error(404)
-                    return
-                body = server.render().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                del format, args  # one line per scrape would drown the stack's own output
-
-        self._http = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        """The bound port."""
-        return int(self._http.server_address[1])
-
-    def render(self) -> str:
-        """The current exposition (empty before the clock starts)."""
-        if not self._live():
-            return ""
-        now = self._clock()
-        models = tuple(str(m) for m in self.replay.trace.models)
-        return exposition(models, self.replay.cumulative(now), at_s=now)
-
-    def start(self) -> None:
-        """Serve in a background thread."""
-        self._thread = threading.Thread(
-            target=self._http.serve_forever, name="prewarm-up-traffic", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop serving and close the port."""
-        if self._thread is not None:
-            self._http.shutdown()
-            self._thread.join(timeout=10)
-            self._thread = None
-        self._http.server_close()
+def traffic_samples(replay: Replay, now_s: float) -> list[Sample]:
+    """Every model's live counter at ``now_s``, stamped ``now_s``: what one push sends."""
+    values = replay.cumulative(now_s)
+    return [
+        Sample({"__name__": METRIC, "model": str(model)}, float(value), now_s)
+        for model, value in zip(replay.trace.models, values, strict=True)
+    ]

@@ -5,8 +5,10 @@ kube-apiserver + kwok, one real ``prewarm agent`` process per node, the daemon i
 replays ten minutes of the trace at 12x. Asserted while it runs: at least one preload (an agent,
 asked over its own gRPC API with the generated token, holds a model in host memory) and one replica
 floor (a serving Deployment's replicas raised above 0, read from the apiserver), each also printed
-by ``prewarm up``; ``prewarm plan``, ``prewarm explain MODEL`` and ``prewarm warm MODEL`` answer
-against its control API with the printed server and token. Asserted after: exit 0, every child
+by ``prewarm up``; live traffic in Prometheus after the history's end, on the stack's clock;
+``prewarm plan``, ``prewarm explain MODEL`` and ``prewarm warm MODEL`` answer
+against its control API with the printed server and token, and the warm request (2 replicas of a
+model at 0) reaches its Deployment at the next ticks. Asserted after: exit 0, every child
 process gone, every port it listened on closed.
 """
 
@@ -20,6 +22,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +104,15 @@ def _held(address: str, token: str) -> dict[str, int]:
     return {m.model_id: m.tier for m in status.models}
 
 
+def _query(url: str, expr: str, *, at_s: float) -> list[dict[str, Any]]:
+    """An instant query's result vector."""
+    params = urllib.parse.urlencode({"query": expr, "time": f"{at_s:.3f}"})
+    with urllib.request.urlopen(f"{url}/api/v1/query?{params}", timeout=10) as answer:
+        body: dict[str, Any] = json.loads(answer.read())
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -138,7 +151,7 @@ def test_prewarm_up_replays_a_trace_preloads_raises_a_floor_answers_the_cli_and_
         assert _held(stack["agents"][node], agent_token)[model] == pb.TIER_HOST
 
         floor = lines.until(FLOOR, timeout_s=60)
-        namespace, floored = floor[1], floor[3]
+        namespace = floor[1]
         api = k8s_config.new_client_from_config(config_file=stack["kubeconfig"])  # type: ignore[no-untyped-call]
         with api:
             deployments = k8s_client.AppsV1Api(api).list_namespaced_deployment(namespace).items
@@ -150,13 +163,25 @@ def test_prewarm_up_replays_a_trace_preloads_raises_a_floor_answers_the_cli_and_
             and (d.metadata.annotations or {}).get(ORIGINAL_REPLICAS) == "0"
         }
         assert raised, [(d.metadata.name, d.spec.replicas) for d in deployments]
+        # A model at 0 replicas now: `prewarm warm` asks for 2, the next ticks apply it.
+        models = {name: model for model, name in stack["workloads"].items()}
+        idle = sorted(models[d.metadata.name] for d in deployments if not d.spec.replicas)
+        assert idle, "every Deployment has replicas: nothing left to warm by hand"
+        wanted = idle[0]
+
+        # Live traffic reaches Prometheus on the stack's clock: samples after the history's end.
+        # Over the minute before start + 60 s: the history's last sample and a push every 12 s.
+        live = _query(stack["prometheus_url"], "count_over_time(inference_requests_total[1m])",
+                      at_s=stack["replay_start_s"] + 60)  # fmt: skip
+        assert len(live) == len(stack["workloads"])
+        assert min(int(r["value"][1]) for r in live) >= 3, live
 
         # The CLI verbs against the stack, as printed; all three at once (each is a process).
         common = ["--server", server, "--token-file", token_file]
         calls = {
             "plan": ["plan", "--json", *common],
             "explain": ["explain", model, *common],
-            "warm": ["warm", floored, "--replicas", "2", "--for", "30m", "--json", *common],
+            "warm": ["warm", wanted, "--replicas", "2", "--for", "30m", "--json", *common],
         }
         running = {
             verb: subprocess.Popen(
@@ -177,8 +202,12 @@ def test_prewarm_up_replays_a_trace_preloads_raises_a_floor_answers_the_cli_and_
         assert kinds & {"preload", "replica_floor"}, plan
         assert f"explain {model}" in answers["explain"][0]
         stored = json.loads(answers["warm"][0])
-        assert stored["model"] == floored
+        assert stored["model"] == wanted
         assert stored["replicas"] == 2
+        lines.until(
+            re.compile(rf"floor: deployment \S+ \({re.escape(wanted)}\) replicas 0 -> 2"),
+            timeout_s=40,
+        )
 
         code = process.wait(timeout=120)
         lines.rest(timeout_s=10)

@@ -28,7 +28,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
@@ -286,24 +286,25 @@ def _agent_config(root: Path, *, models_dir: Path, host_max_bytes: int, token: P
 
 
 def _gather(stack: contextlib.ExitStack, futures: list[Future[Any]]) -> list[Any]:
-    """Every future's result, each registered on ``stack`` to be stopped; waits for all of them
-    (a part still starting is stopped too) and then raises the first failure."""
+    """Every future's result, each registered on ``stack`` to be stopped; waits for all of them,
+    also through Ctrl-C or SIGTERM (a part still starting is stopped once it has started), then
+    raises the first failure or interruption."""
     results: list[Any] = []
     failure: BaseException | None = None
     for future in futures:
-        while True:
+        while not future.done():
             try:
-                result = future.result()
-            except KeyboardInterrupt as error:  # Ctrl-C: still wait, to stop what starts
-                failure = failure or error
-                continue
-            except BaseException as error:  # noqa: BLE001 - raised below, once all are stopped
-                failure = failure or error
-                result = None
-            break
-        if result is not None:
-            closer = result.close if isinstance(result, cluster.ControlPlane) else result.stop
-            stack.callback(closer)
+                wait([future])
+            except BaseException as interrupted:  # noqa: BLE001 - raised below, once all stopped
+                failure = failure or interrupted
+        error = future.exception()
+        if error is not None:
+            failure = failure or error
+            results.append(None)
+            continue
+        result = future.result()
+        closer = result.close if isinstance(result, cluster.ControlPlane) else result.stop
+        stack.callback(closer)
         results.append(result)
     if failure is not None:
         raise failure
@@ -389,6 +390,8 @@ class _Terminated(BaseException):
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     del signum, frame
+    # Once: a second SIGTERM must not cut the teardown short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise _Terminated
 
 

@@ -27,6 +27,8 @@ from prewarm.demo.models import write_model
 
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 SERVING_IMAGE = "vllm/vllm-openai:v0.9"
+SERVING_NAMESPACE = "serving"
+"""Where the user's serving Deployments are."""
 SINGLE_POOL = PoolName("gpu")
 
 

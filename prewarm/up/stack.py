@@ -1,13 +1,13 @@
 """``prewarm up``: the whole local stack, started, watched and stopped in order.
 
-Owns: the state directory (a lock, the settings, tokens and logs of one run), choosing where in the
-trace the replay starts, starting the parts (Prometheus with the trace's history, etcd +
-kube-apiserver + kwok with GPU nodes, one ``prewarm agent`` per node, the serving Deployments, the
-traffic generator) and then the daemon itself (:func:`prewarm.daemon.app.build_runtime` and
-:func:`~prewarm.daemon.app.serve`, as ``prewarm run`` does, in active mode, with its control API on
-127.0.0.1 behind a generated token), printing where everything is and what the daemon does (each
-preload an agent holds, each replica floor a Deployment gets), and stopping it all on Ctrl-C,
-SIGTERM or the end of ``--duration``: the daemon first, then every child process, each waited for.
+Owns: choosing where in the trace the replay starts, the daemon's settings, and starting the parts
+in order: Prometheus with the trace's history, etcd + kube-apiserver + kwok with GPU nodes, one
+``prewarm agent`` per node, the serving Deployments, then the daemon itself
+(:func:`prewarm.daemon.app.build_runtime` and :func:`~prewarm.daemon.app.serve`, as ``prewarm run``
+does, in active mode, its control API on 127.0.0.1 behind a generated token) and the live traffic
+pushed on the stack's clock; then stopping it all on Ctrl-C, SIGTERM or the end of ``--duration``:
+the daemon first, then every child process, each waited for. What it prints is
+:mod:`prewarm.up.watch`; its state directory, :mod:`prewarm.up.state`.
 
 Must not: leave a process or a bound port behind, touch anything outside the state directory and
 127.0.0.1, or decide anything (the daemon does).
@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import importlib
 import json
 import logging
 import math
 import os
-import secrets
-import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,15 +35,12 @@ import yaml
 
 from actuator.config import RetryConfig
 from actuator.kube import KubeClient
-from common.durations import format_duration
 from common.errors import InvalidInput
-from common.ids import ModelId, NodeName, PoolName
-from common.tiers import Tier
+from common.ids import NodeName, PoolName
 from forecaster.sources.trace import read_trace
 from forecaster.types import SeriesBatch
 from gpu_agent.config import AgentConfig
 from prewarm.daemon.app import build_runtime, install_signal_handlers, serve
-from prewarm.daemon.loop import Daemon
 from prewarm.data import resolve_trace
 from prewarm.demo.spikes import choose_window
 from prewarm.logging import configure_logging
@@ -54,26 +48,23 @@ from prewarm.settings import load_settings
 from prewarm.up import cluster
 from prewarm.up.agents import AgentProcess, apply_agent_pod, start_agent
 from prewarm.up.clock import StackClock
-from prewarm.up.fleet import Fleet, apply_workloads, build_fleet, replicas
+from prewarm.up.fleet import SERVING_NAMESPACE, Fleet, apply_workloads, build_fleet
 from prewarm.up.processes import free_port, port_open
 from prewarm.up.prometheus import METRIC, PrometheusServer, backfill, start_prometheus
 from prewarm.up.prometheus import write_openmetrics as write_history
 from prewarm.up.relay import daemon_samples
 from prewarm.up.remote_write import Pusher
+from prewarm.up.state import state_directory, write_secret
 from prewarm.up.testenv import stack_binaries
 from prewarm.up.traffic import Replay, plan_replay, traffic_samples
+from prewarm.up.watch import summary, watch
 
 DEFAULT_TRACE = "builtin:servegen-spiky-14d"
 DEFAULT_DIR = Path.home() / ".cache" / "prewarm-up"
 PREWARM_NAMESPACE = "prewarm"
 """The daemon's own objects: the control ConfigMap, the agent pods, placeholders."""
-SERVING_NAMESPACE = "serving"
-"""The user's serving Deployments."""
-MARKER = ".prewarm-up"
-"""Marks a directory as a ``prewarm up`` state directory (only such a directory is cleaned)."""
 SETUP_MARGIN_S = 120.0
 """Time the start-up may take: the replay starts on the first whole step after it."""
-RUN_PARTS = ("prometheus", "cluster", "agents", "models", "logs")
 
 
 @dataclass(frozen=True)
@@ -181,52 +172,6 @@ class Stack:
             "replay_start_s": self.replay.start_s,
             "daemon_log": str(self.daemon_log),
         }
-
-
-# -- the state directory ------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def state_directory(path: Path) -> Iterator[Path]:
-    """``path`` prepared for one run and locked while it lasts.
-
-    A missing or empty directory, or one an earlier ``prewarm up`` made, is used (the earlier
-    run's data is removed); anything else is refused, as is one another ``prewarm up`` holds.
-    """
-    path = path.expanduser()
-    if path.exists() and any(path.iterdir()) and not (path / MARKER).exists():
-        raise InvalidInput(
-            f"--dir {path} is not empty and was not made by prewarm up; choose another directory"
-        )
-    path.mkdir(parents=True, exist_ok=True)
-    (path / MARKER).write_text("prewarm up state directory\n", encoding="utf-8")
-    lock = (path / "up.lock").open("w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        raise InvalidInput(
-            f"another prewarm up is running on {path}; stop it, or use another --dir"
-        ) from None
-    try:
-        for part in RUN_PARTS:
-            shutil.rmtree(path / part, ignore_errors=True)
-        for name in ("stack.json", "control-token", "agent-token"):
-            (path / name).unlink(missing_ok=True)
-        (path / "logs").mkdir()
-        yield path
-    finally:
-        (path / "stack.json").unlink(missing_ok=True)
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        lock.close()
-
-
-def write_secret(path: Path) -> Path:
-    """A fresh random token in ``path``, readable by this user only."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as file:
-        file.write(secrets.token_urlsafe(32))
-    return path
 
 
 # -- the trace ----------------------------------------------------------------------------------
@@ -517,42 +462,6 @@ def _start(
     return running
 
 
-def _summary(running: Stack, config: UpConfig) -> list[str]:
-    info = running.describe()
-    state = running.state_dir
-    server = info["control_server"]
-    example = sorted(running.fleet.workloads)[0]
-    nodes = ", ".join(
-        f"{n} (pool {p}, agent {running.agents[n].address})" for n, p in running.nodes.items()
-    )
-    until = (
-        f"for {format_duration(config.duration_s)} of trace time "
-        f"({format_duration(running.clock.wall_seconds(config.duration_s))} wall)"
-        if config.duration_s is not None
-        else "until Ctrl-C"
-    )
-    return [
-        f"prewarm up is running {until}; state, settings and logs in {state}",
-        f"  Prometheus      {running.prometheus.url}  (history backfilled; live traffic pushed "
-        "every second and the daemon's metrics every 2 s, stamped with the trace clock)",
-        f"  kube-apiserver  {running.plane.url}  (KUBECONFIG={running.kubeconfig})",
-        f"  nodes           {nodes}",
-        f"  workloads       {len(running.fleet.workloads)} Deployments labelled prewarm.io/model "
-        f"in namespace {SERVING_NAMESPACE}, at 0 replicas",
-        f"  daemon          active, tick {config.tick_s:g} s of trace time; control API {server} "
-        f"(token in {running.control_token}); {info['metrics_url']}",
-        f"  daemon log      {running.daemon_log}; agents' logs in {state / 'agents'}/*/agent.log; "
-        f"cluster's in {state / 'cluster'}",
-        "try, in another shell:",
-        f"  export PREWARM_SERVER={server} PREWARM_TOKEN=$(cat {running.control_token})",
-        "  prewarm plan",
-        f"  prewarm explain {example}",
-        f"  prewarm warm {example} --replicas 2 --for 30m --reason trying",
-        f"  KUBECONFIG={running.kubeconfig} kubectl get deployments -n {SERVING_NAMESPACE}",
-        "Ctrl-C stops everything.",
-    ]
-
-
 async def _serve(running: Stack, config: UpConfig, out: Callable[[str], None]) -> None:
     stop = asyncio.Event()
     install_signal_handlers(stop)
@@ -591,10 +500,10 @@ async def _serve(running: Stack, config: UpConfig, out: Callable[[str], None]) -
             break
         await asyncio.sleep(0.05)
     (running.state_dir / "stack.json").write_text(json.dumps(running.describe(), indent=2))
-    for line in _summary(running, config):
+    for line in summary(running, config):
         out(line)
     end_s = running.replay.start_s + config.duration_s if config.duration_s is not None else None
-    watcher = asyncio.create_task(_watch(runtime.daemon, running, stop, out, end_s=end_s))
+    watcher = asyncio.create_task(watch(runtime.daemon, running, stop, out, end_s=end_s))
     try:
         await server
     finally:
@@ -606,59 +515,3 @@ async def _serve(running: Stack, config: UpConfig, out: Callable[[str], None]) -
             await asyncio.to_thread(pusher.stop)
         if pushers[0].failures:
             out(f"traffic pushes that failed: {pushers[0].failures} ({pushers[0].last_error})")
-
-
-async def _watch(
-    daemon: Daemon,
-    running: Stack,
-    stop: asyncio.Event,
-    out: Callable[[str], None],
-    *,
-    end_s: float | None,
-) -> None:
-    """Say what the daemon did, as it shows in the agents and the cluster: each model an agent
-    newly holds (or dropped), each Deployment whose replicas changed; stop at ``end_s``."""
-    kube = KubeClient(running.plane.admin_client(), RetryConfig(attempts=2, initial_backoff_s=0.1))
-    held: set[tuple[ModelId, NodeName, Tier]] = set()
-    floors: dict[ModelId, int] = {}
-    ticked = False
-    while not stop.is_set():
-        now = running.clock()
-        stamp = time.strftime("%a %H:%M", time.gmtime(running.replay.trace_time(now)))
-        snapshot = daemon.observed()
-        if snapshot is not None:
-            current = {
-                (model, node.name, tier)
-                for node in snapshot.nodes
-                for model, tier in node.holdings.items()
-                if tier >= Tier.HOST
-            }
-            for model, node, tier in sorted(current - held):
-                out(
-                    f"[{stamp}] preload: {model} held in {tier.label} memory by the agent on {node}"
-                )
-            for model, node, tier in sorted(held - current):
-                out(f"[{stamp}] evicted: {model} from {tier.label} memory on {node}")
-            held = current
-        if not ticked and daemon.published() is not None:
-            ticked = True
-            out(f"[{stamp}] first tick done: {len(daemon.forecasts())} models forecast")
-        now_replicas = await asyncio.to_thread(
-            replicas, kube, running.fleet, namespace=SERVING_NAMESPACE
-        )
-        for model, count in sorted(now_replicas.items()):
-            before = floors.get(model, 0)
-            if count != before:
-                name = running.fleet.workloads[model]
-                kind = "floor" if count > before else "floor restored"
-                out(
-                    f"[{stamp}] {kind}: deployment {SERVING_NAMESPACE}/{name} ({model}) "
-                    f"replicas {before} -> {count}"
-                )
-        floors = now_replicas
-        if end_s is not None and now >= end_s:
-            out(f"[{stamp}] replayed {format_duration(end_s - running.replay.start_s)}; stopping")
-            stop.set()
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=1.0)

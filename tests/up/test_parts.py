@@ -19,7 +19,8 @@ from prewarm.up.fleet import deployment_body, pool_of
 from prewarm.up.prometheus import write_openmetrics
 from prewarm.up.relay import parse_samples
 from prewarm.up.remote_write import Sample, snappy_block, write_request
-from prewarm.up.stack import first_live_step, state_directory
+from prewarm.up.stack import first_live_step
+from prewarm.up.state import state_directory
 from prewarm.up.testenv import MissingComponents, stack_binaries
 from prewarm.up.traffic import plan_replay, traffic_samples
 

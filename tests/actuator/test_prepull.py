@@ -5,7 +5,7 @@ that node, with the no-shell recipe (helper init container copies a static busyb
 emptyDir, the target image runs it); it tracks the pods to completion through the pod status a
 kubelet reports, reports pull failures, honours the deadline, and removes every pod afterwards.
 What it cannot prove: kwok has no container runtime, so no image is pulled and no binary runs here;
-kwok sets the statuses a kubelet would (tests/harness/kwok_stages.yaml: Running, then Succeeded for
+kwok sets the statuses a kubelet would (prewarm/up/kwok_stages.yaml: Running, then Succeeded for
 pre-pull pods; ErrImagePull for images under unpullable.invalid/). That the recipe really runs in
 a shell-less image is a property of the pod spec asserted below, not something kwok executes.
 """

@@ -18,7 +18,7 @@ What this proves, each against the real apiserver and its admission chain:
 
 What it cannot prove: kwok has no kubelet or runtime, so no image is pulled, no Secret is used
 and runAsNonRoot is not checked at container start; kwok reports the pods Succeeded
-(tests/harness/kwok_stages.yaml) and this test writes ``status.images`` as a kubelet would.
+(prewarm/up/kwok_stages.yaml) and this test writes ``status.images`` as a kubelet would.
 """
 
 from __future__ import annotations

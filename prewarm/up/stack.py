@@ -390,8 +390,9 @@ def _start(
     replay = plan_replay(trace, first_live=first_live, now_s=time.time() + SETUP_MARGIN_S)
     clock = StackClock(replay.start_s, speed=config.speed)
     history_s = first_live * trace.step_s
+    models = f"{len(trace.models)} model{'' if len(trace.models) == 1 else 's'}"
     out(
-        f"prewarm up: {config.trace} ({len(trace.models)} models, {trace.step_s:g} s steps): "
+        f"prewarm up: {config.trace} ({models}, {trace.step_s:g} s steps): "
         f"{history_s / 86400:.1f} days of history, live replay at {config.speed:g}x"
     )
     control_port, probes_port = free_port(), free_port()

@@ -105,7 +105,7 @@ async def watch(
             before = floors.get(model, 0)
             if count != before:
                 name = running.fleet.workloads[model]
-                kind = "floor" if count > before else "floor restored"
+                kind = "floor" if count > before else "floor lowered" if count else "floor restored"
                 out(
                     f"[{stamp}] {kind}: deployment {SERVING_NAMESPACE}/{name} ({model}) "
                     f"replicas {before} -> {count}"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import json
 import logging
 import math
@@ -311,19 +310,18 @@ def _log_to_file(path: Path) -> None:
     root.handlers[:] = [handler]
 
 
-def render_dashboards(prometheus_url: str, out_dir: Path) -> Path | None:
-    """Hook for the dashboards' HTML renderer (``prewarm dashboards render``, a separate module):
-    the panels rendered from the stack's Prometheus into ``out_dir``; None (nothing done) while
-    that module is not installed."""
-    try:
-        module = importlib.import_module("prewarm.dashboards_render")
-    except ImportError:
-        return None
-    renderer = getattr(module, "render_dashboards", None)
-    if renderer is None:
-        return None
-    result = renderer(prometheus_url, out_dir)
-    return Path(result) if result is not None else out_dir
+DASHBOARD_RANGE_S = 6 * 3600.0
+"""How much of the stack's time the rendered dashboards show, ending at the stack's now."""
+
+
+def render_dashboards(prometheus_url: str, out_dir: Path, *, now_s: float) -> Path:
+    """The dashboards' panels rendered from the stack's Prometheus into ``out_dir`` (the same
+    queries as the Grafana JSON, as static HTML), over the last six hours of the stack's clock
+    up to ``now_s``; the index page's path."""
+    from prewarm.dashboards.render import render_report
+
+    render_report(prometheus_url, out_dir, range_s=DASHBOARD_RANGE_S, step_s=60.0, now_s=now_s)
+    return out_dir / "index.html"
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -361,9 +359,10 @@ def run_up(config: UpConfig, *, out: Callable[[str], None]) -> None:
                 # Stopping: a second Ctrl-C or SIGTERM must not cut the teardown short.
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
-            shown = render_dashboards(running.prometheus.url, state / "dashboards")
-            if shown is not None:
-                out(f"dashboards: {shown}")
+            pages = render_dashboards(
+                running.prometheus.url, state / "dashboards", now_s=running.clock()
+            )
+            out(f"dashboards: {pages}")
             ports = running.ports()
             out("stopping: daemon stopped; agents, kwok, kube-apiserver, etcd, Prometheus next")
         closed = [name for name, port in ports.items() if port_open(port)]

@@ -227,3 +227,7 @@ def test_prewarm_up_replays_a_trace_preloads_raises_a_floor_answers_the_cli_and_
     listening = {name: port for name, port in stack["ports"].items() if port_open(port)}
     assert not listening, listening
     assert not (state / "stack.json").exists()
+    # The dashboards' panels, drawn from the stack's Prometheus before it stopped.
+    pages = sorted((state / "dashboards").rglob("index.html"))
+    assert len(pages) > 1, output
+    assert any("<polyline" in page.read_text(encoding="utf-8") for page in pages)

@@ -82,7 +82,22 @@ _WALKTHROUGH_WHY = (
     "own CRDs and the chart rendered with its values (kube-prometheus-stack's chart cannot be "
     "fetched here, its values are checked instead)"
 )
+_UP = "tests/up/test_up.py"
+_UP_WHY = "prewarm up's own test: the stack started as a subprocess, the CLI verbs against it"
 RUN_ELSEWHERE: dict[str, Elsewhere] = {
+    "prewarm up": Elsewhere(_UP, '"prewarm", "up", "--dir"', _UP_WHY + " (bounded by --duration)"),
+    "export PREWARM_SERVER=127.0.0.1:PORT PREWARM_TOKEN=$(cat ~/.cache/prewarm-up/control-token)": (
+        Elsewhere(_UP, '"PREWARM_SERVER": server, "PREWARM_TOKEN": token', _UP_WHY)
+    ),
+    "prewarm plan": Elsewhere(_UP, '"readme plan": ["plan"]', _UP_WHY),
+    "prewarm explain m-large/c111": Elsewhere(
+        _UP, '"readme explain": ["explain", "m-large/c111"]', _UP_WHY
+    ),
+    "prewarm warm m-large/c111 --replicas 2 --for 30m": Elsewhere(
+        _UP,
+        '["warm", wanted, "--replicas", "2", "--for", "30m"',
+        _UP_WHY + "; it warms a model then at 0 replicas, so that the floor it raises shows",
+    ),
     "make demo": Elsewhere(
         "tests/demo/test_demo.py",
         '"demo"',
@@ -346,6 +361,7 @@ def test_the_daemon_commands_run_as_documented(
         "KUBECONFIG": str(k8s_control_plane.kubeconfig),
         "PREWARM_SERVER": f"127.0.0.1:{control_port}",
         "PREWARM_TOKEN": TOKEN,
+        "COLUMNS": "200",  # a terminal wide enough that rich's tables show the model's name
     }
 
     def start(command: str) -> subprocess.Popen[str]:

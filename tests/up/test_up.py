@@ -176,17 +176,23 @@ def test_prewarm_up_replays_a_trace_preloads_raises_a_floor_answers_the_cli_and_
         assert len(live) == len(stack["workloads"])
         assert min(int(r["value"][1]) for r in live) >= 3, live
 
-        # The CLI verbs against the stack, as printed; all three at once (each is a process).
-        common = ["--server", server, "--token-file", token_file]
+        # The CLI verbs against the stack, as the README and `prewarm up` print them (the export
+        # line: PREWARM_SERVER and PREWARM_TOKEN), all at once (each is a process).
+        token = Path(token_file).read_text(encoding="utf-8").strip()
+        env = {**os.environ, "PREWARM_SERVER": server, "PREWARM_TOKEN": token}
         calls = {
-            "plan": ["plan", "--json", *common],
-            "explain": ["explain", model, *common],
-            "warm": ["warm", wanted, "--replicas", "2", "--for", "30m", "--json", *common],
+            "plan": ["plan", "--json", "-"],
+            "explain": ["explain", model],
+            "warm": ["warm", wanted, "--replicas", "2", "--for", "30m", "--json", "-"],
+            # The README's own lines, word for word.
+            "readme plan": ["plan"],
+            "readme explain": ["explain", "m-large/c111"],
         }
         running = {
             verb: subprocess.Popen(
                 [sys.executable, "-m", "prewarm", *argv],
                 cwd=REPO,
+                env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -201,6 +207,8 @@ def test_prewarm_up_replays_a_trace_preloads_raises_a_floor_answers_the_cli_and_
         kinds = {action["kind"] for action in plan["actions"]}
         assert kinds & {"preload", "replica_floor"}, plan
         assert f"explain {model}" in answers["explain"][0]
+        assert "explain m-large/c111" in answers["readme explain"][0]
+        assert answers["readme plan"][0].strip()
         stored = json.loads(answers["warm"][0])
         assert stored["model"] == wanted
         assert stored["replicas"] == 2

@@ -182,6 +182,11 @@ class WorkloadDiscovery:
         self._catalog = catalog
         self._problems: Mapping[ModelId, FailedPrecondition] = {}
         self._unnamed: set[str] = set()
+        self._refreshed = False
+
+    def has_mapping(self) -> bool:
+        """Whether any :meth:`refresh` has succeeded (so there is a last mapping to keep)."""
+        return self._refreshed
 
     def problems(self) -> Mapping[ModelId, PrewarmError]:
         """Why each unresolved model has no workload (as of the last :meth:`refresh`)."""
@@ -222,6 +227,7 @@ class WorkloadDiscovery:
         # Replaced whole, never mutated: readers in other threads see one result or the next.
         self._catalog.discovered = resolution.workloads
         self._problems = resolution.problems
+        self._refreshed = True
         return resolution
 
 
@@ -246,5 +252,8 @@ class DiscoveringObserver:
         try:
             await asyncio.to_thread(self._discovery.refresh)
         except PrewarmError as error:
-            _log.warning("workload discovery failed; keeping the last mapping: %s", error)
+            if self._discovery.has_mapping():
+                _log.warning("workload discovery failed; keeping the last mapping: %s", error)
+            else:
+                _log.warning("workload discovery failed; no mapping yet: %s", error)
         return await self._inner.observe(now_s=now_s, models=models)

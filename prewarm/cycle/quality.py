@@ -135,3 +135,28 @@ def passes_gate(
         quality.error_ratio <= max_error_ratio
         and quality.under_forecast_ratio <= max_under_forecast_ratio
     )
+
+
+def gate_failure(
+    quality: Quality,
+    *,
+    max_error_ratio: float,
+    max_under_forecast_ratio: float,
+    planning_quantile: float,
+) -> str:
+    """Which of the gate's limits ``quality`` broke, in words, e.g. ``forecast error 1.42x the
+    mean actual (limit 1.00x) over the last 120 steps``."""
+    broken: list[str] = []
+    if quality.error_ratio > max_error_ratio:
+        broken.append(
+            f"forecast error {quality.error_ratio:.2f}x the mean actual "
+            f"(limit {max_error_ratio:.2f}x)"
+        )
+    if quality.under_forecast_ratio > max_under_forecast_ratio:
+        level = f"p{round(planning_quantile * 100)}"
+        broken.append(
+            f"{quality.under_forecast_ratio:.0%} of steps above the {level} forecast "
+            f"(limit {max_under_forecast_ratio:.0%})"
+        )
+    what = " and ".join(broken) or "forecast too poor to act on"
+    return f"{what} over the last {quality.steps} steps"

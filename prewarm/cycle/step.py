@@ -39,7 +39,7 @@ from prewarm.cycle.config import CycleConfig
 from prewarm.cycle.interfaces import ClusterSnapshot
 from prewarm.cycle.manual import ActiveOverrides, ControlState, active_overrides
 from prewarm.cycle.manual_actions import with_overrides
-from prewarm.cycle.quality import LiveAccuracy, Quality, passes_gate
+from prewarm.cycle.quality import LiveAccuracy, Quality, gate_failure, passes_gate
 from prewarm.cycle.traffic import StepTraffic, TrafficRecord
 
 DEFAULT_LEAD_S = 120.0
@@ -121,6 +121,8 @@ class CycleReport:
     gpu_bytes_planned: int
     lead: LeadTimeBook
     pools_seen: frozenset[PoolName]
+    fallback_reasons: Mapping[ModelId, str] = field(default_factory=dict)
+    """For each model in ``newly_gated``: which of the quality gate's limits it broke."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +232,15 @@ def step(inputs: CycleInputs, state: CycleState, config: CycleConfig) -> CycleRe
         model_plans=model_plans,
         gated=gated,
         newly_gated=gated - state.gated,
+        fallback_reasons={
+            m: gate_failure(
+                quality[m],
+                max_error_ratio=gate.max_error_ratio,
+                max_under_forecast_ratio=gate.max_under_forecast_ratio,
+                planning_quantile=config.planning_quantile,
+            )
+            for m in gated - state.gated
+        },
         quality=quality,
         overrides=overrides,
         observed_rps=state.traffic.rates(),

@@ -18,6 +18,9 @@ from planner.leadtime import Stage
 from prewarm.cycle.step import CycleReport
 from prewarm.daemon.metrics import DaemonMetrics
 
+FALLBACKS_NAMED = 10
+"""Models named one per line when the gate sends them back to reactive in one cycle."""
+
 log = structlog.get_logger(__name__)
 
 PLAN_KINDS = ("NodeCapacity", "ImagePrepull", "ReplicaFloor", "Preload", "Evict")
@@ -50,6 +53,20 @@ class Publisher:
         for model in models:
             self._metrics.forecast_stale.labels(model=model).set(1)
 
+    def _fallbacks(self, report: CycleReport) -> None:
+        """One warning per model the quality gate newly sends back to reactive, with the limit
+        it broke; past ``FALLBACKS_NAMED`` models in one cycle, one line counts the rest."""
+        newly = sorted(report.newly_gated)
+        for model in newly[:FALLBACKS_NAMED]:
+            reason = report.fallback_reasons.get(model, "forecast too poor to act on")
+            log.warning("model falls back to reactive", model=model, reason=reason)
+        if len(newly) > FALLBACKS_NAMED:
+            log.warning(
+                "more models fall back to reactive",
+                count=len(newly) - FALLBACKS_NAMED,
+                metric="prewarm_model_reactive_fallback",
+            )
+
     def cycle(self, report: CycleReport, *, fresh: bool) -> None:
         """Publish one cycle's forecasts, gate, traffic and plan."""
         metrics = self._metrics
@@ -59,8 +76,7 @@ class Publisher:
             metrics.forecast_error.labels(model=model).set(quality.error_ratio)
             metrics.under_forecast.labels(model=model).set(quality.under_forecast_ratio)
             metrics.reactive_fallback.labels(model=model).set(1 if model in report.gated else 0)
-        if report.newly_gated:
-            log.warning("models fall back to reactive", models=sorted(report.newly_gated))
+        self._fallbacks(report)
         for model, rate in report.observed_rps.items():
             metrics.observed_rps.labels(model=model).set(rate)
         for served in report.served:

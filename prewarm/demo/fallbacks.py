@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from common.ids import ModelId
 from prewarm.cycle.config import QualityGateConfig
+from prewarm.cycle.quality import Quality, gate_failure
 from prewarm.cycle.step import CycleReport
 
 
@@ -32,22 +33,17 @@ class Fallback:
     planning_quantile: float
 
     def reason(self) -> str:
-        """Which limit the live forecast broke, e.g. ``forecast error 1.42x the mean actual
-        (limit 1.00x) over the last 120 steps``."""
-        broken: list[str] = []
-        if self.error_ratio > self.max_error_ratio:
-            broken.append(
-                f"forecast error {self.error_ratio:.2f}x the mean actual "
-                f"(limit {self.max_error_ratio:.2f}x)"
-            )
-        level = f"p{round(self.planning_quantile * 100)}"
-        if self.under_forecast_ratio > self.max_under_forecast_ratio:
-            broken.append(
-                f"{self.under_forecast_ratio:.0%} of steps above the {level} forecast "
-                f"(limit {self.max_under_forecast_ratio:.0%})"
-            )
-        what = " and ".join(broken) or "forecast too poor to act on"
-        return f"{what} over the last {self.steps} steps"
+        """Which limit the live forecast broke (:func:`prewarm.cycle.quality.gate_failure`)."""
+        return gate_failure(
+            Quality(
+                steps=self.steps,
+                error_ratio=self.error_ratio,
+                under_forecast_ratio=self.under_forecast_ratio,
+            ),
+            max_error_ratio=self.max_error_ratio,
+            max_under_forecast_ratio=self.max_under_forecast_ratio,
+            planning_quantile=self.planning_quantile,
+        )
 
     def line(self) -> str:
         """``MODEL at Sun 05:10: REASON``."""

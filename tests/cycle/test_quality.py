@@ -3,7 +3,7 @@ from __future__ import annotations
 import math
 
 from common.ids import ModelId
-from prewarm.cycle.quality import LiveAccuracy, Quality, passes_gate
+from prewarm.cycle.quality import LiveAccuracy, Quality, gate_failure, passes_gate
 
 M = ModelId("m")
 
@@ -44,3 +44,14 @@ def test_gate() -> None:
     assert passes_gate(Quality(steps=50, error_ratio=0.4, under_forecast_ratio=0.1), **limits)
     assert not passes_gate(Quality(steps=50, error_ratio=0.6, under_forecast_ratio=0.1), **limits)
     assert not passes_gate(Quality(steps=50, error_ratio=0.1, under_forecast_ratio=0.5), **limits)
+
+
+def test_gate_failure_names_each_broken_limit() -> None:
+    limits = {"max_error_ratio": 1.0, "max_under_forecast_ratio": 0.2, "planning_quantile": 0.9}
+    both = gate_failure(Quality(steps=120, error_ratio=1.42, under_forecast_ratio=0.35), **limits)
+    assert both == (
+        "forecast error 1.42x the mean actual (limit 1.00x) and 35% of steps above the p90 "
+        "forecast (limit 20%) over the last 120 steps"
+    )
+    one = gate_failure(Quality(steps=8, error_ratio=0.5, under_forecast_ratio=0.5), **limits)
+    assert one == "50% of steps above the p90 forecast (limit 20%) over the last 8 steps"

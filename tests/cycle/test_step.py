@@ -107,6 +107,11 @@ def test_a_gated_models_forecast_is_published_but_does_not_reach_the_planner() -
     assert TIMER in reports[-1].gated
     assert TIMER in reports[-1].forecasts  # KEDA and explain see it, marked gated
     assert reports[-1].quality[TIMER].steps == 1
+    # The daemon's warning and the demo say which limit the forecast broke.
+    reason = reports[-1].fallback_reasons[TIMER]
+    assert reason.startswith("forecast error ")
+    assert "(limit 0.00x)" in reason
+    assert reason.endswith("over the last 1 steps")
 
 
 def test_a_paused_model_keeps_the_actions_it_had() -> None:

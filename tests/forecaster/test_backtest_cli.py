@@ -153,7 +153,9 @@ def test_bad_history_exits_2(tmp_path: Path) -> None:
 def test_backtest_table_without_json(tmp_path: Path) -> None:
     trace = write_trace(synthetic_batch(models=1, days=0.3, seed=2), tmp_path / "t.csv")
     result = CliRunner().invoke(
-        app, ["backtest", "--trace", str(trace), "--methods", "prewarm,seasonal-naive"]
+        app,
+        ["backtest", "--trace", str(trace), "--methods", "prewarm,seasonal-naive"],
+        env={"COLUMNS": "200"},  # a terminal wide enough for every column's name
     )
     assert result.exit_code == 0, result.output
     assert "prewarm" in result.output

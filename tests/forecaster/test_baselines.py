@@ -83,7 +83,7 @@ def test_backtest_json_and_table_include_the_baselines(tmp_path: Path) -> None:
     assert any(note.startswith("mstl not run") for note in document["notes"])
     for scores in document["methods"].values():
         assert np.isfinite(scores["mase"])
-    table = CliRunner().invoke(app, args)
+    table = CliRunner().invoke(app, args, env={"COLUMNS": "200"})  # every column's name shows
     assert table.exit_code == 0, table.output
     for name in ("autoets", "autotheta", "croston-sba", "adida", "tsb"):
         assert name in table.output

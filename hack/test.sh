@@ -26,4 +26,6 @@ image_venv=$(mktemp -d)/venv
 ./hack/install-image.sh "$image_venv" daemon > /dev/null
 rm -rf "$(dirname "$image_venv")"
 echo "== pytest"
-.venv/bin/python -m pytest "$@"
+# Two worker processes by default (PREWARM_TEST_WORKERS; 0 runs in this process), each test file
+# on one worker so that its module fixtures (a Prometheus, an agent) start once.
+.venv/bin/python -m pytest -n "${PREWARM_TEST_WORKERS:-2}" --dist loadfile "$@"

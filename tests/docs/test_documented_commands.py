@@ -3,8 +3,8 @@
 Each command extracted from a shell block (:mod:`tests.docs.commands`) must be in exactly one of
 two registries, or the first test fails and names it:
 
-- ``RUN_HERE``: run by this module as the user would type it, from a working directory holding
-  the files the command names (``traffic.csv`` and ``my-traffic.csv``: two days of three models'
+- ``RUN_HERE``: run by this module as the user would type it, from a working directory holding the
+  files the command names (``traffic.csv`` and ``my-traffic.csv``: a day and a half of three models'
   requests; ``models.yaml``: a catalog of them; ``prewarm.yaml``: settings pointing at the real
   Prometheus and kube-apiserver of the test harness). Only host names a user would replace are
   substituted (``http://prometheus:9090`` becomes the real Prometheus). The control verbs reach the
@@ -171,7 +171,7 @@ def test_a_command_run_elsewhere_is_in_that_test(command: str) -> None:
 # ------------------------------------------------------------------------------ the user's files
 
 
-def _series(days: int, step_s: float, *, end_s: float) -> SeriesBatch:
+def _series(days: float, step_s: float, *, end_s: float) -> SeriesBatch:
     """Three models with a daily cycle and a morning spike; the sparse one a few times an hour."""
     steps = int(days * 86400 / step_s)
     start = end_s - steps * step_s
@@ -210,7 +210,7 @@ CATALOG = {
 def user_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A working directory with the files the documented commands name."""
     directory = tmp_path_factory.mktemp("user")
-    batch = _series(2, 600.0, end_s=1_764_547_200.0)  # 2025-12-01T00:00Z
+    batch = _series(1.5, 600.0, end_s=1_764_547_200.0)  # 2025-12-01T00:00Z
     _write_trace(batch, directory / "traffic.csv")
     _write_trace(batch, directory / "my-traffic.csv")
     (directory / "models.yaml").write_text(yaml.safe_dump(CATALOG), encoding="utf-8")

@@ -53,6 +53,8 @@ def summary(running: Stack, config: UpConfig) -> list[str]:
         f"(token in {running.control_token}); {info['metrics_url']}",
         f"  daemon log      {running.daemon_log}; agents' logs in {state / 'agents'}/*/agent.log; "
         f"cluster's in {state / 'cluster'}",
+        f"  dashboards      {state / 'dashboards'}/index.html: Grafana's panels, drawn from "
+        "Prometheus on the trace clock when the stack stops",
         "try, in another shell:",
         f"  export PREWARM_SERVER={server} PREWARM_TOKEN=$(cat {running.control_token})",
         "  prewarm plan",

@@ -76,6 +76,16 @@ class Placement:
         }
         self._host_max = {pool: self._largest_host_room(pool) for pool in self._by_pool}
         self._pool_of = {node.name: node.pool for node in seen}
+        self._holding = {model for model, _ in self._held}
+
+    def holds_any(self) -> bool:
+        """Whether any observed node holds any model in any tier."""
+        return bool(self._held)
+
+    def holds(self, model: ModelId) -> bool:
+        """Whether any observed node holds ``model`` in any tier (a superset of what
+        :meth:`holders` names for one pool and tier)."""
+        return model in self._holding
 
     def has_nodes(self, pool: PoolName) -> bool:
         """Whether the pool has an observed node whose agent answered."""

@@ -66,8 +66,8 @@ from planner.actions import (
     WorkloadRef,
 )
 from planner.calibration import Calibration, Prediction, contexts
-from planner.catalog import GB, Catalog, ModelSpec, dns_name
-from planner.config import PlannerConfig
+from planner.catalog import DEFAULT_SPEC_CACHE, GB, Catalog, ModelSpec, dns_name
+from planner.config import PlannerConfig, StageDefaults
 from planner.leadtime import LeadTimeBook, Stage, StartCosts
 from planner.placement import NodeState as NodeState  # re-exported: part of the context
 from planner.placement import Placement
@@ -285,7 +285,7 @@ def _workload(spec: ModelSpec) -> WorkloadRef:
     return _default_workload(spec.model)
 
 
-@functools.lru_cache(maxsize=65_536)
+@functools.lru_cache(maxsize=DEFAULT_SPEC_CACHE)
 def _default_workload(model: str) -> WorkloadRef:
     """The workload a model that nothing else maps (see :mod:`planner.catalog`) falls back to: a
     Deployment in ``default`` named :func:`planner.catalog.dns_name` of its id."""
@@ -330,35 +330,69 @@ def _lead_times(
     ctx: PlanContext, book: LeadTimeBook, names: list[ModelId], specs: list[ModelSpec]
 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
     """(lead from the current tier, lead on a new node, start from the current tier on an existing
-    node with the image cached, host-vs-disk saving) per model."""
+    node with the image cached, host-vs-disk saving) per model.
+
+    Models alike in everything these are computed from share one computation: the same pool,
+    image and sizes, the same tier and image cache, and no stage learned for the model itself
+    (its compile times; a sleeping replica's wake-up is looked up per model). A fleet of
+    thousands of default-sized models has a handful of such classes.
+    """
     stages = ctx.config.stages
+    own = {key.rpartition("|")[0] for stage, key in book.learned if stage is Stage.COMPILE}
     lead = np.zeros(len(names))
     node_lead = np.zeros(len(names))
     warm_start = np.zeros(len(names))
     host_saved = np.zeros(len(names))
+    alike: dict[tuple[object, ...], tuple[float, float, float, float]] = {}
     for position, model in enumerate(names):
         spec = specs[position]
         observed = ctx.models[model]
-        pool = ctx.pools.get(spec.node_pool)
-        gpu_bytes = pool.gpu_memory_bytes if pool is not None else 80 * GB
-        gpr = gpus_per_replica(spec.weights_bytes, gpu_bytes)
-        needs_node = pool is not None and pool.free_gpus < gpr
-        costs = StartCosts.plan(book, spec, stages)
-        lead[position] = costs.start(
-            tier=observed.tier, image_cached=observed.image_cached, needs_node=needs_node
+        key = (
+            spec.node_pool,
+            spec.image,
+            spec.image_gb,
+            spec.weights_gb,
+            spec.compile_s,
+            observed.tier,
+            observed.image_cached,
+            spec.model if spec.model in own else None,
         )
-        if observed.asleep_replicas > 0 and spec.engine is not None:
-            lead[position] = min(
-                lead[position], book.seconds(Stage.WAKE, str(model), spec.engine.wake_s)
-            )
-        node_lead[position] = costs.start(tier=Tier.REMOTE, image_cached=False, needs_node=True)
-        warm_start[position] = (
-            lead[position]
-            if observed.image_cached and not needs_node
-            else costs.start(tier=observed.tier, image_cached=True, needs_node=False)
-        )
-        host_saved[position] = costs.weights_s[Tier.DISK] - costs.weights_s[Tier.HOST]
+        wakes = observed.asleep_replicas > 0 and spec.engine is not None
+        known = None if wakes else alike.get(key)
+        if known is None:
+            known = _start_times(ctx, book, model, spec, observed, stages)
+            if not wakes:
+                alike[key] = known
+        lead[position], node_lead[position], warm_start[position], host_saved[position] = known
     return lead, node_lead, warm_start, np.maximum(host_saved, 0.0)
+
+
+def _start_times(
+    ctx: PlanContext,
+    book: LeadTimeBook,
+    model: ModelId,
+    spec: ModelSpec,
+    observed: ModelState,
+    stages: StageDefaults,
+) -> tuple[float, float, float, float]:
+    """One model's entries of :func:`_lead_times`."""
+    pool = ctx.pools.get(spec.node_pool)
+    gpu_bytes = pool.gpu_memory_bytes if pool is not None else 80 * GB
+    gpr = gpus_per_replica(spec.weights_bytes, gpu_bytes)
+    needs_node = pool is not None and pool.free_gpus < gpr
+    costs = StartCosts.plan(book, spec, stages)
+    lead = costs.start(
+        tier=observed.tier, image_cached=observed.image_cached, needs_node=needs_node
+    )
+    if observed.asleep_replicas > 0 and spec.engine is not None:
+        lead = min(lead, book.seconds(Stage.WAKE, str(model), spec.engine.wake_s))
+    node_lead = costs.start(tier=Tier.REMOTE, image_cached=False, needs_node=True)
+    warm_start = (
+        lead
+        if observed.image_cached and not needs_node
+        else costs.start(tier=observed.tier, image_cached=True, needs_node=False)
+    )
+    return lead, node_lead, warm_start, costs.weights_s[Tier.DISK] - costs.weights_s[Tier.HOST]
 
 
 def _table(ctx: PlanContext, state: PlannerState) -> _Table:
@@ -450,7 +484,8 @@ def plan(ctx: PlanContext, state: PlannerState) -> PlanResult:
     budget = config.gpu_memory_budget_bytes
     remaining = float("inf") if budget is None else float(budget)
     # Highest density first; ties by model id so the order is deterministic.
-    order = sorted(range(count), key=lambda i: (-t.density[i], t.names[i]))
+    density = t.density.tolist()
+    order = sorted(range(count), key=lambda i: (-density[i], t.names[i]))
     target = [0] * count
     weights = t.weights_bytes.tolist()
     highs = t.max_replicas.tolist()
@@ -467,7 +502,6 @@ def plan(ctx: PlanContext, state: PlannerState) -> PlanResult:
                 target[i] += fits
                 remaining -= fits * weights[i]
     # Pass 3: warm holds for idle models, a prefix of the density order.
-    density = t.density.tolist()
     fleet = _observe_fleet(ctx, state, t)
     needed = _hold_threshold(ctx, fleet, t)
     for i in order:
@@ -545,7 +579,12 @@ def plan(ctx: PlanContext, state: PlannerState) -> PlanResult:
         )
         for i in range(count)
     ]
-    for i in sorted(range(count), key=lambda i: (not loading[i], -host_density[i], t.names[i])):
+    # The walk below stops at the first model neither loading nor dense enough; every model
+    # after it in this order is neither, so only the others are sorted.
+    candidates = [
+        i for i in range(count) if loading[i] or not host_density[i] < config.host_min_value_density
+    ]
+    for i in sorted(candidates, key=lambda i: (not loading[i], -host_density[i], t.names[i])):
         if host_density[i] < config.host_min_value_density and not loading[i]:
             break
         if target[i] > 0 and not loading[i]:
@@ -560,23 +599,44 @@ def plan(ctx: PlanContext, state: PlannerState) -> PlanResult:
 
     actions, notes = _actions(ctx, t, order)
     held = frozenset(t.names[i] for i in range(count) if target[i] > 0)
-    host_held = frozenset(t.names[i] for i in range(count) if t.host[i])
+    host_held = frozenset(t.names[i] for i in np.flatnonzero(t.host).tolist())
     explained = {
         model: ModelPlan(
             model=model,
             target_replicas=target[i],
             hold_gpu=target[i] > 0,
-            hold_host=bool(t.host[i]),
-            p_window=float(t.p[i]),
-            value_density=float(t.density[i]),
-            lead_s=float(t.lead_s[i]),
-            saved_s=float(t.saved_s[i]),
-            floor_replicas=int(t.floor[i]),
-            forecast_replicas=int(t.forecast[i]),
+            hold_host=hold_host,
+            p_window=p_window,
+            value_density=value_density,
+            lead_s=lead_s,
+            saved_s=saved_s,
+            floor_replicas=floor_replicas,
+            forecast_replicas=forecast_replicas,
             hold_threshold=needed,
             placement=notes.get(model, ""),
         )
-        for i, model in enumerate(t.names)
+        for i, (
+            model,
+            hold_host,
+            p_window,
+            value_density,
+            lead_s,
+            saved_s,
+            floor_replicas,
+            forecast_replicas,
+        ) in enumerate(
+            zip(
+                t.names,
+                t.host.tolist(),
+                t.p.tolist(),
+                density,
+                t.lead_s.tolist(),
+                t.saved_s.tolist(),
+                floor_list,
+                forecast_list,
+                strict=True,
+            )
+        )
     }
     new_state = PlannerState(
         lead=state.lead,
@@ -649,6 +709,28 @@ def _hold_threshold(ctx: PlanContext, fleet: FleetIdle, t: _Table) -> float:
     return max(config.min_value_density, config.idle_price * per_gb_s * window)
 
 
+def _acting(t: _Table, placement: Placement) -> list[bool]:
+    """Per model: whether :func:`_actions` may do anything for it.
+
+    A model with no replica planned or running, no host copy planned, no image to pull ahead, no
+    replica forecast within the node lead time, and no copy on any observed node gets no action
+    and no note, and frees no room: every branch of :func:`_actions` for it is empty (its engine
+    has no ready replica to sleep or wake, and there is nothing of it to evict). Skipping such
+    models is exact, and most of a large idle fleet is such a model.
+    """
+    acting = (
+        (t.target > 0)
+        | (t.current > 0)
+        | t.host
+        | ((t.p_node >= PREPULL_MIN_PROBABILITY) & ~t.image_cached)
+        | (t.forecast_node > 0)
+    )
+    if placement.holds_any():
+        acting |= np.array([placement.holds(model) for model in t.names], dtype=np.bool_)
+    out: list[bool] = acting.tolist()
+    return out
+
+
 def _actions(
     ctx: PlanContext, t: _Table, order: list[int]
 ) -> tuple[list[Action], dict[ModelId, str]]:
@@ -657,18 +739,36 @@ def _actions(
     actions: list[Action] = []
     notes: dict[ModelId, str] = {}
     placement = Placement(ctx.nodes)
+    acting = _acting(t, placement)
+    order = [i for i in order if acting[i]]
+    # Plain Python numbers, read per model below (numpy scalars cost more to index and convert).
+    targets = t.target.tolist()
+    currents = t.current.tolist()
+    weights = t.weights_bytes.tolist()
+    hosts = t.host.tolist()
+    ps = t.p.tolist()
+    leads = t.lead_s.tolist()
+    saved = t.saved_s.tolist()
+    densities = t.density.tolist()
+    host_densities = t.host_density.tolist()
+    floors = t.floor.tolist()
+    forecasts = t.forecast.tolist()
+    p_nodes = t.p_node.tolist()
+    cached = t.image_cached.tolist()
+    node_leads = t.node_lead_s.tolist()
+    forecast_nodes = t.forecast_node.tolist()
     # What this plan evicts frees room for what it preloads.
     for i in order:
-        model, pool_name, nbytes = t.names[i], t.specs[i].node_pool, int(t.weights_bytes[i])
-        if int(t.target[i]) == 0:
+        model, pool_name, nbytes = t.names[i], t.specs[i].node_pool, weights[i]
+        if targets[i] == 0:
             for node in placement.holders(model, pool_name, Tier.GPU):
                 placement.release(node, Tier.GPU, nbytes)
         falls_back = (
-            int(t.target[i]) > 0
+            targets[i] > 0
             and placement.has_nodes(pool_name)
             and not placement.gpu_room_for(model, pool_name, nbytes)
         )
-        if not t.host[i] and not falls_back:
+        if not hosts[i] and not falls_back:
             for node in placement.holders(model, pool_name, Tier.HOST):
                 placement.release(node, Tier.HOST, nbytes)
     extra_gpus: dict[PoolName, int] = {}
@@ -676,12 +776,12 @@ def _actions(
     for i in order:
         model = t.names[i]
         spec = t.specs[i]
-        current = int(t.current[i])
-        target = int(t.target[i])
-        p = float(t.p[i])
-        lead = float(t.lead_s[i])
-        value = p * float(t.saved_s[i])
-        density = float(t.density[i])
+        current = currents[i]
+        target = targets[i]
+        p = ps[i]
+        lead = leads[i]
+        value = p * saved[i]
+        density = densities[i]
         if target > 0 or current > 0:
             actions.append(
                 ReplicaFloor(
@@ -691,13 +791,13 @@ def _actions(
                     until_s=now + ctx.interval_s + lead,
                     reason=(
                         f"P(request in {ctx.interval_s + lead:.0f}s)={p:.2f}, floor "
-                        f"{int(t.floor[i])}, forecast {int(t.forecast[i])}, lead {lead:.0f}s"
+                        f"{floors[i]}, forecast {forecasts[i]}, lead {lead:.0f}s"
                     ),
                     value=value,
                     value_per_byte=density / GB,
                 )
             )
-        sleeps = _engine_sleep(ctx, t, i)
+        sleeps = _engine_sleep(ctx, t, i) if current > 0 else None
         if sleeps is not None:
             actions.append(sleeps)
         # A replica kept asleep holds its own weights (in CPU memory at vLLM's level 1): a GPU
@@ -706,7 +806,7 @@ def _actions(
             _hold_only(t, i) and ctx.models[model].asleep_replicas > 0
         )
         pool_name = spec.node_pool
-        if (target > 0 or t.host[i]) and not placement.has_nodes(pool_name):
+        if (target > 0 or hosts[i]) and not placement.has_nodes(pool_name):
             notes[model] = f"waiting for a node of pool {pool_name} to preload into"
         tier = Tier.GPU
         if target > 0 and not kept_asleep:
@@ -730,7 +830,7 @@ def _actions(
                     bytes=spec.weights_bytes,
                     deadline_s=now + lead,
                     value_per_byte=density / GB,
-                    reason=f"value density {density:.3g} s/GB saves {float(t.saved_s[i]):.0f}s",
+                    reason=f"value density {density:.3g} s/GB saves {saved[i]:.0f}s",
                     value=value,
                 )
                 for node in nodes
@@ -750,11 +850,11 @@ def _actions(
         host_copy_planned = target > 0 and tier is Tier.HOST
         host_node = (
             placement.host(model, pool_name, spec.weights_bytes)
-            if t.host[i] and not host_copy_planned
+            if hosts[i] and not host_copy_planned
             else None
         )
         if host_node is not None:
-            host_density = float(t.host_density[i])
+            host_density = host_densities[i]
             actions.append(
                 Preload(
                     model=model,
@@ -767,7 +867,7 @@ def _actions(
                     value=value,
                 )
             )
-        elif not t.host[i] and not host_copy_planned:
+        elif not hosts[i] and not host_copy_planned:
             actions.extend(
                 Evict(
                     model=model,
@@ -778,9 +878,9 @@ def _actions(
                 )
                 for node in placement.holders(model, pool_name, Tier.HOST)
             )
-        p_node = float(t.p_node[i])
-        if p_node >= PREPULL_MIN_PROBABILITY and not t.image_cached[i]:
-            node_lead = float(t.node_lead_s[i])
+        p_node = p_nodes[i]
+        if p_node >= PREPULL_MIN_PROBABILITY and not cached[i]:
+            node_lead = node_leads[i]
             actions.append(
                 ImagePrepull(
                     pool=spec.node_pool,
@@ -791,7 +891,7 @@ def _actions(
                     workload=_workload(spec),
                 )
             )
-        ahead = max(int(t.forecast_node[i]), target) - current
+        ahead = max(forecast_nodes[i], target) - current
         if ahead > 0:
             pool = ctx.pools.get(spec.node_pool)
             gpu_bytes = pool.gpu_memory_bytes if pool is not None else 80 * GB

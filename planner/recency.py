@@ -50,13 +50,20 @@ class IdleTimeRecord:
 
     def __init__(self, size: int) -> None:
         self.hist = np.zeros((size, BINS + 1), np.float64)
-        """Counts of gaps per 1-minute bin; the last bin holds every gap of 4 hours or more."""
+        """Counts of gaps per 1-minute bin; the last bin holds every gap of 4 hours or more.
+        Changed only by :meth:`observe` (:meth:`p_within` keeps what it derives from it)."""
         self.last_s = np.full(size, -np.inf)
         """End of each model's latest interval with requests (``-inf``: none yet)."""
         self.returns = np.zeros(size, np.float64)
         """Times each model had requests after a silent stretch (idle -> active)."""
         self.idle_s = np.zeros(size, np.float64)
         """Seconds of those silent stretches, summed (the ongoing one is not included)."""
+        self._cumulative: FloatArray | None = None
+        """Per model, 0 then the running sum of the jittered histogram (what :meth:`p_within`
+        reads), kept between calls: a tick changes the histograms of the models that had
+        requests after a gap, a small share of a large fleet."""
+        self._changed = np.ones(size, np.bool_)
+        """Rows of :attr:`hist` changed since ``_cumulative`` was computed."""
 
     def resized(self, size: int) -> IdleTimeRecord:
         """A record of ``size`` models: this one's rows first, new rows empty (``size`` at least
@@ -80,6 +87,7 @@ class IdleTimeRecord:
             gap = (end_s - self.last_s[rows]) / BIN_S - 1.0
             bins = np.clip(np.floor(np.maximum(gap, 0.0)), 0, BINS).astype(np.int64)
             np.add.at(self.hist, (rows, bins), 1.0)
+            self._changed[rows] = True
             silent = np.maximum(start - self.last_s[rows], 0.0)
             self.returns[rows] += silent > 0
             self.idle_s[rows] += silent
@@ -108,9 +116,7 @@ class IdleTimeRecord:
         end_bin = np.clip(
             np.ceil(np.where(known, tau, 0.0) + window_s / BIN_S), 0, BINS + 1
         ).astype(np.int64)
-        cumulative = np.concatenate(
-            [np.zeros((self.hist.shape[0], 1)), np.cumsum(_jittered(self.hist), axis=1)], axis=1
-        )
+        cumulative = self._cumulative_jittered()
         rows = np.arange(self.hist.shape[0])
         total = cumulative[:, -1]
         at_least = total - cumulative[rows, tau_bin]
@@ -120,6 +126,20 @@ class IdleTimeRecord:
         beyond = tau_bin >= BINS
         p = np.where(beyond, base, (inside + PRIOR_WEIGHT * base) / (at_least + PRIOR_WEIGHT))
         return np.where(known, np.clip(p, 0.0, 1.0), 0.0)
+
+    def _cumulative_jittered(self) -> FloatArray:
+        """0 then the running sum of each model's jittered histogram, recomputed for the rows
+        that changed (a running sum along a row reads only that row: the same numbers as
+        recomputing every row)."""
+        if self._cumulative is None:
+            self._cumulative = np.zeros((self.hist.shape[0], self.hist.shape[1] + 1))
+        changed = np.flatnonzero(self._changed)
+        if changed.size == self.hist.shape[0]:
+            np.cumsum(_jittered(self.hist), axis=1, out=self._cumulative[:, 1:])
+        elif changed.size:
+            self._cumulative[changed, 1:] = np.cumsum(_jittered(self.hist[changed]), axis=1)
+        self._changed[:] = False
+        return self._cumulative
 
 
 def _jittered(hist: FloatArray) -> FloatArray:

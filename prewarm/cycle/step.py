@@ -24,6 +24,7 @@ updated in place, so the one passed in must not be used again).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -275,12 +276,23 @@ def _model_states(
     states: dict[ModelId, ModelState] = {}
     for i, model in enumerate(models):
         base = snapshot.models.get(model)
+        last = last_request[i] if math.isfinite(last_request[i]) else None
+        if base is None:  # not observed in the cluster: the defaults, built directly (cheaper)
+            states[model] = ModelState(
+                model=model,
+                observed_rps=observed[i],
+                active_rps=active[i],
+                p_observed=p_observed[i],
+                last_request_s=last,
+                idle_gaps=gaps[i],
+            )
+            continue
         states[model] = replace(
-            base if base is not None else ModelState(model=model),
+            base,
             observed_rps=observed[i],
             active_rps=active[i],
             p_observed=p_observed[i],
-            last_request_s=last_request[i] if np.isfinite(last_request[i]) else None,
+            last_request_s=last,
             idle_gaps=gaps[i],
         )
     return states

@@ -92,6 +92,8 @@ class Placement:
         return bool(self._by_pool.get(pool))
 
     def _of(self, model: ModelId, pool: PoolName, tier: Tier) -> list[NodeState]:
+        if model not in self._holding:  # most models, checked without hashing a (model, tier) key
+            return []
         return [n for n in self._held.get((model, tier), ()) if n.pool == pool]
 
     def _preferred(self, model: ModelId, pool: PoolName) -> list[NodeState]:
@@ -104,6 +106,8 @@ class Placement:
 
     def gpu(self, model: ModelId, pool: PoolName, nbytes: int, replicas: int) -> list[NodeName]:
         """Up to ``replicas`` distinct nodes for a GPU copy of ``model``; their room is taken."""
+        if pool not in self._by_pool:  # no observed node of the pool: nothing to choose from
+            return []
         chosen: list[NodeName] = []
         preferred = self._preferred(model, pool)
         rest = self._base.get(pool, []) if self._gpu_max.get(pool, 0) >= nbytes else []

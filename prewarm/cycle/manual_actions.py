@@ -87,7 +87,7 @@ def with_overrides(
             for node in on
         )
     paused = {m for m in known_models if overrides.is_paused(m)}
-    kept = [a for a in actions if model_of(a) not in paused]
+    kept = [a for a in actions if model_of(a) not in paused] if paused else actions
     for model in paused:
         kept.extend(frozen.get(model, ()))
     by_model: dict[ModelId, list[Action]] = {}

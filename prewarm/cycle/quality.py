@@ -91,7 +91,7 @@ class LiveAccuracy:
         """The model's quality over the window (zeros when nothing was scored yet)."""
         track = self._tracks.get(model)
         if track is None or not track.errors:
-            return Quality(steps=0, error_ratio=0.0, under_forecast_ratio=0.0)
+            return _UNSCORED
         steps = len(track.errors)
         total_error = sum(track.errors)
         total_actual = sum(track.actuals)
@@ -119,6 +119,10 @@ class LiveAccuracy:
     def models(self) -> list[ModelId]:
         """Models with any tracked state."""
         return list(self._tracks)
+
+
+_UNSCORED = Quality(steps=0, error_ratio=0.0, under_forecast_ratio=0.0)
+"""The quality of a model with nothing scored yet (frozen: one instance serves them all)."""
 
 
 def passes_gate(

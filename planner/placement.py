@@ -185,4 +185,6 @@ class Placement:
 
     def holders(self, model: ModelId, pool: PoolName, tier: Tier) -> list[NodeName]:
         """Nodes of ``pool`` whose agent holds ``model`` in ``tier``."""
+        if model not in self._holding:
+            return []
         return [n.name for n in self._of(model, pool, tier)]

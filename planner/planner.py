@@ -802,8 +802,9 @@ def _actions(
             actions.append(sleeps)
         # A replica kept asleep holds its own weights (in CPU memory at vLLM's level 1): a GPU
         # copy by the agent would take the memory its sleep frees.
+        hold_only = target > 0 and forecasts[i] == 0 and floors[i] == 0 and p < SLEEP_BELOW_P
         kept_asleep = (sleeps is not None and sleeps.asleep) or (
-            _hold_only(t, i) and ctx.models[model].asleep_replicas > 0
+            hold_only and ctx.models[model].asleep_replicas > 0
         )
         pool_name = spec.node_pool
         if (target > 0 or hosts[i]) and not placement.has_nodes(pool_name):

@@ -24,14 +24,10 @@ Must not: do I/O, read the clock (time comes from the batches), or return NaN.
 from __future__ import annotations
 
 import math
-import os
-import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -49,8 +45,6 @@ from forecaster.types import FloatArray, Forecast, SeriesBatch, forecasts_from_a
 DAY_S = 86400.0
 CHUNK_ROWS = 4 * BLOCK_ROWS
 """Series evaluated together by the point models (see ``AutoForecaster._points_and_estimate``)."""
-MAX_THREADS = 4
-"""Most threads that evaluate chunks of series at once (see :func:`default_threads`)."""
 ENSEMBLE_SIZE = 8
 ENSEMBLE_POWER = 4.0
 GBM_NAME = "gbm-quantile"
@@ -313,45 +307,6 @@ def _delta(
     )
 
 
-_T = TypeVar("_T")
-_EXECUTORS: dict[int, ThreadPoolExecutor] = {}
-_EXECUTORS_LOCK = threading.Lock()
-
-
-def default_threads() -> int:
-    """Threads for chunks of series: the CPUs this process may run on, at most
-    :data:`MAX_THREADS` (the numpy work of a chunk releases the GIL, so chunks run in parallel)."""
-    if hasattr(os, "sched_getaffinity"):
-        cpus = len(os.sched_getaffinity(0))
-    else:  # pragma: no cover - platforms without CPU affinity
-        cpus = os.cpu_count() or 1
-    return max(1, min(MAX_THREADS, cpus))
-
-
-def _executor(threads: int) -> ThreadPoolExecutor:
-    """One process-wide pool per thread count (engines are many in tests and backtests; their
-    chunks are short-lived work, not state)."""
-    with _EXECUTORS_LOCK:
-        pool = _EXECUTORS.get(threads)
-        if pool is None:
-            pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="forecast-chunk")
-            _EXECUTORS[threads] = pool
-        return pool
-
-
-def map_chunks(work: Callable[[slice], _T], rows: int, *, threads: int) -> list[_T]:
-    """``work`` on every ``CHUNK_ROWS`` slice of ``rows`` series, results in slice order.
-
-    Chunks run on up to ``threads`` threads. ``work`` must read shared state only and write only
-    its own rows: then the numbers are those of one chunk after another, whatever the order the
-    threads finish in.
-    """
-    slices = [slice(first, min(rows, first + CHUNK_ROWS)) for first in range(0, rows, CHUNK_ROWS)]
-    if threads <= 1 or len(slices) <= 1:
-        return [work(part) for part in slices]
-    return list(_executor(threads).map(work, slices))
-
-
 def intermittent_window(step_s: float) -> int:
     """Steps of history the intermittent estimates read: six hours, within 60 steps .. a day."""
     return min(round(DAY_S / step_s), max(60, round(6 * HOUR_S / step_s)))
@@ -455,7 +410,6 @@ class AutoForecaster:
         ensemble_margin: float = 0.3,
         point_margin: float = 0.1,
         refit_series_origins_per_call: int = 12_000,
-        threads: int | None = None,
     ) -> None:
         if step_s <= 0:
             raise InvalidInput(f"step_s must be > 0, got {step_s}")
@@ -465,7 +419,6 @@ class AutoForecaster:
             if not 0 <= margin < 1:
                 raise InvalidInput(f"{name} must be in [0, 1), got {margin}")
         self.step_s = float(step_s)
-        self.threads = default_threads() if threads is None else max(1, int(threads))
         self.ensemble_margin = ensemble_margin
         self.point_margin = point_margin
         self.refit_series_origins_per_call = refit_series_origins_per_call
@@ -637,8 +590,9 @@ class AutoForecaster:
         level_rows = [i for i, c in enumerate(self.candidates.models) if c.name in LEVEL_MODELS]
         out: FloatArray = np.empty((len(self.candidates.names), n, horizon))
         key = (intermittent_window(self.step_s), self._max_idle, horizon)
-
-        def chunk(rows: slice) -> intermittent.IntermittentEstimate | None:
+        parts: list[intermittent.IntermittentEstimate] = []
+        for first in range(0, n, CHUNK_ROWS):
+            rows = slice(first, min(n, first + CHUNK_ROWS))
             view = RowSubset(self.history, np.arange(rows.start, rows.stop, dtype=np.int64))
             lookups = OriginLookups()
             base = self.candidates.predict(view, end, horizon, lookups)
@@ -653,11 +607,9 @@ class AutoForecaster:
             ):
                 combined = _combine(base, np.where(trusted, loss, np.inf))
                 out[bases + index, rows] = np.where(fallback[:, None], plain, combined)
-            return lookups.intermittent.get(key)
-
-        found = map_chunks(chunk, n, threads=self.threads)
-        parts = [part for part in found if part is not None]
-        if n == 0 or len(parts) < len(found):
+            if key in lookups.intermittent:
+                parts.append(lookups.intermittent[key])
+        if n == 0 or len(parts) * CHUNK_ROWS < n:
             return out, None
         return out, intermittent.IntermittentEstimate(
             p=np.concatenate([part.p for part in parts]),
@@ -698,8 +650,8 @@ class AutoForecaster:
         normalised = np.empty((candidates, total, steps.size), dtype=np.float32)
         scored = np.empty((candidates, total, steps.size), dtype=np.bool_)
         missed = np.empty((candidates, total, steps.size), dtype=np.bool_)
-
-        def chunk(rows: slice) -> None:
+        for first in range(0, total, CHUNK_ROWS):
+            rows = slice(first, min(total, first + CHUNK_ROWS))
             held = min(n, rows.stop) - rows.start
             points = np.full((candidates, rows.stop - rows.start, steps.size), np.nan)
             upper = np.full_like(points, np.nan)
@@ -716,8 +668,6 @@ class AutoForecaster:
             residuals = actual_rows[None, :, :] - points
             self.residuals.update_scales(residuals, rows=rows)
             normalised[:, rows] = (residuals / scale[:, :, None]).astype(np.float32)
-
-        map_chunks(chunk, total, threads=self.threads)
         strata = pending.strata
         if n < total:
             strata = np.concatenate([strata, np.zeros(total - n, dtype=np.int64)])
@@ -859,15 +809,13 @@ class AutoForecaster:
         dense = np.flatnonzero(~flat_rows)
         kept = np.empty((dense.size, n, horizon), dtype=np.float32)
         upper = np.empty((dense.size, n, horizon), dtype=np.float32)
-
-        def chunk(rows: slice) -> None:
+        for first in range(0, n, CHUNK_ROWS):
+            rows = slice(first, min(n, first + CHUNK_ROWS))
             part = current[dense, rows]
             high = part + scale[dense, rows][:, :, None] * offsets[dense][:, strata[rows], :]
             mask = eligible[dense, rows][:, :, None]
             kept[:, rows] = np.where(mask, part, np.nan)
             upper[:, rows] = np.where(mask, np.maximum(high, 0.0), np.nan)
-
-        map_chunks(chunk, n, threads=self.threads)
         return _Pending(
             origin=end,
             models=self.history.size,

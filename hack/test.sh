@@ -17,7 +17,9 @@ echo "== ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 echo "== mypy (strict)"
-.venv/bin/mypy
+# mypy's incremental cache lives beside the test components, outside the checkout: it is keyed by
+# each file's content hash, so a fresh clone reuses what did not change (23 s cold, 0.6 s warm).
+MYPY_CACHE_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/prewarm-mypy" .venv/bin/mypy
 echo "== import-linter"
 .venv/bin/lint-imports
 echo "== Dockerfile (hadolint) and the image's install steps (hack/install-image.sh)"
@@ -26,6 +28,6 @@ image_venv=$(mktemp -d)/venv
 ./hack/install-image.sh "$image_venv" daemon > /dev/null
 rm -rf "$(dirname "$image_venv")"
 echo "== pytest"
-# Two worker processes by default (PREWARM_TEST_WORKERS; 0 runs in this process), each test file
-# on one worker so that its module fixtures (a Prometheus, an agent) start once.
-.venv/bin/python -m pytest -n "${PREWARM_TEST_WORKERS:-2}" --dist loadfile "$@"
+# Three worker processes by default (PREWARM_TEST_WORKERS; 0 runs in this process): most tests wait
+# on real servers, so three keep two cores busy; an idle worker takes tests queued for another.
+.venv/bin/python -m pytest -n "${PREWARM_TEST_WORKERS:-3}" --dist worksteal "$@"

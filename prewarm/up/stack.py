@@ -34,7 +34,7 @@ import yaml
 
 from actuator.config import RetryConfig
 from actuator.kube import KubeClient
-from common.errors import InvalidInput
+from common.errors import InvalidInput, PrewarmError
 from common.ids import NodeName, PoolName
 from forecaster.sources.trace import read_trace
 from forecaster.types import SeriesBatch
@@ -56,7 +56,7 @@ from prewarm.up.remote_write import Pusher
 from prewarm.up.state import state_directory, write_secret
 from prewarm.up.testenv import stack_binaries
 from prewarm.up.traffic import Replay, plan_replay, traffic_samples
-from prewarm.up.watch import summary, watch
+from prewarm.up.watch import DASHBOARD_REFRESH_S, summary, watch
 
 DEFAULT_TRACE = "builtin:servegen-spiky-14d"
 DEFAULT_DIR = Path.home() / ".cache" / "prewarm-up"
@@ -462,6 +462,31 @@ def _start(
     return running
 
 
+async def _redraw_dashboards(
+    running: Stack, stop: asyncio.Event, out: Callable[[str], None]
+) -> None:
+    """Draw the dashboards every :data:`DASHBOARD_REFRESH_S` wall seconds until ``stop``, on
+    the stack's clock (a plain ``prewarm dashboards render`` would end its range at the wall
+    clock, behind the replay). A failed drawing is said once; the next one tries again."""
+    said_failure = False
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=DASHBOARD_REFRESH_S)
+        if stop.is_set():
+            return
+        try:
+            await asyncio.to_thread(
+                render_dashboards,
+                running.prometheus.url,
+                running.state_dir / "dashboards",
+                now_s=running.clock(),
+            )
+        except (OSError, PrewarmError) as error:
+            if not said_failure:
+                out(f"warning: dashboards not drawn: {error}")
+                said_failure = True
+
+
 async def _serve(running: Stack, config: UpConfig, out: Callable[[str], None]) -> None:
     stop = asyncio.Event()
     install_signal_handlers(stop)
@@ -504,13 +529,15 @@ async def _serve(running: Stack, config: UpConfig, out: Callable[[str], None]) -
         out(line)
     end_s = running.replay.start_s + config.duration_s if config.duration_s is not None else None
     watcher = asyncio.create_task(watch(runtime.daemon, running, stop, out, end_s=end_s))
+    drawer = asyncio.create_task(_redraw_dashboards(running, stop, out))
     try:
         await server
     finally:
         stop.set()
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        for task in (watcher, drawer):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for pusher in pushers:
             await asyncio.to_thread(pusher.stop)
         if pushers[0].failures:

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from prewarm.up.stack import Stack, UpConfig
 
 
+DASHBOARD_REFRESH_S = 30.0
+"""Wall seconds between two drawings of the dashboards while the stack runs."""
+
+
 def summary(running: Stack, config: UpConfig) -> list[str]:
     """The lines printed once the stack runs: where everything is and what to try."""
     info = running.describe()
@@ -53,8 +57,8 @@ def summary(running: Stack, config: UpConfig) -> list[str]:
         f"(token in {running.control_token}); {info['metrics_url']}",
         f"  daemon log      {running.daemon_log}; agents' logs in {state / 'agents'}/*/agent.log; "
         f"cluster's in {state / 'cluster'}",
-        f"  dashboards      {state / 'dashboards'}/index.html: Grafana's panels, drawn from "
-        "Prometheus on the trace clock when the stack stops",
+        f"  dashboards      {state / 'dashboards'}/index.html: Grafana's panels drawn from "
+        f"Prometheus on the trace clock, every {DASHBOARD_REFRESH_S:g} s and when the stack stops",
         "try, in another shell:",
         f"  export PREWARM_SERVER={server} PREWARM_TOKEN=$(cat {running.control_token})",
         "  prewarm plan",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -18,6 +17,7 @@ import urllib3
 from common.errors import InvalidInput
 from prewarm.logging import configure_logging
 from prewarm.retry_logs import URLLIB3_LOGGER, RetryFolder
+from prewarm.up.processes import free_port
 
 
 @pytest.fixture(autouse=True)
@@ -89,9 +89,7 @@ class _Ok(BaseHTTPRequestHandler):
 def test_retries_are_folded_per_outage_and_the_recovery_is_said(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # released: nothing listens there now
+    port = free_port()  # released: nothing listens there now
     mono = [0.0]
     folder = RetryFolder(level=logging.INFO, summary_interval_s=60.0, monotonic=lambda: mono[0])
     folder.name_host("127.0.0.1", "kube-apiserver")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,9 @@ from typing import Any
 
 import yaml
 
+from prewarm.up.processes import free_port
+
 PREWARM = [sys.executable, "-m", "prewarm"]
-
-
-def _closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released: connections are refused)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def _kubeconfig(path: Path, server: str) -> Path:
@@ -48,7 +41,7 @@ def _kubeconfig(path: Path, server: str) -> Path:
 def _settings(tmp_path: Path, **control: Any) -> Path:
     config = {
         "logging": {"retry_summary_s": 1.0},
-        "forecaster": {"prometheus": {"url": f"http://127.0.0.1:{_closed_port()}"}},
+        "forecaster": {"prometheus": {"url": f"http://127.0.0.1:{free_port()}"}},
         "daemon": {"http_port": 0, "tick_s": 1.0, "shutdown_grace_s": 1.0},
         # Few tries per call, so that the call in flight at SIGTERM ends soon.
         "actuator": {"retry": {"attempts": 3, "max_backoff_s": 0.5}},
@@ -62,7 +55,7 @@ def _settings(tmp_path: Path, **control: Any) -> Path:
 def test_an_unreachable_api_server_and_prometheus_are_said_once_with_counts(
     tmp_path: Path,
 ) -> None:
-    kubeconfig = _kubeconfig(tmp_path / "kubeconfig", f"https://127.0.0.1:{_closed_port()}")
+    kubeconfig = _kubeconfig(tmp_path / "kubeconfig", f"https://127.0.0.1:{free_port()}")
     log = tmp_path / "stderr"
     with log.open("w") as sink:
         process = subprocess.Popen(

@@ -25,7 +25,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +35,9 @@ import yaml
 
 from common.ids import ModelId
 from forecaster.types import SeriesBatch
+from prewarm.up.processes import free_port, port_open
 from tests.docs.commands import REPO_ROOT, documented_commands
-from tests.harness.k8s import ControlPlane, free_port
+from tests.harness.k8s import ControlPlane
 from tests.harness.prometheus import RunningPrometheus, prometheus_with_history
 
 PREWARM = [sys.executable, "-m", "prewarm"]
@@ -280,12 +281,14 @@ def test_a_prometheus_command_runs_as_documented(
         assert len(pages) > 1, done.stderr  # the index and one page per dashboard
 
 
-def _wait_for(probe: object, process: subprocess.Popen[str], what: str, timeout_s: float) -> None:
+def _wait_for(
+    probe: Callable[[], bool], process: subprocess.Popen[str], what: str, timeout_s: float
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert process.poll() is None, f"{what} exited: {process.communicate()[0][-3000:]}"
         try:
-            if probe():  # type: ignore[operator]
+            if probe():
                 return
         except OSError:
             pass
@@ -299,13 +302,6 @@ def _ready(url: str) -> bool:
             return bool(response.status == 200)
     except urllib.error.HTTPError:
         return False
-
-
-def _listening(port: int) -> bool:
-    import socket
-
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _stop(process: subprocess.Popen[str]) -> tuple[int, str]:
@@ -378,7 +374,7 @@ def test_the_daemon_commands_run_as_documented(
     agent = start("prewarm agent --config prewarm.yaml")
     try:
         _wait_for(lambda: _ready(f"http://127.0.0.1:{http_port}/readyz"), daemon, "daemon", 120)
-        _wait_for(lambda: _listening(agent_port), agent, "agent", 120)
+        _wait_for(lambda: port_open(agent_port), agent, "agent", 120)
         for command in (
             "prewarm warm llama-70b --replicas 4 --at 08:45 --for 2h",
             "prewarm explain llama-70b",

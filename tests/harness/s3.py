@@ -34,6 +34,7 @@ import requests
 
 from gpu_agent.config import S3SourcesConfig
 from gpu_agent.remote import sigv4
+from prewarm.up.processes import free_port
 from tests.harness.k8s import testenv_value
 
 VARIABLE = "PREWARM_S3_SERVER_BIN"
@@ -53,13 +54,6 @@ def server_binary() -> Path:
             pytrace=False,
         )
     return Path(value)
-
-
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -24,6 +24,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,28 +63,8 @@ class Lines:
 
         threading.Thread(target=pump, daemon=True).start()
 
-    def until(self, pattern: re.Pattern[str], *, timeout_s: float) -> re.Match[str]:
-        """The first line (seen before or arriving within ``timeout_s``) matching ``pattern``."""
-        for line in self.seen:
-            if found := pattern.search(line):
-                return found
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                line = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            self.seen.append(line)
-            if found := pattern.search(line):
-                return found
-        raise AssertionError(
-            f"no line matching {pattern.pattern!r}; output:\n" + "\n".join(self.seen)
-        )
-
-    def rest(self, timeout_s: float) -> None:
-        """Read until the stream ends (or ``timeout_s``)."""
+    def _arriving(self, timeout_s: float) -> Iterator[str]:
+        """Each new line (also kept in ``seen``) until the stream ends or ``timeout_s`` passes."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
@@ -93,6 +74,24 @@ class Lines:
             if line is None:
                 return
             self.seen.append(line)
+            yield line
+
+    def until(self, pattern: re.Pattern[str], *, timeout_s: float) -> re.Match[str]:
+        """The first line (seen before or arriving within ``timeout_s``) matching ``pattern``."""
+        for line in list(self.seen):
+            if found := pattern.search(line):
+                return found
+        for line in self._arriving(timeout_s):
+            if found := pattern.search(line):
+                return found
+        raise AssertionError(
+            f"no line matching {pattern.pattern!r}; output:\n" + "\n".join(self.seen)
+        )
+
+    def rest(self, timeout_s: float) -> None:
+        """Read until the stream ends (or ``timeout_s``)."""
+        for _ in self._arriving(timeout_s):
+            pass
 
 
 def _held(address: str, token: str) -> dict[str, int]:
